@@ -1,0 +1,107 @@
+// Matrix product, register-tiled: C[M,N] = op(A)·op(B) (+ bias[N]) for each batch item.
+//
+// Layout: row-major; A is [M,K] ([K,M] when TRANS_A), B is [K,N] ([N,K] when TRANS_B), C is
+// [M,N]. Item z of the dispatch is item `batch_base + z` and starts `stride_*` elements after
+// the operand's offset.
+//
+// Each workgroup computes a BM×BN tile of C, walking K in steps of BK: the workgroup copies
+// the BK-deep slices of op(A) and op(B) into workgroup memory (k-major, so that each thread
+// reads its TM rows and TN columns as vec4s), then every thread accumulates a TM×TN block of
+// C in registers. Out-of-range elements load as 0 and are never stored, so any size works.
+//
+// The constants BM, BN, BK, TM, TN, TRANS_A, TRANS_B and the tile loader (scalar, or vec4
+// loads when the contiguous dimensions and offsets are multiples of 4) are generated per
+// variant by src/backend/gpu/shaders.rs: per-thread register arrays need `const` sizes.
+
+//!CONSTS
+
+const THREADS: u32 = (BM / TM) * (BN / TN);
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    a_offset: u32,
+    b_offset: u32,
+    c_offset: u32,
+    bias_offset: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    batch_base: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// op(A) slice, [BK][BM], and op(B) slice, [BK][BN], as vec4s along M and N.
+var<workgroup> a_tile: array<vec4<f32>, BK * BM / 4u>;
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>;
+
+fn put_a(kk: u32, mm: u32, v: f32) {
+    let s = kk * BM + mm;
+    a_tile[s / 4u][s % 4u] = v;
+}
+
+fn put_b(kk: u32, nn: u32, v: f32) {
+    let s = kk * BN + nn;
+    b_tile[s / 4u][s % 4u] = v;
+}
+
+//!LOADER
+
+@compute @workgroup_size(BN / TN, BM / TM)
+fn matmul(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let item = p.batch_base + wg.z;
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    let a_base = p.a_offset + item * p.stride_a;
+    let b_base = p.b_offset + item * p.stride_b;
+    let c_base = p.c_offset + item * p.stride_c;
+
+    var acc: array<vec4<f32>, TM * TN / 4u>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        load_tiles(tid, m0, n0, k0, a_base, b_base);
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var a_reg: array<vec4<f32>, TM / 4u>;
+            var b_reg: array<vec4<f32>, TN / 4u>;
+            for (var i = 0u; i < TM / 4u; i++) {
+                a_reg[i] = a_tile[(kk * BM + lid.y * TM) / 4u + i];
+            }
+            for (var j = 0u; j < TN / 4u; j++) {
+                b_reg[j] = b_tile[(kk * BN + lid.x * TN) / 4u + j];
+            }
+            for (var i = 0u; i < TM; i++) {
+                let a_i = vec4<f32>(a_reg[i / 4u][i % 4u]);
+                for (var j = 0u; j < TN / 4u; j++) {
+                    acc[i * (TN / 4u) + j] = fma(a_i, b_reg[j], acc[i * (TN / 4u) + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < TM; i++) {
+        let gm = m0 + lid.y * TM + i;
+        if gm >= p.m {
+            break;
+        }
+        for (var j = 0u; j < TN; j++) {
+            let gn = n0 + lid.x * TN + j;
+            if gn < p.n {
+                var v = acc[i * (TN / 4u) + j / 4u][j % 4u];
+                if p.has_bias != 0u {
+                    v += bias[p.bias_offset + gn];
+                }
+                c[c_base + gm * p.n + gn] = v;
+            }
+        }
+    }
+}

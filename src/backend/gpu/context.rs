@@ -1,0 +1,212 @@
+//! The device, its queue, the command encoder that ops are recorded into, and the pipeline
+//! cache. Ops append dispatches; work is submitted when a result is read back or the caller
+//! synchronizes, and a readback is the only wait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wgpu::util::DeviceExt;
+
+use super::shaders::Kernel;
+use crate::error::{Error, Result};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter_name: String,
+    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    pipelines: Mutex<HashMap<(Kernel, &'static str), wgpu::ComputePipeline>>,
+    /// Bound where a kernel's optional operand is absent.
+    pub placeholder: wgpu::Buffer,
+}
+
+/// A storage buffer bound at a binding index.
+pub(crate) type Binding<'a> = (u32, &'a wgpu::Buffer);
+
+impl GpuContext {
+    pub fn new(device: wgpu::Device, queue: wgpu::Queue, adapter_name: String) -> Arc<GpuContext> {
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 256,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Arc::new(GpuContext {
+            device,
+            queue,
+            adapter_name,
+            encoder: Mutex::new(None),
+            pipelines: Mutex::new(HashMap::new()),
+            placeholder,
+        })
+    }
+
+    /// Runs `f` on the current command encoder, starting one if none is open.
+    pub fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut slot = lock(&self.encoder);
+        let encoder = slot.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
+        });
+        f(encoder)
+    }
+
+    /// Submits everything recorded so far, without waiting.
+    pub fn flush(&self) {
+        if let Some(encoder) = lock(&self.encoder).take() {
+            self.queue.submit([encoder.finish()]);
+        }
+    }
+
+    /// Submits and waits until the device is idle.
+    pub fn wait(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| self.gpu_error("waiting for the queue", e))
+    }
+
+    pub fn gpu_error(&self, context: &str, e: impl std::fmt::Display) -> Error {
+        Error::Gpu {
+            context: format!("{context} on {}", self.adapter_name),
+            message: e.to_string(),
+        }
+    }
+
+    /// The pipeline of `entry` in `kernel`, compiled on first use. `constants` set the
+    /// kernel's `override` values and must be the same on every call for a kernel.
+    pub fn pipeline(
+        &self,
+        kernel: Kernel,
+        entry: &'static str,
+        constants: &[(&str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.pipelines).get(&(kernel, entry)) {
+            return Ok(p.clone());
+        }
+        let name = format!("{}::{entry}", kernel.name());
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&name),
+                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&name),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(self.gpu_error(&format!("compiling {name}"), e));
+        }
+        lock(&self.pipelines).insert((kernel, entry), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0.
+    pub fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[Binding<'_>],
+        workgroups: [u32; 3],
+    ) {
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                    binding: *binding,
+                    resource: buffer.as_entire_binding(),
+                }),
+        );
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        self.record(|encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        });
+    }
+
+    /// Records a copy of `bytes` host bytes into `dst` at `offset` (both multiples of 4), in
+    /// order with the ops around it.
+    pub fn record_write(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        let staging = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("upload"),
+                contents: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+        self.record(|encoder| {
+            encoder.copy_buffer_to_buffer(&staging, 0, dst, offset, bytes.len() as u64)
+        });
+    }
+
+    /// Reads `size` bytes at `offset` from `src`, after all recorded work.
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        // Copies move whole 4-byte words: widen the range, then cut the answer out of it.
+        let start = offset / 4 * 4;
+        let end = (offset + size).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: (end - start).max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if end > start {
+            self.record(|encoder| {
+                encoder.copy_buffer_to_buffer(src, start, &staging, 0, end - start)
+            });
+        }
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| self.gpu_error("waiting for a readback", e))?;
+        rx.recv()
+            .map_err(|e| self.gpu_error("reading back", e))?
+            .map_err(|e| self.gpu_error("mapping a readback buffer", e))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| self.gpu_error("mapping a readback buffer", e))?;
+        let from = (offset - start) as usize;
+        Ok(view[from..from + size as usize].to_vec())
+    }
+}

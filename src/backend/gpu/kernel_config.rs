@@ -1,0 +1,112 @@
+//! Kernel configuration derived from the adapter's limits: the one place where tile and
+//! workgroup sizes are chosen.
+
+/// A register-tiled matrix product's shape: each workgroup computes a `bm`×`bn` tile of C in
+/// steps of `bk`, each thread a `tm`×`tn` block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl MatmulTile {
+    /// Candidates, largest first. 128×128 with 8×8 per thread suits discrete GPUs; the smaller
+    /// ones fit adapters with few invocations or little workgroup memory, and small products.
+    pub const CANDIDATES: [MatmulTile; 3] = [
+        MatmulTile {
+            bm: 128,
+            bn: 128,
+            bk: 8,
+            tm: 8,
+            tn: 8,
+        },
+        MatmulTile {
+            bm: 64,
+            bn: 64,
+            bk: 16,
+            tm: 4,
+            tn: 4,
+        },
+        MatmulTile {
+            bm: 32,
+            bn: 32,
+            bk: 16,
+            tm: 4,
+            tn: 4,
+        },
+    ];
+
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    pub fn workgroup_bytes(&self) -> u32 {
+        4 * self.bk * (self.bm + self.bn)
+    }
+
+    pub fn name(&self) -> String {
+        format!(
+            "{}x{}x{}_{}x{}",
+            self.bm, self.bn, self.bk, self.tm, self.tn
+        )
+    }
+
+    fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.threads() <= limits.max_compute_invocations_per_workgroup
+            && self.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+            && self.bn / self.tn <= limits.max_compute_workgroup_size_x
+            && self.bm / self.tm <= limits.max_compute_workgroup_size_y
+    }
+}
+
+/// Tile and workgroup sizes for one adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Tiles that fit the adapter, largest first (never empty).
+    pub matmul_tiles: Vec<MatmulTile>,
+    /// Invocations per workgroup of the elementwise kernels.
+    pub elementwise_workgroup: u32,
+    pub max_workgroups_per_dimension: u32,
+}
+
+/// The elementwise kernels' preferred workgroup size.
+const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+impl KernelConfig {
+    pub fn for_limits(limits: &wgpu::Limits) -> KernelConfig {
+        let mut matmul_tiles: Vec<MatmulTile> = MatmulTile::CANDIDATES
+            .into_iter()
+            .filter(|t| t.fits(limits))
+            .collect();
+        if matmul_tiles.is_empty() {
+            // WebGPU's minimum limits (256 invocations, 16 KiB) admit every candidate but the
+            // largest; an adapter below them still gets the smallest and fails loudly at
+            // pipeline creation rather than silently.
+            matmul_tiles.push(MatmulTile::CANDIDATES[2]);
+        }
+        KernelConfig {
+            matmul_tiles,
+            elementwise_workgroup: ELEMENTWISE_WORKGROUP
+                .min(limits.max_compute_invocations_per_workgroup)
+                .min(limits.max_compute_workgroup_size_x),
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// The tile for an M×N product: the largest tile that still gives the adapter at least a
+    /// few dozen workgroups to spread, so that small products are not left to a handful of
+    /// oversized workgroups.
+    pub fn matmul_tile(&self, m: usize, n: usize, batch: usize) -> MatmulTile {
+        const MIN_WORKGROUPS: usize = 64;
+        let workgroups =
+            |t: &MatmulTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch.max(1);
+        self.matmul_tiles
+            .iter()
+            .copied()
+            .find(|t| workgroups(t) >= MIN_WORKGROUPS)
+            .unwrap_or(*self.matmul_tiles.last().expect("never empty"))
+    }
+}

@@ -1,0 +1,117 @@
+//! WGSL sources and their generated variants. Per-thread register arrays need `const` sizes,
+//! so the matrix product's tile sizes, transposes and loader are substituted into the source
+//! before compiling; each variant is a [`Kernel`] value, under which its pipeline is cached.
+
+use super::kernel_config::MatmulTile;
+use crate::dtype::DType;
+
+const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const MATMUL_LOAD_SCALAR: &str = include_str!("../../../shaders/matmul_load_scalar.wgsl");
+const MATMUL_LOAD_VEC4: &str = include_str!("../../../shaders/matmul_load_vec4.wgsl");
+const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+const CAST: &str = include_str!("../../../shaders/cast.wgsl");
+
+/// One compilable shader module: a WGSL file with its generated constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// matmul.wgsl for a tile and layout, with vec4 or scalar loads.
+    Matmul {
+        tile: MatmulTile,
+        trans_a: bool,
+        trans_b: bool,
+        vec4: bool,
+    },
+    /// elementwise.wgsl: entry points `add`, `scale`.
+    Elementwise,
+    /// cast.wgsl from one dtype to another: entry point `convert`.
+    Cast { from: DType, to: DType },
+}
+
+/// Code of a dtype in cast.wgsl.
+fn dtype_code(d: DType) -> u32 {
+    match d {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Bf16 => 2,
+    }
+}
+
+impl Kernel {
+    /// A unique, readable name.
+    pub fn name(&self) -> String {
+        match *self {
+            Kernel::Matmul {
+                tile,
+                trans_a,
+                trans_b,
+                vec4,
+            } => format!(
+                "matmul_{}_{}{}_{}",
+                tile.name(),
+                if trans_a { 't' } else { 'n' },
+                if trans_b { 't' } else { 'n' },
+                if vec4 { "vec4" } else { "scalar" }
+            ),
+            Kernel::Elementwise => "elementwise".into(),
+            Kernel::Cast { from, to } => format!("cast_{from}_{to}"),
+        }
+    }
+
+    /// The WGSL source, constants substituted.
+    pub fn source(&self) -> String {
+        match *self {
+            Kernel::Matmul {
+                tile: MatmulTile { bm, bn, bk, tm, tn },
+                trans_a,
+                trans_b,
+                vec4,
+            } => {
+                let consts = format!(
+                    "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
+                     const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n\
+                     const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};"
+                );
+                let loader = if vec4 {
+                    MATMUL_LOAD_VEC4
+                } else {
+                    MATMUL_LOAD_SCALAR
+                };
+                MATMUL
+                    .replace("//!CONSTS", &consts)
+                    .replace("//!LOADER", loader)
+            }
+            Kernel::Elementwise => ELEMENTWISE.into(),
+            Kernel::Cast { from, to } => CAST.replace(
+                "//!CONSTS",
+                &format!(
+                    "const SRC: u32 = {}u;\nconst DST: u32 = {}u;",
+                    dtype_code(from),
+                    dtype_code(to)
+                ),
+            ),
+        }
+    }
+
+    /// Every variant the backend can compile, for validation without a GPU.
+    pub fn all() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Elementwise];
+        for tile in MatmulTile::CANDIDATES {
+            for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+                for vec4 in [false, true] {
+                    all.push(Kernel::Matmul {
+                        tile,
+                        trans_a,
+                        trans_b,
+                        vec4,
+                    });
+                }
+            }
+        }
+        for from in DType::ALL {
+            for to in DType::ALL {
+                all.push(Kernel::Cast { from, to });
+            }
+        }
+        all
+    }
+}

@@ -1,0 +1,225 @@
+//! `signflow bench`: median times and throughput of the ops on one device
+//! (DESIGN.md, Benchmarks and measuring). Inputs are random, never all zeros; work is warmed
+//! up first; each sample times enough calls to dwarf the cost of waiting for the device.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, MatmulSpec};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::Op;
+use crate::parity::Inputs;
+use crate::tensor::{HostTensor, Tensor};
+
+/// One line of `signflow bench --json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub op: Op,
+    pub dtype: DType,
+    /// Adapter name, or the CPU's.
+    pub device: String,
+    /// `cpu`, or the graphics API.
+    pub backend: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub m: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// Bytes read plus bytes written by one call (memory-bound ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// `bytes` per second, in units of 10^9.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
+    /// Peak memory allocated while the case ran, in MiB.
+    pub peak_mb: f64,
+}
+
+/// How long to measure each case.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchBudget {
+    /// Samples to take (the median of these is reported).
+    pub samples: usize,
+    /// Each sample repeats the op until it lasts at least this long.
+    pub min_sample: Duration,
+    /// Stop taking samples (after at least three) once a case has run this long.
+    pub max_case: Duration,
+}
+
+impl Default for BenchBudget {
+    fn default() -> Self {
+        BenchBudget {
+            samples: 9,
+            min_sample: Duration::from_millis(20),
+            max_case: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Per-call times in ms of `f`: one warm-up call, then samples of as many calls as make a
+/// sample last `min_sample`, each sample ending with a wait for the device.
+fn time<B: Backend>(
+    b: &B,
+    budget: &BenchBudget,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let start = Instant::now();
+    f()?;
+    b.synchronize()?;
+    let first = start.elapsed().max(Duration::from_micros(1));
+    let reps = (budget.min_sample.as_secs_f64() / first.as_secs_f64())
+        .ceil()
+        .clamp(1.0, 1000.0) as usize;
+    let mut times = Vec::new();
+    let case_start = Instant::now();
+    while times.len() < budget.samples
+        && (times.len() < 3 || case_start.elapsed() < budget.max_case)
+    {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        b.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+    }
+    Ok(times)
+}
+
+fn row<B: Backend>(b: &B, op: Op, dtype: DType, times: &[f64]) -> BenchRow {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    BenchRow {
+        op,
+        dtype,
+        device: b.info().name.clone(),
+        backend: b.info().backend.clone(),
+        median_ms: sorted[sorted.len() / 2],
+        min_ms: sorted[0],
+        max_ms: sorted[sorted.len() - 1],
+        m: None,
+        n: None,
+        k: None,
+        bytes: None,
+        gflops: None,
+        gbps: None,
+        peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
+    }
+}
+
+fn random<B: Backend>(b: &B, inputs: &mut Inputs, shape: &[usize]) -> Result<Tensor<B>> {
+    let n = shape.iter().product();
+    b.upload(&HostTensor::from_f32(shape, inputs.uniform(n))?)
+}
+
+/// The matrix product sizes: squares (4096³ only on hardware GPUs, where it takes
+/// milliseconds rather than minutes), then the model's shapes (M = batch 32 × 64 frames).
+pub fn matmul_sizes<B: Backend>(b: &B) -> Vec<(usize, usize, usize)> {
+    let info = b.info();
+    let mut sizes: Vec<_> = [256, 512, 1024, 2048].iter().map(|&s| (s, s, s)).collect();
+    if info.backend != "cpu" && !info.software {
+        sizes.push((4096, 4096, 4096));
+    }
+    for (k, n) in [(469, 256), (256, 768), (256, 1024), (1024, 256)] {
+        sizes.push((2048, n, k));
+    }
+    sizes
+}
+
+pub fn bench_matmul<B: Backend>(
+    b: &B,
+    (m, n, k): (usize, usize, usize),
+    budget: &BenchBudget,
+    inputs: &mut Inputs,
+) -> Result<BenchRow> {
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let x = random(b, inputs, &[m, k])?;
+    let w = random(b, inputs, &[k, n])?;
+    let out = b.alloc(&[m, n], DType::F32)?;
+    let spec = MatmulSpec::new(m, n, k);
+    let times = time(b, budget, || b.matmul(&x, &w, None, &out, &spec))?;
+    let mut r = row(b, Op::Matmul, DType::F32, &times);
+    r.m = Some(m);
+    r.n = Some(n);
+    r.k = Some(k);
+    r.gflops = Some(spec.flops() / (r.median_ms * 1e-3) / 1e9);
+    Ok(r)
+}
+
+/// Memory-bound ops on `elements` f32 values: copy (the ceiling), add, scale, and casts.
+pub fn bench_memory_ops<B: Backend>(
+    b: &B,
+    elements: usize,
+    budget: &BenchBudget,
+    inputs: &mut Inputs,
+) -> Result<Vec<BenchRow>> {
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let x = random(b, inputs, &[elements])?;
+    let y = random(b, inputs, &[elements])?;
+    let out = b.alloc(&[elements], DType::F32)?;
+    let half = b.alloc(&[elements], DType::F16)?;
+    let f32_bytes = 4 * elements as u64;
+    let cases: Vec<(Op, DType, u64, Box<dyn Fn() -> Result<()> + '_>)> = vec![
+        (
+            Op::Copy,
+            DType::F32,
+            2 * f32_bytes,
+            Box::new(|| b.copy(&x, &out)),
+        ),
+        (
+            Op::Add,
+            DType::F32,
+            3 * f32_bytes,
+            Box::new(|| b.add(&x, &y, &out)),
+        ),
+        (
+            Op::Scale,
+            DType::F32,
+            2 * f32_bytes,
+            Box::new(|| b.scale(&x, 0.5, &out)),
+        ),
+        (
+            Op::Cast,
+            DType::F16,
+            f32_bytes + f32_bytes / 2,
+            Box::new(|| b.cast(&x, &half)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (op, dtype, bytes, f) in cases {
+        let times = time(b, budget, f)?;
+        let mut r = row(b, op, dtype, &times);
+        r.bytes = Some(bytes);
+        r.gbps = Some(bytes as f64 / (r.median_ms * 1e-3) / 1e9);
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+/// Elements of the memory-bound cases: a 2048×1024 f32 tensor (8 MiB), an activation of the
+/// model's size.
+pub const MEMORY_ELEMENTS: usize = 2048 * 1024;
+
+/// Every case, as `signflow bench` runs them; `progress` hears of each case before it runs.
+pub fn run_all<B: Backend>(
+    b: &B,
+    budget: &BenchBudget,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<BenchRow>> {
+    let mut inputs = Inputs::new(Inputs::fresh_seed());
+    let mut rows = Vec::new();
+    for size in matmul_sizes(b) {
+        progress(&format!("matmul {}x{}x{}", size.0, size.1, size.2));
+        rows.push(bench_matmul(b, size, budget, &mut inputs)?);
+    }
+    progress("copy, add, scale, cast");
+    rows.extend(bench_memory_ops(b, MEMORY_ELEMENTS, budget, &mut inputs)?);
+    Ok(rows)
+}

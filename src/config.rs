@@ -1,0 +1,59 @@
+//! `GpuConfig`: which device to use and how much of its memory to take.
+
+use crate::error::{Error, Result};
+
+/// Device and memory settings, the counterpart of the PyTorch system's `GPUConfig`.
+/// Autotuning and precision settings join when those features land.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct GpuConfig {
+    /// A device request as DESIGN.md's Devices table reads (`auto`, `cpu`, `gpu:1`, `vulkan`, ...).
+    pub device: String,
+    /// Share of the device's memory the pool may hold, in (0, 1].
+    pub memory_fraction: f64,
+    /// An absolute budget in MiB; takes precedence over `memory_fraction` when set.
+    pub memory_limit_mb: Option<u64>,
+    /// Empty the buffer pool's cache every this many training steps (0 = never).
+    pub empty_cache_interval: u32,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            device: "auto".into(),
+            memory_fraction: 0.9,
+            memory_limit_mb: None,
+            empty_cache_interval: 0,
+        }
+    }
+}
+
+impl GpuConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.memory_fraction > 0.0 && self.memory_fraction <= 1.0) {
+            return Err(Error::InvalidConfig {
+                field: "memory_fraction",
+                value: self.memory_fraction.to_string(),
+                allowed: "a fraction greater than 0 and at most 1",
+            });
+        }
+        if self.memory_limit_mb == Some(0) {
+            return Err(Error::InvalidConfig {
+                field: "memory_limit_mb",
+                value: "0".into(),
+                allowed: "at least 1 MiB, or unset for no absolute limit",
+            });
+        }
+        crate::device::DeviceRequest::parse(&self.device)?;
+        Ok(())
+    }
+
+    /// The pool's budget in bytes for a device with `device_memory` bytes (if known).
+    /// None when neither an absolute limit nor the device's memory is known.
+    pub fn budget_bytes(&self, device_memory: Option<u64>) -> Option<u64> {
+        match self.memory_limit_mb {
+            Some(mb) => Some(mb * 1024 * 1024),
+            None => device_memory.map(|m| (m as f64 * self.memory_fraction) as u64),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The crate's error type. Every failure a user can cause is a value of [`Error`] whose message
+//! says what was wrong and what to do about it.
+
+use crate::dtype::DType;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A device request that matched no adapter, or several.
+    #[error("device `{request}`: {reason}\n{available}")]
+    DeviceNotFound {
+        request: String,
+        reason: String,
+        /// The table of devices that do exist, ready to print.
+        available: String,
+    },
+
+    /// A device request that is not of any known form.
+    #[error("device request `{request}` is not valid: {reason}")]
+    InvalidDeviceRequest { request: String, reason: String },
+
+    /// A configuration value outside its allowed range.
+    #[error("{field} = {value} is out of range: {allowed}")]
+    InvalidConfig {
+        field: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+
+    /// An allocation that would exceed the memory budget (or the device's memory).
+    #[error(
+        "out of memory: {request} needs {requested_bytes} bytes, but {in_use_bytes} of the budget \
+         of {budget_bytes} bytes are in use{hint}"
+    )]
+    OutOfMemory {
+        request: String,
+        requested_bytes: u64,
+        in_use_bytes: u64,
+        budget_bytes: u64,
+        /// Free text appended to the message, e.g. a batch size that fits.
+        hint: String,
+    },
+
+    /// Operands whose shapes do not fit the op.
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    /// An op asked for a dtype it does not take.
+    #[error("{op} does not take {dtype}: {hint}")]
+    UnsupportedDtype {
+        op: &'static str,
+        dtype: DType,
+        hint: &'static str,
+    },
+
+    /// The device could not be opened.
+    #[error("could not open {adapter}: {reason}")]
+    DeviceOpen { adapter: String, reason: String },
+
+    /// An error reported by the GPU driver or wgpu's validation.
+    #[error("GPU error in {context}: {message}")]
+    Gpu { context: String, message: String },
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The `signflow` command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use signflow::bench::{BenchBudget, BenchRow};
+use signflow::parity::{Inputs, ParityRow};
+use signflow::{with_backend, Adapters, AnyBackend, DeviceInfo, GpuConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "signflow",
+    version,
+    about = "Sign-language recognition transformers on any GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the CPU backend and every GPU adapter, and which one `auto` takes.
+    Devices {
+        /// Print JSON to standard output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every op on a device against the f64 reference, on fresh random inputs.
+    Selftest {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Seed of the random inputs (default: a fresh one, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the ops on a device: median ms, GFLOP/s or GB/s.
+    Bench {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Samples per case (the median is reported).
+        #[arg(long, default_value_t = 9)]
+        samples: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// auto, cpu, gpu, gpu:N, vulkan, metal, dx12, gl, BACKEND:N, software, or part of a name.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Share of the device's memory the buffer pool may hold, in (0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    memory_fraction: f64,
+    /// Absolute memory budget in MiB (overrides --memory-fraction).
+    #[arg(long)]
+    memory_limit_mb: Option<u64>,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> signflow::Result<AnyBackend> {
+        let config = GpuConfig {
+            device: self.device.clone(),
+            memory_fraction: self.memory_fraction,
+            memory_limit_mb: self.memory_limit_mb,
+            ..GpuConfig::default()
+        };
+        let device = AnyBackend::open(&config)?;
+        tracing::info!("device: {} ({})", device.info().name, device.info().backend);
+        Ok(device)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,signflow=info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> signflow::Result<ExitCode> {
+    match cli.command {
+        Command::Devices { json } => {
+            let infos = Adapters::discover().device_infos();
+            if json {
+                print_json(&infos);
+            } else {
+                print_devices(&infos);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Selftest { device, seed, json } => {
+            let device = device.open()?;
+            let seed = seed.unwrap_or_else(Inputs::fresh_seed);
+            eprintln!("selftest on {} with seed {seed}", device.info().name);
+            let bar = spinner(json);
+            let rows = with_backend!(&device, b => signflow::parity::run_all(b, seed, |row| {
+                bar.set_message(format!("{} {}", row.op, row.shape));
+                bar.inc(1);
+            }))?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&rows);
+            } else {
+                print_selftest(&rows);
+            }
+            let failed = rows.iter().filter(|r| !r.pass).count();
+            if failed > 0 {
+                eprintln!("{failed} of {} checks failed (seed {seed})", rows.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            eprintln!("all {} checks passed", rows.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            device,
+            samples,
+            json,
+        } => {
+            let device = device.open()?;
+            let budget = BenchBudget {
+                samples: samples.max(1),
+                ..BenchBudget::default()
+            };
+            let bar = spinner(json);
+            let rows = with_backend!(&device, b => signflow::bench::run_all(b, &budget, |case| {
+                bar.set_message(case.to_string());
+                bar.inc(1);
+            }))?;
+            bar.finish_and_clear();
+            if json {
+                print_json(&rows);
+            } else {
+                print_bench(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Progress on standard error, hidden when it is not a terminal.
+fn spinner(quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {pos} done, now {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+fn print_devices(infos: &[DeviceInfo]) {
+    for info in infos {
+        let id = info.index.map_or("cpu".to_string(), |i| format!("gpu:{i}"));
+        let memory = match info.memory_bytes {
+            Some(b) if info.memory_shared_with_host => {
+                format!("{} MiB (shared with the host)", b >> 20)
+            }
+            Some(b) => format!("{} MiB", b >> 20),
+            None => "unknown".into(),
+        };
+        println!(
+            "{id:<7}{}{}\n       backend {}, {}{}, memory {memory}",
+            info.name,
+            if info.auto { "   <- auto" } else { "" },
+            info.backend,
+            info.device_type,
+            if info.software { " (software)" } else { "" },
+        );
+        if info.index.is_some() {
+            println!("       driver {} {}", info.driver, info.driver_info);
+            println!(
+                "       subgroups {}..{}, features: {}",
+                info.subgroup_min,
+                info.subgroup_max,
+                info.features.join(" ")
+            );
+            let limits: Vec<String> = info
+                .limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("       limits: {}", limits.join(" "));
+        } else {
+            println!("       {}", info.driver_info);
+        }
+    }
+}
+
+fn print_selftest(rows: &[ParityRow]) {
+    println!(
+        "{:<8} {:<5} {:<28} {:>12} {:>12} {:>9}  result",
+        "op", "dtype", "shape", "max abs err", "max rel err", "tol"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:<5} {:<28} {:>12.3e} {:>12.3e} {:>9.0e}  {}",
+            r.op.name(),
+            r.dtype.name(),
+            r.shape,
+            r.max_abs_err,
+            r.max_rel_err,
+            r.tol,
+            if r.pass { "pass" } else { "FAIL" }
+        );
+    }
+}
+
+fn print_bench(rows: &[BenchRow]) {
+    if let Some(first) = rows.first() {
+        println!("device: {} ({})", first.device, first.backend);
+    }
+    println!(
+        "{:<7} {:<5} {:<18} {:>10} {:>10} {:>10} {:>12} {:>9}",
+        "op", "dtype", "size", "median ms", "min ms", "max ms", "throughput", "peak MiB"
+    );
+    for r in rows {
+        let size = match (r.m, r.n, r.k, r.bytes) {
+            (Some(m), Some(n), Some(k), _) => format!("{m}x{n}x{k}"),
+            (_, _, _, Some(bytes)) => format!("{} MiB moved", bytes >> 20),
+            _ => String::new(),
+        };
+        let throughput = match (r.gflops, r.gbps) {
+            (Some(g), _) => format!("{g:.1} GFLOP/s"),
+            (_, Some(g)) => format!("{g:.1} GB/s"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<7} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>9.1}",
+            r.op.name(),
+            r.dtype.name(),
+            size,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            throughput,
+            r.peak_mb
+        );
+    }
+}

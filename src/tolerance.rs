@@ -1,0 +1,61 @@
+//! The one definition of how close a result must be to the f64 reference (DESIGN.md, Testing).
+//!
+//! Errors are measured relative to the largest magnitude of the reference output, so that a
+//! tolerance means the same thing for tensors of any scale.
+
+use crate::dtype::DType;
+
+/// Which family of op a comparison is for; matrix products and attention accumulate long sums
+/// and get a looser f32 bound than elementwise ops and norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpClass {
+    Elementwise,
+    Reduction,
+}
+
+/// The largest allowed error relative to the reference's max magnitude.
+pub fn tolerance(class: OpClass, dtype: DType) -> f64 {
+    match (dtype, class) {
+        (DType::F32, OpClass::Elementwise) => 1e-5,
+        (DType::F32, OpClass::Reduction) => 1e-4,
+        (DType::F16, _) => 5e-3,
+        (DType::Bf16, _) => 3e-2,
+    }
+}
+
+/// How far `got` is from `want`: the largest absolute difference, and that divided by the
+/// largest magnitude in `want` (or by 1 where `want` is all zeros). A NaN or an infinity in
+/// `got` where `want` is finite counts as an infinite error, so that it can never pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deviation {
+    pub max_abs_err: f64,
+    pub max_rel_err: f64,
+}
+
+impl Deviation {
+    pub fn measure(got: &[f32], want: &[f64]) -> Deviation {
+        assert_eq!(got.len(), want.len(), "compared tensors differ in length");
+        let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let mut max_abs_err = 0.0f64;
+        for (&g, &w) in got.iter().zip(want) {
+            let err = if g.is_finite() || !w.is_finite() {
+                (g as f64 - w).abs()
+            } else {
+                f64::INFINITY
+            };
+            // `max` would drop a NaN; keep it visible.
+            if err.is_nan() || err > max_abs_err {
+                max_abs_err = if err.is_nan() { f64::INFINITY } else { err };
+            }
+        }
+        let denom = if scale > 0.0 { scale } else { 1.0 };
+        Deviation {
+            max_abs_err,
+            max_rel_err: max_abs_err / denom,
+        }
+    }
+
+    pub fn within(&self, tol: f64) -> bool {
+        self.max_rel_err <= tol
+    }
+}
