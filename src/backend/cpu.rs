@@ -11,7 +11,7 @@ use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::memory::{BlockAllocator, MemoryPool, MemoryStats, PooledBlock};
+use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
 use crate::tensor::{HostData, HostTensor, Tensor};
 
 /// Elementwise work is split into chunks of this many elements, large enough that rayon's
@@ -73,6 +73,11 @@ impl CpuBackend {
             pool: MemoryPool::new(HostAllocator, config.budget_bytes(info.memory_bytes)),
             info,
         })
+    }
+
+    /// A guard that empties this backend's buffer cache when dropped.
+    pub fn memory_guard(&self) -> MemoryGuard<HostAllocator> {
+        self.pool.guard()
     }
 }
 

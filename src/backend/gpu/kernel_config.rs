@@ -70,6 +70,8 @@ pub struct KernelConfig {
     /// Invocations per workgroup of the elementwise kernels.
     pub elementwise_workgroup: u32,
     pub max_workgroups_per_dimension: u32,
+    /// A tile every product uses, whatever its size (for tests and tuning).
+    pub forced_matmul_tile: Option<MatmulTile>,
 }
 
 /// The elementwise kernels' preferred workgroup size.
@@ -93,6 +95,7 @@ impl KernelConfig {
                 .min(limits.max_compute_invocations_per_workgroup)
                 .min(limits.max_compute_workgroup_size_x),
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            forced_matmul_tile: None,
         }
     }
 
@@ -101,6 +104,9 @@ impl KernelConfig {
     /// oversized workgroups.
     pub fn matmul_tile(&self, m: usize, n: usize, batch: usize) -> MatmulTile {
         const MIN_WORKGROUPS: usize = 64;
+        if let Some(tile) = self.forced_matmul_tile {
+            return tile;
+        }
         let workgroups =
             |t: &MatmulTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch.max(1);
         self.matmul_tiles

@@ -15,7 +15,7 @@ use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::memory::{BlockAllocator, MemoryPool, MemoryStats, PooledBlock};
+use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
 use crate::tensor::{numel, HostTensor, Tensor};
 
 /// Device buffers for the pool: storage buffers that can also be copied from and to.
@@ -180,8 +180,17 @@ impl GpuBackend {
         })
     }
 
+    /// A guard that empties this backend's buffer cache when dropped.
+    pub fn memory_guard(&self) -> MemoryGuard<GpuAllocator> {
+        self.pool.guard()
+    }
+
     pub fn kernel_config(&self) -> &KernelConfig {
         &self.kernels
+    }
+
+    pub fn kernel_config_mut(&mut self) -> &mut KernelConfig {
+        &mut self.kernels
     }
 
     /// A 1-D grid of `items` invocations folded into two dimensions when it exceeds the

@@ -1,0 +1,300 @@
+//! Backend checks shared by the CPU and GPU parity tests: each runs on whatever backend it is
+//! given, against the f64 reference, with fresh random inputs (the seed is in every message).
+
+#![allow(dead_code)] // each test binary uses a subset
+
+use half::{bf16, f16};
+use signflow::parity::{self, Inputs, ParityRow};
+use signflow::{Backend, DType, HostTensor, MatmulSpec};
+
+pub fn seed() -> u64 {
+    let seed = Inputs::fresh_seed();
+    eprintln!("seed {seed}");
+    seed
+}
+
+pub fn assert_pass(row: &ParityRow, seed: u64) {
+    assert!(row.pass, "seed {seed}: {row:?}");
+}
+
+pub fn matmul_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for (spec, bias) in parity::matmul_cases() {
+        assert_pass(
+            &parity::check_matmul(b, &spec, bias, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+}
+
+pub fn elementwise_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for n in parity::ELEMENTWISE_SIZES.into_iter().chain([2, 3, 1000]) {
+        assert_pass(&parity::check_add(b, n, &mut inputs).unwrap(), seed);
+        assert_pass(&parity::check_scale(b, n, &mut inputs).unwrap(), seed);
+        for dtype in DType::ALL {
+            assert_pass(&parity::check_copy(b, n, dtype, &mut inputs).unwrap(), seed);
+        }
+        for from in DType::ALL {
+            for to in DType::ALL {
+                assert_pass(
+                    &parity::check_cast(b, n, from, to, &mut inputs).unwrap(),
+                    seed,
+                );
+            }
+        }
+    }
+}
+
+/// Casts of the values where rounding is delicate, compared bit for bit with the `half`
+/// crate (IEEE round to nearest even).
+pub fn casts_are_exact_at_special_values<B: Backend>(b: &B) {
+    let specials: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.9,
+        65520.0,
+        -70000.0,
+        1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        6.1e-5,
+        6.0e-5,
+        5.96e-8,
+        2.98e-8,
+        2.99e-8,
+        1e-10,
+        -3.3e-7,
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1.0 + 1.0 / 256.0,
+        3.0e38,
+        1.17e-38,
+        f32::MIN_POSITIVE / 2.0,
+        0.1,
+        -0.3333,
+    ];
+    let n = specials.len();
+    let x = b
+        .upload(&HostTensor::from_f32(&[n], specials.clone()).unwrap())
+        .unwrap();
+    let to_f16 = parity::poisoned(b, &[n], DType::F16).unwrap();
+    let to_bf16 = parity::poisoned(b, &[n], DType::Bf16).unwrap();
+    b.cast(&x, &to_f16).unwrap();
+    b.cast(&x, &to_bf16).unwrap();
+    let got_f16 = to_f16.to_host().unwrap();
+    let got_bf16 = to_bf16.to_host().unwrap();
+    let (signflow::tensor::HostData::F16(h), signflow::tensor::HostData::Bf16(bh)) =
+        (got_f16.data(), got_bf16.data())
+    else {
+        panic!("cast produced the wrong dtype");
+    };
+    for (i, &v) in specials.iter().enumerate() {
+        let (want_h, want_b) = (f16::from_f32(v), bf16::from_f32(v));
+        if v.is_nan() {
+            assert!(h[i].is_nan() && bh[i].is_nan(), "NaN stays NaN");
+        } else {
+            assert_eq!(
+                h[i].to_bits(),
+                want_h.to_bits(),
+                "f16 of {v:e}: got {}, want {}",
+                h[i],
+                want_h
+            );
+            assert_eq!(
+                bh[i].to_bits(),
+                want_b.to_bits(),
+                "bf16 of {v:e}: got {}, want {}",
+                bh[i],
+                want_b
+            );
+        }
+    }
+    // And back: every f16 and bf16 bit pattern widens exactly.
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    for dtype in [DType::F16, DType::Bf16] {
+        let data = match dtype {
+            DType::F16 => {
+                signflow::tensor::HostData::F16(all.iter().map(|&b| f16::from_bits(b)).collect())
+            }
+            _ => {
+                signflow::tensor::HostData::Bf16(all.iter().map(|&b| bf16::from_bits(b)).collect())
+            }
+        };
+        let src = HostTensor::new(&[all.len()], data).unwrap();
+        let wide = parity::poisoned(b, &[all.len()], DType::F32).unwrap();
+        b.cast(&b.upload(&src).unwrap(), &wide).unwrap();
+        let got = wide.to_f32_vec().unwrap();
+        for (g, w) in got.iter().zip(src.to_f32_vec()) {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{dtype} widening: {g} vs {w}"
+            );
+        }
+    }
+}
+
+/// Writes, casts and copies into views leave the elements around them alone, including the
+/// other half of a shared 32-bit word.
+pub fn views_keep_their_neighbours<B: Backend>(b: &B) {
+    for dtype in DType::ALL {
+        let arena = parity::poisoned(b, &[16], dtype).unwrap();
+        let view = arena.view(2, &[5]).unwrap();
+        let values = [1.0, 2.0, 3.0, 4.0, 5.0];
+        b.write(
+            &view,
+            &HostTensor::from_f32_as(&[5], &values, dtype).unwrap(),
+        )
+        .unwrap();
+        let other = arena.view(8, &[3]).unwrap();
+        b.copy(
+            &b.upload(&HostTensor::from_f32_as(&[3], &[7.0, 8.0, 9.0], dtype).unwrap())
+                .unwrap(),
+            &other,
+        )
+        .unwrap();
+        let got = arena.to_f32_vec().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            match i {
+                2..=6 => assert_eq!(*g, values[i - 2], "{dtype} element {i}"),
+                8..=10 => assert_eq!(*g, [7.0, 8.0, 9.0][i - 8], "{dtype} element {i}"),
+                _ => assert!(
+                    g.is_nan(),
+                    "{dtype}: element {i} outside the views was overwritten with {g}"
+                ),
+            }
+        }
+    }
+    assert!(
+        b.upload(&HostTensor::filled(&[4], DType::F16, 0.0))
+            .unwrap()
+            .view(1, &[2])
+            .is_err(),
+        "odd 16-bit view"
+    );
+}
+
+/// Products whose operands are views into one arena, at offsets that do and do not allow
+/// vec4 loads, and an in-place add.
+pub fn ops_on_views_of_one_arena<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for (offset_a, offset_b) in [(0, 64), (1, 70), (4, 128)] {
+        let (m, n, k) = (9, 8, 12);
+        let spec = MatmulSpec::new(m, n, k);
+        let arena_data = inputs.uniform(320);
+        let arena = b
+            .upload(&HostTensor::from_f32(&[320], arena_data.clone()).unwrap())
+            .unwrap();
+        let a = arena.view(offset_a, &[m * k]).unwrap();
+        let w = arena.view(offset_b, &[k * n]).unwrap();
+        let out = parity::poisoned(b, &[m * n], DType::F32).unwrap();
+        b.matmul(&a, &w, None, &out, &spec).unwrap();
+        let widen = |s: &[f32]| s.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        let want = signflow::reference::matmul(
+            &widen(&arena_data[offset_a..offset_a + m * k]),
+            &widen(&arena_data[offset_b..offset_b + k * n]),
+            None,
+            &spec,
+        );
+        let d = signflow::tolerance::Deviation::measure(&out.to_f32_vec().unwrap(), &want);
+        assert!(
+            d.within(1e-4),
+            "seed {seed}: offsets {offset_a},{offset_b}: {d:?}"
+        );
+        // The output may live in the same arena as the inputs, apart from them.
+        let out_in_arena = arena.view(240, &[m * n]).unwrap();
+        b.matmul(&a, &w, None, &out_in_arena, &spec).unwrap();
+        let d = signflow::tolerance::Deviation::measure(&out_in_arena.to_f32_vec().unwrap(), &want);
+        assert!(d.within(1e-4), "seed {seed}: output in the arena: {d:?}");
+    }
+    let x = inputs.uniform(33);
+    let y = inputs.uniform(33);
+    let tx = b
+        .upload(&HostTensor::from_f32(&[33], x.clone()).unwrap())
+        .unwrap();
+    let ty = b
+        .upload(&HostTensor::from_f32(&[33], y.clone()).unwrap())
+        .unwrap();
+    b.add(&tx, &ty, &tx).unwrap();
+    b.scale(&tx, 2.0, &tx).unwrap();
+    let got = tx.to_f32_vec().unwrap();
+    for i in 0..33 {
+        assert_eq!(
+            got[i],
+            2.0 * (x[i] + y[i]),
+            "seed {seed}: in-place element {i}"
+        );
+    }
+}
+
+/// The same inputs give the same bits twice.
+pub fn deterministic<B: Backend>(b: &B) {
+    let mut inputs = Inputs::new(seed());
+    let spec = MatmulSpec::new(70, 90, 130).transpose(true, false);
+    let a = b
+        .upload(&HostTensor::from_f32(&[spec.a_len()], inputs.uniform(spec.a_len())).unwrap())
+        .unwrap();
+    let w = b
+        .upload(&HostTensor::from_f32(&[spec.b_len()], inputs.uniform(spec.b_len())).unwrap())
+        .unwrap();
+    let bias = b
+        .upload(&HostTensor::from_f32(&[90], inputs.uniform(90)).unwrap())
+        .unwrap();
+    let run = || {
+        let out = parity::poisoned(b, &[spec.c_len()], DType::F32).unwrap();
+        b.matmul(&a, &w, Some(&bias), &out, &spec).unwrap();
+        out.to_f32_vec()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+/// Bad operands are errors with a message, never panics.
+pub fn bad_operands_are_errors<B: Backend>(b: &B) {
+    let f = |shape: &[usize]| b.alloc(shape, DType::F32).unwrap();
+    let h = b.alloc(&[4], DType::F16).unwrap();
+    let spec = MatmulSpec::new(4, 4, 4);
+    let err = b
+        .matmul(&f(&[15]), &f(&[16]), None, &f(&[16]), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("A has 15 elements"), "{err}");
+    let err = b
+        .matmul(&f(&[16]), &f(&[16]), Some(&f(&[3])), &f(&[16]), &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bias has 3"), "{err}");
+    let err = b.add(&f(&[4]), &f(&[5]), &f(&[4])).unwrap_err().to_string();
+    assert!(err.contains("5"), "{err}");
+    let err = b.add(&h, &f(&[4]), &f(&[4])).unwrap_err().to_string();
+    assert!(err.contains("f16"), "{err}");
+    let arena = f(&[32]);
+    let err = b
+        .matmul(
+            &arena.view(0, &[16]).unwrap(),
+            &f(&[16]),
+            None,
+            &arena.view(8, &[16]).unwrap(),
+            &spec,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("overlaps"), "{err}");
+    assert!(b.copy(&h, &f(&[4])).is_err());
+    assert!(b
+        .write(
+            &f(&[3]),
+            &HostTensor::from_f32(&[2], vec![1.0, 2.0]).unwrap()
+        )
+        .is_err());
+}

@@ -1,0 +1,40 @@
+//! The CPU backend against the f64 reference.
+
+mod common;
+
+use signflow::CpuBackend;
+
+#[test]
+fn matmul() {
+    common::matmul_parity(&CpuBackend::default());
+}
+
+#[test]
+fn elementwise_casts_and_copies() {
+    common::elementwise_parity(&CpuBackend::default());
+}
+
+#[test]
+fn casts_are_exact_at_special_values() {
+    common::casts_are_exact_at_special_values(&CpuBackend::default());
+}
+
+#[test]
+fn views_keep_their_neighbours() {
+    common::views_keep_their_neighbours(&CpuBackend::default());
+}
+
+#[test]
+fn ops_on_views_of_one_arena() {
+    common::ops_on_views_of_one_arena(&CpuBackend::default());
+}
+
+#[test]
+fn deterministic() {
+    common::deterministic(&CpuBackend::default());
+}
+
+#[test]
+fn bad_operands_are_errors() {
+    common::bad_operands_are_errors(&CpuBackend::default());
+}
