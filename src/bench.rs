@@ -39,6 +39,7 @@ pub struct BenchRow {
     pub gbps: Option<f64>,
     /// Peak memory allocated while the case ran, in MiB.
     pub peak_mb: f64,
+    pub timer: Timer,
 }
 
 /// How long to measure each case.
@@ -62,13 +63,24 @@ impl Default for BenchBudget {
     }
 }
 
+/// How a bench row was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// The device's own clock (GPU timestamp queries around the recorded work).
+    DeviceTimestamps,
+    /// The wall clock around the work and a wait for the device.
+    WallClock,
+}
+
 /// Per-call times in ms of `f`: one warm-up call, then samples of as many calls as make a
-/// sample last `min_sample`, each sample ending with a wait for the device.
+/// sample last `min_sample`, each timed by the device's clock where it has one, else by the
+/// wall clock up to the end of a wait for the device.
 fn time<B: Backend>(
     b: &B,
     budget: &BenchBudget,
     mut f: impl FnMut() -> Result<()>,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, Timer)> {
     let start = Instant::now();
     f()?;
     b.synchronize()?;
@@ -77,21 +89,27 @@ fn time<B: Backend>(
         .ceil()
         .clamp(1.0, 1000.0) as usize;
     let mut times = Vec::new();
+    let mut timer = Timer::WallClock;
     let case_start = Instant::now();
     while times.len() < budget.samples
         && (times.len() < 3 || case_start.elapsed() < budget.max_case)
     {
         let t = Instant::now();
-        for _ in 0..reps {
-            f()?;
-        }
+        let device_ms = b.device_time_ms(&mut || (0..reps).try_for_each(|_| f()))?;
         b.synchronize()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+        let ms = match device_ms {
+            Some(ms) => {
+                timer = Timer::DeviceTimestamps;
+                ms
+            }
+            None => t.elapsed().as_secs_f64() * 1e3,
+        };
+        times.push(ms / reps as f64);
     }
-    Ok(times)
+    Ok((times, timer))
 }
 
-fn row<B: Backend>(b: &B, op: Op, dtype: DType, times: &[f64]) -> BenchRow {
+fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer)) -> BenchRow {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
     BenchRow {
@@ -109,6 +127,7 @@ fn row<B: Backend>(b: &B, op: Op, dtype: DType, times: &[f64]) -> BenchRow {
         gflops: None,
         gbps: None,
         peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
+        timer,
     }
 }
 
@@ -144,13 +163,16 @@ pub fn bench_matmul<B: Backend>(
     let out = b.alloc(&[m, n], DType::F32)?;
     let spec = MatmulSpec::new(m, n, k);
     let times = time(b, budget, || b.matmul(&x, &w, None, &out, &spec))?;
-    let mut r = row(b, Op::Matmul, DType::F32, &times);
+    let mut r = row(b, Op::Matmul, DType::F32, times);
     r.m = Some(m);
     r.n = Some(n);
     r.k = Some(k);
     r.gflops = Some(spec.flops() / (r.median_ms * 1e-3) / 1e9);
     Ok(r)
 }
+
+/// An op, its dtype, the bytes one call moves, and the call.
+type MemoryCase<'a> = (Op, DType, u64, Box<dyn Fn() -> Result<()> + 'a>);
 
 /// Memory-bound ops on `elements` f32 values: copy (the ceiling), add, scale, and casts.
 pub fn bench_memory_ops<B: Backend>(
@@ -166,7 +188,7 @@ pub fn bench_memory_ops<B: Backend>(
     let out = b.alloc(&[elements], DType::F32)?;
     let half = b.alloc(&[elements], DType::F16)?;
     let f32_bytes = 4 * elements as u64;
-    let cases: Vec<(Op, DType, u64, Box<dyn Fn() -> Result<()> + '_>)> = vec![
+    let cases: Vec<MemoryCase> = vec![
         (
             Op::Copy,
             DType::F32,
@@ -195,7 +217,7 @@ pub fn bench_memory_ops<B: Backend>(
     let mut rows = Vec::new();
     for (op, dtype, bytes, f) in cases {
         let times = time(b, budget, f)?;
-        let mut r = row(b, op, dtype, &times);
+        let mut r = row(b, op, dtype, times);
         r.bytes = Some(bytes);
         r.gbps = Some(bytes as f64 / (r.median_ms * 1e-3) / 1e9);
         rows.push(r);
@@ -207,19 +229,29 @@ pub fn bench_memory_ops<B: Backend>(
 /// model's size.
 pub const MEMORY_ELEMENTS: usize = 2048 * 1024;
 
-/// Every case, as `signflow bench` runs them; `progress` hears of each case before it runs.
+/// Every case whose name contains `filter` (all when None), as `signflow bench` runs them;
+/// `progress` hears of each case before it runs.
 pub fn run_all<B: Backend>(
     b: &B,
     budget: &BenchBudget,
+    filter: Option<&str>,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BenchRow>> {
+    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
     let mut inputs = Inputs::new(Inputs::fresh_seed());
     let mut rows = Vec::new();
     for size in matmul_sizes(b) {
-        progress(&format!("matmul {}x{}x{}", size.0, size.1, size.2));
-        rows.push(bench_matmul(b, size, budget, &mut inputs)?);
+        let name = format!("matmul {}x{}x{}", size.0, size.1, size.2);
+        if wanted(&name) {
+            progress(&name);
+            rows.push(bench_matmul(b, size, budget, &mut inputs)?);
+        }
     }
-    progress("copy, add, scale, cast");
-    rows.extend(bench_memory_ops(b, MEMORY_ELEMENTS, budget, &mut inputs)?);
+    let memory_ops = [Op::Copy, Op::Add, Op::Scale, Op::Cast];
+    if memory_ops.iter().any(|op| wanted(op.name())) {
+        progress("copy, add, scale, cast");
+        let all = bench_memory_ops(b, MEMORY_ELEMENTS, budget, &mut inputs)?;
+        rows.extend(all.into_iter().filter(|r| wanted(r.op.name())));
+    }
     Ok(rows)
 }

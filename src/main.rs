@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use signflow::bench::{BenchBudget, BenchRow};
+use signflow::bench::{BenchBudget, BenchRow, Timer};
 use signflow::parity::{Inputs, ParityRow};
 use signflow::{with_backend, Adapters, AnyBackend, DeviceInfo, GpuConfig};
 
@@ -45,6 +45,9 @@ enum Command {
         /// Samples per case (the median is reported).
         #[arg(long, default_value_t = 9)]
         samples: usize,
+        /// Only the cases whose name contains this (e.g. `matmul`, `2048x`, `copy`).
+        #[arg(long)]
+        filter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -131,6 +134,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
         Command::Bench {
             device,
             samples,
+            filter,
             json,
         } => {
             let device = device.open()?;
@@ -139,7 +143,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
                 ..BenchBudget::default()
             };
             let bar = spinner(json);
-            let rows = with_backend!(&device, b => signflow::bench::run_all(b, &budget, |case| {
+            let rows = with_backend!(&device, b => signflow::bench::run_all(b, &budget, filter.as_deref(), |case| {
                 bar.set_message(case.to_string());
                 bar.inc(1);
             }))?;
@@ -237,7 +241,7 @@ fn print_bench(rows: &[BenchRow]) {
         println!("device: {} ({})", first.device, first.backend);
     }
     println!(
-        "{:<7} {:<5} {:<18} {:>10} {:>10} {:>10} {:>12} {:>9}",
+        "{:<7} {:<5} {:<18} {:>10} {:>10} {:>10} {:>16} {:>9}  timer",
         "op", "dtype", "size", "median ms", "min ms", "max ms", "throughput", "peak MiB"
     );
     for r in rows {
@@ -252,7 +256,7 @@ fn print_bench(rows: &[BenchRow]) {
             _ => String::new(),
         };
         println!(
-            "{:<7} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>12} {:>9.1}",
+            "{:<7} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>16} {:>9.1}  {}",
             r.op.name(),
             r.dtype.name(),
             size,
@@ -260,7 +264,11 @@ fn print_bench(rows: &[BenchRow]) {
             r.min_ms,
             r.max_ms,
             throughput,
-            r.peak_mb
+            r.peak_mb,
+            match r.timer {
+                Timer::DeviceTimestamps => "gpu timestamps",
+                Timer::WallClock => "wall clock",
+            }
         );
     }
 }

@@ -72,6 +72,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Waits until every op recorded so far has finished.
     fn synchronize(&self) -> Result<()>;
 
+    /// Runs `f` (which records ops) and returns the device time of that work in ms, measured
+    /// by the device's own clock where it has one (GPU timestamp queries); None where it has
+    /// not, and the caller times the wall clock around [`Backend::synchronize`] instead.
+    fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        f()?;
+        Ok(None)
+    }
+
     fn memory_stats(&self) -> MemoryStats;
     fn reset_peak_memory_stats(&self);
     /// Frees cached blocks that no tensor holds.

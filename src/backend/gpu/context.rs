@@ -22,6 +22,15 @@ pub(crate) struct GpuContext {
     pipelines: Mutex<HashMap<(Kernel, &'static str), wgpu::ComputePipeline>>,
     /// Bound where a kernel's optional operand is absent.
     pub placeholder: wgpu::Buffer,
+    /// Timestamp queries between ops, where the adapter can write them inside an encoder.
+    timestamps: Option<Timestamps>,
+}
+
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
 }
 
 /// A storage buffer bound at a binding index.
@@ -35,7 +44,27 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let timestamps = device
+            .features()
+            .contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+            )
+            .then(|| Timestamps {
+                set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("timing"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                }),
+                resolved: device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timing"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+                period_ns: queue.get_timestamp_period() as f64,
+            });
         Arc::new(GpuContext {
+            timestamps,
             device,
             queue,
             adapter_name,
@@ -53,6 +82,25 @@ impl GpuContext {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
         });
         f(encoder)
+    }
+
+    /// The device time in ms of the work `f` records, from timestamps written before and after
+    /// it; None where the adapter cannot write timestamps inside an encoder.
+    pub fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        let Some(ts) = &self.timestamps else {
+            f()?;
+            return Ok(None);
+        };
+        self.record(|encoder| encoder.write_timestamp(&ts.set, 0));
+        f()?;
+        self.record(|encoder| {
+            encoder.write_timestamp(&ts.set, 1);
+            encoder.resolve_query_set(&ts.set, 0..2, &ts.resolved, 0);
+        });
+        let ticks: [u64; 2] = bytemuck::pod_read_unaligned(&self.read(&ts.resolved, 0, 16)?);
+        Ok(Some(
+            ticks[1].wrapping_sub(ticks[0]) as f64 * ts.period_ns / 1e6,
+        ))
     }
 
     /// Submits everything recorded so far, without waiting.

@@ -93,7 +93,10 @@ pub struct GpuBackend {
 
 /// Features SignFlow's kernels use where the adapter has them.
 fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
 }
 
 #[repr(C)]
@@ -462,6 +465,10 @@ impl Backend for GpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.ctx.wait()
+    }
+
+    fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        self.ctx.device_time_ms(f)
     }
 
     fn memory_stats(&self) -> MemoryStats {
