@@ -4,8 +4,8 @@
 // Buffers are words: 16-bit elements are packed two per u32, low half first, and 16-bit
 // tensors start on an even element. One invocation writes one output word: one f32, or two
 // 16-bit elements. When n is odd, the last word's upper half belongs to whatever follows the
-// tensor and is kept. Conversions are done with integer arithmetic, so they are exact and
-// the same on every adapter, subnormals included.
+// tensor and is kept. Conversions are done with integer arithmetic (and one exact ldexp), so
+// they are correctly rounded and the same on every adapter, subnormals included.
 //
 // SRC and DST (0 = f32, 1 = f16, 2 = bf16) are generated per variant by
 // src/backend/gpu/shaders.rs.

@@ -91,7 +91,7 @@ fn time<B: Backend>(
     let mut times = Vec::new();
     let mut timer = Timer::WallClock;
     let case_start = Instant::now();
-    while times.len() < budget.samples
+    while times.len() < budget.samples.max(1)
         && (times.len() < 3 || case_start.elapsed() < budget.max_case)
     {
         let t = Instant::now();

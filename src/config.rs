@@ -52,7 +52,7 @@ impl GpuConfig {
     /// None when neither an absolute limit nor the device's memory is known.
     pub fn budget_bytes(&self, device_memory: Option<u64>) -> Option<u64> {
         match self.memory_limit_mb {
-            Some(mb) => Some(mb * 1024 * 1024),
+            Some(mb) => Some(mb.saturating_mul(1024 * 1024)),
             None => device_memory.map(|m| (m as f64 * self.memory_fraction) as u64),
         }
     }

@@ -43,6 +43,14 @@ pub enum Error {
         hint: String,
     },
 
+    /// A single allocation the device or host refused, whatever the budget.
+    #[error("cannot allocate {request} ({requested_bytes} bytes): {reason}")]
+    AllocationRefused {
+        request: String,
+        requested_bytes: u64,
+        reason: String,
+    },
+
     /// Operands whose shapes do not fit the op.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },

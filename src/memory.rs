@@ -12,6 +12,11 @@ pub trait BlockAllocator: Send + Sync + 'static {
     type Block: Send + Sync;
     /// A block of at least `bytes` bytes; `what` names the request in errors.
     fn allocate(&self, bytes: u64, what: &str) -> Result<Self::Block>;
+
+    /// The largest block this allocator can make (size classes are capped at it).
+    fn max_block_bytes(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// Memory statistics of a pool, in bytes.
@@ -36,7 +41,9 @@ const MIN_BLOCK_BYTES: u64 = 256;
 /// quarter steps between powers of two, so that no block wastes more than a quarter.
 pub fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(MIN_BLOCK_BYTES);
-    let pow = bytes.next_power_of_two();
+    let Some(pow) = bytes.checked_next_power_of_two() else {
+        return bytes; // beyond any memory; the allocator refuses it
+    };
     if pow <= 1 << 20 {
         return pow;
     }
@@ -91,25 +98,28 @@ impl<A: BlockAllocator> MemoryPool<A> {
         }
     }
 
-    pub fn allocator(&self) -> &A {
-        &self.shared.allocator
-    }
-
     /// A block of at least `bytes` bytes, from the cache when one of its class is free.
     /// Over budget, the cache is emptied first; if that is not enough, an `OutOfMemory` error
-    /// names `what`, the request and the budget.
+    /// names `what`, the request and the budget. A block the allocator refuses is retried
+    /// once after emptying the cache.
     pub fn allocate(&self, bytes: u64, what: &str) -> Result<PooledBlock<A>> {
-        let class = size_class(bytes);
+        let max = self.shared.allocator.max_block_bytes();
+        let class = if bytes <= max {
+            size_class(bytes).min(max)
+        } else {
+            bytes
+        };
         let mut state = self.shared.lock();
         let cached = state.free.get_mut(&class).and_then(Vec::pop);
         let block = match cached {
             Some(block) => block,
             None => {
                 if let Some(budget) = state.stats.budget_bytes {
-                    if state.stats.reserved_bytes + class > budget {
+                    let over = |s: &MemoryStats| s.reserved_bytes.saturating_add(class) > budget;
+                    if over(&state.stats) {
                         release_cache(&mut state);
                     }
-                    if state.stats.reserved_bytes + class > budget {
+                    if over(&state.stats) {
                         return Err(Error::OutOfMemory {
                             request: what.to_string(),
                             requested_bytes: bytes,
@@ -119,7 +129,14 @@ impl<A: BlockAllocator> MemoryPool<A> {
                         });
                     }
                 }
-                let block = self.shared.allocator.allocate(class, what)?;
+                let block = match self.shared.allocator.allocate(class, what) {
+                    Ok(block) => block,
+                    Err(_) if !state.free.is_empty() => {
+                        release_cache(&mut state);
+                        self.shared.allocator.allocate(class, what)?
+                    }
+                    Err(e) => return Err(e),
+                };
                 state.stats.reserved_bytes += class;
                 block
             }

@@ -9,9 +9,18 @@ use crate::backend::{Backend, Storage};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
-/// Number of elements of a shape.
+/// Number of elements of a shape; `usize::MAX` where the product overflows (no allocation
+/// or bounds check can then succeed).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+/// Bytes of a tensor of `shape` and `dtype` (saturating, like [`numel`]).
+pub fn byte_len(shape: &[usize], dtype: DType) -> u64 {
+    (numel(shape) as u64).saturating_mul(dtype.size_bytes() as u64)
 }
 
 /// A tensor on a backend. Cloning is cheap and shares the storage.
@@ -91,12 +100,12 @@ impl<B: Backend> Tensor<B> {
     /// start on an even element, so that GPU kernels address whole 32-bit words.
     pub fn view(&self, offset: usize, shape: &[usize]) -> Result<Tensor<B>> {
         let len = numel(shape);
-        if offset + len > self.len() {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
             return Err(Error::shape(
                 "view",
                 format!(
                     "a view of {shape:?} at offset {offset} needs {} elements, the tensor has {}",
-                    offset + len,
+                    offset.saturating_add(len),
                     self.len()
                 ),
             ));

@@ -97,6 +97,49 @@ fn budget_is_enforced_after_emptying_the_cache() {
     drop((a, b));
 }
 
+/// Fails when the memory it holds would exceed `capacity`, as a device does.
+struct Bounded {
+    inner: Counting,
+    capacity: u64,
+}
+
+impl BlockAllocator for Bounded {
+    type Block = Block;
+    fn allocate(&self, bytes: u64, what: &str) -> Result<Block> {
+        if self.inner.live.load(Ordering::SeqCst) + bytes > self.capacity {
+            return Err(Error::AllocationRefused {
+                request: what.into(),
+                requested_bytes: bytes,
+                reason: "full".into(),
+            });
+        }
+        self.inner.allocate(bytes, what)
+    }
+}
+
+#[test]
+fn a_refused_allocation_is_retried_after_emptying_the_cache() {
+    let pool = MemoryPool::new(
+        Bounded {
+            inner: Counting::default(),
+            capacity: 8192,
+        },
+        None,
+    );
+    drop(pool.allocate(4096, "cached").unwrap());
+    let big = pool
+        .allocate(8192, "big")
+        .expect("fits once the cache is emptied");
+    assert_eq!(pool.stats().reserved_bytes, 8192);
+    let err = pool
+        .allocate(256, "more")
+        .err()
+        .expect("the device is full")
+        .to_string();
+    assert!(err.contains("cannot allocate more"), "{err}");
+    drop(big);
+}
+
 #[test]
 fn guard_empties_the_cache_when_dropped() {
     let allocator = Counting::default();

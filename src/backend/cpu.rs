@@ -1,7 +1,7 @@
 //! The CPU backend: f32 on every core, matrix products by the `gemm` crate (runtime-selected
 //! SIMD kernels), elementwise ops in parallel chunks with rayon.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
@@ -27,13 +27,12 @@ impl BlockAllocator for HostAllocator {
     fn allocate(&self, bytes: u64, what: &str) -> Result<Self::Block> {
         let words = bytes.div_ceil(4) as usize;
         let mut v = Vec::new();
-        v.try_reserve_exact(words).map_err(|_| Error::OutOfMemory {
-            request: what.to_string(),
-            requested_bytes: bytes,
-            in_use_bytes: 0,
-            budget_bytes: 0,
-            hint: " (the host refused the allocation)".into(),
-        })?;
+        v.try_reserve_exact(words)
+            .map_err(|_| Error::AllocationRefused {
+                request: what.to_string(),
+                requested_bytes: bytes,
+                reason: "the host has not enough free memory".into(),
+            })?;
         v.resize(words, 0);
         Ok(RwLock::new(v))
     }
@@ -87,50 +86,99 @@ impl Default for CpuBackend {
     }
 }
 
-fn f32s<'a>(words: &'a [u32], t: &Tensor<CpuBackend>) -> &'a [f32] {
-    &bytemuck::cast_slice(words)[t.offset()..t.offset() + t.len()]
+/// An input's words: all of its storage, or a copy of just its own words, and where the
+/// tensor's first element is in them.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    words: &'a [u32],
+    first: usize,
+}
+
+fn f32s<'a>(x: Input<'a>, t: &Tensor<CpuBackend>) -> &'a [f32] {
+    &bytemuck::cast_slice(x.words)[x.first..x.first + t.len()]
+}
+
+fn halves<'a>(x: Input<'a>, t: &Tensor<CpuBackend>) -> &'a [u16] {
+    &bytemuck::cast_slice(x.words)[x.first..x.first + t.len()]
 }
 
 fn f32s_mut<'a>(words: &'a mut [u32], t: &Tensor<CpuBackend>) -> &'a mut [f32] {
     &mut bytemuck::cast_slice_mut(words)[t.offset()..t.offset() + t.len()]
 }
 
-fn halves<'a>(words: &'a [u32], t: &Tensor<CpuBackend>) -> &'a [u16] {
-    &bytemuck::cast_slice(words)[t.offset()..t.offset() + t.len()]
-}
-
 fn halves_mut<'a>(words: &'a mut [u32], t: &Tensor<CpuBackend>) -> &'a mut [u16] {
     &mut bytemuck::cast_slice_mut(words)[t.offset()..t.offset() + t.len()]
 }
 
-/// Runs `f` with the storage words of every input and the output's words to write. An input
-/// that shares storage with the output is read from a copy taken first, so that an op may
-/// write in place (`add(a, b, a)`).
+/// The words holding `t`'s elements, copied.
+fn copy_words(t: &Tensor<CpuBackend>) -> Vec<u32> {
+    let size = t.dtype().size_bytes();
+    let (start, end) = (t.offset() * size / 4, (t.offset() + t.len()) * size);
+    t.storage().words()[start..end.div_ceil(4)].to_vec()
+}
+
+enum Guard<'a> {
+    Read(RwLockReadGuard<'a, Vec<u32>>),
+    Write(RwLockWriteGuard<'a, Vec<u32>>),
+}
+
+/// Runs `f` with the words of every input and the output's words to write. An input in the
+/// output's storage (an in-place op, or another view of the same arena) is read from a copy
+/// of its own words, taken first. Every other storage is locked once, and all in address
+/// order, so that ops running on several threads cannot deadlock.
 fn with_io<R>(
     inputs: &[&Tensor<CpuBackend>],
     out: &Tensor<CpuBackend>,
-    f: impl FnOnce(&[&[u32]], &mut [u32]) -> R,
+    f: impl FnOnce(&[Input<'_>], &mut [u32]) -> R,
 ) -> R {
     let copies: Vec<Option<Vec<u32>>> = inputs
         .iter()
-        .map(|t| t.shares_storage(out).then(|| t.storage().words().clone()))
+        .map(|t| t.shares_storage(out).then(|| copy_words(t)))
         .collect();
-    let guards: Vec<Option<RwLockReadGuard<'_, Vec<u32>>>> = inputs
+    let mut storages: Vec<&Arc<CpuStorage>> = inputs
         .iter()
         .zip(&copies)
-        .map(|(t, copy)| copy.is_none().then(|| t.storage().words()))
+        .filter(|(_, copy)| copy.is_none())
+        .map(|(t, _)| t.storage())
+        .chain([out.storage()])
         .collect();
-    let slices: Vec<&[u32]> = guards
+    storages.sort_by_key(|s| Arc::as_ptr(s));
+    storages.dedup_by_key(|s| Arc::as_ptr(s));
+    let mut guards: Vec<(*const CpuStorage, Guard<'_>)> = storages
         .iter()
-        .zip(&copies)
-        .map(|(g, c)| match (g, c) {
-            (Some(g), _) => g.as_slice(),
-            (None, Some(c)) => c.as_slice(),
-            (None, None) => unreachable!("each input is either borrowed or copied"),
+        .map(|s| {
+            let guard = if Arc::ptr_eq(s, out.storage()) {
+                Guard::Write(s.0.write().unwrap_or_else(|e| e.into_inner()))
+            } else {
+                Guard::Read(s.words())
+            };
+            (Arc::as_ptr(s), guard)
         })
         .collect();
-    let mut out_words = out.storage().0.write().unwrap_or_else(|e| e.into_inner());
-    f(&slices, &mut out_words)
+    let mut out_words: Option<&mut [u32]> = None;
+    let mut read: Vec<(*const CpuStorage, &[u32])> = Vec::new();
+    for (ptr, guard) in guards.iter_mut() {
+        match guard {
+            Guard::Write(w) => out_words = Some(w.as_mut_slice()),
+            Guard::Read(r) => read.push((*ptr, r.as_slice())),
+        }
+    }
+    let ins: Vec<Input<'_>> = inputs
+        .iter()
+        .zip(&copies)
+        .map(|(t, copy)| match copy {
+            Some(words) => Input { words, first: 0 },
+            None => Input {
+                words: read
+                    .iter()
+                    .find(|(ptr, _)| *ptr == Arc::as_ptr(t.storage()))
+                    .expect("every input not copied was locked")
+                    .1,
+                first: t.offset(),
+            },
+        })
+        .collect();
+    f(&ins, out_words.expect("the output was locked"))
 }
 
 impl Backend for CpuBackend {
@@ -141,7 +189,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let bytes = (crate::tensor::numel(shape) * dtype.size_bytes()) as u64;
+        let bytes = crate::tensor::byte_len(shape, dtype);
         let block = self
             .pool
             .allocate(bytes, &format!("a {dtype} tensor of shape {shape:?}"))?;
@@ -230,7 +278,7 @@ impl Backend for CpuBackend {
     }
 
     fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::same_len("cast", x, out)?;
+        check::conversion("cast", x, out)?;
         with_io(&[x], out, |ins, words| {
             cast_words(ins[0], x, words, out);
         });
@@ -318,7 +366,7 @@ fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &M
 
 /// Converts `x` into `out`'s dtype, in parallel chunks. Conversions use `half`, which rounds to
 /// nearest even and uses the F16C instructions where the CPU has them.
-fn cast_words(src: &[u32], x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
+fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
     use DType::*;
     match (x.dtype(), out.dtype()) {
         (F32, F32) => f32s_mut(dst, out).copy_from_slice(f32s(src, x)),

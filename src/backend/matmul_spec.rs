@@ -31,9 +31,9 @@ impl MatmulSpec {
             trans_a: false,
             trans_b: false,
             batch: 1,
-            stride_a: m * k,
-            stride_b: k * n,
-            stride_c: m * n,
+            stride_a: m.saturating_mul(k),
+            stride_b: k.saturating_mul(n),
+            stride_c: m.saturating_mul(n),
         }
     }
 
@@ -91,25 +91,29 @@ impl MatmulSpec {
         }
     }
 
-    /// Elements an operand must hold: the last item's start plus one item.
-    fn extent(&self, stride: usize, item: usize) -> usize {
+    /// Elements an operand must hold: the last item's start plus one item. Sizes too large
+    /// for memory saturate at `usize::MAX`, which no tensor holds, so they fail the checks
+    /// instead of wrapping.
+    fn extent(&self, stride: usize, rows: usize, cols: usize) -> usize {
         if self.batch == 0 {
             0
         } else {
-            (self.batch - 1) * stride + item
+            (self.batch - 1)
+                .saturating_mul(stride)
+                .saturating_add(rows.saturating_mul(cols))
         }
     }
 
     pub fn a_len(&self) -> usize {
-        self.extent(self.stride_a, self.m * self.k)
+        self.extent(self.stride_a, self.m, self.k)
     }
 
     pub fn b_len(&self) -> usize {
-        self.extent(self.stride_b, self.k * self.n)
+        self.extent(self.stride_b, self.k, self.n)
     }
 
     pub fn c_len(&self) -> usize {
-        self.extent(self.stride_c, self.m * self.n)
+        self.extent(self.stride_c, self.m, self.n)
     }
 
     /// Floating-point operations: 2·M·N·K per item.
@@ -159,7 +163,7 @@ impl MatmulSpec {
                 ));
             }
         }
-        if self.batch > 1 && self.stride_c < self.m * self.n {
+        if self.batch > 1 && self.stride_c < self.m.saturating_mul(self.n) {
             return Err(Error::shape(
                 OP,
                 format!(
@@ -170,14 +174,10 @@ impl MatmulSpec {
             ));
         }
         for input in [a, b].into_iter().chain(bias) {
-            if input.shares_storage(out) && ranges_overlap(input, out) {
+            if check::overlap(input, out) {
                 return Err(Error::shape(OP, "the output overlaps an input"));
             }
         }
         Ok(())
     }
-}
-
-fn ranges_overlap<B: Backend>(x: &Tensor<B>, y: &Tensor<B>) -> bool {
-    x.offset() < y.offset() + y.len() && y.offset() < x.offset() + x.len()
 }

@@ -119,6 +119,30 @@ pub(crate) mod check {
         Ok(())
     }
 
+    /// True when two tensors share storage and some of their elements.
+    pub fn overlap<B: Backend>(x: &Tensor<B>, y: &Tensor<B>) -> bool {
+        x.shares_storage(y)
+            && x.offset() < y.offset() + y.len()
+            && y.offset() < x.offset() + x.len()
+    }
+
+    /// An elementwise op may write in place (an input and the output the same elements) but
+    /// not into an input shifted against the output, whose result would depend on the order
+    /// in which elements are written.
+    pub fn in_place_or_apart<B: Backend>(
+        op: &'static str,
+        input: &Tensor<B>,
+        out: &Tensor<B>,
+    ) -> Result<()> {
+        if overlap(input, out) && input.offset() != out.offset() {
+            return Err(Error::shape(
+                op,
+                "the output partly overlaps an input; write in place (the same view) or to separate elements",
+            ));
+        }
+        Ok(())
+    }
+
     /// Elementwise ops on f32: every operand as long as the output.
     pub fn elementwise<B: Backend>(
         op: &'static str,
@@ -129,8 +153,21 @@ pub(crate) mod check {
         for t in inputs {
             dtype(op, t, DType::F32)?;
             same_len(op, t, out)?;
+            in_place_or_apart(op, t, out)?;
         }
         Ok(())
+    }
+
+    /// Casts and copies: the same length; in place only between equal dtypes.
+    pub fn conversion<B: Backend>(op: &'static str, x: &Tensor<B>, out: &Tensor<B>) -> Result<()> {
+        same_len(op, x, out)?;
+        if x.dtype() != out.dtype() && overlap(x, out) {
+            return Err(Error::shape(
+                op,
+                "a conversion between dtypes cannot write over its input",
+            ));
+        }
+        in_place_or_apart(op, x, out)
     }
 }
 

@@ -40,10 +40,6 @@ impl DeviceInfo {
         }
     }
 
-    pub fn has_feature(&self, name: &str) -> bool {
-        self.features.iter().any(|f| f == name)
-    }
-
     /// The CPU backend's entry.
     pub fn cpu() -> DeviceInfo {
         DeviceInfo {

@@ -19,13 +19,6 @@ pub enum ApiBackend {
 }
 
 impl ApiBackend {
-    pub const ALL: [ApiBackend; 4] = [
-        ApiBackend::Vulkan,
-        ApiBackend::Metal,
-        ApiBackend::Dx12,
-        ApiBackend::Gl,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             ApiBackend::Vulkan => "vulkan",

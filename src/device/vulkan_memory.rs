@@ -3,8 +3,8 @@
 //! wgpu has no portable memory query; on Vulkan the physical device's memory properties are
 //! reachable through wgpu's hal access.
 
-/// The largest device-local heap of a Vulkan adapter, and whether that heap is host memory
-/// shared with the CPU (an integrated GPU, or a software rasteriser).
+/// The size of the largest device-local heap of a Vulkan adapter. On integrated GPUs and
+/// software rasterisers that heap is host memory shared with the CPU.
 pub(crate) fn device_local_memory(adapter: &wgpu::Adapter) -> Option<u64> {
     use ash::vk;
     // SAFETY: we only read immutable properties of the physical device through the instance

@@ -291,6 +291,26 @@ pub fn bad_operands_are_errors<B: Backend>(b: &B) {
         .to_string();
     assert!(err.contains("overlaps"), "{err}");
     assert!(b.copy(&h, &f(&[4])).is_err());
+    // Shifted overlaps are refused (their result would depend on the write order); the same
+    // view in place is fine.
+    let x = f(&[9]);
+    let err = b
+        .add(
+            &x.view(0, &[8]).unwrap(),
+            &f(&[8]),
+            &x.view(1, &[8]).unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("partly overlaps"), "{err}");
+    assert!(b
+        .copy(&x.view(1, &[8]).unwrap(), &x.view(0, &[8]).unwrap())
+        .is_err());
+    assert!(b.scale(&x, 2.0, &x).is_ok());
+    // Sizes beyond any memory are errors, not overflows.
+    assert!(b.alloc(&[usize::MAX / 2, 4], DType::F32).is_err());
+    let huge = MatmulSpec::new(usize::MAX / 2, 2, 2);
+    assert!(b.matmul(&f(&[4]), &f(&[4]), None, &f(&[4]), &huge).is_err());
     assert!(b
         .write(
             &f(&[3]),

@@ -24,6 +24,8 @@ pub(crate) struct GpuContext {
     pub placeholder: wgpu::Buffer,
     /// Timestamp queries between ops, where the adapter can write them inside an encoder.
     timestamps: Option<Timestamps>,
+    /// The first error wgpu reported outside an error scope, kept until the next wait.
+    uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 struct Timestamps {
@@ -63,7 +65,16 @@ impl GpuContext {
                 }),
                 period_ns: queue.get_timestamp_period() as f64,
             });
+        // Errors are caught in scopes where they are expected; anything else (a bug) is kept and
+        // returned by the next wait or readback, rather than aborting the user's process.
+        let uncaptured = Arc::new(Mutex::new(None));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            tracing::error!("wgpu: {e}");
+            lock(&slot).get_or_insert_with(|| e.to_string());
+        }));
         Arc::new(GpuContext {
+            uncaptured,
             timestamps,
             device,
             queue,
@@ -115,8 +126,16 @@ impl GpuContext {
         self.flush();
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| self.gpu_error("waiting for the queue", e))
+            .map_err(|e| self.gpu_error("waiting for the queue", e))?;
+        self.take_uncaptured()
+    }
+
+    /// The error wgpu reported since the last wait, if any.
+    fn take_uncaptured(&self) -> Result<()> {
+        match lock(&self.uncaptured).take() {
+            None => Ok(()),
+            Some(message) => Err(self.gpu_error("recorded work", message)),
+        }
     }
 
     pub fn gpu_error(&self, context: &str, e: impl std::fmt::Display) -> Error {
@@ -126,14 +145,8 @@ impl GpuContext {
         }
     }
 
-    /// The pipeline of `entry` in `kernel`, compiled on first use. `constants` set the
-    /// kernel's `override` values and must be the same on every call for a kernel.
-    pub fn pipeline(
-        &self,
-        kernel: Kernel,
-        entry: &'static str,
-        constants: &[(&str, f64)],
-    ) -> Result<wgpu::ComputePipeline> {
+    /// The pipeline of `entry` in `kernel`, compiled on first use.
+    pub fn pipeline(&self, kernel: Kernel, entry: &'static str) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = lock(&self.pipelines).get(&(kernel, entry)) {
             return Ok(p.clone());
         }
@@ -153,7 +166,7 @@ impl GpuContext {
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &kernel.constants(),
                     // Every kernel writes its workgroup memory before reading it.
                     zero_initialize_workgroup_memory: false,
                 },
@@ -212,6 +225,9 @@ impl GpuContext {
     /// Records a copy of `bytes` host bytes into `dst` at `offset` (both multiples of 4), in
     /// order with the ops around it.
     pub fn record_write(&self, dst: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         let staging = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -248,6 +264,7 @@ impl GpuContext {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| self.gpu_error("waiting for a readback", e))?;
+        self.take_uncaptured()?;
         rx.recv()
             .map_err(|e| self.gpu_error("reading back", e))?
             .map_err(|e| self.gpu_error("mapping a readback buffer", e))?;

@@ -84,9 +84,9 @@ impl KernelConfig {
             .filter(|t| t.fits(limits))
             .collect();
         if matmul_tiles.is_empty() {
-            // WebGPU's minimum limits (256 invocations, 16 KiB) admit every candidate but the
-            // largest; an adapter below them still gets the smallest and fails loudly at
-            // pipeline creation rather than silently.
+            // WebGPU's minimum limits (256 invocations, 16 KiB) admit every candidate; an
+            // adapter below them still gets the smallest, and fails loudly at pipeline
+            // creation rather than silently.
             matmul_tiles.push(MatmulTile::CANDIDATES[2]);
         }
         KernelConfig {

@@ -16,7 +16,7 @@ use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
-use crate::tensor::{numel, HostTensor, Tensor};
+use crate::tensor::{byte_len, HostTensor, Tensor};
 
 /// Device buffers for the pool: storage buffers that can also be copied from and to.
 pub struct GpuAllocator {
@@ -28,17 +28,19 @@ pub struct GpuAllocator {
 impl BlockAllocator for GpuAllocator {
     type Block = wgpu::Buffer;
 
+    fn max_block_bytes(&self) -> u64 {
+        self.max_buffer_bytes
+    }
+
     fn allocate(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
-        let too_big = |hint: String| Error::OutOfMemory {
+        let refused = |reason: String| Error::AllocationRefused {
             request: what.to_string(),
             requested_bytes: bytes,
-            in_use_bytes: 0,
-            budget_bytes: self.max_buffer_bytes,
-            hint,
+            reason,
         };
         if bytes > self.max_buffer_bytes {
-            return Err(too_big(format!(
-                " (one buffer on {} holds at most {} bytes; split the work into smaller batches)",
+            return Err(refused(format!(
+                "one buffer on {} holds at most {} bytes; split the work into smaller batches",
                 self.ctx.adapter_name, self.max_buffer_bytes
             )));
         }
@@ -56,7 +58,7 @@ impl BlockAllocator for GpuAllocator {
         });
         match pollster::block_on(scope.pop()) {
             None => Ok(buffer),
-            Some(e) => Err(too_big(format!(" (the device refused: {e})"))),
+            Some(e) => Err(refused(format!("the device is out of memory ({e})"))),
         }
     }
 }
@@ -165,9 +167,6 @@ impl GpuBackend {
             adapter: info.name.clone(),
             reason: e.to_string(),
         })?;
-        // Errors are caught in scopes where they can happen; anything else is a bug to log,
-        // not a reason to abort the user's process.
-        device.on_uncaptured_error(Arc::new(|e| tracing::error!("wgpu: {e}")));
         let ctx = GpuContext::new(device, queue, info.name.clone());
         let allocator = GpuAllocator {
             ctx: ctx.clone(),
@@ -207,10 +206,6 @@ impl GpuBackend {
         [x as u32, groups.div_ceil(x) as u32, 1]
     }
 
-    fn workgroup_constants(&self) -> [(&'static str, f64); 1] {
-        [("WG", self.kernels.elementwise_workgroup as f64)]
-    }
-
     fn elementwise(
         &self,
         entry: &'static str,
@@ -222,9 +217,10 @@ impl GpuBackend {
         if out.is_empty() {
             return Ok(());
         }
-        let pipeline =
-            self.ctx
-                .pipeline(Kernel::Elementwise, entry, &self.workgroup_constants())?;
+        let kernel = Kernel::Elementwise {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        let pipeline = self.ctx.pipeline(kernel, entry)?;
         let grid = self.grid(out.len());
         let params = ElementwiseParams {
             n: index_u32(entry, out.len())?,
@@ -271,7 +267,7 @@ impl Backend for GpuBackend {
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
-        let bytes = (numel(shape) * dtype.size_bytes()) as u64;
+        let bytes = byte_len(shape, dtype);
         let block = self
             .pool
             .allocate(bytes, &format!("a {dtype} tensor of shape {shape:?}"))?;
@@ -337,7 +333,7 @@ impl Backend for GpuBackend {
             trans_b: spec.trans_b,
             vec4,
         };
-        let pipeline = self.ctx.pipeline(kernel, "matmul", &[])?;
+        let pipeline = self.ctx.pipeline(kernel, "matmul")?;
         let groups_x = spec.n.div_ceil(tile.bn as usize);
         let groups_y = spec.m.div_ceil(tile.bm as usize);
         let max = self.kernels.max_workgroups_per_dimension as usize;
@@ -367,6 +363,10 @@ impl Backend for GpuBackend {
             stride_c: index_u32(OP, spec.stride_c)?,
             batch_base: 0,
         };
+        // Every index a kernel computes must fit its 32-bit arithmetic.
+        index_u32(OP, a.offset().saturating_add(spec.a_len()))?;
+        index_u32(OP, b.offset().saturating_add(spec.b_len()))?;
+        index_u32(OP, out.offset().saturating_add(spec.c_len()))?;
         // Batches beyond the per-dimension limit go in several dispatches.
         for base in (0..spec.batch).step_by(max) {
             params.batch_base = base as u32;
@@ -398,17 +398,16 @@ impl Backend for GpuBackend {
 
     fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         const OP: &str = "cast";
-        check::same_len(OP, x, out)?;
+        check::conversion(OP, x, out)?;
         if out.is_empty() {
             return Ok(());
         }
         let kernel = Kernel::Cast {
             from: x.dtype(),
             to: out.dtype(),
+            workgroup: self.kernels.elementwise_workgroup,
         };
-        let pipeline = self
-            .ctx
-            .pipeline(kernel, "convert", &self.workgroup_constants())?;
+        let pipeline = self.ctx.pipeline(kernel, "convert")?;
         // One invocation per output word.
         let words = if out.dtype() == DType::F32 {
             out.len()
@@ -442,7 +441,7 @@ impl Backend for GpuBackend {
                 ),
             ));
         }
-        check::same_len("copy", src, dst)?;
+        check::conversion("copy", src, dst)?;
         let size = src.dtype().size_bytes();
         let (from, to, bytes) = (src.offset() * size, dst.offset() * size, src.len() * size);
         if src.shares_storage(dst) || bytes % 4 != 0 {

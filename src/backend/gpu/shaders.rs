@@ -21,10 +21,15 @@ pub enum Kernel {
         trans_b: bool,
         vec4: bool,
     },
-    /// elementwise.wgsl: entry points `add`, `scale`.
-    Elementwise,
+    /// elementwise.wgsl with `workgroup` invocations per workgroup: entry points `add`,
+    /// `scale`.
+    Elementwise { workgroup: u32 },
     /// cast.wgsl from one dtype to another: entry point `convert`.
-    Cast { from: DType, to: DType },
+    Cast {
+        from: DType,
+        to: DType,
+        workgroup: u32,
+    },
 }
 
 /// Code of a dtype in cast.wgsl.
@@ -52,8 +57,22 @@ impl Kernel {
                 if trans_b { 't' } else { 'n' },
                 if vec4 { "vec4" } else { "scalar" }
             ),
-            Kernel::Elementwise => "elementwise".into(),
-            Kernel::Cast { from, to } => format!("cast_{from}_{to}"),
+            Kernel::Elementwise { workgroup } => format!("elementwise_wg{workgroup}"),
+            Kernel::Cast {
+                from,
+                to,
+                workgroup,
+            } => format!("cast_{from}_{to}_wg{workgroup}"),
+        }
+    }
+
+    /// Values of the source's `override` constants.
+    pub fn constants(&self) -> Vec<(&'static str, f64)> {
+        match *self {
+            Kernel::Matmul { .. } => Vec::new(),
+            Kernel::Elementwise { workgroup } | Kernel::Cast { workgroup, .. } => {
+                vec![("WG", workgroup as f64)]
+            }
         }
     }
 
@@ -80,8 +99,8 @@ impl Kernel {
                     .replace("//!CONSTS", &consts)
                     .replace("//!LOADER", loader)
             }
-            Kernel::Elementwise => ELEMENTWISE.into(),
-            Kernel::Cast { from, to } => CAST.replace(
+            Kernel::Elementwise { .. } => ELEMENTWISE.into(),
+            Kernel::Cast { from, to, .. } => CAST.replace(
                 "//!CONSTS",
                 &format!(
                     "const SRC: u32 = {}u;\nconst DST: u32 = {}u;",
@@ -92,9 +111,13 @@ impl Kernel {
         }
     }
 
-    /// Every variant the backend can compile, for validation without a GPU.
+    /// Every variant the backend can compile (at a typical workgroup size), for validation
+    /// without a GPU.
     pub fn all() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Elementwise];
+        const WORKGROUP: u32 = 256;
+        let mut all = vec![Kernel::Elementwise {
+            workgroup: WORKGROUP,
+        }];
         for tile in MatmulTile::CANDIDATES {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 for vec4 in [false, true] {
@@ -109,7 +132,11 @@ impl Kernel {
         }
         for from in DType::ALL {
             for to in DType::ALL {
-                all.push(Kernel::Cast { from, to });
+                all.push(Kernel::Cast {
+                    from,
+                    to,
+                    workgroup: WORKGROUP,
+                });
             }
         }
         all
