@@ -201,18 +201,7 @@ impl Backend for CpuBackend {
     }
 
     fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
-        if src.dtype() != dst.dtype() || src.len() != dst.len() {
-            return Err(Error::shape(
-                "write",
-                format!(
-                    "cannot write {} {:?} into {} {:?}",
-                    src.dtype(),
-                    src.shape(),
-                    dst.dtype(),
-                    dst.shape()
-                ),
-            ));
-        }
+        check::write(dst, src)?;
         with_io(&[], dst, |_, words| match src.data() {
             HostData::F32(v) => f32s_mut(words, dst).copy_from_slice(v),
             HostData::F16(v) => halves_mut(words, dst).copy_from_slice(bytemuck::cast_slice(v)),
@@ -286,16 +275,7 @@ impl Backend for CpuBackend {
     }
 
     fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()> {
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(
-                "copy",
-                format!(
-                    "dtypes differ ({} to {}); use cast",
-                    src.dtype(),
-                    dst.dtype()
-                ),
-            ));
-        }
+        check::copy(src, dst)?;
         self.cast(src, dst)
     }
 

@@ -158,6 +158,38 @@ pub(crate) mod check {
         Ok(())
     }
 
+    /// Host data written into a tensor: the same dtype and number of elements.
+    pub fn write<B: Backend>(dst: &Tensor<B>, src: &HostTensor) -> Result<()> {
+        if src.dtype() != dst.dtype() || src.len() != dst.len() {
+            return Err(Error::shape(
+                "write",
+                format!(
+                    "cannot write {} {:?} into {} {:?}",
+                    src.dtype(),
+                    src.shape(),
+                    dst.dtype(),
+                    dst.shape()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies: a conversion between equal dtypes.
+    pub fn copy<B: Backend>(src: &Tensor<B>, dst: &Tensor<B>) -> Result<()> {
+        if src.dtype() != dst.dtype() {
+            return Err(Error::shape(
+                "copy",
+                format!(
+                    "dtypes differ ({} to {}); use cast",
+                    src.dtype(),
+                    dst.dtype()
+                ),
+            ));
+        }
+        conversion("copy", src, dst)
+    }
+
     /// Casts and copies: the same length; in place only between equal dtypes.
     pub fn conversion<B: Backend>(op: &'static str, x: &Tensor<B>, out: &Tensor<B>) -> Result<()> {
         same_len(op, x, out)?;

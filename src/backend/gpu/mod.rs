@@ -279,18 +279,7 @@ impl Backend for GpuBackend {
     }
 
     fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
-        if src.dtype() != dst.dtype() || src.len() != dst.len() {
-            return Err(Error::shape(
-                "write",
-                format!(
-                    "cannot write {} {:?} into {} {:?}",
-                    src.dtype(),
-                    src.shape(),
-                    dst.dtype(),
-                    dst.shape()
-                ),
-            ));
-        }
+        check::write(dst, src)?;
         let bytes = src.as_bytes();
         let offset = (dst.offset() * dst.dtype().size_bytes()) as u64;
         if bytes.len() % 4 == 0 {
@@ -431,17 +420,7 @@ impl Backend for GpuBackend {
     }
 
     fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()> {
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(
-                "copy",
-                format!(
-                    "dtypes differ ({} to {}); use cast",
-                    src.dtype(),
-                    dst.dtype()
-                ),
-            ));
-        }
-        check::conversion("copy", src, dst)?;
+        check::copy(src, dst)?;
         let size = src.dtype().size_bytes();
         let (from, to, bytes) = (src.offset() * size, dst.offset() * size, src.len() * size);
         if src.shares_storage(dst) || bytes % 4 != 0 {
