@@ -31,10 +31,11 @@ pub mod memory;
 pub mod ops;
 pub mod parity;
 pub mod reference;
+pub mod rng;
 pub mod tensor;
 pub mod tolerance;
 
-pub use backend::{AnyBackend, Backend, CpuBackend, GpuBackend, MatmulSpec};
+pub use backend::{AdamW, AnyBackend, Backend, CpuBackend, GpuBackend, MatmulSpec};
 pub use config::GpuConfig;
 pub use device::{Adapters, DeviceInfo};
 pub use dtype::DType;

@@ -219,12 +219,12 @@ fn print_devices(infos: &[DeviceInfo]) {
 
 fn print_selftest(rows: &[ParityRow]) {
     println!(
-        "{:<8} {:<5} {:<28} {:>12} {:>12} {:>9}  result",
+        "{:<14} {:<5} {:<28} {:>12} {:>12} {:>9}  result",
         "op", "dtype", "shape", "max abs err", "max rel err", "tol"
     );
     for r in rows {
         println!(
-            "{:<8} {:<5} {:<28} {:>12.3e} {:>12.3e} {:>9.0e}  {}",
+            "{:<14} {:<5} {:<28} {:>12.3e} {:>12.3e} {:>9.0e}  {}",
             r.op.name(),
             r.dtype.name(),
             r.shape,

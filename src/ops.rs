@@ -11,6 +11,18 @@ pub enum Op {
     Scale,
     Cast,
     Copy,
+    GeluFwd,
+    GeluBwd,
+    BiasGrad,
+    LayernormFwd,
+    LayernormBwd,
+    MeanPoolFwd,
+    MeanPoolBwd,
+    SoftmaxXentFwd,
+    SoftmaxXentBwd,
+    Adamw,
+    GradNorm,
+    UnscaleCheck,
 }
 
 impl Op {
@@ -21,6 +33,18 @@ impl Op {
             Op::Scale => "scale",
             Op::Cast => "cast",
             Op::Copy => "copy",
+            Op::GeluFwd => "gelu_fwd",
+            Op::GeluBwd => "gelu_bwd",
+            Op::BiasGrad => "bias_grad",
+            Op::LayernormFwd => "layernorm_fwd",
+            Op::LayernormBwd => "layernorm_bwd",
+            Op::MeanPoolFwd => "mean_pool_fwd",
+            Op::MeanPoolBwd => "mean_pool_bwd",
+            Op::SoftmaxXentFwd => "softmax_xent_fwd",
+            Op::SoftmaxXentBwd => "softmax_xent_bwd",
+            Op::Adamw => "adamw",
+            Op::GradNorm => "grad_norm",
+            Op::UnscaleCheck => "unscale_check",
         }
     }
 }

@@ -26,7 +26,31 @@ pub struct ParityRow {
 
 impl ParityRow {
     fn new(op: Op, dtype: DType, shape: String, class: OpClass, got: &[f32], want: &[f64]) -> Self {
-        let d = Deviation::measure(got, want);
+        Self::of_parts(op, dtype, shape, class, &[(got, want)])
+    }
+
+    /// One row for an op with several outputs, each measured against its own scale (a
+    /// gradient summed over many rows must not hide the error of a small one).
+    fn of_parts(
+        op: Op,
+        dtype: DType,
+        shape: String,
+        class: OpClass,
+        parts: &[(&[f32], &[f64])],
+    ) -> Self {
+        let d = parts
+            .iter()
+            .map(|(got, want)| Deviation::measure(got, want))
+            .fold(
+                Deviation {
+                    max_abs_err: 0.0,
+                    max_rel_err: 0.0,
+                },
+                |a, b| Deviation {
+                    max_abs_err: a.max_abs_err.max(b.max_abs_err),
+                    max_rel_err: a.max_rel_err.max(b.max_rel_err),
+                },
+            );
         let tol = tolerance(class, dtype);
         ParityRow {
             op,
@@ -217,6 +241,469 @@ pub fn check_copy<B: Backend>(
     ))
 }
 
+fn upload<B: Backend>(b: &B, shape: &[usize], data: &[f32]) -> Result<Tensor<B>> {
+    b.upload(&HostTensor::from_f32(shape, data.to_vec())?)
+}
+
+pub fn check_gelu<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> Result<ParityRow> {
+    let x: Vec<f32> = inputs.uniform(n).iter().map(|v| v * 6.0).collect();
+    let out = poisoned(b, &[n], DType::F32)?;
+    b.gelu(&upload(b, &[n], &x)?, &out)?;
+    let want = reference::gelu(&widen(&x));
+    Ok(ParityRow::new(
+        Op::GeluFwd,
+        DType::F32,
+        format!("{n}"),
+        OpClass::Elementwise,
+        &out.to_f32_vec()?,
+        &want,
+    ))
+}
+
+pub fn check_gelu_backward<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> Result<ParityRow> {
+    let x: Vec<f32> = inputs.uniform(n).iter().map(|v| v * 6.0).collect();
+    let dy = inputs.uniform(n);
+    let dx = poisoned(b, &[n], DType::F32)?;
+    b.gelu_backward(&upload(b, &[n], &x)?, &upload(b, &[n], &dy)?, &dx)?;
+    let want = reference::gelu_backward(&widen(&x), &widen(&dy));
+    Ok(ParityRow::new(
+        Op::GeluBwd,
+        DType::F32,
+        format!("{n}"),
+        OpClass::Elementwise,
+        &dx.to_f32_vec()?,
+        &want,
+    ))
+}
+
+pub fn check_bias_grad<B: Backend>(
+    b: &B,
+    rows: usize,
+    cols: usize,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let dy = inputs.uniform(rows * cols);
+    let db = poisoned(b, &[cols], DType::F32)?;
+    b.bias_grad(&upload(b, &[rows, cols], &dy)?, &db)?;
+    let want = reference::bias_grad(&widen(&dy), cols);
+    Ok(ParityRow::new(
+        Op::BiasGrad,
+        DType::F32,
+        format!("{rows}x{cols}"),
+        OpClass::Elementwise,
+        &db.to_f32_vec()?,
+        &want,
+    ))
+}
+
+/// Layer norm inputs: rows with a non-zero mean and a spread that differs by row, like
+/// activations; weights around 1.
+fn layernorm_inputs(
+    rows: usize,
+    cols: usize,
+    inputs: &mut Inputs,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let shift = inputs.uniform(rows);
+    let x: Vec<f32> = inputs
+        .uniform(rows * cols)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * (1.0 + (i / cols) as f32 % 3.0) + shift[i / cols])
+        .collect();
+    let w = inputs.uniform(cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+    (x, w, inputs.uniform(cols))
+}
+
+pub const LAYERNORM_EPS: f32 = 1e-5;
+
+pub fn check_layernorm<B: Backend>(
+    b: &B,
+    rows: usize,
+    cols: usize,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (x, w, bias) = layernorm_inputs(rows, cols, inputs);
+    let y = poisoned(b, &[rows, cols], DType::F32)?;
+    let (mean, rstd) = (
+        poisoned(b, &[rows], DType::F32)?,
+        poisoned(b, &[rows], DType::F32)?,
+    );
+    b.layernorm(
+        &upload(b, &[rows, cols], &x)?,
+        &upload(b, &[cols], &w)?,
+        &upload(b, &[cols], &bias)?,
+        LAYERNORM_EPS,
+        &y,
+        &mean,
+        &rstd,
+    )?;
+    let (want_y, want_mean, want_rstd) =
+        reference::layernorm(&widen(&x), &widen(&w), &widen(&bias), LAYERNORM_EPS as f64);
+    let got = [y.to_f32_vec()?, mean.to_f32_vec()?, rstd.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::LayernormFwd,
+        DType::F32,
+        format!("{rows}x{cols}"),
+        OpClass::Elementwise,
+        &[
+            (&got[0], &want_y),
+            (&got[1], &want_mean),
+            (&got[2], &want_rstd),
+        ],
+    ))
+}
+
+pub fn check_layernorm_backward<B: Backend>(
+    b: &B,
+    rows: usize,
+    cols: usize,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (x, w, _) = layernorm_inputs(rows, cols, inputs);
+    let dy = inputs.uniform(rows * cols);
+    // The saved statistics come from the reference, so that only the backward is judged.
+    let (_, mean, rstd) = reference::layernorm(
+        &widen(&x),
+        &widen(&w),
+        &vec![0.0; cols],
+        LAYERNORM_EPS as f64,
+    );
+    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (mean32, rstd32) = (narrow(&mean), narrow(&rstd));
+    let dx = poisoned(b, &[rows, cols], DType::F32)?;
+    let (dw, db) = (
+        poisoned(b, &[cols], DType::F32)?,
+        poisoned(b, &[cols], DType::F32)?,
+    );
+    b.layernorm_backward(
+        &upload(b, &[rows, cols], &x)?,
+        &upload(b, &[cols], &w)?,
+        &upload(b, &[rows], &mean32)?,
+        &upload(b, &[rows], &rstd32)?,
+        &upload(b, &[rows, cols], &dy)?,
+        &dx,
+        &dw,
+        &db,
+    )?;
+    let (want_dx, want_dw, want_db) = reference::layernorm_backward(
+        &widen(&x),
+        &widen(&w),
+        &widen(&mean32),
+        &widen(&rstd32),
+        &widen(&dy),
+    );
+    let got = [dx.to_f32_vec()?, dw.to_f32_vec()?, db.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::LayernormBwd,
+        DType::F32,
+        format!("{rows}x{cols}"),
+        OpClass::Elementwise,
+        &[
+            (&got[0], &want_dx),
+            (&got[1], &want_dw),
+            (&got[2], &want_db),
+        ],
+    ))
+}
+
+/// A padding mask for `batch` clips of `t` frames: clip b has `t − (b·7 mod t)` real frames
+/// (ragged), then padding; with `empty`, the last clip has none.
+pub fn ragged_mask(batch: usize, t: usize, empty: bool) -> Vec<f32> {
+    (0..batch * t)
+        .map(|i| {
+            let (b, s) = (i / t, i % t);
+            let real = if empty && b == batch - 1 {
+                0
+            } else {
+                t - (b * 7) % t
+            };
+            (s < real) as u8 as f32
+        })
+        .collect()
+}
+
+pub fn check_mean_pool<B: Backend>(
+    b: &B,
+    (batch, t, d): (usize, usize, usize),
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let h = inputs.uniform(batch * t * d);
+    let mask = ragged_mask(batch, t, batch > 1);
+    let out = poisoned(b, &[batch, d], DType::F32)?;
+    b.mean_pool(
+        &upload(b, &[batch, t, d], &h)?,
+        &upload(b, &[batch, t], &mask)?,
+        &out,
+    )?;
+    let want = reference::mean_pool(&widen(&h), &widen(&mask), batch, d);
+    Ok(ParityRow::new(
+        Op::MeanPoolFwd,
+        DType::F32,
+        format!("{batch}x{t}x{d}"),
+        OpClass::Elementwise,
+        &out.to_f32_vec()?,
+        &want,
+    ))
+}
+
+pub fn check_mean_pool_backward<B: Backend>(
+    b: &B,
+    (batch, t, d): (usize, usize, usize),
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let dout = inputs.uniform(batch * d);
+    let mask = ragged_mask(batch, t, batch > 1);
+    let dh = poisoned(b, &[batch, t, d], DType::F32)?;
+    b.mean_pool_backward(
+        &upload(b, &[batch, d], &dout)?,
+        &upload(b, &[batch, t], &mask)?,
+        &dh,
+    )?;
+    let want = reference::mean_pool_backward(&widen(&dout), &widen(&mask), batch, d);
+    Ok(ParityRow::new(
+        Op::MeanPoolBwd,
+        DType::F32,
+        format!("{batch}x{t}x{d}"),
+        OpClass::Elementwise,
+        &dh.to_f32_vec()?,
+        &want,
+    ))
+}
+
+/// Logits with a wide spread (some very large, to test the safety of the log-sum-exp),
+/// labels, and class weights.
+fn xent_inputs(
+    batch: usize,
+    classes: usize,
+    inputs: &mut Inputs,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let logits = inputs
+        .uniform(batch * classes)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * 8.0 + if i % 97 == 5 { 80.0 } else { 0.0 })
+        .collect();
+    let labels = inputs
+        .uniform(batch)
+        .iter()
+        .map(|v| {
+            ((v + 1.0) / 2.0 * classes as f32)
+                .floor()
+                .min(classes as f32 - 1.0)
+        })
+        .collect();
+    let weights = inputs
+        .uniform(classes)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    (logits, labels, weights)
+}
+
+pub fn check_cross_entropy<B: Backend>(
+    b: &B,
+    batch: usize,
+    classes: usize,
+    smoothing: f32,
+    weighted: bool,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (logits, labels, weights) = xent_inputs(batch, classes, inputs);
+    let (loss, hits, lse) = (
+        poisoned(b, &[1], DType::F32)?,
+        poisoned(b, &[2], DType::F32)?,
+        poisoned(b, &[batch], DType::F32)?,
+    );
+    let tw = upload(b, &[classes], &weights)?;
+    b.cross_entropy(
+        &upload(b, &[batch, classes], &logits)?,
+        &upload(b, &[batch], &labels)?,
+        weighted.then_some(&tw),
+        smoothing,
+        &loss,
+        &hits,
+        &lse,
+    )?;
+    let want = reference::cross_entropy(
+        &widen(&logits),
+        &widen(&labels),
+        weighted.then(|| widen(&weights)).as_deref(),
+        smoothing as f64,
+    );
+    let got = [loss.to_f32_vec()?, hits.to_f32_vec()?, lse.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::SoftmaxXentFwd,
+        DType::F32,
+        format!(
+            "{batch}x{classes} ls {smoothing}{}",
+            if weighted { " weighted" } else { "" }
+        ),
+        OpClass::Elementwise,
+        &[
+            (&got[0], &[want.loss]),
+            (&got[1], &[want.top1, want.top5]),
+            (&got[2], &want.lse),
+        ],
+    ))
+}
+
+pub fn check_cross_entropy_backward<B: Backend>(
+    b: &B,
+    batch: usize,
+    classes: usize,
+    smoothing: f32,
+    weighted: bool,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (logits, labels, weights) = xent_inputs(batch, classes, inputs);
+    let want_fwd = reference::cross_entropy(&widen(&logits), &widen(&labels), None, 0.0);
+    let lse: Vec<f32> = want_fwd.lse.iter().map(|&v| v as f32).collect();
+    let dlogits = poisoned(b, &[batch, classes], DType::F32)?;
+    let tw = upload(b, &[classes], &weights)?;
+    let scale = 0.75;
+    b.cross_entropy_backward(
+        &upload(b, &[batch, classes], &logits)?,
+        &upload(b, &[batch], &labels)?,
+        weighted.then_some(&tw),
+        smoothing,
+        &upload(b, &[batch], &lse)?,
+        scale,
+        &dlogits,
+    )?;
+    let want = reference::cross_entropy_backward(
+        &widen(&logits),
+        &widen(&labels),
+        weighted.then(|| widen(&weights)).as_deref(),
+        smoothing as f64,
+        scale as f64,
+    );
+    Ok(ParityRow::new(
+        Op::SoftmaxXentBwd,
+        DType::F32,
+        format!(
+            "{batch}x{classes} ls {smoothing}{}",
+            if weighted { " weighted" } else { "" }
+        ),
+        OpClass::Elementwise,
+        &dlogits.to_f32_vec()?,
+        &want,
+    ))
+}
+
+/// Three AdamW steps on `n` parameters from a state with moments already non-zero.
+pub fn check_adamw<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> Result<ParityRow> {
+    let hp = crate::backend::AdamW {
+        lr: 3e-3,
+        weight_decay: 0.05,
+        ..Default::default()
+    };
+    let (p0, m0) = (
+        inputs.uniform(n),
+        inputs
+            .uniform(n)
+            .iter()
+            .map(|v| v * 0.1)
+            .collect::<Vec<_>>(),
+    );
+    let v0: Vec<f32> = inputs.uniform(n).iter().map(|v| v.abs() * 0.01).collect();
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| inputs.uniform(n)).collect();
+    let (tp, tm, tv) = (
+        upload(b, &[n], &p0)?,
+        upload(b, &[n], &m0)?,
+        upload(b, &[n], &v0)?,
+    );
+    let (mut rp, mut rm, mut rv) = (widen(&p0), widen(&m0), widen(&v0));
+    let rhp = reference::AdamWParams {
+        lr: hp.lr as f64,
+        beta1: hp.beta1 as f64,
+        beta2: hp.beta2 as f64,
+        eps: hp.eps as f64,
+        weight_decay: hp.weight_decay as f64,
+    };
+    for (i, g) in grads.iter().enumerate() {
+        let step = 10 + i as u64;
+        b.adamw(&tp, &upload(b, &[n], g)?, &tm, &tv, &hp, step)?;
+        reference::adamw(&mut rp, &widen(g), &mut rm, &mut rv, &rhp, step);
+    }
+    let got = [tp.to_f32_vec()?, tm.to_f32_vec()?, tv.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::Adamw,
+        DType::F32,
+        format!("{n} x3 steps"),
+        OpClass::Elementwise,
+        &[(&got[0], &rp), (&got[1], &rm), (&got[2], &rv)],
+    ))
+}
+
+/// The norm of `n` gradients, and clipping them to half of it.
+pub fn check_grad_norm<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> Result<ParityRow> {
+    let g = inputs.uniform(n);
+    let (tg, norm) = (upload(b, &[n], &g)?, poisoned(b, &[1], DType::F32)?);
+    b.grad_norm(&tg, &norm)?;
+    let want_norm = reference::grad_norm(&widen(&g));
+    let max_norm = (want_norm * 0.5) as f32;
+    b.clip_grads(&tg, &norm, max_norm)?;
+    let want_clipped = reference::clip_grads(&widen(&g), max_norm as f64);
+    let got = [norm.to_f32_vec()?, tg.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::GradNorm,
+        DType::F32,
+        format!("{n} +clip"),
+        OpClass::Elementwise,
+        &[(&got[0], &[want_norm]), (&got[1], &want_clipped)],
+    ))
+}
+
+/// Unscaling `n` gradients, with a non-finite one planted when `plant` is set.
+pub fn check_unscale<B: Backend>(
+    b: &B,
+    n: usize,
+    plant: bool,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let mut g: Vec<f32> = inputs.uniform(n).iter().map(|v| v * 65536.0).collect();
+    if plant {
+        g[n / 2] = f32::INFINITY;
+    }
+    let (tg, found) = (upload(b, &[n], &g)?, poisoned(b, &[1], DType::F32)?);
+    let inv_scale = 1.0 / 65536.0;
+    b.unscale_check(&tg, inv_scale, &found)?;
+    let (want, want_found) = reference::unscale_check(&widen(&g), inv_scale as f64);
+    // Compare the finite gradients only; the planted one is infinite on both sides.
+    let got = tg.to_f32_vec()?;
+    let keep = |i: &usize| !(plant && *i == n / 2);
+    let got_finite: Vec<f32> = (0..n).filter(keep).map(|i| got[i]).collect();
+    let want_finite: Vec<f64> = (0..n).filter(keep).map(|i| want[i]).collect();
+    Ok(ParityRow::of_parts(
+        Op::UnscaleCheck,
+        DType::F32,
+        format!("{n}{}", if plant { " +inf" } else { "" }),
+        OpClass::Elementwise,
+        &[
+            (&found.to_f32_vec()?, &[want_found as u8 as f64]),
+            (&got_finite, &want_finite),
+        ],
+    ))
+}
+
+/// (batch, t, d) of the pooling checks.
+pub const POOL_SHAPES: [(usize, usize, usize); 4] =
+    [(1, 1, 1), (3, 7, 17), (5, 64, 256), (2, 200, 3)];
+/// (batch, classes, label smoothing, weighted) of the loss checks.
+pub const XENT_CASES: [(usize, usize, f32, bool); 5] = [
+    (1, 1, 0.0, false),
+    (3, 2, 0.1, false),
+    (17, 33, 0.0, true),
+    (32, 100, 0.1, false),
+    (65, 469, 0.2, true),
+];
+/// Parameter counts of the optimizer checks.
+pub const OPTIM_SIZES: [usize; 4] = [1, 17, 4099, 70_001];
+
+/// (rows, cols) of the row-wise ops: a single element, odd sizes, the model's widths.
+pub const ROW_SHAPES: [(usize, usize); 6] =
+    [(1, 1), (3, 17), (65, 469), (130, 256), (7, 1024), (200, 3)];
+
 /// Matrix product cases: sizes that cut every tile edge and round ones, every layout, with
 /// and without bias, batched back to back and at loose strides (and a shared operand).
 pub fn matmul_cases() -> Vec<(MatmulSpec, bool)> {
@@ -282,6 +769,42 @@ pub fn run_all<B: Backend>(
     }
     for dtype in DType::ALL {
         push(check_copy(b, 1_001, dtype, &mut inputs)?);
+    }
+    for n in ELEMENTWISE_SIZES {
+        push(check_gelu(b, n, &mut inputs)?);
+        push(check_gelu_backward(b, n, &mut inputs)?);
+    }
+    for (r, c) in ROW_SHAPES {
+        push(check_bias_grad(b, r, c, &mut inputs)?);
+        push(check_layernorm(b, r, c, &mut inputs)?);
+        push(check_layernorm_backward(b, r, c, &mut inputs)?);
+    }
+    for shape in POOL_SHAPES {
+        push(check_mean_pool(b, shape, &mut inputs)?);
+        push(check_mean_pool_backward(b, shape, &mut inputs)?);
+    }
+    for (batch, classes, smoothing, weighted) in XENT_CASES {
+        push(check_cross_entropy(
+            b,
+            batch,
+            classes,
+            smoothing,
+            weighted,
+            &mut inputs,
+        )?);
+        push(check_cross_entropy_backward(
+            b,
+            batch,
+            classes,
+            smoothing,
+            weighted,
+            &mut inputs,
+        )?);
+    }
+    for (i, n) in OPTIM_SIZES.into_iter().enumerate() {
+        push(check_adamw(b, n, &mut inputs)?);
+        push(check_grad_norm(b, n, &mut inputs)?);
+        push(check_unscale(b, n, i % 2 == 1, &mut inputs)?);
     }
     Ok(rows)
 }

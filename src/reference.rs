@@ -50,3 +50,243 @@ pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
 pub fn cast(x: &[f64], to: DType) -> Vec<f64> {
     x.iter().map(|&v| to.round_f64(v)).collect()
 }
+
+/// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+pub fn gelu(x: &[f64]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))
+        .collect()
+}
+
+/// `dx = dy · gelu'(x)`, with `gelu'(x) = Φ(x) + x·φ(x)`.
+pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
+    x.iter()
+        .zip(dy)
+        .map(|(&v, &g)| {
+            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            g * (cdf + v * pdf)
+        })
+        .collect()
+}
+
+/// Column sums of a row-major `[rows, cols]` matrix.
+pub fn bias_grad(dy: &[f64], cols: usize) -> Vec<f64> {
+    let mut db = vec![0.0; cols];
+    for row in dy.chunks_exact(cols) {
+        for (d, g) in db.iter_mut().zip(row) {
+            *d += g;
+        }
+    }
+    db
+}
+
+/// Layer norm over the last dimension of `[rows, cols]`: returns (y, mean, rstd).
+pub fn layernorm(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let cols = w.len();
+    let (mut y, mut means, mut rstds) = (Vec::new(), Vec::new(), Vec::new());
+    for row in x.chunks_exact(cols) {
+        let mean = row.iter().sum::<f64>() / cols as f64;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        y.extend(
+            row.iter()
+                .enumerate()
+                .map(|(j, v)| (v - mean) * rstd * w[j] + b[j]),
+        );
+        means.push(mean);
+        rstds.push(rstd);
+    }
+    (y, means, rstds)
+}
+
+/// Gradients of layer norm: returns (dx, dw, db).
+pub fn layernorm_backward(
+    x: &[f64],
+    w: &[f64],
+    mean: &[f64],
+    rstd: &[f64],
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let cols = w.len();
+    let (mut dx, mut dw, mut db) = (Vec::new(), vec![0.0; cols], vec![0.0; cols]);
+    for (r, (row, dyr)) in x.chunks_exact(cols).zip(dy.chunks_exact(cols)).enumerate() {
+        let xhat: Vec<f64> = row.iter().map(|v| (v - mean[r]) * rstd[r]).collect();
+        let dxhat: Vec<f64> = dyr.iter().zip(w).map(|(g, w)| g * w).collect();
+        let mean_dxhat = dxhat.iter().sum::<f64>() / cols as f64;
+        let mean_dxhat_xhat =
+            dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+        for j in 0..cols {
+            dx.push(rstd[r] * (dxhat[j] - mean_dxhat - xhat[j] * mean_dxhat_xhat));
+            dw[j] += dyr[j] * xhat[j];
+            db[j] += dyr[j];
+        }
+    }
+    (dx, dw, db)
+}
+
+/// Mean over the real frames: `h` is `[batch, t, d]`, `mask` `[batch, t]` (1 = real frame,
+/// 0 = padding); a clip with no real frame pools to zeros.
+pub fn mean_pool(h: &[f64], mask: &[f64], batch: usize, d: usize) -> Vec<f64> {
+    let t = mask.len() / batch;
+    let mut out = vec![0.0; batch * d];
+    for b in 0..batch {
+        let count: f64 = mask[b * t..(b + 1) * t].iter().sum();
+        for s in 0..t {
+            for j in 0..d {
+                out[b * d + j] += mask[b * t + s] * h[(b * t + s) * d + j];
+            }
+        }
+        if count > 0.0 {
+            out[b * d..(b + 1) * d].iter_mut().for_each(|v| *v /= count);
+        }
+    }
+    out
+}
+
+/// Gradient of [`mean_pool`]: `dh[b, s, j] = mask[b, s]·dout[b, j] / count[b]`.
+pub fn mean_pool_backward(dout: &[f64], mask: &[f64], batch: usize, d: usize) -> Vec<f64> {
+    let t = mask.len() / batch;
+    let mut dh = vec![0.0; batch * t * d];
+    for b in 0..batch {
+        let count: f64 = mask[b * t..(b + 1) * t].iter().sum();
+        for s in 0..t {
+            for j in 0..d {
+                if count > 0.0 {
+                    dh[(b * t + s) * d + j] = mask[b * t + s] * dout[b * d + j] / count;
+                }
+            }
+        }
+    }
+    dh
+}
+
+/// Cross-entropy of one batch, as `torch.nn.functional.cross_entropy` computes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossEntropy {
+    /// Mean loss (weighted mean where class weights are given).
+    pub loss: f64,
+    /// Rows whose label is the top-1 class, and among the top min(5, classes). Ties go to the
+    /// lower class index, as `argmax` breaks them.
+    pub top1: f64,
+    pub top5: f64,
+    /// log Σ_c exp(logit) per row, kept for the backward pass.
+    pub lse: Vec<f64>,
+}
+
+/// `logits` is `[batch, classes]`; `labels` holds class indices. A label that is not a class
+/// index makes the loss NaN.
+pub fn cross_entropy(
+    logits: &[f64],
+    labels: &[f64],
+    weights: Option<&[f64]>,
+    smoothing: f64,
+) -> CrossEntropy {
+    let batch = labels.len();
+    let classes = logits.len() / batch;
+    let w = |c: usize| weights.map_or(1.0, |w| w[c]);
+    let k = classes.min(5);
+    let (mut total, mut weight_sum, mut top1, mut top5) = (0.0, 0.0, 0.0, 0.0);
+    let mut lses = Vec::new();
+    for (i, z) in logits.chunks_exact(classes).enumerate() {
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        lses.push(lse);
+        let y = labels[i];
+        if !(y >= 0.0 && y < classes as f64 && y.fract() == 0.0) {
+            total = f64::NAN;
+            continue;
+        }
+        let y = y as usize;
+        let smooth: f64 = (0..classes).map(|c| w(c) * (lse - z[c])).sum();
+        total += (1.0 - smoothing) * w(y) * (lse - z[y]) + smoothing / classes as f64 * smooth;
+        weight_sum += w(y);
+        let rank = (0..classes)
+            .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
+            .count();
+        top1 += (rank < 1) as u8 as f64;
+        top5 += (rank < k) as u8 as f64;
+    }
+    CrossEntropy {
+        loss: total / weight_sum,
+        top1,
+        top5,
+        lse: lses,
+    }
+}
+
+/// `scale · d(loss)/d(logits)` of [`cross_entropy`].
+pub fn cross_entropy_backward(
+    logits: &[f64],
+    labels: &[f64],
+    weights: Option<&[f64]>,
+    smoothing: f64,
+    scale: f64,
+) -> Vec<f64> {
+    let batch = labels.len();
+    let classes = logits.len() / batch;
+    let w = |c: usize| weights.map_or(1.0, |w| w[c]);
+    let weight_sum: f64 = labels.iter().map(|&y| w(y as usize)).sum();
+    let class_weight_sum: f64 = (0..classes).map(w).sum();
+    let lse = cross_entropy(logits, labels, weights, smoothing).lse;
+    let mut d = Vec::with_capacity(logits.len());
+    for (i, z) in logits.chunks_exact(classes).enumerate() {
+        let y = labels[i] as usize;
+        for (j, &zj) in z.iter().enumerate() {
+            let p = (zj - lse[i]).exp();
+            let hard = (1.0 - smoothing) * w(y) * (p - (j == y) as u8 as f64);
+            let soft = smoothing / classes as f64 * (class_weight_sum * p - w(j));
+            d.push(scale * (hard + soft) / weight_sum);
+        }
+    }
+    d
+}
+
+/// AdamW's hyper-parameters, as `torch.optim.AdamW` names them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// One AdamW step (`step` counts from 1) in place, as `torch.optim.AdamW` takes it:
+/// decoupled weight decay, then the bias-corrected Adam update.
+pub fn adamw(
+    params: &mut [f64],
+    grads: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    hp: &AdamWParams,
+    step: u64,
+) {
+    let bc1 = 1.0 - hp.beta1.powi(step as i32);
+    let bc2 = 1.0 - hp.beta2.powi(step as i32);
+    for i in 0..params.len() {
+        params[i] *= 1.0 - hp.lr * hp.weight_decay;
+        m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * grads[i];
+        v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * grads[i] * grads[i];
+        let denom = (v[i] / bc2).sqrt() + hp.eps;
+        params[i] -= hp.lr / bc1 * m[i] / denom;
+    }
+}
+
+/// The L2 norm of all gradients.
+pub fn grad_norm(grads: &[f64]) -> f64 {
+    grads.iter().map(|g| g * g).sum::<f64>().sqrt()
+}
+
+/// Gradients scaled as `clip_grad_norm_` does: by `max_norm / (norm + 1e-6)` when that is
+/// below 1.
+pub fn clip_grads(grads: &[f64], max_norm: f64) -> Vec<f64> {
+    let coef = (max_norm / (grad_norm(grads) + 1e-6)).min(1.0);
+    grads.iter().map(|g| g * coef).collect()
+}
+
+/// Gradients times `inv_scale`, and whether any was not finite.
+pub fn unscale_check(grads: &[f64], inv_scale: f64) -> (Vec<f64>, bool) {
+    let found = grads.iter().any(|g| !g.is_finite());
+    (grads.iter().map(|g| g * inv_scale).collect(), found)
+}

@@ -38,3 +38,18 @@ fn deterministic() {
 fn bad_operands_are_errors() {
     common::bad_operands_are_errors(&CpuBackend::default());
 }
+
+#[test]
+fn gelu_bias_grad_and_layernorm() {
+    common::row_ops_parity(&CpuBackend::default());
+}
+
+#[test]
+fn reductions_are_deterministic() {
+    common::reductions_are_deterministic(&CpuBackend::default());
+}
+
+#[test]
+fn loss_pool_and_optimizer() {
+    common::loss_pool_and_optimizer_parity(&CpuBackend::default());
+}

@@ -111,3 +111,18 @@ fn memory_budget_is_an_error_not_a_crash() {
         "the guard emptied the cache"
     );
 }
+
+#[test]
+fn gelu_bias_grad_and_layernorm() {
+    common::row_ops_parity(&gpu());
+}
+
+#[test]
+fn reductions_are_deterministic() {
+    common::reductions_are_deterministic(&gpu());
+}
+
+#[test]
+fn loss_pool_and_optimizer() {
+    common::loss_pool_and_optimizer_parity(&gpu());
+}

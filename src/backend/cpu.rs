@@ -6,13 +6,17 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
-use super::{check, Backend, MatmulSpec, Storage};
+use super::{check, math, AdamW, Backend, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
 use crate::tensor::{HostData, HostTensor, Tensor};
+
+/// Column sums (bias and layer norm gradients) add up partial sums over blocks of this many
+/// rows, in block order: parallel, yet the same bits on every run.
+const ROW_BLOCK: usize = 64;
 
 /// Elementwise work is split into chunks of this many elements, large enough that rayon's
 /// scheduling cost vanishes and small enough to spread over every core.
@@ -80,6 +84,107 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// Writes `values` into an f32 tensor.
+    fn store(&self, t: &Tensor<Self>, values: impl Iterator<Item = f32>) -> Result<()> {
+        with_io(&[], &[t], |_, outs| {
+            let words = &mut *outs[0];
+            for (o, v) in f32s_mut(words, t).iter_mut().zip(values) {
+                *o = v;
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// One row of a cross-entropy: its share of the loss numerator, its weight, its label's rank
+/// among the logits, and its log-sum-exp.
+struct XentRow {
+    loss: f32,
+    weight: f32,
+    rank: f32,
+    lse: f32,
+}
+
+/// A label as a class index, if it is one.
+fn class_index(label: f32, classes: usize) -> Option<usize> {
+    (label >= 0.0 && label < classes as f32 && label.fract() == 0.0).then_some(label as usize)
+}
+
+fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow {
+    let classes = z.len();
+    let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    let Some(y) = class_index(label, classes) else {
+        return XentRow {
+            loss: f32::NAN,
+            weight: f32::NAN,
+            rank: f32::NAN,
+            lse,
+        };
+    };
+    let weight = |c: usize| w.map_or(1.0, |w| w[c]);
+    let smooth: f32 = (0..classes).map(|c| weight(c) * (lse - z[c])).sum();
+    let rank = (0..classes)
+        .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
+        .count();
+    XentRow {
+        loss: (1.0 - smoothing) * weight(y) * (lse - z[y]) + smoothing / classes as f32 * smooth,
+        weight: weight(y),
+        rank: rank as f32,
+        lse,
+    }
+}
+
+/// An elementwise op over f32 inputs as long as `out`, in parallel chunks.
+fn map_chunks(
+    inputs: &[&Tensor<CpuBackend>],
+    out: &Tensor<CpuBackend>,
+    f: impl Fn(&[&[f32]], &mut [f32]) + Sync,
+) -> Result<()> {
+    with_io(inputs, &[out], |ins, outs| {
+        let words = &mut *outs[0];
+        let xs: Vec<&[f32]> = ins.iter().zip(inputs).map(|(i, t)| f32s(*i, t)).collect();
+        f32s_mut(words, out)
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let start = c * CHUNK;
+                let chunk: Vec<&[f32]> = xs.iter().map(|x| &x[start..start + o.len()]).collect();
+                f(&chunk, o);
+            });
+    })
+}
+
+/// Sums rows of `m` (rows of `cols`) into `width` accumulators with `add(row_index, row,
+/// acc)`: partial sums over blocks of [`ROW_BLOCK`] rows in parallel, then the partials in
+/// block order, so that the result is the same on every run.
+fn column_sums(
+    m: &[f32],
+    cols: usize,
+    width: usize,
+    add: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = m
+        .par_chunks(ROW_BLOCK * cols)
+        .enumerate()
+        .map(|(block, rows)| {
+            let mut acc = vec![0.0f32; width];
+            for (i, row) in rows.chunks_exact(cols).enumerate() {
+                add(block * ROW_BLOCK + i, row, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f32; width];
+    for partial in partials {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    total
+}
+
 impl Default for CpuBackend {
     fn default() -> Self {
         CpuBackend::new(&GpuConfig::default()).expect("the default config is valid")
@@ -102,12 +207,13 @@ fn halves<'a>(x: Input<'a>, t: &Tensor<CpuBackend>) -> &'a [u16] {
     &bytemuck::cast_slice(x.words)[x.first..x.first + t.len()]
 }
 
+/// An output's elements in the words [`with_io`] gave it.
 fn f32s_mut<'a>(words: &'a mut [u32], t: &Tensor<CpuBackend>) -> &'a mut [f32] {
-    &mut bytemuck::cast_slice_mut(words)[t.offset()..t.offset() + t.len()]
+    &mut bytemuck::cast_slice_mut(words)[..t.len()]
 }
 
 fn halves_mut<'a>(words: &'a mut [u32], t: &Tensor<CpuBackend>) -> &'a mut [u16] {
-    &mut bytemuck::cast_slice_mut(words)[t.offset()..t.offset() + t.len()]
+    &mut bytemuck::cast_slice_mut(words)[..t.len()]
 }
 
 /// The words holding `t`'s elements, copied.
@@ -122,32 +228,41 @@ enum Guard<'a> {
     Write(RwLockWriteGuard<'a, Vec<u32>>),
 }
 
-/// Runs `f` with the words of every input and the output's words to write. An input in the
-/// output's storage (an in-place op, or another view of the same arena) is read from a copy
-/// of its own words, taken first. Every other storage is locked once, and all in address
-/// order, so that ops running on several threads cannot deadlock.
+/// The words holding `t`'s elements (f32 tensors and 16-bit ones at even offsets start on a
+/// word boundary).
+fn word_range(t: &Tensor<CpuBackend>) -> std::ops::Range<usize> {
+    let size = t.dtype().size_bytes();
+    t.offset() * size / 4..((t.offset() + t.len()) * size).div_ceil(4)
+}
+
+/// Runs `f` with the words of every input and, for each output, the words it may write (its
+/// own range, so that several outputs may live in one arena). An input in an output's
+/// storage (an in-place op, or another view of the same arena) is read from a copy of its own
+/// words, taken first. Every other storage is locked once, and all in address order, so that
+/// ops running on several threads cannot deadlock.
 fn with_io<R>(
     inputs: &[&Tensor<CpuBackend>],
-    out: &Tensor<CpuBackend>,
-    f: impl FnOnce(&[Input<'_>], &mut [u32]) -> R,
-) -> R {
+    outputs: &[&Tensor<CpuBackend>],
+    f: impl FnOnce(&[Input<'_>], &mut [&mut [u32]]) -> R,
+) -> Result<R> {
+    let written = |t: &Tensor<CpuBackend>| outputs.iter().any(|o| o.shares_storage(t));
     let copies: Vec<Option<Vec<u32>>> = inputs
         .iter()
-        .map(|t| t.shares_storage(out).then(|| copy_words(t)))
+        .map(|t| written(t).then(|| copy_words(t)))
         .collect();
     let mut storages: Vec<&Arc<CpuStorage>> = inputs
         .iter()
         .zip(&copies)
         .filter(|(_, copy)| copy.is_none())
         .map(|(t, _)| t.storage())
-        .chain([out.storage()])
+        .chain(outputs.iter().map(|t| t.storage()))
         .collect();
     storages.sort_by_key(|s| Arc::as_ptr(s));
     storages.dedup_by_key(|s| Arc::as_ptr(s));
     let mut guards: Vec<(*const CpuStorage, Guard<'_>)> = storages
         .iter()
         .map(|s| {
-            let guard = if Arc::ptr_eq(s, out.storage()) {
+            let guard = if outputs.iter().any(|o| Arc::ptr_eq(s, o.storage())) {
                 Guard::Write(s.0.write().unwrap_or_else(|e| e.into_inner()))
             } else {
                 Guard::Read(s.words())
@@ -155,12 +270,31 @@ fn with_io<R>(
             (Arc::as_ptr(s), guard)
         })
         .collect();
-    let mut out_words: Option<&mut [u32]> = None;
     let mut read: Vec<(*const CpuStorage, &[u32])> = Vec::new();
+    let mut out_words: Vec<Option<&mut [u32]>> = outputs.iter().map(|_| None).collect();
     for (ptr, guard) in guards.iter_mut() {
         match guard {
-            Guard::Write(w) => out_words = Some(w.as_mut_slice()),
             Guard::Read(r) => read.push((*ptr, r.as_slice())),
+            Guard::Write(w) => {
+                // Hand each output in this storage its own words, in address order.
+                let mut mine: Vec<usize> = (0..outputs.len())
+                    .filter(|&i| Arc::as_ptr(outputs[i].storage()) == *ptr)
+                    .collect();
+                mine.sort_by_key(|&i| word_range(outputs[i]).start);
+                let mut rest: &mut [u32] = w.as_mut_slice();
+                let mut consumed = 0;
+                for i in mine {
+                    let range = word_range(outputs[i]);
+                    if range.start < consumed {
+                        return Err(Error::shape("write", "two outputs share memory"));
+                    }
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - consumed);
+                    let (own, tail) = tail.split_at_mut(range.len());
+                    out_words[i] = Some(own);
+                    rest = tail;
+                    consumed = range.end;
+                }
+            }
         }
     }
     let ins: Vec<Input<'_>> = inputs
@@ -178,7 +312,11 @@ fn with_io<R>(
             },
         })
         .collect();
-    f(&ins, out_words.expect("the output was locked"))
+    let mut outs: Vec<&mut [u32]> = out_words
+        .into_iter()
+        .map(|w| w.expect("every output was locked"))
+        .collect();
+    Ok(f(&ins, &mut outs))
 }
 
 impl Backend for CpuBackend {
@@ -202,11 +340,11 @@ impl Backend for CpuBackend {
 
     fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
         check::write(dst, src)?;
-        with_io(&[], dst, |_, words| match src.data() {
-            HostData::F32(v) => f32s_mut(words, dst).copy_from_slice(v),
-            HostData::F16(v) => halves_mut(words, dst).copy_from_slice(bytemuck::cast_slice(v)),
-            HostData::Bf16(v) => halves_mut(words, dst).copy_from_slice(bytemuck::cast_slice(v)),
-        });
+        with_io(&[], &[dst], |_, outs| match src.data() {
+            HostData::F32(v) => f32s_mut(outs[0], dst).copy_from_slice(v),
+            HostData::F16(v) => halves_mut(outs[0], dst).copy_from_slice(bytemuck::cast_slice(v)),
+            HostData::Bf16(v) => halves_mut(outs[0], dst).copy_from_slice(bytemuck::cast_slice(v)),
+        })?;
         Ok(())
     }
 
@@ -221,7 +359,8 @@ impl Backend for CpuBackend {
         spec.check(a, b, bias, out)?;
         let mut inputs = vec![a, b];
         inputs.extend(bias);
-        with_io(&inputs, out, |ins, out_words| {
+        with_io(&inputs, &[out], |ins, outs| {
+            let out_words = &mut *outs[0];
             let (a, b) = (f32s(ins[0], a), f32s(ins[1], b));
             let bias = bias.map(|t| f32s(ins[2], t));
             let c = f32s_mut(out_words, out);
@@ -231,13 +370,14 @@ impl Backend for CpuBackend {
                 let c = &mut c[item * spec.stride_c..][..spec.m * spec.n];
                 gemm_item(a, b, bias, c, spec);
             }
-        });
+        })?;
         Ok(())
     }
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("add", &[a, b], out)?;
-        with_io(&[a, b], out, |ins, words| {
+        with_io(&[a, b], &[out], |ins, outs| {
+            let words = &mut *outs[0];
             let (x, y) = (f32s(ins[0], a), f32s(ins[1], b));
             f32s_mut(words, out)
                 .par_chunks_mut(CHUNK)
@@ -247,13 +387,14 @@ impl Backend for CpuBackend {
                         *o = x + y;
                     }
                 });
-        });
+        })?;
         Ok(())
     }
 
     fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("scale", &[x], out)?;
-        with_io(&[x], out, |ins, words| {
+        with_io(&[x], &[out], |ins, outs| {
+            let words = &mut *outs[0];
             f32s_mut(words, out)
                 .par_chunks_mut(CHUNK)
                 .zip(f32s(ins[0], x).par_chunks(CHUNK))
@@ -262,21 +403,363 @@ impl Backend for CpuBackend {
                         *o = alpha * x;
                     }
                 });
-        });
+        })?;
         Ok(())
     }
 
     fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::conversion("cast", x, out)?;
-        with_io(&[x], out, |ins, words| {
+        with_io(&[x], &[out], |ins, outs| {
+            let words = &mut *outs[0];
             cast_words(ins[0], x, words, out);
-        });
+        })?;
         Ok(())
     }
 
     fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()> {
         check::copy(src, dst)?;
         self.cast(src, dst)
+    }
+
+    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu", &[x], out)?;
+        map_chunks(&[x], out, |ins, o| {
+            for (o, &x) in o.iter_mut().zip(ins[0]) {
+                *o = math::gelu(x);
+            }
+        })
+    }
+
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu_backward", &[x, dy], dx)?;
+        map_chunks(&[x, dy], dx, |ins, o| {
+            for ((o, &x), &g) in o.iter_mut().zip(ins[0]).zip(ins[1]) {
+                *o = g * math::gelu_grad(x);
+            }
+        })
+    }
+
+    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "bias_grad";
+        let cols = db.len();
+        check::rows(OP, dy, cols)?;
+        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
+        check::outputs_apart(OP, &[dy], &[db])?;
+        with_io(&[dy], &[db], |ins, outs| {
+            let words = &mut *outs[0];
+            let sums = column_sums(f32s(ins[0], dy), cols, cols, |_, row, acc| {
+                for (a, g) in acc.iter_mut().zip(row) {
+                    *a += g;
+                }
+            });
+            f32s_mut(words, db).copy_from_slice(&sums);
+        })?;
+        Ok(())
+    }
+
+    fn layernorm(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: &Tensor<Self>,
+        eps: f32,
+        y: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+    ) -> Result<()> {
+        let rows = check::layernorm(x, w, b, y, mean, rstd)?;
+        let cols = w.len();
+        let mut stats = vec![(0.0f32, 0.0f32); rows];
+        with_io(&[x, w, b], &[y], |ins, outs| {
+            let words = &mut *outs[0];
+            let (x, w, b) = (f32s(ins[0], x), f32s(ins[1], w), f32s(ins[2], b));
+            f32s_mut(words, y)
+                .par_chunks_mut(cols)
+                .zip(x.par_chunks(cols))
+                .zip(stats.par_iter_mut())
+                .for_each(|((y, x), stat)| {
+                    let mean = x.iter().sum::<f32>() / cols as f32;
+                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    for j in 0..cols {
+                        y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                    }
+                    *stat = (mean, rstd);
+                });
+        })?;
+        self.store(mean, stats.iter().map(|s| s.0))?;
+        self.store(rstd, stats.iter().map(|s| s.1))
+    }
+
+    fn layernorm_backward(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+        dw: &Tensor<Self>,
+        db: &Tensor<Self>,
+    ) -> Result<()> {
+        check::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db)?;
+        let cols = w.len();
+        let mut param_grads = Vec::new();
+        with_io(&[x, w, mean, rstd, dy], &[dx], |ins, outs| {
+            let words = &mut *outs[0];
+            let (x, w) = (f32s(ins[0], x), f32s(ins[1], w));
+            let (mean, rstd, dy) = (f32s(ins[2], mean), f32s(ins[3], rstd), f32s(ins[4], dy));
+            f32s_mut(words, dx)
+                .par_chunks_mut(cols)
+                .zip(x.par_chunks(cols).zip(dy.par_chunks(cols)))
+                .enumerate()
+                .for_each(|(r, (dx, (x, dy)))| {
+                    let xhat = |j: usize| (x[j] - mean[r]) * rstd[r];
+                    let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
+                    for j in 0..cols {
+                        let dxhat = dy[j] * w[j];
+                        sum += dxhat;
+                        sum_xhat += dxhat * xhat(j);
+                    }
+                    let (mean_dxhat, mean_dxhat_xhat) = (sum / cols as f32, sum_xhat / cols as f32);
+                    for j in 0..cols {
+                        dx[j] = rstd[r] * (dy[j] * w[j] - mean_dxhat - xhat(j) * mean_dxhat_xhat);
+                    }
+                });
+            // dw and db side by side: [dw | db].
+            param_grads = column_sums(dy, cols, 2 * cols, |r, dy_row, acc| {
+                let (acc_w, acc_b) = acc.split_at_mut(cols);
+                for j in 0..cols {
+                    acc_w[j] += dy_row[j] * (x[r * cols + j] - mean[r]) * rstd[r];
+                    acc_b[j] += dy_row[j];
+                }
+            });
+        })?;
+        self.store(dw, param_grads[..cols].iter().copied())?;
+        self.store(db, param_grads[cols..].iter().copied())
+    }
+
+    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        let (_, t, d) = check::mean_pool("mean_pool", h, mask, out)?;
+        check::outputs_apart("mean_pool", &[h, mask], &[out])?;
+        with_io(&[h, mask], &[out], |ins, outs| {
+            let (h, mask) = (f32s(ins[0], h), f32s(ins[1], mask));
+            f32s_mut(outs[0], out)
+                .par_chunks_mut(d)
+                .enumerate()
+                .for_each(|(b, o)| {
+                    o.fill(0.0);
+                    let m = &mask[b * t..(b + 1) * t];
+                    for (s, &weight) in m.iter().enumerate() {
+                        if weight != 0.0 {
+                            let row = &h[(b * t + s) * d..(b * t + s + 1) * d];
+                            o.iter_mut().zip(row).for_each(|(o, x)| *o += weight * x);
+                        }
+                    }
+                    let count: f32 = m.iter().sum();
+                    if count > 0.0 {
+                        o.iter_mut().for_each(|o| *o /= count);
+                    }
+                });
+        })
+    }
+
+    fn mean_pool_backward(
+        &self,
+        dout: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        dh: &Tensor<Self>,
+    ) -> Result<()> {
+        let (_, t, d) = check::mean_pool("mean_pool_backward", dh, mask, dout)?;
+        check::outputs_apart("mean_pool_backward", &[dout, mask], &[dh])?;
+        with_io(&[dout, mask], &[dh], |ins, outs| {
+            let (dout, mask) = (f32s(ins[0], dout), f32s(ins[1], mask));
+            f32s_mut(outs[0], dh)
+                .par_chunks_mut(t * d)
+                .enumerate()
+                .for_each(|(b, clip)| {
+                    let m = &mask[b * t..(b + 1) * t];
+                    let count: f32 = m.iter().sum();
+                    for (s, row) in clip.chunks_exact_mut(d).enumerate() {
+                        let weight = if count > 0.0 { m[s] / count } else { 0.0 };
+                        row.iter_mut()
+                            .zip(&dout[b * d..(b + 1) * d])
+                            .for_each(|(o, g)| *o = weight * g);
+                    }
+                });
+        })
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        loss: &Tensor<Self>,
+        hits: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
+        let mut inputs = vec![logits, labels];
+        inputs.extend(weights);
+        check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
+        with_io(&inputs, &[loss, hits, lse], |ins, outs| {
+            let (z, y) = (f32s(ins[0], logits), f32s(ins[1], labels));
+            let w = weights.map(|t| f32s(ins[2], t));
+            let rows: Vec<XentRow> = z
+                .par_chunks(classes)
+                .zip(y.par_iter())
+                .map(|(z, &y)| xent_row(z, y, w, label_smoothing))
+                .collect();
+            // The batch sums in row order: the same bits on every run.
+            let (mut total, mut weight_sum, mut top1, mut top5) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            let k = classes.min(5) as f32;
+            for r in &rows {
+                total += r.loss;
+                weight_sum += r.weight;
+                top1 += (r.rank < 1.0) as u8 as f32;
+                top5 += (r.rank < k) as u8 as f32;
+            }
+            f32s_mut(outs[0], loss)[0] = total / weight_sum;
+            f32s_mut(outs[1], hits).copy_from_slice(&[top1, top5]);
+            for (o, r) in f32s_mut(outs[2], lse).iter_mut().zip(&rows) {
+                *o = r.lse;
+            }
+        })
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        lse: &Tensor<Self>,
+        scale: f32,
+        dlogits: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_backward";
+        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::f32_lens(OP, &[(lse, batch), (dlogits, batch * classes)])?;
+        let mut inputs = vec![logits, labels, lse];
+        inputs.extend(weights);
+        for t in &inputs {
+            check::in_place_or_apart(OP, t, dlogits)?;
+        }
+        with_io(&inputs, &[dlogits], |ins, outs| {
+            let (z, y, lse) = (
+                f32s(ins[0], logits),
+                f32s(ins[1], labels),
+                f32s(ins[2], lse),
+            );
+            let w = weights.map(|t| f32s(ins[3], t));
+            let weight = |c: usize| w.map_or(1.0, |w| w[c]);
+            let weight_sum: f32 = y
+                .iter()
+                .map(|&y| class_index(y, classes).map_or(f32::NAN, weight))
+                .sum();
+            let class_weight_sum: f32 = w.map_or(classes as f32, |w| w.iter().sum());
+            let smooth = label_smoothing / classes as f32;
+            f32s_mut(outs[0], dlogits)
+                .par_chunks_mut(classes)
+                .zip(z.par_chunks(classes))
+                .enumerate()
+                .for_each(|(i, (d, z))| {
+                    let label = class_index(y[i], classes);
+                    let wy = label.map_or(f32::NAN, weight);
+                    for (j, (d, &zj)) in d.iter_mut().zip(z).enumerate() {
+                        let p = (zj - lse[i]).exp();
+                        let onehot = (label == Some(j)) as u8 as f32;
+                        let hard = (1.0 - label_smoothing) * wy * (p - onehot);
+                        let soft = smooth * (class_weight_sum * p - weight(j));
+                        *d = scale * (hard + soft) / weight_sum;
+                    }
+                });
+        })
+    }
+
+    fn adamw(
+        &self,
+        params: &Tensor<Self>,
+        grads: &Tensor<Self>,
+        m: &Tensor<Self>,
+        v: &Tensor<Self>,
+        hp: &AdamW,
+        step: u64,
+    ) -> Result<()> {
+        check::optimizer("adamw", &[params, grads, m, v])?;
+        let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
+        with_io(&[grads], &[params, m, v], |ins, outs| {
+            let g = f32s(ins[0], grads);
+            let [p_words, m_words, v_words] = outs else {
+                unreachable!("three outputs")
+            };
+            let p = f32s_mut(p_words, params);
+            let mm = f32s_mut(m_words, m);
+            let vv = f32s_mut(v_words, v);
+            p.par_chunks_mut(CHUNK)
+                .zip(mm.par_chunks_mut(CHUNK))
+                .zip(vv.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
+                        v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
+                        let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
+                        p[i] = p[i] * decay - step_size * m[i] / denom;
+                    }
+                });
+        })
+    }
+
+    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
+        check::f32_lens("grad_norm", &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart("grad_norm", &[grads], &[norm])?;
+        with_io(&[grads], &[norm], |ins, outs| {
+            let g = f32s(ins[0], grads);
+            let partials: Vec<f32> = g
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|x| x * x).sum::<f32>())
+                .collect();
+            f32s_mut(outs[0], norm)[0] = partials.iter().sum::<f32>().sqrt();
+        })
+    }
+
+    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
+        check::f32_lens("clip_grads", &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart("clip_grads", &[norm], &[grads])?;
+        let coef = (max_norm / (norm.to_f32_vec()?[0] + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            self.scale(grads, coef, grads)?;
+        }
+        Ok(())
+    }
+
+    fn unscale_check(
+        &self,
+        grads: &Tensor<Self>,
+        inv_scale: f32,
+        found_inf: &Tensor<Self>,
+    ) -> Result<()> {
+        check::f32_lens("unscale_check", &[(grads, grads.len()), (found_inf, 1)])?;
+        check::outputs_apart("unscale_check", &[], &[grads, found_inf])?;
+        with_io(&[], &[grads, found_inf], |_, outs| {
+            let [g_words, flag_words] = outs else {
+                unreachable!("two outputs")
+            };
+            let found = f32s_mut(g_words, grads)
+                .par_chunks_mut(CHUNK)
+                .map(|c| {
+                    let bad = c.iter().any(|x| !x.is_finite());
+                    c.iter_mut().for_each(|x| *x *= inv_scale);
+                    bad
+                })
+                .reduce(|| false, |a, b| a || b);
+            f32s_mut(flag_words, found_inf)[0] = found as u8 as f32;
+        })
     }
 
     fn synchronize(&self) -> Result<()> {

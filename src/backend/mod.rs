@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod math;
 mod matmul_spec;
 
 pub use cpu::CpuBackend;
@@ -17,6 +18,44 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::MemoryStats;
 use crate::tensor::{HostTensor, Tensor};
+
+/// AdamW's hyper-parameters, as `torch.optim.AdamW` names them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// PyTorch's defaults.
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamW {
+    /// The step's scalars, computed once in f64: decay factor `1 − lr·wd`, step size
+    /// `lr / (1 − β1^t)` and `√(1 − β2^t)`.
+    pub fn step_scalars(&self, step: u64) -> (f32, f32, f32) {
+        let t = step.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(t);
+        (
+            (1.0 - self.lr as f64 * self.weight_decay as f64) as f32,
+            (self.lr as f64 / bc1) as f32,
+            bc2.sqrt() as f32,
+        )
+    }
+}
 
 /// Memory a tensor lives in. It can read itself back, so that a tensor alone can be brought to
 /// the host.
@@ -68,6 +107,117 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `dst = src`, same shape and dtype.
     fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+
+    /// `out = gelu(x)`, the exact (erf) GELU, f32.
+    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+
+    /// `dx = dy · gelu'(x)`, f32.
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()>;
+
+    /// `db[j] = Σ_i dy[i, j]` over the rows of `dy` viewed as `[rows, db.len()]`, summed in a
+    /// fixed order (the same bits on every run).
+    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()>;
+
+    /// Layer norm over the last dimension: `x` is `[rows, w.len()]`;
+    /// `y = (x − mean)·rstd·w + b`, and the per-row `mean` and `rstd = 1/√(var + eps)` are
+    /// saved for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: &Tensor<Self>,
+        eps: f32,
+        y: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Gradients of [`Backend::layernorm`] from its saved statistics: `dx`, and `dw`, `db`
+    /// (overwritten, summed over rows in a fixed order).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+        dw: &Tensor<Self>,
+        db: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Mean over real frames: `h` is `[batch, t, d]`, `mask` `[batch, t]` (1.0 = real frame,
+    /// 0.0 = padding), `out` `[batch, d]`. A clip without real frames pools to zeros.
+    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+
+    /// Gradient of [`Backend::mean_pool`]: `dh[b, s, :] = mask[b, s]·dout[b, :]/count[b]`.
+    fn mean_pool_backward(
+        &self,
+        dout: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        dh: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Cross-entropy of `logits` `[batch, classes]` against `labels` `[batch]` (class
+    /// indices stored as f32), as `torch.nn.functional.cross_entropy` with optional class
+    /// `weights` and label smoothing: `loss` `[1]` (the mean), `hits` `[2]` (rows whose label
+    /// is the top-1 class, and among the top min(5, classes)), and `lse` `[batch]`
+    /// (log-sum-exp per row, for the backward pass). A label that is not a class index makes
+    /// the loss NaN.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        loss: &Tensor<Self>,
+        hits: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `dlogits = scale · d(loss)/d(logits)` from the forward pass's `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        lse: &Tensor<Self>,
+        scale: f32,
+        dlogits: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// One fused AdamW step over every parameter (all four tensors of one length, typically
+    /// whole arenas); `step` counts from 1.
+    fn adamw(
+        &self,
+        params: &Tensor<Self>,
+        grads: &Tensor<Self>,
+        m: &Tensor<Self>,
+        v: &Tensor<Self>,
+        hp: &AdamW,
+        step: u64,
+    ) -> Result<()>;
+
+    /// `norm[0] = ‖grads‖₂`, summed in a fixed order.
+    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()>;
+
+    /// `grads *= min(1, max_norm / (norm[0] + 1e-6))`, with `norm` from
+    /// [`Backend::grad_norm`] (read on the device: no wait).
+    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()>;
+
+    /// `grads *= inv_scale`, and `found_inf[0]` = 1.0 if any gradient was not finite, else
+    /// 0.0 (for dynamic loss scaling).
+    fn unscale_check(
+        &self,
+        grads: &Tensor<Self>,
+        inv_scale: f32,
+        found_inf: &Tensor<Self>,
+    ) -> Result<()>;
 
     /// Waits until every op recorded so far has finished.
     fn synchronize(&self) -> Result<()>;
@@ -188,6 +338,194 @@ pub(crate) mod check {
             ));
         }
         conversion("copy", src, dst)
+    }
+
+    /// `x` viewed as rows of `cols`: the number of rows.
+    pub fn rows<B: Backend>(op: &'static str, x: &Tensor<B>, cols: usize) -> Result<usize> {
+        if cols == 0 || x.len() % cols != 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} elements ({:?}) are not rows of {cols}",
+                    x.len(),
+                    x.shape()
+                ),
+            ));
+        }
+        Ok(x.len() / cols)
+    }
+
+    /// Every tensor f32 and of the given length.
+    pub fn f32_lens<B: Backend>(op: &'static str, tensors: &[(&Tensor<B>, usize)]) -> Result<()> {
+        for (t, len) in tensors {
+            dtype(op, t, DType::F32)?;
+            if t.len() != *len {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "an operand has {} elements ({:?}), {len} expected",
+                        t.len(),
+                        t.shape()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Outputs must not overlap any input or each other.
+    pub fn outputs_apart<B: Backend>(
+        op: &'static str,
+        inputs: &[&Tensor<B>],
+        outputs: &[&Tensor<B>],
+    ) -> Result<()> {
+        for (i, out) in outputs.iter().enumerate() {
+            if inputs.iter().chain(&outputs[..i]).any(|t| overlap(t, out)) {
+                return Err(Error::shape(
+                    op,
+                    "an output overlaps an input or another output",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn layernorm<B: Backend>(
+        x: &Tensor<B>,
+        w: &Tensor<B>,
+        b: &Tensor<B>,
+        y: &Tensor<B>,
+        mean: &Tensor<B>,
+        rstd: &Tensor<B>,
+    ) -> Result<usize> {
+        const OP: &str = "layernorm";
+        let cols = w.len();
+        let rows = rows(OP, x, cols)?;
+        f32_lens(
+            OP,
+            &[
+                (x, x.len()),
+                (w, cols),
+                (b, cols),
+                (y, x.len()),
+                (mean, rows),
+                (rstd, rows),
+            ],
+        )?;
+        outputs_apart(OP, &[x, w, b], &[y, mean, rstd])?;
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward<B: Backend>(
+        x: &Tensor<B>,
+        w: &Tensor<B>,
+        mean: &Tensor<B>,
+        rstd: &Tensor<B>,
+        dy: &Tensor<B>,
+        dx: &Tensor<B>,
+        dw: &Tensor<B>,
+        db: &Tensor<B>,
+    ) -> Result<usize> {
+        const OP: &str = "layernorm_backward";
+        let cols = w.len();
+        let rows = rows(OP, x, cols)?;
+        f32_lens(
+            OP,
+            &[
+                (x, x.len()),
+                (w, cols),
+                (mean, rows),
+                (rstd, rows),
+                (dy, x.len()),
+                (dx, x.len()),
+                (dw, cols),
+                (db, cols),
+            ],
+        )?;
+        outputs_apart(OP, &[x, w, mean, rstd, dy], &[dx, dw, db])?;
+        Ok(rows)
+    }
+
+    /// (batch, t, d) of a mean pool's operands: `h` `[batch, t, d]`, `mask` `[batch, t]`,
+    /// `pooled` `[batch, d]`.
+    pub fn mean_pool<B: Backend>(
+        op: &'static str,
+        h: &Tensor<B>,
+        mask: &Tensor<B>,
+        pooled: &Tensor<B>,
+    ) -> Result<(usize, usize, usize)> {
+        let (&[batch, t, d], &[mb, mt], &[pb, pd]) = (h.shape(), mask.shape(), pooled.shape())
+        else {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "expected h [batch, t, d], mask [batch, t], pooled [batch, d]; got {:?}, {:?}, {:?}",
+                    h.shape(),
+                    mask.shape(),
+                    pooled.shape()
+                ),
+            ));
+        };
+        if (mb, mt, pb, pd) != (batch, t, batch, d) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "h {:?}, mask {:?} and pooled {:?} disagree",
+                    h.shape(),
+                    mask.shape(),
+                    pooled.shape()
+                ),
+            ));
+        }
+        f32_lens(
+            op,
+            &[(h, h.len()), (mask, mask.len()), (pooled, pooled.len())],
+        )?;
+        Ok((batch, t, d))
+    }
+
+    /// (batch, classes) of a cross-entropy's operands.
+    pub fn cross_entropy<B: Backend>(
+        op: &'static str,
+        logits: &Tensor<B>,
+        labels: &Tensor<B>,
+        weights: Option<&Tensor<B>>,
+        label_smoothing: f32,
+    ) -> Result<(usize, usize)> {
+        let &[batch, classes] = logits.shape() else {
+            return Err(Error::shape(
+                op,
+                format!("logits must be [batch, classes], not {:?}", logits.shape()),
+            ));
+        };
+        if batch == 0 || classes == 0 {
+            return Err(Error::shape(op, "an empty batch has no mean loss"));
+        }
+        if !(0.0..=1.0).contains(&label_smoothing) {
+            return Err(Error::InvalidConfig {
+                field: "label_smoothing",
+                value: label_smoothing.to_string(),
+                allowed: "from 0 to 1",
+            });
+        }
+        f32_lens(op, &[(logits, batch * classes), (labels, batch)])?;
+        if let Some(w) = weights {
+            f32_lens(op, &[(w, classes)])?;
+        }
+        Ok((batch, classes))
+    }
+
+    /// The four tensors of an optimizer step: f32, one length, none overlapping another.
+    pub fn optimizer<B: Backend>(op: &'static str, tensors: &[&Tensor<B>]) -> Result<()> {
+        let n = tensors[0].len();
+        for (i, t) in tensors.iter().enumerate() {
+            f32_lens(op, &[(t, n)])?;
+            if tensors[..i].iter().any(|u| overlap(t, u)) {
+                return Err(Error::shape(op, "optimizer tensors overlap"));
+            }
+        }
+        Ok(())
     }
 
     /// Casts and copies: the same length; in place only between equal dtypes.

@@ -48,6 +48,156 @@ pub fn elementwise_parity<B: Backend>(b: &B) {
     }
 }
 
+pub fn row_ops_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for n in parity::ELEMENTWISE_SIZES.into_iter().chain([2, 1000]) {
+        assert_pass(&parity::check_gelu(b, n, &mut inputs).unwrap(), seed);
+        assert_pass(
+            &parity::check_gelu_backward(b, n, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+    for (rows, cols) in parity::ROW_SHAPES
+        .into_iter()
+        .chain([(64, 64), (129, 65), (1000, 7)])
+    {
+        assert_pass(
+            &parity::check_bias_grad(b, rows, cols, &mut inputs).unwrap(),
+            seed,
+        );
+        assert_pass(
+            &parity::check_layernorm(b, rows, cols, &mut inputs).unwrap(),
+            seed,
+        );
+        assert_pass(
+            &parity::check_layernorm_backward(b, rows, cols, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+}
+
+pub fn loss_pool_and_optimizer_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for shape in parity::POOL_SHAPES
+        .into_iter()
+        .chain([(4, 65, 33), (7, 1, 5)])
+    {
+        assert_pass(
+            &parity::check_mean_pool(b, shape, &mut inputs).unwrap(),
+            seed,
+        );
+        assert_pass(
+            &parity::check_mean_pool_backward(b, shape, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+    for (batch, classes, smoothing, weighted) in parity::XENT_CASES
+        .into_iter()
+        .chain([(300, 5, 0.1, true), (2, 1000, 0.0, false)])
+    {
+        assert_pass(
+            &parity::check_cross_entropy(b, batch, classes, smoothing, weighted, &mut inputs)
+                .unwrap(),
+            seed,
+        );
+        assert_pass(
+            &parity::check_cross_entropy_backward(
+                b,
+                batch,
+                classes,
+                smoothing,
+                weighted,
+                &mut inputs,
+            )
+            .unwrap(),
+            seed,
+        );
+    }
+    for (i, n) in parity::OPTIM_SIZES
+        .into_iter()
+        .chain([4096, 4097, 300_000])
+        .enumerate()
+    {
+        assert_pass(&parity::check_adamw(b, n, &mut inputs).unwrap(), seed);
+        assert_pass(&parity::check_grad_norm(b, n, &mut inputs).unwrap(), seed);
+        assert_pass(
+            &parity::check_unscale(b, n, i % 2 == 0, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+    // A label that is not a class index makes the loss NaN rather than reading out of bounds.
+    let up = |data: Vec<f32>, shape: &[usize]| {
+        b.upload(&HostTensor::from_f32(shape, data).unwrap())
+            .unwrap()
+    };
+    let (loss, hits, lse) = (
+        parity::poisoned(b, &[1], DType::F32).unwrap(),
+        parity::poisoned(b, &[2], DType::F32).unwrap(),
+        parity::poisoned(b, &[2], DType::F32).unwrap(),
+    );
+    b.cross_entropy(
+        &up(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]),
+        &up(vec![0.0, 7.0], &[2]),
+        None,
+        0.0,
+        &loss,
+        &hits,
+        &lse,
+    )
+    .unwrap();
+    assert!(loss.to_f32_vec().unwrap()[0].is_nan());
+    assert!(lse.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
+}
+
+/// Reductions give the same bits on two runs.
+pub fn reductions_are_deterministic<B: Backend>(b: &B) {
+    let mut inputs = Inputs::new(seed());
+    let (rows, cols) = (300, 77);
+    let up = |data: Vec<f32>, shape: &[usize]| {
+        b.upload(&HostTensor::from_f32(shape, data).unwrap())
+            .unwrap()
+    };
+    let x = up(inputs.uniform(rows * cols), &[rows, cols]);
+    let dy = up(inputs.uniform(rows * cols), &[rows, cols]);
+    let w = up(inputs.uniform(cols), &[cols]);
+    let run = || {
+        let f = |shape: &[usize]| parity::poisoned(b, shape, DType::F32).unwrap();
+        let (y, mean, rstd, dx, dw, db, bias) = (
+            f(&[rows, cols]),
+            f(&[rows]),
+            f(&[rows]),
+            f(&[rows, cols]),
+            f(&[cols]),
+            f(&[cols]),
+            f(&[cols]),
+        );
+        b.layernorm(&x, &w, &w, 1e-5, &y, &mean, &rstd).unwrap();
+        b.layernorm_backward(&x, &w, &mean, &rstd, &dy, &dx, &dw, &db)
+            .unwrap();
+        b.bias_grad(&dy, &bias).unwrap();
+        let (norm, loss, hits, lse) = (f(&[1]), f(&[1]), f(&[2]), f(&[rows]));
+        b.grad_norm(&dy, &norm).unwrap();
+        let labels = b
+            .upload(
+                &HostTensor::from_f32(&[rows], (0..rows).map(|i| (i % cols) as f32).collect())
+                    .unwrap(),
+            )
+            .unwrap();
+        b.cross_entropy(&x, &labels, None, 0.1, &loss, &hits, &lse)
+            .unwrap();
+        [y, mean, rstd, dx, dw, db, bias, norm, loss, lse].map(|t| {
+            t.to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(run(), run());
+}
+
 /// Casts of the values where rounding is delicate, compared bit for bit with the `half`
 /// crate (IEEE round to nearest even).
 pub fn casts_are_exact_at_special_values<B: Backend>(b: &B) {

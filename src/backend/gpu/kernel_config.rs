@@ -74,8 +74,17 @@ pub struct KernelConfig {
     pub forced_matmul_tile: Option<MatmulTile>,
 }
 
-/// The elementwise kernels' preferred workgroup size.
+/// The elementwise kernels' preferred workgroup size; also the most the reduction kernels'
+/// workgroup arrays hold (MAX_WG in layernorm.wgsl).
 const ELEMENTWISE_WORKGROUP: u32 = 256;
+
+/// Rows each invocation of the column-sum kernels adds up (column_sums.wgsl): enough work per
+/// invocation, and enough blocks to fill the device for a few thousand rows.
+pub const COLUMN_ROW_BLOCK: u32 = 64;
+
+/// Elements each invocation of the whole-arena reductions (gradient norm, finite check)
+/// handles (optim.wgsl).
+pub const REDUCE_ITEMS: u32 = 16;
 
 impl KernelConfig {
     pub fn for_limits(limits: &wgpu::Limits) -> KernelConfig {
@@ -91,9 +100,12 @@ impl KernelConfig {
         }
         KernelConfig {
             matmul_tiles,
-            elementwise_workgroup: ELEMENTWISE_WORKGROUP
-                .min(limits.max_compute_invocations_per_workgroup)
-                .min(limits.max_compute_workgroup_size_x),
+            // A power of two: the reduction kernels halve it down a tree.
+            elementwise_workgroup: 1
+                << ELEMENTWISE_WORKGROUP
+                    .min(limits.max_compute_invocations_per_workgroup)
+                    .min(limits.max_compute_workgroup_size_x)
+                    .ilog2(),
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             forced_matmul_tile: None,
         }

@@ -10,7 +10,7 @@ use context::{Binding, GpuContext};
 use kernel_config::KernelConfig;
 use shaders::Kernel;
 
-use super::{check, Backend, MatmulSpec, Storage};
+use super::{check, AdamW, Backend, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -132,6 +132,93 @@ struct ElementwiseParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LayerNormParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    groups_x: u32,
+    x_offset: u32,
+    w_offset: u32,
+    b_offset: u32,
+    y_offset: u32,
+    mean_offset: u32,
+    rstd_offset: u32,
+    dy_offset: u32,
+    dx_offset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct ColumnSumParams {
+    rows: u32,
+    cols: u32,
+    width: u32,
+    blocks: u32,
+    groups_x: u32,
+    dy_offset: u32,
+    x_offset: u32,
+    mean_offset: u32,
+    rstd_offset: u32,
+    first: u32,
+    count: u32,
+    out_offset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PoolParams {
+    batch: u32,
+    t: u32,
+    d: u32,
+    groups_x: u32,
+    h_offset: u32,
+    mask_offset: u32,
+    pooled_offset: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct CrossEntropyParams {
+    batch: u32,
+    classes: u32,
+    smoothing: f32,
+    has_weights: u32,
+    groups_x: u32,
+    scale: f32,
+    logits_offset: u32,
+    labels_offset: u32,
+    weights_offset: u32,
+    lse_offset: u32,
+    loss_offset: u32,
+    hits_offset: u32,
+    out_offset: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct OptimParams {
+    n: u32,
+    groups_x: u32,
+    partials_count: u32,
+    x_offset: u32,
+    g_offset: u32,
+    m_offset: u32,
+    v_offset: u32,
+    out_offset: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    scale: f32,
+    max_norm: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CastParams {
     n: u32,
     src_offset: u32,
@@ -198,12 +285,114 @@ impl GpuBackend {
     /// A 1-D grid of `items` invocations folded into two dimensions when it exceeds the
     /// per-dimension limit; returns the workgroup counts (the kernels get x as `groups_x`).
     fn grid(&self, items: usize) -> [u32; 3] {
-        let groups = items
-            .div_ceil(self.kernels.elementwise_workgroup as usize)
-            .max(1);
+        self.workgroup_grid(items.div_ceil(self.kernels.elementwise_workgroup as usize))
+    }
+
+    /// `groups` workgroups, folded into two dimensions like [`GpuBackend::grid`].
+    fn workgroup_grid(&self, groups: usize) -> [u32; 3] {
+        let groups = groups.max(1);
         let max = self.kernels.max_workgroups_per_dimension as usize;
         let x = groups.min(max);
         [x as u32, groups.div_ceil(x) as u32, 1]
+    }
+
+    /// Compiles (once) and records one dispatch of `entry` with `params` and tensors bound
+    /// at the given binding indices.
+    fn run(
+        &self,
+        kernel: Kernel,
+        entry: &'static str,
+        params: &[u8],
+        tensors: &[(u32, &Tensor<Self>)],
+        grid: [u32; 3],
+    ) -> Result<()> {
+        let pipeline = self.ctx.pipeline(kernel, entry)?;
+        let bindings: Vec<Binding> = tensors
+            .iter()
+            .map(|(binding, t)| (*binding, t.storage().buffer()))
+            .collect();
+        self.ctx.dispatch(&pipeline, params, &bindings, grid);
+        Ok(())
+    }
+
+    fn optim_kernel(&self) -> Kernel {
+        Kernel::Optim {
+            workgroup: self.kernels.elementwise_workgroup,
+            items: kernel_config::REDUCE_ITEMS,
+        }
+    }
+
+    /// A whole-arena reduction of `x` into `out[0]`: per-workgroup partials by `partials_entry`
+    /// (which may also scale `x`), then `finish_entry` over them in order.
+    fn reduce(
+        &self,
+        op: &'static str,
+        x: &Tensor<Self>,
+        partials_entry: &'static str,
+        finish_entry: &'static str,
+        scale: f32,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        let per_group = (self.kernels.elementwise_workgroup * kernel_config::REDUCE_ITEMS) as usize;
+        let groups = x.len().div_ceil(per_group).max(1);
+        let partials = self.alloc(&[groups], DType::F32)?;
+        let grid = self.workgroup_grid(groups);
+        let params = OptimParams {
+            n: index_u32(op, x.len())?,
+            groups_x: grid[0],
+            partials_count: groups as u32,
+            x_offset: index_u32(op, x.offset())?,
+            out_offset: index_u32(op, out.offset())?,
+            scale,
+            ..OptimParams::default()
+        };
+        let bytes = bytemuck::bytes_of(&params);
+        self.run(
+            self.optim_kernel(),
+            partials_entry,
+            bytes,
+            &[(1, x), (5, &partials)],
+            grid,
+        )?;
+        self.run(
+            self.optim_kernel(),
+            finish_entry,
+            bytes,
+            &[(5, &partials), (6, out)],
+            [1, 1, 1],
+        )
+    }
+
+    fn column_sums_kernel(&self) -> Kernel {
+        Kernel::ColumnSums {
+            workgroup: self.kernels.elementwise_workgroup,
+            row_block: kernel_config::COLUMN_ROW_BLOCK,
+        }
+    }
+
+    /// `out[j] = Σ_blk partials[blk, first + j]` for `j < out.len()`, blocks in order.
+    fn finish_columns(
+        &self,
+        partials: &Tensor<Self>,
+        base: ColumnSumParams,
+        first: usize,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        let grid = self.grid(out.len());
+        let params = ColumnSumParams {
+            first: first as u32,
+            count: index_u32("column sums", out.len())?,
+            out_offset: index_u32("column sums", out.offset())?,
+            groups_x: grid[0],
+            ..base
+        };
+        self.run(
+            self.column_sums_kernel(),
+            "finish_columns",
+            bytemuck::bytes_of(&params),
+            &[(5, partials), (6, out)],
+            grid,
+        )
     }
 
     fn elementwise(
@@ -250,6 +439,72 @@ impl GpuBackend {
         let copy = self.alloc(x.shape(), x.dtype())?;
         self.cast(x, &copy)?;
         Ok(copy)
+    }
+}
+
+impl GpuBackend {
+    /// One dispatch of a pool.wgsl entry over `items` invocations.
+    fn pool(
+        &self,
+        entry: &'static str,
+        (batch, t, d): (usize, usize, usize),
+        h: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        pooled: &Tensor<Self>,
+        items: usize,
+    ) -> Result<()> {
+        let grid = self.grid(items);
+        let params = PoolParams {
+            batch: index_u32(entry, batch)?,
+            t: index_u32(entry, t)?,
+            d: index_u32(entry, d)?,
+            groups_x: grid[0],
+            h_offset: index_u32(entry, h.offset())?,
+            mask_offset: index_u32(entry, mask.offset())?,
+            pooled_offset: index_u32(entry, pooled.offset())?,
+            _pad: 0,
+        };
+        let kernel = Kernel::Pool {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        self.run(
+            kernel,
+            entry,
+            bytemuck::bytes_of(&params),
+            &[(1, h), (2, mask), (3, pooled)],
+            grid,
+        )
+    }
+
+    /// The kernel, the parameters both cross-entropy passes share, and the grid of one
+    /// workgroup per row.
+    fn xent_params(
+        &self,
+        op: &'static str,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        lse: &Tensor<Self>,
+    ) -> Result<(Kernel, CrossEntropyParams, [u32; 3])> {
+        let (batch, classes) = (labels.len(), logits.len() / labels.len());
+        let grid = self.workgroup_grid(batch);
+        let params = CrossEntropyParams {
+            batch: index_u32(op, batch)?,
+            classes: index_u32(op, classes)?,
+            smoothing: label_smoothing,
+            has_weights: weights.is_some() as u32,
+            groups_x: grid[0],
+            logits_offset: index_u32(op, logits.offset())?,
+            labels_offset: index_u32(op, labels.offset())?,
+            weights_offset: index_u32(op, weights.map_or(0, |w| w.offset()))?,
+            lse_offset: index_u32(op, lse.offset())?,
+            ..CrossEntropyParams::default()
+        };
+        let kernel = Kernel::CrossEntropy {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        Ok((kernel, params, grid))
     }
 }
 
@@ -439,6 +694,358 @@ impl Backend for GpuBackend {
             });
         }
         Ok(())
+    }
+
+    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu", &[x], out)?;
+        self.elementwise("gelu_fwd", x, None, 0.0, out)
+    }
+
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu_backward", &[x, dy], dx)?;
+        self.elementwise("gelu_bwd", x, Some(dy), 0.0, dx)
+    }
+
+    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "bias_grad";
+        let cols = db.len();
+        let rows = check::rows(OP, dy, cols)?;
+        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
+        check::outputs_apart(OP, &[dy], &[db])?;
+        let blocks = rows
+            .div_ceil(kernel_config::COLUMN_ROW_BLOCK as usize)
+            .max(1);
+        let partials = self.alloc(&[blocks, cols], DType::F32)?;
+        let base = ColumnSumParams {
+            rows: index_u32(OP, rows)?,
+            cols: cols as u32,
+            width: cols as u32,
+            blocks: blocks as u32,
+            dy_offset: index_u32(OP, dy.offset())?,
+            ..ColumnSumParams::default()
+        };
+        let grid = self.grid(blocks * cols);
+        let params = ColumnSumParams {
+            groups_x: grid[0],
+            ..base
+        };
+        self.run(
+            self.column_sums_kernel(),
+            "bias_partials",
+            bytemuck::bytes_of(&params),
+            &[(1, dy), (5, &partials)],
+            grid,
+        )?;
+        self.finish_columns(&partials, base, 0, db)
+    }
+
+    fn layernorm(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: &Tensor<Self>,
+        eps: f32,
+        y: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "layernorm";
+        let rows = check::layernorm(x, w, b, y, mean, rstd)?;
+        let grid = self.workgroup_grid(rows);
+        let params = LayerNormParams {
+            rows: index_u32(OP, rows)?,
+            cols: index_u32(OP, w.len())?,
+            eps,
+            groups_x: grid[0],
+            x_offset: index_u32(OP, x.offset())?,
+            w_offset: index_u32(OP, w.offset())?,
+            b_offset: index_u32(OP, b.offset())?,
+            y_offset: index_u32(OP, y.offset())?,
+            mean_offset: index_u32(OP, mean.offset())?,
+            rstd_offset: index_u32(OP, rstd.offset())?,
+            dy_offset: 0,
+            dx_offset: 0,
+        };
+        let kernel = Kernel::LayerNorm {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        self.run(
+            kernel,
+            "layernorm_fwd",
+            bytemuck::bytes_of(&params),
+            &[(1, x), (2, w), (3, b), (4, y), (5, mean), (6, rstd)],
+            grid,
+        )
+    }
+
+    fn layernorm_backward(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+        dw: &Tensor<Self>,
+        db: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "layernorm_backward";
+        let rows = check::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db)?;
+        let cols = w.len();
+        let grid = self.workgroup_grid(rows);
+        let params = LayerNormParams {
+            rows: index_u32(OP, rows)?,
+            cols: index_u32(OP, cols)?,
+            eps: 0.0,
+            groups_x: grid[0],
+            x_offset: index_u32(OP, x.offset())?,
+            w_offset: index_u32(OP, w.offset())?,
+            b_offset: 0,
+            y_offset: 0,
+            mean_offset: index_u32(OP, mean.offset())?,
+            rstd_offset: index_u32(OP, rstd.offset())?,
+            dy_offset: index_u32(OP, dy.offset())?,
+            dx_offset: index_u32(OP, dx.offset())?,
+        };
+        let kernel = Kernel::LayerNorm {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        self.run(
+            kernel,
+            "layernorm_bwd",
+            bytemuck::bytes_of(&params),
+            &[(1, x), (2, w), (4, dx), (5, mean), (6, rstd), (7, dy)],
+            grid,
+        )?;
+        // dw and db: column sums of dy·xhat and dy, side by side in one partials matrix.
+        let blocks = rows
+            .div_ceil(kernel_config::COLUMN_ROW_BLOCK as usize)
+            .max(1);
+        let partials = self.alloc(&[blocks, 2 * cols], DType::F32)?;
+        let base = ColumnSumParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            width: 2 * cols as u32,
+            blocks: blocks as u32,
+            dy_offset: params.dy_offset,
+            x_offset: params.x_offset,
+            mean_offset: params.mean_offset,
+            rstd_offset: params.rstd_offset,
+            ..ColumnSumParams::default()
+        };
+        let grid = self.grid(blocks * cols);
+        let partial_params = ColumnSumParams {
+            groups_x: grid[0],
+            ..base
+        };
+        self.run(
+            self.column_sums_kernel(),
+            "layernorm_partials",
+            bytemuck::bytes_of(&partial_params),
+            &[(1, dy), (2, x), (3, mean), (4, rstd), (5, &partials)],
+            grid,
+        )?;
+        self.finish_columns(&partials, base, 0, dw)?;
+        self.finish_columns(&partials, base, cols, db)
+    }
+
+    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "mean_pool";
+        let (batch, t, d) = check::mean_pool(OP, h, mask, out)?;
+        check::outputs_apart(OP, &[h, mask], &[out])?;
+        self.pool("mean_pool_fwd", (batch, t, d), h, mask, out, batch * d)
+    }
+
+    fn mean_pool_backward(
+        &self,
+        dout: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        dh: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "mean_pool_backward";
+        let (batch, t, d) = check::mean_pool(OP, dh, mask, dout)?;
+        check::outputs_apart(OP, &[dout, mask], &[dh])?;
+        self.pool(
+            "mean_pool_bwd",
+            (batch, t, d),
+            dh,
+            mask,
+            dout,
+            batch * t * d,
+        )
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        loss: &Tensor<Self>,
+        hits: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let (batch, _) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
+        let mut inputs = vec![logits, labels];
+        inputs.extend(weights);
+        check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
+        let rows = self.alloc(&[batch, 4], DType::F32)?;
+        let (kernel, params, grid) =
+            self.xent_params(OP, logits, labels, weights, label_smoothing, lse)?;
+        let params = CrossEntropyParams {
+            loss_offset: index_u32(OP, loss.offset())?,
+            hits_offset: index_u32(OP, hits.offset())?,
+            ..params
+        };
+        let bytes = bytemuck::bytes_of(&params);
+        let weights = weights.unwrap_or(labels);
+        self.run(
+            kernel,
+            "xent_rows",
+            bytes,
+            &[(1, logits), (2, labels), (3, weights), (4, lse), (5, &rows)],
+            grid,
+        )?;
+        self.run(
+            kernel,
+            "xent_finish",
+            bytes,
+            &[(5, &rows), (6, loss), (7, hits)],
+            [1, 1, 1],
+        )
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        lse: &Tensor<Self>,
+        scale: f32,
+        dlogits: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_backward";
+        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::f32_lens(OP, &[(lse, batch), (dlogits, batch * classes)])?;
+        let mut inputs = vec![logits, labels, lse];
+        inputs.extend(weights);
+        for t in &inputs {
+            check::in_place_or_apart(OP, t, dlogits)?;
+        }
+        let (kernel, params, grid) =
+            self.xent_params(OP, logits, labels, weights, label_smoothing, lse)?;
+        let params = CrossEntropyParams {
+            scale,
+            out_offset: index_u32(OP, dlogits.offset())?,
+            ..params
+        };
+        let weights = weights.unwrap_or(labels);
+        self.run(
+            kernel,
+            "xent_bwd",
+            bytemuck::bytes_of(&params),
+            &[
+                (1, logits),
+                (2, labels),
+                (3, weights),
+                (4, lse),
+                (8, dlogits),
+            ],
+            grid,
+        )
+    }
+
+    fn adamw(
+        &self,
+        params: &Tensor<Self>,
+        grads: &Tensor<Self>,
+        m: &Tensor<Self>,
+        v: &Tensor<Self>,
+        hp: &AdamW,
+        step: u64,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        check::optimizer(OP, &[params, grads, m, v])?;
+        let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
+        let grid = self.grid(params.len());
+        let p = OptimParams {
+            n: index_u32(OP, params.len())?,
+            groups_x: grid[0],
+            x_offset: index_u32(OP, params.offset())?,
+            g_offset: index_u32(OP, grads.offset())?,
+            m_offset: index_u32(OP, m.offset())?,
+            v_offset: index_u32(OP, v.offset())?,
+            beta1: hp.beta1,
+            beta2: hp.beta2,
+            eps: hp.eps,
+            decay,
+            step_size,
+            bc2_sqrt,
+            ..OptimParams::default()
+        };
+        self.run(
+            self.optim_kernel(),
+            "adamw",
+            bytemuck::bytes_of(&p),
+            &[(1, params), (2, grads), (3, m), (4, v)],
+            grid,
+        )
+    }
+
+    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
+        check::f32_lens("grad_norm", &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart("grad_norm", &[grads], &[norm])?;
+        self.reduce(
+            "grad_norm",
+            grads,
+            "sumsq_partials",
+            "finish_norm",
+            1.0,
+            norm,
+        )
+    }
+
+    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
+        const OP: &str = "clip_grads";
+        check::f32_lens(OP, &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart(OP, &[norm], &[grads])?;
+        let grid = self.grid(grads.len());
+        let p = OptimParams {
+            n: index_u32(OP, grads.len())?,
+            groups_x: grid[0],
+            x_offset: index_u32(OP, grads.offset())?,
+            g_offset: index_u32(OP, norm.offset())?,
+            max_norm,
+            ..OptimParams::default()
+        };
+        self.run(
+            self.optim_kernel(),
+            "clip",
+            bytemuck::bytes_of(&p),
+            &[(1, grads), (2, norm)],
+            grid,
+        )
+    }
+
+    fn unscale_check(
+        &self,
+        grads: &Tensor<Self>,
+        inv_scale: f32,
+        found_inf: &Tensor<Self>,
+    ) -> Result<()> {
+        check::f32_lens("unscale_check", &[(grads, grads.len()), (found_inf, 1)])?;
+        check::outputs_apart("unscale_check", &[], &[grads, found_inf])?;
+        self.reduce(
+            "unscale_check",
+            grads,
+            "nonfinite_partials",
+            "finish_any",
+            inv_scale,
+            found_inf,
+        )
     }
 
     fn synchronize(&self) -> Result<()> {

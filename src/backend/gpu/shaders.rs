@@ -10,6 +10,11 @@ const MATMUL_LOAD_SCALAR: &str = include_str!("../../../shaders/matmul_load_scal
 const MATMUL_LOAD_VEC4: &str = include_str!("../../../shaders/matmul_load_vec4.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const CAST: &str = include_str!("../../../shaders/cast.wgsl");
+const LAYERNORM: &str = include_str!("../../../shaders/layernorm.wgsl");
+const COLUMN_SUMS: &str = include_str!("../../../shaders/column_sums.wgsl");
+const POOL: &str = include_str!("../../../shaders/pool.wgsl");
+const CROSS_ENTROPY: &str = include_str!("../../../shaders/cross_entropy.wgsl");
+const OPTIM: &str = include_str!("../../../shaders/optim.wgsl");
 
 /// One compilable shader module: a WGSL file with its generated constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,8 +27,19 @@ pub enum Kernel {
         vec4: bool,
     },
     /// elementwise.wgsl with `workgroup` invocations per workgroup: entry points `add`,
-    /// `scale`.
+    /// `scale`, `gelu_fwd`, `gelu_bwd`.
     Elementwise { workgroup: u32 },
+    /// layernorm.wgsl: `layernorm_fwd`, `layernorm_bwd` (a power-of-two workgroup).
+    LayerNorm { workgroup: u32 },
+    /// column_sums.wgsl: `bias_partials`, `layernorm_partials`, `finish_columns`.
+    ColumnSums { workgroup: u32, row_block: u32 },
+    /// pool.wgsl: `mean_pool_fwd`, `mean_pool_bwd`.
+    Pool { workgroup: u32 },
+    /// cross_entropy.wgsl: `xent_rows`, `xent_finish`, `xent_bwd` (a power-of-two workgroup).
+    CrossEntropy { workgroup: u32 },
+    /// optim.wgsl: `adamw`, `sumsq_partials`, `nonfinite_partials`, `finish_norm`,
+    /// `finish_any`, `clip` (a power-of-two workgroup).
+    Optim { workgroup: u32, items: u32 },
     /// cast.wgsl from one dtype to another: entry point `convert`.
     Cast {
         from: DType,
@@ -58,6 +74,14 @@ impl Kernel {
                 if vec4 { "vec4" } else { "scalar" }
             ),
             Kernel::Elementwise { workgroup } => format!("elementwise_wg{workgroup}"),
+            Kernel::LayerNorm { workgroup } => format!("layernorm_wg{workgroup}"),
+            Kernel::ColumnSums {
+                workgroup,
+                row_block,
+            } => format!("column_sums_wg{workgroup}_rows{row_block}"),
+            Kernel::Pool { workgroup } => format!("pool_wg{workgroup}"),
+            Kernel::CrossEntropy { workgroup } => format!("cross_entropy_wg{workgroup}"),
+            Kernel::Optim { workgroup, items } => format!("optim_wg{workgroup}_items{items}"),
             Kernel::Cast {
                 from,
                 to,
@@ -70,9 +94,18 @@ impl Kernel {
     pub fn constants(&self) -> Vec<(&'static str, f64)> {
         match *self {
             Kernel::Matmul { .. } => Vec::new(),
-            Kernel::Elementwise { workgroup } | Kernel::Cast { workgroup, .. } => {
-                vec![("WG", workgroup as f64)]
+            Kernel::Elementwise { workgroup }
+            | Kernel::Cast { workgroup, .. }
+            | Kernel::LayerNorm { workgroup }
+            | Kernel::Pool { workgroup }
+            | Kernel::CrossEntropy { workgroup } => vec![("WG", workgroup as f64)],
+            Kernel::Optim { workgroup, items } => {
+                vec![("WG", workgroup as f64), ("ITEMS", items as f64)]
             }
+            Kernel::ColumnSums {
+                workgroup,
+                row_block,
+            } => vec![("WG", workgroup as f64), ("ROW_BLOCK", row_block as f64)],
         }
     }
 
@@ -100,6 +133,11 @@ impl Kernel {
                     .replace("//!LOADER", loader)
             }
             Kernel::Elementwise { .. } => ELEMENTWISE.into(),
+            Kernel::LayerNorm { .. } => LAYERNORM.into(),
+            Kernel::ColumnSums { .. } => COLUMN_SUMS.into(),
+            Kernel::Pool { .. } => POOL.into(),
+            Kernel::CrossEntropy { .. } => CROSS_ENTROPY.into(),
+            Kernel::Optim { .. } => OPTIM.into(),
             Kernel::Cast { from, to, .. } => CAST.replace(
                 "//!CONSTS",
                 &format!(
@@ -115,9 +153,28 @@ impl Kernel {
     /// without a GPU.
     pub fn all() -> Vec<Kernel> {
         const WORKGROUP: u32 = 256;
-        let mut all = vec![Kernel::Elementwise {
-            workgroup: WORKGROUP,
-        }];
+        let mut all = vec![
+            Kernel::Elementwise {
+                workgroup: WORKGROUP,
+            },
+            Kernel::LayerNorm {
+                workgroup: WORKGROUP,
+            },
+            Kernel::ColumnSums {
+                workgroup: WORKGROUP,
+                row_block: super::kernel_config::COLUMN_ROW_BLOCK,
+            },
+            Kernel::Pool {
+                workgroup: WORKGROUP,
+            },
+            Kernel::CrossEntropy {
+                workgroup: WORKGROUP,
+            },
+            Kernel::Optim {
+                workgroup: WORKGROUP,
+                items: super::kernel_config::REDUCE_ITEMS,
+            },
+        ];
         for tile in MatmulTile::CANDIDATES {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 for vec4 in [false, true] {

@@ -1,0 +1,147 @@
+// Optimizer ops over n gradients (whole arenas at once):
+//   adamw:              p = p·decay − step_size·m/(√v/√(1−β2^t) + eps), after
+//                       m = β1·m + (1−β1)·g, v = β2·v + (1−β2)·g² (decay, step size and the
+//                       bias corrections come from the host, computed once in f64)
+//   sumsq_partials:     partials[g] = Σ x² over the CHUNK elements of workgroup g
+//   nonfinite_partials: partials[g] = 1 if any of them is not finite, else 0; and x *= scale
+//   finish_norm:        out[0] = √Σ_g partials[g];  finish_any: out[0] = max_g partials[g]
+//   clip:               x *= min(1, max_norm / (norm[0] + 1e-6)), norm read on the device
+// Partials are summed by a fixed tree and then in workgroup order: the same bits on every run.
+// Bindings are read_write so that operands may share an arena.
+
+override WG: u32 = 256u;
+const MAX_WG: u32 = 256u;
+// Elements each invocation of the partials kernels handles (WG·ITEMS per workgroup).
+override ITEMS: u32 = 16u;
+
+struct Params {
+    n: u32,
+    groups_x: u32,
+    partials_count: u32,
+    x_offset: u32,
+    g_offset: u32,
+    m_offset: u32,
+    v_offset: u32,
+    out_offset: u32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    decay: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    scale: f32,
+    max_norm: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+var<workgroup> partial: array<f32, MAX_WG>;
+
+fn group(wg: vec3<u32>) -> u32 {
+    return wg.y * p.groups_x + wg.x;
+}
+
+@compute @workgroup_size(WG)
+fn adamw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = group(wg) * WG + lid;
+    if i >= p.n {
+        return;
+    }
+    let grad = g[p.g_offset + i];
+    let mi = p.beta1 * m[p.m_offset + i] + (1.0 - p.beta1) * grad;
+    let vi = p.beta2 * v[p.v_offset + i] + (1.0 - p.beta2) * grad * grad;
+    m[p.m_offset + i] = mi;
+    v[p.v_offset + i] = vi;
+    let denom = sqrt(vi) / p.bc2_sqrt + p.eps;
+    x[p.x_offset + i] = x[p.x_offset + i] * p.decay - p.step_size * mi / denom;
+}
+
+fn reduce_tree(lid: u32, value: f32, take_max: bool) -> f32 {
+    partial[lid] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lid < stride {
+            if take_max {
+                partial[lid] = max(partial[lid], partial[lid + stride]);
+            } else {
+                partial[lid] += partial[lid + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+    return partial[0];
+}
+
+@compute @workgroup_size(WG)
+fn sumsq_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let first = group(wg) * WG * ITEMS;
+    var s = 0.0;
+    for (var k = 0u; k < ITEMS; k++) {
+        let i = first + k * WG + lid;
+        if i < p.n {
+            let value = x[p.x_offset + i];
+            s += value * value;
+        }
+    }
+    let total = reduce_tree(lid, s, false);
+    if lid == 0u {
+        partials[group(wg)] = total;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn nonfinite_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let first = group(wg) * WG * ITEMS;
+    var bad = 0.0;
+    for (var k = 0u; k < ITEMS; k++) {
+        let i = first + k * WG + lid;
+        if i < p.n {
+            let value = x[p.x_offset + i];
+            // Exponent bits all ones: an infinity or a NaN (a NaN compares unequal even to
+            // itself, which compilers may fold away; the bits cannot be).
+            if (bitcast<u32>(value) & 0x7f800000u) == 0x7f800000u {
+                bad = 1.0;
+            }
+            x[p.x_offset + i] = value * p.scale;
+        }
+    }
+    let any = reduce_tree(lid, bad, true);
+    if lid == 0u {
+        partials[group(wg)] = any;
+    }
+}
+
+@compute @workgroup_size(1)
+fn finish_norm() {
+    var s = 0.0;
+    for (var k = 0u; k < p.partials_count; k++) {
+        s += partials[k];
+    }
+    out[p.out_offset] = sqrt(s);
+}
+
+@compute @workgroup_size(1)
+fn finish_any() {
+    var any = 0.0;
+    for (var k = 0u; k < p.partials_count; k++) {
+        any = max(any, partials[k]);
+    }
+    out[p.out_offset] = any;
+}
+
+// Here `g` holds the norm at g_offset.
+@compute @workgroup_size(WG)
+fn clip(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = group(wg) * WG + lid;
+    if i >= p.n {
+        return;
+    }
+    let coef = min(1.0, p.max_norm / (g[p.g_offset] + 1e-6));
+    x[p.x_offset + i] = x[p.x_offset + i] * coef;
+}
