@@ -35,10 +35,11 @@ pub mod rng;
 pub mod tensor;
 pub mod tolerance;
 
-pub use backend::{AdamW, AnyBackend, Backend, CpuBackend, GpuBackend, MatmulSpec};
+pub use backend::{AdamW, AnyBackend, AttentionSpec, Backend, CpuBackend, GpuBackend, MatmulSpec};
 pub use config::GpuConfig;
 pub use device::{Adapters, DeviceInfo};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use memory::{MemoryGuard, MemoryStats};
+pub use rng::DropoutKey;
 pub use tensor::{HostTensor, Tensor, ToDevice};

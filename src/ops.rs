@@ -23,6 +23,9 @@ pub enum Op {
     Adamw,
     GradNorm,
     UnscaleCheck,
+    Dropout,
+    AttentionFwd,
+    AttentionBwd,
 }
 
 impl Op {
@@ -45,6 +48,9 @@ impl Op {
             Op::Adamw => "adamw",
             Op::GradNorm => "grad_norm",
             Op::UnscaleCheck => "unscale_check",
+            Op::Dropout => "dropout",
+            Op::AttentionFwd => "attention_fwd",
+            Op::AttentionBwd => "attention_bwd",
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 
-use crate::backend::{Backend, MatmulSpec};
+use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::Op;
@@ -686,6 +686,172 @@ pub fn check_unscale<B: Backend>(
     ))
 }
 
+pub fn check_dropout<B: Backend>(
+    b: &B,
+    n: usize,
+    p: f32,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let x = inputs.uniform(n);
+    let key = DropoutKey {
+        seed: 0x1234_5678_9abc,
+        step: 7,
+        site: 3,
+    };
+    let out = poisoned(b, &[n], DType::F32)?;
+    b.dropout(&upload(b, &[n], &x)?, p, &key, &out)?;
+    let want = reference::dropout(&widen(&x), p as f64, &key);
+    Ok(ParityRow::new(
+        Op::Dropout,
+        DType::F32,
+        format!("{n} p {p}"),
+        OpClass::Elementwise,
+        &out.to_f32_vec()?,
+        &want,
+    ))
+}
+
+/// An attention case: its spec (dropout on or off) and a ragged key mask.
+fn attention_case(
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+    dropout: f32,
+) -> (AttentionSpec, Vec<f32>) {
+    let mut spec = AttentionSpec::new(batch, t, heads, head_dim);
+    spec.dropout = dropout;
+    spec.key = DropoutKey {
+        seed: 42,
+        step: 3,
+        site: 1,
+    };
+    (spec, ragged_mask(batch, t, false))
+}
+
+fn attention_shape(spec: &AttentionSpec) -> String {
+    format!(
+        "b{} t{} h{} d{}{}",
+        spec.batch,
+        spec.seq,
+        spec.heads,
+        spec.head_dim,
+        if spec.dropout > 0.0 {
+            format!(" p {}", spec.dropout)
+        } else {
+            String::new()
+        }
+    )
+}
+
+pub fn check_attention<B: Backend>(
+    b: &B,
+    (batch, t, heads, head_dim, dropout): AttentionCase,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (spec, mask) = attention_case(batch, t, heads, head_dim, dropout);
+    let dm = spec.d_model();
+    let qkv = inputs.uniform(batch * t * 3 * dm);
+    let (out, lse) = (
+        poisoned(b, &[batch, t, dm], DType::F32)?,
+        poisoned(b, &[batch, heads, t], DType::F32)?,
+    );
+    b.attention(
+        &upload(b, &[batch, t, 3 * dm], &qkv)?,
+        &upload(b, &[batch, t], &mask)?,
+        &spec,
+        &out,
+        &lse,
+    )?;
+    let (want_out, want_lse) = reference::attention(
+        &widen(&qkv),
+        &widen(&mask),
+        batch,
+        t,
+        heads,
+        head_dim,
+        dropout as f64,
+        &spec.key,
+    );
+    let got = [out.to_f32_vec()?, lse.to_f32_vec()?];
+    Ok(ParityRow::of_parts(
+        Op::AttentionFwd,
+        DType::F32,
+        attention_shape(&spec),
+        OpClass::Reduction,
+        &[(&got[0], &want_out), (&got[1], &want_lse)],
+    ))
+}
+
+pub fn check_attention_backward<B: Backend>(
+    b: &B,
+    (batch, t, heads, head_dim, dropout): AttentionCase,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let (spec, mask) = attention_case(batch, t, heads, head_dim, dropout);
+    let dm = spec.d_model();
+    let qkv = inputs.uniform(batch * t * 3 * dm);
+    let dout = inputs.uniform(batch * t * dm);
+    // The saved forward results come from the reference, so that only the backward is judged.
+    let (out, lse) = reference::attention(
+        &widen(&qkv),
+        &widen(&mask),
+        batch,
+        t,
+        heads,
+        head_dim,
+        dropout as f64,
+        &spec.key,
+    );
+    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let dqkv = poisoned(b, &[batch, t, 3 * dm], DType::F32)?;
+    b.attention_backward(
+        &upload(b, &[batch, t, 3 * dm], &qkv)?,
+        &upload(b, &[batch, t], &mask)?,
+        &spec,
+        &upload(b, &[batch, t, dm], &narrow(&out))?,
+        &upload(b, &[batch, heads, t], &narrow(&lse))?,
+        &upload(b, &[batch, t, dm], &dout)?,
+        &dqkv,
+    )?;
+    let want = reference::attention_backward(
+        &widen(&qkv),
+        &widen(&mask),
+        &widen(&dout),
+        batch,
+        t,
+        heads,
+        head_dim,
+        dropout as f64,
+        &spec.key,
+    );
+    Ok(ParityRow::new(
+        Op::AttentionBwd,
+        DType::F32,
+        attention_shape(&spec),
+        OpClass::Reduction,
+        &dqkv.to_f32_vec()?,
+        &want,
+    ))
+}
+
+/// (batch, t, heads, head_dim, dropout) of an attention check.
+pub type AttentionCase = (usize, usize, usize, usize, f32);
+
+/// Attention checks: sequence lengths that cut the tiles (1, 2, 7, 63, 64, 65, 200), the
+/// head sizes the model uses and odd ones, ragged masks, with and without dropout.
+pub const ATTENTION_CASES: [AttentionCase; 9] = [
+    (1, 1, 1, 16, 0.0),
+    (2, 2, 2, 32, 0.0),
+    (3, 7, 2, 64, 0.1),
+    (2, 63, 2, 16, 0.0),
+    (2, 64, 1, 32, 0.2),
+    (2, 65, 2, 64, 0.0),
+    (1, 200, 1, 24, 0.1),
+    (1, 17, 2, 128, 0.0),
+    (2, 33, 3, 5, 0.5),
+];
+
 /// (batch, t, d) of the pooling checks.
 pub const POOL_SHAPES: [(usize, usize, usize); 4] =
     [(1, 1, 1), (3, 7, 17), (5, 64, 256), (2, 200, 3)];
@@ -800,6 +966,13 @@ pub fn run_all<B: Backend>(
             weighted,
             &mut inputs,
         )?);
+    }
+    for (n, p) in [(1, 0.5), (4099, 0.1), (70_001, 0.3)] {
+        push(check_dropout(b, n, p, &mut inputs)?);
+    }
+    for case in ATTENTION_CASES {
+        push(check_attention(b, case, &mut inputs)?);
+        push(check_attention_backward(b, case, &mut inputs)?);
     }
     for (i, n) in OPTIM_SIZES.into_iter().enumerate() {
         push(check_adamw(b, n, &mut inputs)?);

@@ -290,3 +290,149 @@ pub fn unscale_check(grads: &[f64], inv_scale: f64) -> (Vec<f64>, bool) {
     let found = grads.iter().any(|g| !g.is_finite());
     (grads.iter().map(|g| g * inv_scale).collect(), found)
 }
+
+/// Dropout with the counter-based mask of `crate::rng`: kept elements scaled by 1/(1−p),
+/// dropped ones 0 (all of them when p = 1).
+pub fn dropout(x: &[f64], p: f64, key: &crate::rng::DropoutKey) -> Vec<f64> {
+    x.iter()
+        .enumerate()
+        .map(|(e, &v)| {
+            if p < 1.0 && crate::rng::keep(key, e as u64, p as f32) {
+                v / (1.0 - p)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Multi-head self-attention over packed `qkv` `[batch, t, 3·d_model]` (q | k | v, each
+/// head's `head_dim` columns side by side), with a key mask `[batch, t]` (1 = real frame).
+/// Returns the output `[batch, t, d_model]` and the log-sum-exp of each query's scaled scores
+/// `[batch, heads, t]` (+∞ for a query with no real key, whose output is zero). Dropout with
+/// probability `p` on the attention probabilities uses element
+/// `((b·heads + h)·t + query)·t + key` of the mask.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    qkv: &[f64],
+    mask: &[f64],
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+    p: f64,
+    key: &crate::rng::DropoutKey,
+) -> (Vec<f64>, Vec<f64>) {
+    let d_model = heads * head_dim;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let at = |b: usize, s: usize, part: usize, h: usize, i: usize| {
+        qkv[(b * t + s) * 3 * d_model + part * d_model + h * head_dim + i]
+    };
+    let mut out = vec![0.0; batch * t * d_model];
+    let mut lse = vec![0.0; batch * heads * t];
+    for b in 0..batch {
+        for h in 0..heads {
+            for q in 0..t {
+                let scores: Vec<Option<f64>> = (0..t)
+                    .map(|s| {
+                        (mask[b * t + s] != 0.0).then(|| {
+                            (0..head_dim)
+                                .map(|i| at(b, q, 0, h, i) * at(b, s, 1, h, i))
+                                .sum::<f64>()
+                                * scale
+                        })
+                    })
+                    .collect();
+                let max = scores
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
+                let row = (b * heads + h) * t + q;
+                if sum == 0.0 {
+                    lse[row] = f64::INFINITY;
+                    continue;
+                }
+                lse[row] = max + sum.ln();
+                for (s, score) in scores.iter().enumerate() {
+                    let Some(score) = score else { continue };
+                    let mut prob = (score - lse[row]).exp();
+                    if p > 0.0 {
+                        let keep = p < 1.0 && crate::rng::keep(key, (row * t + s) as u64, p as f32);
+                        prob = if keep { prob / (1.0 - p) } else { 0.0 };
+                    }
+                    for i in 0..head_dim {
+                        out[(b * t + q) * d_model + h * head_dim + i] += prob * at(b, s, 2, h, i);
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// Gradient of [`attention`] with respect to `qkv`, from the output gradient `dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    qkv: &[f64],
+    mask: &[f64],
+    dout: &[f64],
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+    p: f64,
+    key: &crate::rng::DropoutKey,
+) -> Vec<f64> {
+    let d_model = heads * head_dim;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let idx = |b: usize, s: usize, part: usize, h: usize, i: usize| {
+        (b * t + s) * 3 * d_model + part * d_model + h * head_dim + i
+    };
+    let (_, lse) = attention(qkv, mask, batch, t, heads, head_dim, p, key);
+    let mut d = vec![0.0; qkv.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for q in 0..t {
+                let row = (b * heads + h) * t + q;
+                if lse[row].is_infinite() {
+                    continue;
+                }
+                let dout_q = |i: usize| dout[(b * t + q) * d_model + h * head_dim + i];
+                // P, the dropout factor Z, and dP̃ = dO·V for every real key.
+                let mut terms = Vec::new();
+                for s in (0..t).filter(|&s| mask[b * t + s] != 0.0) {
+                    let score = (0..head_dim)
+                        .map(|i| qkv[idx(b, q, 0, h, i)] * qkv[idx(b, s, 1, h, i)])
+                        .sum::<f64>()
+                        * scale;
+                    let prob = (score - lse[row]).exp();
+                    let z = if p > 0.0 {
+                        if p < 1.0 && crate::rng::keep(key, (row * t + s) as u64, p as f32) {
+                            1.0 / (1.0 - p)
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        1.0
+                    };
+                    let dp = (0..head_dim)
+                        .map(|i| dout_q(i) * qkv[idx(b, s, 2, h, i)])
+                        .sum::<f64>();
+                    terms.push((s, prob, z, dp));
+                }
+                let delta: f64 = terms.iter().map(|&(_, prob, z, dp)| prob * z * dp).sum();
+                for &(s, prob, z, dp) in &terms {
+                    let ds = prob * (dp * z - delta);
+                    for i in 0..head_dim {
+                        d[idx(b, s, 2, h, i)] += prob * z * dout_q(i);
+                        d[idx(b, q, 0, h, i)] += ds * qkv[idx(b, s, 1, h, i)] * scale;
+                        d[idx(b, s, 1, h, i)] += ds * qkv[idx(b, q, 0, h, i)] * scale;
+                    }
+                }
+            }
+        }
+    }
+    d
+}

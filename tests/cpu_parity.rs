@@ -53,3 +53,8 @@ fn reductions_are_deterministic() {
 fn loss_pool_and_optimizer() {
     common::loss_pool_and_optimizer_parity(&CpuBackend::default());
 }
+
+#[test]
+fn dropout_and_attention() {
+    common::dropout_and_attention_parity(&CpuBackend::default());
+}

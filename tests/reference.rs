@@ -116,6 +116,54 @@ fn reference_pool_and_loss_gradients_match_finite_differences() {
 }
 
 #[test]
+fn reference_attention_backward_matches_finite_differences() {
+    let mut inputs = Inputs::new(13);
+    let (batch, t, heads, head_dim) = (2, 5, 2, 3);
+    let dm = heads * head_dim;
+    let qkv = random(&mut inputs, batch * t * 3 * dm, 1.5);
+    // Ragged: the second clip has 3 real frames.
+    let mask: Vec<f64> = (0..batch * t)
+        .map(|i| if i >= t && i % t >= 3 { 0.0 } else { 1.0 })
+        .collect();
+    let r = random(&mut inputs, batch * t * dm, 1.0);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    for p in [0.0, 0.3] {
+        let key = signflow::DropoutKey {
+            seed: 5,
+            step: 1,
+            site: 2,
+        };
+        let d = reference::attention_backward(&qkv, &mask, &r, batch, t, heads, head_dim, p, &key);
+        let loss = |qkv: &[f64]| {
+            dot(
+                &reference::attention(qkv, &mask, batch, t, heads, head_dim, p, &key).0,
+                &r,
+            )
+        };
+        assert_grads_match(&d, &loss, &qkv, "attention dqkv");
+    }
+}
+
+#[test]
+fn attention_by_hand() {
+    // One head of size 1, two frames: q0 = 1, keys (0, ln 3 / s)... with s = 1/√1 = 1:
+    // scores (0, ln 3) give probabilities (1/4, 3/4) over values (4, 8): output 7.
+    let ln3 = 3f64.ln();
+    let qkv = [1.0, 0.0, 4.0, 0.0, ln3, 8.0];
+    let key = signflow::DropoutKey {
+        seed: 0,
+        step: 0,
+        site: 0,
+    };
+    let (out, lse) = reference::attention(&qkv, &[1.0, 1.0], 1, 2, 1, 1, 0.0, &key);
+    assert!((out[0] - 7.0).abs() < 1e-12, "{out:?}");
+    assert!((lse[0] - 4f64.ln()).abs() < 1e-12);
+    // Masking the second key leaves only the first value.
+    let (out, _) = reference::attention(&qkv, &[1.0, 0.0], 1, 2, 1, 1, 0.0, &key);
+    assert!((out[0] - 4.0).abs() < 1e-12);
+}
+
+#[test]
 fn cross_entropy_by_hand() {
     // Two classes, logits (0, ln 3): p = (1/4, 3/4). Label 1: loss = −ln(3/4).
     let r = reference::cross_entropy(&[0.0, 3f64.ln()], &[1.0], None, 0.0);

@@ -17,6 +17,7 @@ use crate::device::{Adapters, DeviceInfo, Selection};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::MemoryStats;
+pub use crate::rng::DropoutKey;
 use crate::tensor::{HostTensor, Tensor};
 
 /// AdamW's hyper-parameters, as `torch.optim.AdamW` names them.
@@ -54,6 +55,48 @@ impl AdamW {
             (self.lr as f64 / bc1) as f32,
             bc2.sqrt() as f32,
         )
+    }
+}
+
+/// The shape of a fused attention and its dropout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    /// Any size from 1 to [`AttentionSpec::MAX_HEAD_DIM`].
+    pub head_dim: usize,
+    /// Dropout probability on the attention probabilities (0 = off).
+    pub dropout: f32,
+    /// Keys the dropout mask: element `((b·heads + h)·seq + query)·seq + key`.
+    pub key: DropoutKey,
+}
+
+impl AttentionSpec {
+    pub const MAX_HEAD_DIM: usize = 128;
+
+    pub fn new(batch: usize, seq: usize, heads: usize, head_dim: usize) -> AttentionSpec {
+        AttentionSpec {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            dropout: 0.0,
+            key: DropoutKey {
+                seed: 0,
+                step: 0,
+                site: 0,
+            },
+        }
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// FLOPs of the forward pass, as DESIGN.md counts them: 4·b·h·t²·d.
+    pub fn forward_flops(&self) -> f64 {
+        4.0 * (self.batch * self.heads) as f64 * (self.seq * self.seq) as f64 * self.head_dim as f64
     }
 }
 
@@ -217,6 +260,40 @@ pub trait Backend: Send + Sync + Sized + 'static {
         grads: &Tensor<Self>,
         inv_scale: f32,
         found_inf: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// `out = x · keep / (1 − p)` with the counter-based mask of [`crate::rng`] (element e of
+    /// the tensor draws element e of `key`'s stream); all zeros when p = 1. The backward pass
+    /// is the same op on the gradient with the same key.
+    fn dropout(&self, x: &Tensor<Self>, p: f32, key: &DropoutKey, out: &Tensor<Self>)
+        -> Result<()>;
+
+    /// Fused multi-head self-attention (see [`AttentionSpec`]): `qkv` `[batch, t, 3·d_model]`
+    /// packed q | k | v, `key_mask` `[batch, t]` (1.0 = real frame), `out`
+    /// `[batch, t, d_model]`, and `lse` `[batch, heads, t]` saved for the backward pass. A query
+    /// with no real key gets a zero output (and lse = +∞), never NaN; the model rejects such
+    /// clips before they get here.
+    fn attention(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// Gradient of [`Backend::attention`] with respect to `qkv`, recomputing the scores from
+    /// `qkv` and the saved `lse` (and `out`, for rowsum(dO∘O)); writes all of `dqkv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dqkv: &Tensor<Self>,
     ) -> Result<()>;
 
     /// Waits until every op recorded so far has finished.
@@ -526,6 +603,56 @@ pub(crate) mod check {
             }
         }
         Ok(())
+    }
+
+    pub fn dropout_p(p: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::InvalidConfig {
+                field: "dropout",
+                value: p.to_string(),
+                allowed: "a probability from 0 to 1",
+            });
+        }
+        Ok(())
+    }
+
+    /// The operands of an attention: shapes from the spec, f32, outputs apart from inputs.
+    pub fn attention<B: Backend>(
+        op: &'static str,
+        spec: &AttentionSpec,
+        inputs: &[(&Tensor<B>, usize)],
+        outputs: &[(&Tensor<B>, usize)],
+    ) -> Result<()> {
+        if spec.head_dim == 0 || spec.head_dim > AttentionSpec::MAX_HEAD_DIM || spec.heads == 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} heads of size {}: sizes from 1 to {} are supported",
+                    spec.heads,
+                    spec.head_dim,
+                    AttentionSpec::MAX_HEAD_DIM
+                ),
+            ));
+        }
+        let elements = spec
+            .batch
+            .saturating_mul(spec.heads)
+            .saturating_mul(spec.seq)
+            .saturating_mul(spec.seq);
+        if elements > u32::MAX as usize {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "batch·heads·seq² = {elements} exceeds the dropout mask's 32-bit element index"
+                ),
+            ));
+        }
+        dropout_p(spec.dropout)?;
+        f32_lens(op, inputs)?;
+        f32_lens(op, outputs)?;
+        let ins: Vec<&Tensor<B>> = inputs.iter().map(|(t, _)| *t).collect();
+        let outs: Vec<&Tensor<B>> = outputs.iter().map(|(t, _)| *t).collect();
+        outputs_apart(op, &ins, &outs)
     }
 
     /// Casts and copies: the same length; in place only between equal dtypes.

@@ -151,6 +151,60 @@ pub fn loss_pool_and_optimizer_parity<B: Backend>(b: &B) {
     assert!(lse.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
 }
 
+pub fn dropout_and_attention_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for (n, p) in [(1, 0.0), (17, 0.5), (4099, 0.1), (65_537, 0.9), (10, 1.0)] {
+        assert_pass(&parity::check_dropout(b, n, p, &mut inputs).unwrap(), seed);
+    }
+    for case in parity::ATTENTION_CASES
+        .into_iter()
+        .chain([(2, 64, 2, 64, 0.0), (1, 130, 2, 32, 0.1)])
+    {
+        assert_pass(
+            &parity::check_attention(b, case, &mut inputs).unwrap(),
+            seed,
+        );
+        assert_pass(
+            &parity::check_attention_backward(b, case, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+    // A clip whose keys are all padding gives zeros, never NaN.
+    let spec = signflow::AttentionSpec::new(1, 3, 1, 4);
+    let qkv = b
+        .upload(&HostTensor::from_f32(&[1, 3, 12], inputs.uniform(36)).unwrap())
+        .unwrap();
+    let mask = b
+        .upload(&HostTensor::from_f32(&[1, 3], vec![0.0; 3]).unwrap())
+        .unwrap();
+    let (out, lse) = (
+        parity::poisoned(b, &[1, 3, 4], DType::F32).unwrap(),
+        parity::poisoned(b, &[1, 1, 3], DType::F32).unwrap(),
+    );
+    b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
+    assert!(out.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    let dqkv = parity::poisoned(b, &[1, 3, 12], DType::F32).unwrap();
+    b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &dqkv)
+        .unwrap();
+    assert!(dqkv.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    // Bad head sizes and probabilities are errors.
+    let too_big = signflow::AttentionSpec::new(1, 3, 1, 129);
+    assert!(b.attention(&qkv, &mask, &too_big, &out, &lse).is_err());
+    assert!(b
+        .dropout(
+            &qkv,
+            1.5,
+            &signflow::DropoutKey {
+                seed: 0,
+                step: 0,
+                site: 0
+            },
+            &qkv
+        )
+        .is_err());
+}
+
 /// Reductions give the same bits on two runs.
 pub fn reductions_are_deterministic<B: Backend>(b: &B) {
     let mut inputs = Inputs::new(seed());
@@ -187,7 +241,25 @@ pub fn reductions_are_deterministic<B: Backend>(b: &B) {
             .unwrap();
         b.cross_entropy(&x, &labels, None, 0.1, &loss, &hits, &lse)
             .unwrap();
-        [y, mean, rstd, dx, dw, db, bias, norm, loss, lse].map(|t| {
+        let mut spec = signflow::AttentionSpec::new(2, 75, 2, 32);
+        spec.dropout = 0.1;
+        let qkv_data = (0..2 * 75 * 192)
+            .map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5)
+            .collect();
+        let qkv = b
+            .upload(&HostTensor::from_f32(&[2, 75, 192], qkv_data).unwrap())
+            .unwrap();
+        let mask = b
+            .upload(&HostTensor::from_f32(&[2, 75], parity::ragged_mask(2, 75, false)).unwrap())
+            .unwrap();
+        let (att, att_lse, dqkv) = (f(&[2, 75, 64]), f(&[2, 2, 75]), f(&[2, 75, 192]));
+        b.attention(&qkv, &mask, &spec, &att, &att_lse).unwrap();
+        b.attention_backward(&qkv, &mask, &spec, &att, &att_lse, &att, &dqkv)
+            .unwrap();
+        [
+            y, mean, rstd, dx, dw, db, bias, norm, loss, lse, att, att_lse, dqkv,
+        ]
+        .map(|t| {
             t.to_f32_vec()
                 .unwrap()
                 .iter()

@@ -70,6 +70,8 @@ pub struct KernelConfig {
     /// Invocations per workgroup of the elementwise kernels.
     pub elementwise_workgroup: u32,
     pub max_workgroups_per_dimension: u32,
+    /// Workgroup memory available to one workgroup, in bytes.
+    pub workgroup_storage_bytes: u32,
     /// A tile every product uses, whatever its size (for tests and tuning).
     pub forced_matmul_tile: Option<MatmulTile>,
 }
@@ -81,6 +83,28 @@ const ELEMENTWISE_WORKGROUP: u32 = 256;
 /// Rows each invocation of the column-sum kernels adds up (column_sums.wgsl): enough work per
 /// invocation, and enough blocks to fill the device for a few thousand rows.
 pub const COLUMN_ROW_BLOCK: u32 = 64;
+
+/// Head sizes the attention kernels are generated for; a head is run by the smallest that
+/// holds it (its extra dimensions are zeros).
+pub const ATTENTION_HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
+
+/// Queries per attention workgroup (BQ in attention.wgsl); key tiles never exceed it.
+pub const ATTENTION_QUERIES: u32 = 64;
+
+/// The attention variant for `head_dim`: the smallest generated head size that holds it, and
+/// the largest power-of-two key tile (up to BQ) whose two tiles of rows and two per-row arrays
+/// fit the adapter's workgroup memory.
+pub fn attention_variant(head_dim: usize, workgroup_bytes: u32) -> (u32, u32) {
+    let dim = ATTENTION_HEAD_DIMS
+        .into_iter()
+        .find(|&d| d as usize >= head_dim)
+        .unwrap_or(ATTENTION_HEAD_DIMS[3]);
+    let mut bk = ATTENTION_QUERIES;
+    while bk > 1 && 4 * (2 * bk * dim + 2 * bk) > workgroup_bytes {
+        bk /= 2;
+    }
+    (dim, bk)
+}
 
 /// Elements each invocation of the whole-arena reductions (gradient norm, finite check)
 /// handles (optim.wgsl).
@@ -107,6 +131,7 @@ impl KernelConfig {
                     .min(limits.max_compute_workgroup_size_x)
                     .ilog2(),
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
             forced_matmul_tile: None,
         }
     }

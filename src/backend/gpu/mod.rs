@@ -10,7 +10,7 @@ use context::{Binding, GpuContext};
 use kernel_config::KernelConfig;
 use shaders::Kernel;
 
-use super::{check, AdamW, Backend, MatmulSpec, Storage};
+use super::{check, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -215,6 +215,58 @@ struct OptimParams {
     bc2_sqrt: f32,
     scale: f32,
     max_norm: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DropoutParams {
+    n: u32,
+    groups_x: u32,
+    x_offset: u32,
+    out_offset: u32,
+    p: f32,
+    keep_scale: f32,
+    site: u32,
+    _pad: u32,
+    seed: [u32; 2],
+    step: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct AttentionParams {
+    batch: u32,
+    t: u32,
+    heads: u32,
+    d: u32,
+    groups_x: u32,
+    scale: f32,
+    p: f32,
+    keep_scale: f32,
+    seed: [u32; 2],
+    step: [u32; 2],
+    site: u32,
+    qkv_offset: u32,
+    mask_offset: u32,
+    out_offset: u32,
+    lse_offset: u32,
+    dout_offset: u32,
+    dqkv_offset: u32,
+    _pad: [u32; 3],
+}
+
+/// A u64 as the (low, high) words WGSL takes.
+fn words(x: u64) -> [u32; 2] {
+    [x as u32, (x >> 32) as u32]
+}
+
+/// 1/(1−p), the scale of kept elements (0 when everything is dropped).
+fn keep_scale(p: f32) -> f32 {
+    if p < 1.0 {
+        1.0 / (1.0 - p)
+    } else {
+        0.0
+    }
 }
 
 #[repr(C)]
@@ -474,6 +526,42 @@ impl GpuBackend {
             &[(1, h), (2, mask), (3, pooled)],
             grid,
         )
+    }
+
+    /// The kernel, the parameters every attention pass shares, and the grid of one workgroup
+    /// per block of queries (or keys) of each head of each clip.
+    fn attention_params(
+        &self,
+        op: &'static str,
+        spec: &AttentionSpec,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<(Kernel, AttentionParams, [u32; 3])> {
+        let (head_dim, bk) =
+            kernel_config::attention_variant(spec.head_dim, self.kernels.workgroup_storage_bytes);
+        let blocks = spec.seq.div_ceil(kernel_config::ATTENTION_QUERIES as usize);
+        let grid = self.workgroup_grid(spec.batch * spec.heads * blocks);
+        let params = AttentionParams {
+            batch: index_u32(op, spec.batch)?,
+            t: index_u32(op, spec.seq)?,
+            heads: index_u32(op, spec.heads)?,
+            d: index_u32(op, spec.head_dim)?,
+            groups_x: grid[0],
+            scale: 1.0 / (spec.head_dim as f32).sqrt(),
+            p: spec.dropout,
+            keep_scale: keep_scale(spec.dropout),
+            seed: words(spec.key.seed),
+            step: words(spec.key.step),
+            site: spec.key.site,
+            qkv_offset: index_u32(op, qkv.offset())?,
+            mask_offset: index_u32(op, key_mask.offset())?,
+            out_offset: index_u32(op, out.offset())?,
+            lse_offset: index_u32(op, lse.offset())?,
+            ..AttentionParams::default()
+        };
+        Ok((Kernel::Attention { head_dim, bk }, params, grid))
     }
 
     /// The kernel, the parameters both cross-entropy passes share, and the grid of one
@@ -1046,6 +1134,131 @@ impl Backend for GpuBackend {
             inv_scale,
             found_inf,
         )
+    }
+
+    fn dropout(
+        &self,
+        x: &Tensor<Self>,
+        p: f32,
+        key: &DropoutKey,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "dropout";
+        check::dropout_p(p)?;
+        check::elementwise(OP, &[x], out)?;
+        let grid = self.grid(out.len());
+        let params = DropoutParams {
+            n: index_u32(OP, out.len())?,
+            groups_x: grid[0],
+            x_offset: index_u32(OP, x.offset())?,
+            out_offset: index_u32(OP, out.offset())?,
+            p,
+            keep_scale: keep_scale(p),
+            site: key.site,
+            _pad: 0,
+            seed: words(key.seed),
+            step: words(key.step),
+        };
+        let kernel = Kernel::Dropout {
+            workgroup: self.kernels.elementwise_workgroup,
+        };
+        self.run(
+            kernel,
+            "dropout",
+            bytemuck::bytes_of(&params),
+            &[(1, x), (2, out)],
+            grid,
+        )
+    }
+
+    fn attention(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let AttentionSpec {
+            batch,
+            seq: t,
+            heads,
+            ..
+        } = *spec;
+        let dm = spec.d_model();
+        check::attention(
+            OP,
+            spec,
+            &[(qkv, batch * t * 3 * dm), (key_mask, batch * t)],
+            &[(out, batch * t * dm), (lse, batch * heads * t)],
+        )?;
+        let (kernel, params, grid) = self.attention_params(OP, spec, qkv, key_mask, out, lse)?;
+        self.run(
+            kernel,
+            "attention_fwd",
+            bytemuck::bytes_of(&params),
+            // The shared tile loader also reads dout in the backward pass; out stands in.
+            &[(1, qkv), (2, key_mask), (3, out), (4, lse), (5, out)],
+            grid,
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dqkv: &Tensor<Self>,
+    ) -> Result<()> {
+        const OP: &str = "attention_backward";
+        let AttentionSpec {
+            batch,
+            seq: t,
+            heads,
+            ..
+        } = *spec;
+        let dm = spec.d_model();
+        check::attention(
+            OP,
+            spec,
+            &[
+                (qkv, batch * t * 3 * dm),
+                (key_mask, batch * t),
+                (out, batch * t * dm),
+                (lse, batch * heads * t),
+                (dout, batch * t * dm),
+            ],
+            &[(dqkv, batch * t * 3 * dm)],
+        )?;
+        let (kernel, params, grid) = self.attention_params(OP, spec, qkv, key_mask, out, lse)?;
+        let params = AttentionParams {
+            dout_offset: index_u32(OP, dout.offset())?,
+            dqkv_offset: index_u32(OP, dqkv.offset())?,
+            ..params
+        };
+        let bytes = bytemuck::bytes_of(&params);
+        let delta = self.alloc(&[batch, heads, t], DType::F32)?;
+        self.run(
+            kernel,
+            "attention_delta",
+            bytes,
+            &[(3, out), (5, dout), (6, &delta)],
+            grid,
+        )?;
+        let bindings = [
+            (1, qkv),
+            (2, key_mask),
+            (4, lse),
+            (5, dout),
+            (6, &delta),
+            (7, dqkv),
+        ];
+        self.run(kernel, "attention_dq", bytes, &bindings, grid)?;
+        self.run(kernel, "attention_dkv", bytes, &bindings, grid)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -15,6 +15,9 @@ const COLUMN_SUMS: &str = include_str!("../../../shaders/column_sums.wgsl");
 const POOL: &str = include_str!("../../../shaders/pool.wgsl");
 const CROSS_ENTROPY: &str = include_str!("../../../shaders/cross_entropy.wgsl");
 const OPTIM: &str = include_str!("../../../shaders/optim.wgsl");
+const PHILOX: &str = include_str!("../../../shaders/philox.wgsl");
+const DROPOUT: &str = include_str!("../../../shaders/dropout.wgsl");
+const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 
 /// One compilable shader module: a WGSL file with its generated constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +43,12 @@ pub enum Kernel {
     /// optim.wgsl: `adamw`, `sumsq_partials`, `nonfinite_partials`, `finish_norm`,
     /// `finish_any`, `clip` (a power-of-two workgroup).
     Optim { workgroup: u32, items: u32 },
+    /// philox.wgsl + dropout.wgsl: `dropout`.
+    Dropout { workgroup: u32 },
+    /// philox.wgsl + attention.wgsl for heads of up to `head_dim` (16, 32, 64 or 128), keys
+    /// streamed in tiles of `bk`: `attention_fwd`, `attention_delta`, `attention_dq`,
+    /// `attention_dkv`.
+    Attention { head_dim: u32, bk: u32 },
     /// cast.wgsl from one dtype to another: entry point `convert`.
     Cast {
         from: DType,
@@ -82,6 +91,8 @@ impl Kernel {
             Kernel::Pool { workgroup } => format!("pool_wg{workgroup}"),
             Kernel::CrossEntropy { workgroup } => format!("cross_entropy_wg{workgroup}"),
             Kernel::Optim { workgroup, items } => format!("optim_wg{workgroup}_items{items}"),
+            Kernel::Dropout { workgroup } => format!("dropout_wg{workgroup}"),
+            Kernel::Attention { head_dim, bk } => format!("attention_d{head_dim}_bk{bk}"),
             Kernel::Cast {
                 from,
                 to,
@@ -98,7 +109,9 @@ impl Kernel {
             | Kernel::Cast { workgroup, .. }
             | Kernel::LayerNorm { workgroup }
             | Kernel::Pool { workgroup }
-            | Kernel::CrossEntropy { workgroup } => vec![("WG", workgroup as f64)],
+            | Kernel::CrossEntropy { workgroup }
+            | Kernel::Dropout { workgroup } => vec![("WG", workgroup as f64)],
+            Kernel::Attention { .. } => Vec::new(),
             Kernel::Optim { workgroup, items } => {
                 vec![("WG", workgroup as f64), ("ITEMS", items as f64)]
             }
@@ -138,6 +151,17 @@ impl Kernel {
             Kernel::Pool { .. } => POOL.into(),
             Kernel::CrossEntropy { .. } => CROSS_ENTROPY.into(),
             Kernel::Optim { .. } => OPTIM.into(),
+            Kernel::Dropout { .. } => format!("{PHILOX}\n{DROPOUT}"),
+            Kernel::Attention { head_dim, bk } => format!(
+                "{PHILOX}\n{}",
+                ATTENTION.replace(
+                    "//!CONSTS",
+                    &format!(
+                        "const HEAD_DIM: u32 = {head_dim}u;\nconst BK: u32 = {bk}u;\nconst BQ: u32 = {}u;",
+                        super::kernel_config::ATTENTION_QUERIES
+                    )
+                )
+            ),
             Kernel::Cast { from, to, .. } => CAST.replace(
                 "//!CONSTS",
                 &format!(
@@ -174,7 +198,13 @@ impl Kernel {
                 workgroup: WORKGROUP,
                 items: super::kernel_config::REDUCE_ITEMS,
             },
+            Kernel::Dropout {
+                workgroup: WORKGROUP,
+            },
         ];
+        for head_dim in super::kernel_config::ATTENTION_HEAD_DIMS {
+            all.push(Kernel::Attention { head_dim, bk: 8 });
+        }
         for tile in MatmulTile::CANDIDATES {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 for vec4 in [false, true] {

@@ -1,0 +1,32 @@
+// Dropout over n elements with the counter-based mask of philox.wgsl (concatenated in front
+// of this file): out[i] = x[i]·keep_scale where dropout_uniform(.., i) >= p, else 0. Bindings
+// are read_write so that the op may run in place.
+
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    groups_x: u32,
+    x_offset: u32,
+    out_offset: u32,
+    p: f32,
+    keep_scale: f32,
+    site: u32,
+    _pad: u32,
+    seed: vec2<u32>,
+    step: vec2<u32>,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn dropout(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * p.groups_x + wg.x) * WG + lid;
+    if i >= p.n {
+        return;
+    }
+    let keep = dropout_uniform(p.seed, p.step, p.site, i) >= p.p;
+    out[p.out_offset + i] = select(0.0, x[p.x_offset + i] * p.keep_scale, keep);
+}
