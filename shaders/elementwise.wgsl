@@ -1,5 +1,6 @@
 // Elementwise f32 ops over n elements: out[i] = a[i] + b[i] (add), out[i] = alpha·a[i]
 // (scale), out[i] = gelu(a[i]) (gelu_fwd), out[i] = b[i]·gelu'(a[i]) (gelu_bwd, a = x, b = dy).
+// gelu.wgsl is concatenated in front (normal_cdf).
 //
 // One invocation per element; the grid is two-dimensional so that more than
 // 65535 workgroups fit (element i = (wg.y·groups_x + wg.x)·WG + local index). Operands are
@@ -41,27 +42,12 @@ fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-// erfc by the Chebyshev fit of Numerical Recipes (relative error under 1.2e-7 everywhere),
-// the same as src/backend/math.rs, so that both backends compute the same GELU.
-fn erfc(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * abs(z));
-    let poly = -1.2655122 + t * (1.0000237 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-        + t * (0.27886807 + t * (-1.135204 + t * (1.4885159 + t * (-0.82215223 + t * 0.17087277))))))));
-    let r = t * exp(-z * z + poly);
-    return select(2.0 - r, r, z >= 0.0);
-}
-
-// The standard normal CDF.
-fn normal_cdf(x: f32) -> f32 {
-    return 0.5 * erfc(-x * 0.70710678);
-}
-
 @compute @workgroup_size(WG)
 fn gelu_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = element(wg, lid);
     if i < p.n {
         let x = a[p.a_offset + i];
-        out[p.out_offset + i] = x * normal_cdf(x);
+        out[p.out_offset + i] = gelu(x);
     }
 }
 
@@ -70,7 +56,7 @@ fn gelu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     let i = element(wg, lid);
     if i < p.n {
         let x = a[p.a_offset + i];
-        let grad = normal_cdf(x) + x * 0.3989423 * exp(-0.5 * x * x);
+        let grad = normal_cdf(x) + x * normal_pdf(x);
         out[p.out_offset + i] = b[p.b_offset + i] * grad;
     }
 }

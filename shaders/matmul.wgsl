@@ -9,9 +9,11 @@
 // reads its TM rows and TN columns as vec4s), then every thread accumulates a TM×TN block of
 // C in registers. Out-of-range elements load as 0 and are never stored, so any size works.
 //
-// The constants BM, BN, BK, TM, TN, TRANS_A, TRANS_B and the tile loader (scalar, or vec4
-// loads when the contiguous dimensions and offsets are multiples of 4) are generated per
-// variant by src/backend/gpu/shaders.rs: per-thread register arrays need `const` sizes.
+// The constants BM, BN, BK, TM, TN, TRANS_A, TRANS_B, the tile loader (scalar, or vec4
+// loads when the contiguous dimensions and offsets are multiples of 4) and the epilogue
+// (store C, or store the pre-activation and C = GELU of it, with gelu.wgsl in front) are
+// generated per variant by src/backend/gpu/shaders.rs: per-thread register arrays need
+// `const` sizes.
 
 //!CONSTS
 
@@ -30,6 +32,11 @@ struct Params {
     stride_b: u32,
     stride_c: u32,
     batch_base: u32,
+    // Where the GELU epilogue writes the pre-activation (element c_offset of C maps to it).
+    pre_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,6 +58,8 @@ fn put_b(kk: u32, nn: u32, v: f32) {
 }
 
 //!LOADER
+
+//!EPILOGUE
 
 @compute @workgroup_size(BN / TN, BM / TM)
 fn matmul(
@@ -100,7 +109,7 @@ fn matmul(
                 if p.has_bias != 0u {
                     v += bias[p.bias_offset + gn];
                 }
-                c[c_base + gm * p.n + gn] = v;
+                store(c_base + gm * p.n + gn, v);
             }
         }
     }

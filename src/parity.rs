@@ -38,9 +38,22 @@ impl ParityRow {
         class: OpClass,
         parts: &[(&[f32], &[f64])],
     ) -> Self {
+        let scaled: Vec<(&[f32], &[f64], f64)> = parts.iter().map(|&(g, w)| (g, w, 0.0)).collect();
+        Self::of_scaled_parts(op, dtype, shape, class, &scaled)
+    }
+
+    /// As [`ParityRow::of_parts`], each part relative to at least its own minimum scale
+    /// (statistics such as a log-sum-exp are judged by their absolute error).
+    fn of_scaled_parts(
+        op: Op,
+        dtype: DType,
+        shape: String,
+        class: OpClass,
+        parts: &[(&[f32], &[f64], f64)],
+    ) -> Self {
         let d = parts
             .iter()
-            .map(|(got, want)| Deviation::measure(got, want))
+            .map(|&(got, want, min_scale)| Deviation::measure_at_scale(got, want, min_scale))
             .fold(
                 Deviation {
                     max_abs_err: 0.0,
@@ -158,6 +171,51 @@ pub fn check_matmul<B: Backend>(
         OpClass::Reduction,
         &items(&got, spec),
         &items_f64(&want, spec),
+    ))
+}
+
+/// The product with the bias + GELU epilogue: both the pre-activation and the output.
+pub fn check_matmul_bias_gelu<B: Backend>(
+    b: &B,
+    spec: &MatmulSpec,
+    inputs: &mut Inputs,
+) -> Result<ParityRow> {
+    let a: Vec<f32> = inputs.uniform(spec.a_len());
+    let bm: Vec<f32> = inputs.uniform(spec.b_len());
+    let bias = inputs.uniform(spec.n);
+    let (pre, out) = (
+        poisoned(b, &[spec.c_len()], DType::F32)?,
+        poisoned(b, &[spec.c_len()], DType::F32)?,
+    );
+    b.matmul_bias_gelu(
+        &upload(b, &[a.len()], &a)?,
+        &upload(b, &[bm.len()], &bm)?,
+        &upload(b, &[spec.n], &bias)?,
+        spec,
+        &pre,
+        &out,
+    )?;
+    let want_pre = reference::matmul(&widen(&a), &widen(&bm), Some(&widen(&bias)), spec);
+    let want_out = reference::gelu(&want_pre);
+    let got = [
+        items(&pre.to_f32_vec()?, spec),
+        items(&out.to_f32_vec()?, spec),
+    ];
+    Ok(ParityRow::of_parts(
+        Op::Matmul,
+        DType::F32,
+        format!(
+            "{}x{}x{} {} +bias+gelu",
+            spec.m,
+            spec.n,
+            spec.k,
+            spec.layout()
+        ),
+        OpClass::Reduction,
+        &[
+            (&got[0], &items_f64(&want_pre, spec)),
+            (&got[1], &items_f64(&want_out, spec)),
+        ],
     ))
 }
 
@@ -531,7 +589,7 @@ pub fn check_cross_entropy<B: Backend>(
         smoothing as f64,
     );
     let got = [loss.to_f32_vec()?, hits.to_f32_vec()?, lse.to_f32_vec()?];
-    Ok(ParityRow::of_parts(
+    Ok(ParityRow::of_scaled_parts(
         Op::SoftmaxXentFwd,
         DType::F32,
         format!(
@@ -540,9 +598,9 @@ pub fn check_cross_entropy<B: Backend>(
         ),
         OpClass::Elementwise,
         &[
-            (&got[0], &[want.loss]),
-            (&got[1], &[want.top1, want.top5]),
-            (&got[2], &want.lse),
+            (&got[0], &[want.loss], 1.0),
+            (&got[1], &[want.top1, want.top5], 0.0),
+            (&got[2], &want.lse, 1.0),
         ],
     ))
 }
@@ -774,12 +832,12 @@ pub fn check_attention<B: Backend>(
         &spec.key,
     );
     let got = [out.to_f32_vec()?, lse.to_f32_vec()?];
-    Ok(ParityRow::of_parts(
+    Ok(ParityRow::of_scaled_parts(
         Op::AttentionFwd,
         DType::F32,
         attention_shape(&spec),
         OpClass::Reduction,
-        &[(&got[0], &want_out), (&got[1], &want_lse)],
+        &[(&got[0], &want_out, 0.0), (&got[1], &want_lse, 1.0)],
     ))
 }
 
@@ -923,6 +981,13 @@ pub fn run_all<B: Backend>(
     };
     for (spec, bias) in matmul_cases() {
         push(check_matmul(b, &spec, bias, &mut inputs)?);
+    }
+    for spec in [
+        MatmulSpec::new(3, 17, 63),
+        MatmulSpec::new(64, 1024, 256),
+        MatmulSpec::new(65, 33, 20).transpose(true, true).batched(2),
+    ] {
+        push(check_matmul_bias_gelu(b, &spec, &mut inputs)?);
     }
     for n in ELEMENTWISE_SIZES {
         push(check_add(b, n, &mut inputs)?);

@@ -34,8 +34,14 @@ pub struct Deviation {
 
 impl Deviation {
     pub fn measure(got: &[f32], want: &[f64]) -> Deviation {
+        Self::measure_at_scale(got, want, 0.0)
+    }
+
+    /// As [`Deviation::measure`], relative to at least `min_scale`: for statistics whose
+    /// absolute error is what matters (a log-sum-exp, a mean) and whose values may be near 0.
+    pub fn measure_at_scale(got: &[f32], want: &[f64], min_scale: f64) -> Deviation {
         assert_eq!(got.len(), want.len(), "compared tensors differ in length");
-        let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let scale = want.iter().fold(min_scale, |m, w| m.max(w.abs()));
         let mut max_abs_err = 0.0f64;
         for (&g, &w) in got.iter().zip(want) {
             let err = if g.is_finite() || !w.is_finite() {

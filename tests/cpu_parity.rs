@@ -58,3 +58,8 @@ fn loss_pool_and_optimizer() {
 fn dropout_and_attention() {
     common::dropout_and_attention_parity(&CpuBackend::default());
 }
+
+#[test]
+fn matmul_bias_gelu() {
+    common::matmul_bias_gelu_parity(&CpuBackend::default());
+}

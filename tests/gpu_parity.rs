@@ -131,3 +131,8 @@ fn loss_pool_and_optimizer() {
 fn dropout_and_attention() {
     common::dropout_and_attention_parity(&gpu());
 }
+
+#[test]
+fn matmul_bias_gelu() {
+    common::matmul_bias_gelu_parity(&gpu());
+}

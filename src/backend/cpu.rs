@@ -464,6 +464,26 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn matmul_bias_gelu(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        spec: &MatmulSpec,
+        pre: &Tensor<Self>,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        check::matmul_bias_gelu(a, b, bias, spec, pre, out)?;
+        self.matmul(a, b, Some(bias), pre, spec)?;
+        // Only the items' elements: strided items leave gaps that the product does not write.
+        for item in 0..spec.batch {
+            let at = item * spec.stride_c;
+            let len = spec.m * spec.n;
+            self.gelu(&pre.view(at, &[len])?, &out.view(at, &[len])?)?;
+        }
+        Ok(())
+    }
+
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("add", &[a, b], out)?;
         with_io(&[a, b], &[out], |ins, outs| {

@@ -139,6 +139,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
         spec: &MatmulSpec,
     ) -> Result<()>;
 
+    /// The feed-forward layer's first product in one pass: `pre = a·b + bias` (as
+    /// [`Backend::matmul`]) and `out = gelu(pre)`; `pre` is kept for the backward pass.
+    fn matmul_bias_gelu(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        spec: &MatmulSpec,
+        pre: &Tensor<Self>,
+        out: &Tensor<Self>,
+    ) -> Result<()>;
+
     /// `out = a + b`, elementwise, f32.
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
 
@@ -344,6 +356,19 @@ pub(crate) mod check {
             ));
         }
         Ok(())
+    }
+
+    pub fn matmul_bias_gelu<B: Backend>(
+        a: &Tensor<B>,
+        b: &Tensor<B>,
+        bias: &Tensor<B>,
+        spec: &MatmulSpec,
+        pre: &Tensor<B>,
+        out: &Tensor<B>,
+    ) -> Result<()> {
+        spec.check(a, b, Some(bias), out)?;
+        spec.check(a, b, Some(bias), pre)?;
+        outputs_apart("matmul_bias_gelu", &[a, b, bias], &[pre, out])
     }
 
     /// True when two tensors share storage and some of their elements.

@@ -28,6 +28,17 @@ pub fn matmul_parity<B: Backend>(b: &B) {
     }
 }
 
+pub fn matmul_bias_gelu_parity<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    for (spec, _) in parity::matmul_cases() {
+        assert_pass(
+            &parity::check_matmul_bias_gelu(b, &spec, &mut inputs).unwrap(),
+            seed,
+        );
+    }
+}
+
 pub fn elementwise_parity<B: Backend>(b: &B) {
     let seed = seed();
     let mut inputs = Inputs::new(seed);

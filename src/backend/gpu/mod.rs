@@ -116,6 +116,8 @@ struct MatmulParams {
     stride_b: u32,
     stride_c: u32,
     batch_base: u32,
+    pre_offset: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -528,6 +530,93 @@ impl GpuBackend {
         )
     }
 
+    /// Records a checked matrix product; with `pre`, the GELU epilogue writes the
+    /// pre-activation there and GELU of it to `out`.
+    fn record_matmul(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        pre: Option<&Tensor<Self>>,
+        out: &Tensor<Self>,
+        spec: &MatmulSpec,
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
+            return Ok(());
+        }
+        let a = self.apart_from(a, out)?;
+        let b = self.apart_from(b, out)?;
+        let bias = bias.map(|t| self.apart_from(t, out)).transpose()?;
+        let vec4 = vec4_aligned(spec.lda(), a.offset(), spec.stride_a, spec.batch)
+            && vec4_aligned(spec.ldb(), b.offset(), spec.stride_b, spec.batch);
+        let tile = self.kernels.matmul_tile(spec.m, spec.n, spec.batch);
+        let kernel = Kernel::Matmul {
+            tile,
+            trans_a: spec.trans_a,
+            trans_b: spec.trans_b,
+            vec4,
+            gelu: pre.is_some(),
+        };
+        let pipeline = self.ctx.pipeline(kernel, "matmul")?;
+        let groups_x = spec.n.div_ceil(tile.bn as usize);
+        let groups_y = spec.m.div_ceil(tile.bm as usize);
+        let max = self.kernels.max_workgroups_per_dimension as usize;
+        if groups_x > max || groups_y > max {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{}×{} needs {groups_y}×{groups_x} workgroups, more than the adapter's {max} per dimension",
+                    spec.m, spec.n
+                ),
+            ));
+        }
+        let bias_buffer = bias
+            .as_ref()
+            .map_or(&self.ctx.placeholder, |t| t.storage().buffer());
+        let mut params = MatmulParams {
+            m: index_u32(OP, spec.m)?,
+            n: index_u32(OP, spec.n)?,
+            k: index_u32(OP, spec.k)?,
+            has_bias: bias.is_some() as u32,
+            a_offset: index_u32(OP, a.offset())?,
+            b_offset: index_u32(OP, b.offset())?,
+            c_offset: index_u32(OP, out.offset())?,
+            bias_offset: index_u32(OP, bias.as_ref().map_or(0, |t| t.offset()))?,
+            stride_a: index_u32(OP, spec.stride_a)?,
+            stride_b: index_u32(OP, spec.stride_b)?,
+            stride_c: index_u32(OP, spec.stride_c)?,
+            batch_base: 0,
+            pre_offset: index_u32(OP, pre.map_or(0, |t| t.offset()))?,
+            _pad: [0; 3],
+        };
+        // Every index a kernel computes must fit its 32-bit arithmetic.
+        index_u32(OP, a.offset().saturating_add(spec.a_len()))?;
+        index_u32(OP, b.offset().saturating_add(spec.b_len()))?;
+        index_u32(OP, out.offset().saturating_add(spec.c_len()))?;
+        // Batches beyond the per-dimension limit go in several dispatches.
+        for base in (0..spec.batch).step_by(max) {
+            params.batch_base = base as u32;
+            let items = (spec.batch - base).min(max) as u32;
+            let mut bindings = vec![
+                (1, a.storage().buffer()),
+                (2, b.storage().buffer()),
+                (3, bias_buffer),
+                (4, out.storage().buffer()),
+            ];
+            if let Some(pre) = pre {
+                bindings.push((5, pre.storage().buffer()));
+            }
+            self.ctx.dispatch(
+                &pipeline,
+                bytemuck::bytes_of(&params),
+                &bindings,
+                [groups_x as u32, groups_y as u32, items],
+            );
+        }
+        Ok(())
+    }
+
     /// The kernel, the parameters every attention pass shares, and the grid of one workgroup
     /// per block of queries (or keys) of each head of each clip.
     fn attention_params(
@@ -648,74 +737,21 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
-        const OP: &str = "matmul";
         spec.check(a, b, bias, out)?;
-        if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
-            return Ok(());
-        }
-        let a = self.apart_from(a, out)?;
-        let b = self.apart_from(b, out)?;
-        let bias = bias.map(|t| self.apart_from(t, out)).transpose()?;
-        let vec4 = vec4_aligned(spec.lda(), a.offset(), spec.stride_a, spec.batch)
-            && vec4_aligned(spec.ldb(), b.offset(), spec.stride_b, spec.batch);
-        let tile = self.kernels.matmul_tile(spec.m, spec.n, spec.batch);
-        let kernel = Kernel::Matmul {
-            tile,
-            trans_a: spec.trans_a,
-            trans_b: spec.trans_b,
-            vec4,
-        };
-        let pipeline = self.ctx.pipeline(kernel, "matmul")?;
-        let groups_x = spec.n.div_ceil(tile.bn as usize);
-        let groups_y = spec.m.div_ceil(tile.bm as usize);
-        let max = self.kernels.max_workgroups_per_dimension as usize;
-        if groups_x > max || groups_y > max {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{}×{} needs {groups_y}×{groups_x} workgroups, more than the adapter's {max} per dimension",
-                    spec.m, spec.n
-                ),
-            ));
-        }
-        let bias_buffer = bias
-            .as_ref()
-            .map_or(&self.ctx.placeholder, |t| t.storage().buffer());
-        let mut params = MatmulParams {
-            m: index_u32(OP, spec.m)?,
-            n: index_u32(OP, spec.n)?,
-            k: index_u32(OP, spec.k)?,
-            has_bias: bias.is_some() as u32,
-            a_offset: index_u32(OP, a.offset())?,
-            b_offset: index_u32(OP, b.offset())?,
-            c_offset: index_u32(OP, out.offset())?,
-            bias_offset: index_u32(OP, bias.as_ref().map_or(0, |t| t.offset()))?,
-            stride_a: index_u32(OP, spec.stride_a)?,
-            stride_b: index_u32(OP, spec.stride_b)?,
-            stride_c: index_u32(OP, spec.stride_c)?,
-            batch_base: 0,
-        };
-        // Every index a kernel computes must fit its 32-bit arithmetic.
-        index_u32(OP, a.offset().saturating_add(spec.a_len()))?;
-        index_u32(OP, b.offset().saturating_add(spec.b_len()))?;
-        index_u32(OP, out.offset().saturating_add(spec.c_len()))?;
-        // Batches beyond the per-dimension limit go in several dispatches.
-        for base in (0..spec.batch).step_by(max) {
-            params.batch_base = base as u32;
-            let items = (spec.batch - base).min(max) as u32;
-            self.ctx.dispatch(
-                &pipeline,
-                bytemuck::bytes_of(&params),
-                &[
-                    (1, a.storage().buffer()),
-                    (2, b.storage().buffer()),
-                    (3, bias_buffer),
-                    (4, out.storage().buffer()),
-                ],
-                [groups_x as u32, groups_y as u32, items],
-            );
-        }
-        Ok(())
+        self.record_matmul(a, b, bias, None, out, spec)
+    }
+
+    fn matmul_bias_gelu(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        spec: &MatmulSpec,
+        pre: &Tensor<Self>,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        check::matmul_bias_gelu(a, b, bias, spec, pre, out)?;
+        self.record_matmul(a, b, Some(bias), Some(pre), out, spec)
     }
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {

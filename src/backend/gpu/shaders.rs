@@ -8,6 +8,9 @@ use crate::dtype::DType;
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const MATMUL_LOAD_SCALAR: &str = include_str!("../../../shaders/matmul_load_scalar.wgsl");
 const MATMUL_LOAD_VEC4: &str = include_str!("../../../shaders/matmul_load_vec4.wgsl");
+const MATMUL_STORE: &str = include_str!("../../../shaders/matmul_store.wgsl");
+const MATMUL_STORE_GELU: &str = include_str!("../../../shaders/matmul_store_gelu.wgsl");
+const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const CAST: &str = include_str!("../../../shaders/cast.wgsl");
 const LAYERNORM: &str = include_str!("../../../shaders/layernorm.wgsl");
@@ -22,12 +25,14 @@ const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
 /// One compilable shader module: a WGSL file with its generated constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// matmul.wgsl for a tile and layout, with vec4 or scalar loads.
+    /// matmul.wgsl for a tile and layout, with vec4 or scalar loads, and with or without the
+    /// bias + GELU epilogue.
     Matmul {
         tile: MatmulTile,
         trans_a: bool,
         trans_b: bool,
         vec4: bool,
+        gelu: bool,
     },
     /// elementwise.wgsl with `workgroup` invocations per workgroup: entry points `add`,
     /// `scale`, `gelu_fwd`, `gelu_bwd`.
@@ -75,12 +80,14 @@ impl Kernel {
                 trans_a,
                 trans_b,
                 vec4,
+                gelu,
             } => format!(
-                "matmul_{}_{}{}_{}",
+                "matmul_{}_{}{}_{}{}",
                 tile.name(),
                 if trans_a { 't' } else { 'n' },
                 if trans_b { 't' } else { 'n' },
-                if vec4 { "vec4" } else { "scalar" }
+                if vec4 { "vec4" } else { "scalar" },
+                if gelu { "_gelu" } else { "" }
             ),
             Kernel::Elementwise { workgroup } => format!("elementwise_wg{workgroup}"),
             Kernel::LayerNorm { workgroup } => format!("layernorm_wg{workgroup}"),
@@ -130,6 +137,7 @@ impl Kernel {
                 trans_a,
                 trans_b,
                 vec4,
+                gelu,
             } => {
                 let consts = format!(
                     "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
@@ -141,11 +149,16 @@ impl Kernel {
                 } else {
                     MATMUL_LOAD_SCALAR
                 };
-                MATMUL
+                let body = MATMUL
                     .replace("//!CONSTS", &consts)
-                    .replace("//!LOADER", loader)
+                    .replace("//!LOADER", loader);
+                if gelu {
+                    format!("{GELU}\n{}", body.replace("//!EPILOGUE", MATMUL_STORE_GELU))
+                } else {
+                    body.replace("//!EPILOGUE", MATMUL_STORE)
+                }
             }
-            Kernel::Elementwise { .. } => ELEMENTWISE.into(),
+            Kernel::Elementwise { .. } => format!("{GELU}\n{ELEMENTWISE}"),
             Kernel::LayerNorm { .. } => LAYERNORM.into(),
             Kernel::ColumnSums { .. } => COLUMN_SUMS.into(),
             Kernel::Pool { .. } => POOL.into(),
@@ -208,12 +221,15 @@ impl Kernel {
         for tile in MatmulTile::CANDIDATES {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
                 for vec4 in [false, true] {
-                    all.push(Kernel::Matmul {
-                        tile,
-                        trans_a,
-                        trans_b,
-                        vec4,
-                    });
+                    for gelu in [false, true] {
+                        all.push(Kernel::Matmul {
+                            tile,
+                            trans_a,
+                            trans_b,
+                            vec4,
+                            gelu,
+                        });
+                    }
                 }
             }
         }
