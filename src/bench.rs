@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, MatmulSpec};
+use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::Op;
@@ -29,6 +29,14 @@ pub struct BenchRow {
     pub n: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// Bytes read plus bytes written by one call (memory-bound ops).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
@@ -123,6 +131,10 @@ fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer
         m: None,
         n: None,
         k: None,
+        batch: None,
+        seq: None,
+        heads: None,
+        head_dim: None,
         bytes: None,
         gflops: None,
         gbps: None,
@@ -171,8 +183,11 @@ pub fn bench_matmul<B: Backend>(
     Ok(r)
 }
 
+/// A call to time.
+type Timed<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
 /// An op, its dtype, the bytes one call moves, and the call.
-type MemoryCase<'a> = (Op, DType, u64, Box<dyn Fn() -> Result<()> + 'a>);
+type MemoryCase<'a> = (Op, DType, u64, Timed<'a>);
 
 /// Memory-bound ops on `elements` f32 values: copy (the ceiling), add, scale, and casts.
 pub fn bench_memory_ops<B: Backend>(
@@ -188,6 +203,30 @@ pub fn bench_memory_ops<B: Backend>(
     let out = b.alloc(&[elements], DType::F32)?;
     let half = b.alloc(&[elements], DType::F16)?;
     let f32_bytes = 4 * elements as u64;
+    // The row-wise ops see the tensors as [rows, MODEL_WIDTH].
+    let cols = MODEL_WIDTH.min(elements);
+    let rows = elements / cols;
+    let (x2, y2, out2) = (
+        x.reshape(&[rows, cols])?,
+        y.reshape(&[rows, cols])?,
+        out.reshape(&[rows, cols])?,
+    );
+    let (w, bias) = (random(b, inputs, &[cols])?, random(b, inputs, &[cols])?);
+    let (mean, rstd) = (b.alloc(&[rows], DType::F32)?, b.alloc(&[rows], DType::F32)?);
+    let (dw, db) = (b.alloc(&[cols], DType::F32)?, b.alloc(&[cols], DType::F32)?);
+    b.layernorm(&x2, &w, &bias, 1e-5, &out2, &mean, &rstd)?;
+    let (m, v) = (
+        random(b, inputs, &[elements])?,
+        random(b, inputs, &[elements])?,
+    );
+    b.scale(&v, 0.0, &v)?; // second moments start at zero, so that √v stays real
+    let norm = b.alloc(&[1], DType::F32)?;
+    let key = DropoutKey {
+        seed: 1,
+        step: 1,
+        site: 0,
+    };
+    let hp = AdamW::default();
     let cases: Vec<MemoryCase> = vec![
         (
             Op::Copy,
@@ -213,6 +252,54 @@ pub fn bench_memory_ops<B: Backend>(
             f32_bytes + f32_bytes / 2,
             Box::new(|| b.cast(&x, &half)),
         ),
+        (
+            Op::GeluFwd,
+            DType::F32,
+            2 * f32_bytes,
+            Box::new(|| b.gelu(&x, &out)),
+        ),
+        (
+            Op::GeluBwd,
+            DType::F32,
+            3 * f32_bytes,
+            Box::new(|| b.gelu_backward(&x, &y, &out)),
+        ),
+        (
+            Op::LayernormFwd,
+            DType::F32,
+            2 * f32_bytes,
+            Box::new(|| b.layernorm(&x2, &w, &bias, 1e-5, &out2, &mean, &rstd)),
+        ),
+        (
+            Op::LayernormBwd,
+            DType::F32,
+            3 * f32_bytes,
+            Box::new(|| b.layernorm_backward(&x2, &w, &mean, &rstd, &y2, &out2, &dw, &db)),
+        ),
+        (
+            Op::BiasGrad,
+            DType::F32,
+            f32_bytes,
+            Box::new(|| b.bias_grad(&y2, &db)),
+        ),
+        (
+            Op::Dropout,
+            DType::F32,
+            2 * f32_bytes,
+            Box::new(|| b.dropout(&x, 0.1, &key, &out)),
+        ),
+        (
+            Op::Adamw,
+            DType::F32,
+            7 * f32_bytes,
+            Box::new(|| b.adamw(&out, &y, &m, &v, &hp, 1)),
+        ),
+        (
+            Op::GradNorm,
+            DType::F32,
+            f32_bytes,
+            Box::new(|| b.grad_norm(&y, &norm)),
+        ),
     ];
     let mut rows = Vec::new();
     for (op, dtype, bytes, f) in cases {
@@ -228,6 +315,64 @@ pub fn bench_memory_ops<B: Backend>(
 /// Elements of the memory-bound cases: a 2048×1024 f32 tensor (8 MiB), an activation of the
 /// model's size.
 pub const MEMORY_ELEMENTS: usize = 2048 * 1024;
+
+/// Row width of the row-wise memory-bound cases (layer norm, bias gradient).
+const MODEL_WIDTH: usize = 1024;
+
+/// The attention shapes: the model's (batch 32, 8 heads, 64 frames, heads of 32) and a long
+/// one (batch 8, 16 heads, 1024 frames, heads of 64); the long one only where it takes
+/// milliseconds rather than minutes (not on software adapters).
+pub fn attention_shapes<B: Backend>(b: &B) -> Vec<AttentionSpec> {
+    let mut shapes = vec![AttentionSpec::new(32, 64, 8, 32)];
+    if !b.info().software {
+        shapes.push(AttentionSpec::new(8, 1024, 16, 64));
+    }
+    shapes
+}
+
+/// Attention forward, and forward + backward, at one shape (no dropout, every frame real).
+pub fn bench_attention<B: Backend>(
+    b: &B,
+    spec: &AttentionSpec,
+    budget: &BenchBudget,
+    inputs: &mut Inputs,
+) -> Result<Vec<BenchRow>> {
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let (batch, t, heads, dm) = (spec.batch, spec.seq, spec.heads, spec.d_model());
+    let qkv = random(b, inputs, &[batch, t, 3 * dm])?;
+    let mask = b.upload(&HostTensor::filled(&[batch, t], DType::F32, 1.0))?;
+    let (out, lse) = (
+        b.alloc(&[batch, t, dm], DType::F32)?,
+        b.alloc(&[batch, heads, t], DType::F32)?,
+    );
+    let dout = random(b, inputs, &[batch, t, dm])?;
+    let dqkv = b.alloc(&[batch, t, 3 * dm], DType::F32)?;
+    let forward = || b.attention(&qkv, &mask, spec, &out, &lse);
+    // Each case: the op, its FLOPs as a multiple of the forward's, and the call.
+    let cases: [(Op, f64, Timed<'_>); 2] = [
+        (Op::AttentionFwd, 1.0, Box::new(forward)),
+        (
+            Op::AttentionFwdBwd,
+            3.5,
+            Box::new(|| {
+                forward()?;
+                b.attention_backward(&qkv, &mask, spec, &out, &lse, &dout, &dqkv)
+            }),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (op, flop_factor, f) in cases {
+        let mut r = row(b, op, DType::F32, time(b, budget, f)?);
+        r.batch = Some(batch);
+        r.seq = Some(t);
+        r.heads = Some(heads);
+        r.head_dim = Some(spec.head_dim);
+        r.gflops = Some(flop_factor * spec.forward_flops() / (r.median_ms * 1e-3) / 1e9);
+        rows.push(r);
+    }
+    Ok(rows)
+}
 
 /// Every case whose name contains `filter` (all when None), as `signflow bench` runs them;
 /// `progress` hears of each case before it runs.
@@ -247,9 +392,32 @@ pub fn run_all<B: Backend>(
             rows.push(bench_matmul(b, size, budget, &mut inputs)?);
         }
     }
-    let memory_ops = [Op::Copy, Op::Add, Op::Scale, Op::Cast];
+    let memory_ops = [
+        Op::Copy,
+        Op::Add,
+        Op::Scale,
+        Op::Cast,
+        Op::GeluFwd,
+        Op::GeluBwd,
+        Op::LayernormFwd,
+        Op::LayernormBwd,
+        Op::BiasGrad,
+        Op::Dropout,
+        Op::Adamw,
+        Op::GradNorm,
+    ];
+    for spec in attention_shapes(b) {
+        let name = format!(
+            "attention b{} t{} h{} d{}",
+            spec.batch, spec.seq, spec.heads, spec.head_dim
+        );
+        if wanted(&name) {
+            progress(&name);
+            rows.extend(bench_attention(b, &spec, budget, &mut inputs)?);
+        }
+    }
     if memory_ops.iter().any(|op| wanted(op.name())) {
-        progress("copy, add, scale, cast");
+        progress("memory-bound ops");
         let all = bench_memory_ops(b, MEMORY_ELEMENTS, budget, &mut inputs)?;
         rows.extend(all.into_iter().filter(|r| wanted(r.op.name())));
     }

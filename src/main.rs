@@ -241,12 +241,19 @@ fn print_bench(rows: &[BenchRow]) {
         println!("device: {} ({})", first.device, first.backend);
     }
     println!(
-        "{:<7} {:<5} {:<18} {:>10} {:>10} {:>10} {:>16} {:>9}  timer",
+        "{:<18} {:<5} {:<18} {:>10} {:>10} {:>10} {:>16} {:>9}  timer",
         "op", "dtype", "size", "median ms", "min ms", "max ms", "throughput", "peak MiB"
     );
     for r in rows {
         let size = match (r.m, r.n, r.k, r.bytes) {
             (Some(m), Some(n), Some(k), _) => format!("{m}x{n}x{k}"),
+            _ if r.seq.is_some() => format!(
+                "b{} t{} h{} d{}",
+                r.batch.unwrap_or(0),
+                r.seq.unwrap_or(0),
+                r.heads.unwrap_or(0),
+                r.head_dim.unwrap_or(0)
+            ),
             (_, _, _, Some(bytes)) => format!("{} MiB moved", bytes >> 20),
             _ => String::new(),
         };
@@ -256,7 +263,7 @@ fn print_bench(rows: &[BenchRow]) {
             _ => String::new(),
         };
         println!(
-            "{:<7} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>16} {:>9.1}  {}",
+            "{:<18} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>16} {:>9.1}  {}",
             r.op.name(),
             r.dtype.name(),
             size,

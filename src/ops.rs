@@ -26,6 +26,8 @@ pub enum Op {
     Dropout,
     AttentionFwd,
     AttentionBwd,
+    /// Bench only: a forward and a backward pass.
+    AttentionFwdBwd,
 }
 
 impl Op {
@@ -51,6 +53,7 @@ impl Op {
             Op::Dropout => "dropout",
             Op::AttentionFwd => "attention_fwd",
             Op::AttentionBwd => "attention_bwd",
+            Op::AttentionFwdBwd => "attention_fwd_bwd",
         }
     }
 }

@@ -13,7 +13,7 @@ pub use gpu::GpuBackend;
 pub use matmul_spec::MatmulSpec;
 
 use crate::config::GpuConfig;
-use crate::device::{Adapters, DeviceInfo, Selection};
+use crate::device::{Adapters, DeviceInfo, DeviceRequest, Selection};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::MemoryStats;
@@ -714,6 +714,10 @@ impl AnyBackend {
     /// Opens the device that `config.device` requests (DESIGN.md, Devices).
     pub fn open(config: &GpuConfig) -> Result<AnyBackend> {
         config.validate()?;
+        // Asking the drivers for adapters takes a moment and may log; the CPU needs none.
+        if DeviceRequest::parse(&config.device)? == DeviceRequest::Cpu {
+            return Ok(AnyBackend::Cpu(CpuBackend::new(config)?));
+        }
         let adapters = Adapters::discover();
         match adapters.select(&config.device)? {
             Selection::Cpu => Ok(AnyBackend::Cpu(CpuBackend::new(config)?)),

@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
+mod attention;
+
 use super::{check, math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
@@ -95,95 +97,6 @@ impl CpuBackend {
             }
         })?;
         Ok(())
-    }
-}
-
-/// One clip's packed q | k | v and key mask, for the attention ops.
-struct Clip<'a> {
-    spec: &'a AttentionSpec,
-    b: usize,
-    qkv: &'a [f32],
-    mask: &'a [f32],
-    scale: f32,
-}
-
-impl<'a> Clip<'a> {
-    fn new(spec: &'a AttentionSpec, b: usize, qkv: &'a [f32], mask: &'a [f32]) -> Self {
-        Clip {
-            spec,
-            b,
-            qkv,
-            mask,
-            scale: 1.0 / (spec.head_dim as f32).sqrt(),
-        }
-    }
-
-    /// Head `h`'s slice of frame `s`'s q (part 0), k (1) or v (2).
-    fn row(&self, s: usize, part: usize, h: usize) -> &'a [f32] {
-        let dm = self.spec.d_model();
-        &self.qkv[s * 3 * dm + part * dm + h * self.spec.head_dim..][..self.spec.head_dim]
-    }
-
-    fn score(&self, h: usize, q: usize, s: usize) -> f32 {
-        self.row(q, 0, h)
-            .iter()
-            .zip(self.row(s, 1, h))
-            .map(|(a, b)| a * b)
-            .sum::<f32>()
-            * self.scale
-    }
-
-    /// The dropout factor of (query q, key s) in head h: 1/(1−p) kept, 0 dropped.
-    fn z(&self, h: usize, q: usize, s: usize) -> f32 {
-        let p = self.spec.dropout;
-        if p == 0.0 {
-            return 1.0;
-        }
-        let t = self.spec.seq;
-        let element = (((self.b * self.spec.heads + h) * t + q) * t + s) as u64;
-        if p < 1.0 && rng::keep(&self.spec.key, element, p) {
-            1.0 / (1.0 - p)
-        } else {
-            0.0
-        }
-    }
-
-    /// The softmax probability of key s for query q, given the row's log-sum-exp.
-    fn probability(&self, h: usize, q: usize, s: usize, lse: f32) -> f32 {
-        if self.mask[s] == 0.0 || lse == f32::INFINITY {
-            0.0
-        } else {
-            (self.score(h, q, s) - lse).exp()
-        }
-    }
-
-    /// Fills `probs` with P·Z (probabilities after dropout) of query q and returns the row's
-    /// log-sum-exp (+∞ when no key is real).
-    fn probabilities(&self, h: usize, q: usize, probs: &mut [f32]) -> f32 {
-        let mut max = f32::NEG_INFINITY;
-        for (s, p) in probs.iter_mut().enumerate() {
-            *p = if self.mask[s] != 0.0 {
-                self.score(h, q, s)
-            } else {
-                f32::NEG_INFINITY
-            };
-            max = max.max(*p);
-        }
-        if max == f32::NEG_INFINITY {
-            probs.fill(0.0);
-            return f32::INFINITY;
-        }
-        let sum: f32 = probs.iter().map(|&s| (s - max).exp()).sum();
-        let lse = max + sum.ln();
-        self.probabilities_from(h, q, lse, probs);
-        lse
-    }
-
-    /// Fills `probs` with P·Z of query q from its log-sum-exp.
-    fn probabilities_from(&self, h: usize, q: usize, lse: f32, probs: &mut [f32]) {
-        for (s, p) in probs.iter_mut().enumerate() {
-            *p = self.probability(h, q, s, lse) * self.z(h, q, s);
-        }
     }
 }
 
@@ -929,27 +842,8 @@ impl Backend for CpuBackend {
                 .zip(l.par_chunks_mut(heads * t))
                 .enumerate()
                 .for_each(|(b, (o, l))| {
-                    let clip = Clip::new(
-                        spec,
-                        b,
-                        &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm],
-                        &mask[b * t..(b + 1) * t],
-                    );
-                    let mut probs = vec![0.0f32; t];
-                    for h in 0..heads {
-                        for q in 0..t {
-                            let row_lse = clip.probabilities(h, q, &mut probs);
-                            l[h * t + q] = row_lse;
-                            let acc = &mut o[q * dm + h * spec.head_dim..][..spec.head_dim];
-                            acc.fill(0.0);
-                            for (s, &prob) in probs.iter().enumerate() {
-                                if prob != 0.0 {
-                                    let v = clip.row(s, 2, h);
-                                    acc.iter_mut().zip(v).for_each(|(a, v)| *a += prob * v);
-                                }
-                            }
-                        }
-                    }
+                    let clip_qkv = &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm];
+                    attention::forward(spec, b, clip_qkv, &mask[b * t..(b + 1) * t], o, l);
                 });
         })
     }
@@ -968,7 +862,6 @@ impl Backend for CpuBackend {
             batch,
             seq: t,
             heads,
-            head_dim,
             ..
         } = *spec;
         let dm = spec.d_model();
@@ -984,7 +877,6 @@ impl Backend for CpuBackend {
             ],
             &[(dqkv, batch * t * 3 * dm)],
         )?;
-        let scale = 1.0 / (head_dim as f32).sqrt();
         with_io(&[qkv, key_mask, out, lse, dout], &[dqkv], |ins, outs| {
             let (qkv, mask, o) = (f32s(ins[0], qkv), f32s(ins[1], key_mask), f32s(ins[2], out));
             let (lse, dout) = (f32s(ins[3], lse), f32s(ins[4], dout));
@@ -992,43 +884,19 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(t * 3 * dm)
                 .enumerate()
                 .for_each(|(b, d)| {
-                    d.fill(0.0);
-                    let clip = Clip::new(
+                    fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
+                        &x[b * rows..(b + 1) * rows]
+                    }
+                    attention::backward(
                         spec,
                         b,
-                        &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm],
-                        &mask[b * t..(b + 1) * t],
+                        clip(qkv, b, t * 3 * dm),
+                        clip(mask, b, t),
+                        clip(o, b, t * dm),
+                        clip(lse, b, heads * t),
+                        clip(dout, b, t * dm),
+                        d,
                     );
-                    for h in 0..heads {
-                        for q in 0..t {
-                            let row_lse = lse[(b * heads + h) * t + q];
-                            let at = |s: usize| (b * t + s) * dm + h * head_dim;
-                            let d_o = &dout[at(q)..at(q) + head_dim];
-                            // rowsum(dO∘O), the FlashAttention-2 pre-pass.
-                            let delta: f32 = d_o
-                                .iter()
-                                .zip(&o[at(q)..at(q) + head_dim])
-                                .map(|(a, b)| a * b)
-                                .sum();
-                            for s in 0..t {
-                                // Recomputed from the saved log-sum-exp, as the GPU does.
-                                let p = clip.probability(h, q, s, row_lse);
-                                if p == 0.0 {
-                                    continue;
-                                }
-                                let z = clip.z(h, q, s);
-                                let dp: f32 =
-                                    d_o.iter().zip(clip.row(s, 2, h)).map(|(a, v)| a * v).sum();
-                                let ds = p * (dp * z - delta) * scale;
-                                let (k_s, q_q) = (clip.row(s, 1, h), clip.row(q, 0, h));
-                                for i in 0..head_dim {
-                                    d[s * 3 * dm + 2 * dm + h * head_dim + i] += p * z * d_o[i];
-                                    d[q * 3 * dm + h * head_dim + i] += ds * k_s[i];
-                                    d[s * 3 * dm + dm + h * head_dim + i] += ds * q_q[i];
-                                }
-                            }
-                        }
-                    }
                 });
         })
     }

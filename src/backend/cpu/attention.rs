@@ -1,0 +1,262 @@
+//! Attention on the CPU, one clip at a time: per head, the scores Q·Kᵀ, the probabilities and
+//! the products with V come from `gemm` on strided views of the packed q | k | v, so no head
+//! is copied out. A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
+//! CPU has no need to stream them.
+
+use crate::backend::AttentionSpec;
+use crate::rng;
+
+/// `dst (m×n, row stride dst_rs) = alpha·lhs·rhs`, every operand a strided view.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    alpha: f32,
+) {
+    // SAFETY: callers pass views that lie inside their clip's slices (see each call).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// One head of one clip: where its q, k, v columns start in the clip's packed qkv.
+struct Head {
+    t: usize,
+    d: usize,
+    /// Row stride of qkv (3·d_model) and of out / dout (d_model).
+    qkv_rs: usize,
+    out_rs: usize,
+    q: usize,
+    k: usize,
+    v: usize,
+    /// Column of this head in out / dout.
+    o: usize,
+    /// Dropout element of (query 0, key 0).
+    first_element: u64,
+}
+
+impl Head {
+    fn new(spec: &AttentionSpec, b: usize, h: usize) -> Head {
+        let (t, d, dm) = (spec.seq, spec.head_dim, spec.d_model());
+        Head {
+            t,
+            d,
+            qkv_rs: 3 * dm,
+            out_rs: dm,
+            q: h * d,
+            k: dm + h * d,
+            v: 2 * dm + h * d,
+            o: h * d,
+            first_element: ((b * spec.heads + h) * t * t) as u64,
+        }
+    }
+
+    /// scores = (Q·Kᵀ)/√d into a t×t matrix.
+    fn scores(&self, qkv: &[f32], scores: &mut [f32]) {
+        let scale = 1.0 / (self.d as f32).sqrt();
+        // Q: rows of qkv at column q; Kᵀ: element (i, key) = qkv[key, k + i].
+        product(
+            (self.t, self.t, self.d),
+            scores.as_mut_ptr(),
+            self.t,
+            qkv[self.q..].as_ptr(),
+            (self.qkv_rs, 1),
+            qkv[self.k..].as_ptr(),
+            (1, self.qkv_rs),
+            scale,
+        );
+    }
+
+    /// Dropout factors of query `query`: keep_scale or 0 (all 1 without dropout).
+    fn dropout(&self, spec: &AttentionSpec, query: usize, z: &mut [f32]) {
+        if spec.dropout == 0.0 {
+            z.fill(1.0);
+            return;
+        }
+        rng::fill_uniform(&spec.key, self.first_element + (query * self.t) as u64, z);
+        let keep = if spec.dropout < 1.0 {
+            1.0 / (1.0 - spec.dropout)
+        } else {
+            0.0
+        };
+        for u in z.iter_mut() {
+            *u = if *u >= spec.dropout { keep } else { 0.0 };
+        }
+    }
+}
+
+/// Turns a row of scores into probabilities over the real keys and returns its log-sum-exp
+/// (+∞, and a row of zeros, when no key is real).
+fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for (s, &m) in row.iter().zip(mask) {
+        if m != 0.0 {
+            max = max.max(*s);
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return f32::INFINITY;
+    }
+    let mut sum = 0.0;
+    for (s, &m) in row.iter_mut().zip(mask) {
+        *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
+        sum += *s;
+    }
+    row.iter_mut().for_each(|p| *p /= sum);
+    max + sum.ln()
+}
+
+/// Forward pass of clip `b`: `out` is its [t, d_model] output, `lse` its [heads, t].
+pub(super) fn forward(
+    spec: &AttentionSpec,
+    b: usize,
+    qkv: &[f32],
+    mask: &[f32],
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let t = spec.seq;
+    let (mut probs, mut z) = (vec![0.0f32; t * t], vec![0.0f32; t]);
+    for h in 0..spec.heads {
+        let head = Head::new(spec, b, h);
+        head.scores(qkv, &mut probs);
+        for (q, row) in probs.chunks_exact_mut(t).enumerate() {
+            lse[h * t + q] = softmax_row(row, mask);
+            head.dropout(spec, q, &mut z);
+            row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
+        }
+        // out_h = P̃·V.
+        product(
+            (t, head.d, t),
+            out[head.o..].as_mut_ptr(),
+            head.out_rs,
+            probs.as_ptr(),
+            (t, 1),
+            qkv[head.v..].as_ptr(),
+            (head.qkv_rs, 1),
+            1.0,
+        );
+    }
+}
+
+/// Backward pass of clip `b`: `dqkv` is its [t, 3·d_model] gradient, written whole.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    spec: &AttentionSpec,
+    b: usize,
+    qkv: &[f32],
+    mask: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    dqkv: &mut [f32],
+) {
+    let t = spec.seq;
+    let scale = 1.0 / (spec.head_dim as f32).sqrt();
+    let (mut p, mut pz, mut ds) = (
+        vec![0.0f32; t * t],
+        vec![0.0f32; t * t],
+        vec![0.0f32; t * t],
+    );
+    let mut z = vec![0.0f32; t];
+    for h in 0..spec.heads {
+        let head = Head::new(spec, b, h);
+        // P from the saved log-sum-exp (as the GPU recomputes it), and P̃ = P·Z.
+        head.scores(qkv, &mut p);
+        for q in 0..t {
+            let row_lse = lse[h * t + q];
+            head.dropout(spec, q, &mut z);
+            for s in 0..t {
+                let i = q * t + s;
+                p[i] = if mask[s] != 0.0 && row_lse != f32::INFINITY {
+                    (p[i] - row_lse).exp()
+                } else {
+                    0.0
+                };
+                pz[i] = p[i] * z[s];
+            }
+        }
+        // dV = P̃ᵀ·dO.
+        product(
+            (t, head.d, t),
+            dqkv[head.v..].as_mut_ptr(),
+            head.qkv_rs,
+            pz.as_ptr(),
+            (1, t),
+            dout[head.o..].as_ptr(),
+            (head.out_rs, 1),
+            1.0,
+        );
+        // dP̃ = dO·Vᵀ, then dS = P·(dP̃·Z − rowsum(dO∘O))/√d (the scale folded in here).
+        product(
+            (t, t, head.d),
+            ds.as_mut_ptr(),
+            t,
+            dout[head.o..].as_ptr(),
+            (head.out_rs, 1),
+            qkv[head.v..].as_ptr(),
+            (1, head.qkv_rs),
+            1.0,
+        );
+        for q in 0..t {
+            let row = q * head.out_rs + head.o;
+            let delta: f32 = dout[row..row + head.d]
+                .iter()
+                .zip(&out[row..row + head.d])
+                .map(|(a, b)| a * b)
+                .sum();
+            head.dropout(spec, q, &mut z);
+            let rows = ds[q * t..(q + 1) * t].iter_mut().zip(&p[q * t..(q + 1) * t]);
+            for ((ds, p), z) in rows.zip(&z) {
+                *ds = p * (*ds * z - delta) * scale;
+            }
+        }
+        // dQ = dS·K and dK = dSᵀ·Q.
+        product(
+            (t, head.d, t),
+            dqkv[head.q..].as_mut_ptr(),
+            head.qkv_rs,
+            ds.as_ptr(),
+            (t, 1),
+            qkv[head.k..].as_ptr(),
+            (head.qkv_rs, 1),
+            1.0,
+        );
+        product(
+            (t, head.d, t),
+            dqkv[head.k..].as_mut_ptr(),
+            head.qkv_rs,
+            ds.as_ptr(),
+            (1, t),
+            qkv[head.q..].as_ptr(),
+            (head.qkv_rs, 1),
+            1.0,
+        );
+    }
+}
