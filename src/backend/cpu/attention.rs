@@ -3,7 +3,7 @@
 //! is copied out. A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
-use crate::backend::AttentionSpec;
+use crate::backend::{math, AttentionSpec};
 use crate::rng;
 
 /// `dst (m×n, row stride dst_rs) = alpha·lhs·rhs`, every operand a strided view.
@@ -125,7 +125,7 @@ fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
     }
     let mut sum = 0.0;
     for (s, &m) in row.iter_mut().zip(mask) {
-        *s = if m != 0.0 { (*s - max).exp() } else { 0.0 };
+        *s = if m != 0.0 { math::exp(*s - max) } else { 0.0 };
         sum += *s;
     }
     row.iter_mut().for_each(|p| *p /= sum);
@@ -195,7 +195,7 @@ pub(super) fn backward(
             for s in 0..t {
                 let i = q * t + s;
                 p[i] = if mask[s] != 0.0 && row_lse != f32::INFINITY {
-                    (p[i] - row_lse).exp()
+                    math::exp(p[i] - row_lse)
                 } else {
                     0.0
                 };
@@ -232,7 +232,9 @@ pub(super) fn backward(
                 .map(|(a, b)| a * b)
                 .sum();
             head.dropout(spec, q, &mut z);
-            let rows = ds[q * t..(q + 1) * t].iter_mut().zip(&p[q * t..(q + 1) * t]);
+            let rows = ds[q * t..(q + 1) * t]
+                .iter_mut()
+                .zip(&p[q * t..(q + 1) * t]);
             for ((ds, p), z) in rows.zip(&z) {
                 *ds = p * (*ds * z - delta) * scale;
             }

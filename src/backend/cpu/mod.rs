@@ -117,7 +117,7 @@ fn class_index(label: f32, classes: usize) -> Option<usize> {
 fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow {
     let classes = z.len();
     let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    let lse = max + z.iter().map(|v| math::exp(v - max)).sum::<f32>().ln();
     let Some(y) = class_index(label, classes) else {
         return XentRow {
             loss: f32::NAN,
@@ -137,6 +137,23 @@ fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow
         rank: rank as f32,
         lse,
     }
+}
+
+/// A sum in eight interleaved lanes, added up at the end: a fixed order (the same bits on
+/// every run) that the compiler can keep in SIMD registers, unlike one running sum.
+fn lane_sum(n: usize, value: impl Fn(usize) -> f32) -> f32 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f32; LANES];
+    let whole = n / LANES * LANES;
+    for base in (0..whole).step_by(LANES) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += value(base + l);
+        }
+    }
+    for (l, i) in (whole..n).enumerate() {
+        lanes[l] += value(i);
+    }
+    lanes.iter().sum()
 }
 
 /// An elementwise op over f32 inputs as long as `out`, in parallel chunks.
@@ -501,8 +518,8 @@ impl Backend for CpuBackend {
                 .zip(x.par_chunks(cols))
                 .zip(stats.par_iter_mut())
                 .for_each(|((y, x), stat)| {
-                    let mean = x.iter().sum::<f32>() / cols as f32;
-                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+                    let mean = lane_sum(cols, |j| x[j]) / cols as f32;
+                    let var = lane_sum(cols, |j| (x[j] - mean) * (x[j] - mean)) / cols as f32;
                     let rstd = 1.0 / (var + eps).sqrt();
                     for j in 0..cols {
                         y[j] = (x[j] - mean) * rstd * w[j] + b[j];
@@ -538,12 +555,8 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(r, (dx, (x, dy)))| {
                     let xhat = |j: usize| (x[j] - mean[r]) * rstd[r];
-                    let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
-                    for j in 0..cols {
-                        let dxhat = dy[j] * w[j];
-                        sum += dxhat;
-                        sum_xhat += dxhat * xhat(j);
-                    }
+                    let sum = lane_sum(cols, |j| dy[j] * w[j]);
+                    let sum_xhat = lane_sum(cols, |j| dy[j] * w[j] * xhat(j));
                     let (mean_dxhat, mean_dxhat_xhat) = (sum / cols as f32, sum_xhat / cols as f32);
                     for j in 0..cols {
                         dx[j] = rstd[r] * (dy[j] * w[j] - mean_dxhat - xhat(j) * mean_dxhat_xhat);
@@ -694,7 +707,7 @@ impl Backend for CpuBackend {
                     let label = class_index(y[i], classes);
                     let wy = label.map_or(f32::NAN, weight);
                     for (j, (d, &zj)) in d.iter_mut().zip(z).enumerate() {
-                        let p = (zj - lse[i]).exp();
+                        let p = math::exp(zj - lse[i]);
                         let onehot = (label == Some(j)) as u8 as f32;
                         let hard = (1.0 - label_smoothing) * wy * (p - onehot);
                         let soft = smooth * (class_weight_sum * p - weight(j));
@@ -745,7 +758,7 @@ impl Backend for CpuBackend {
             let g = f32s(ins[0], grads);
             let partials: Vec<f32> = g
                 .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|x| x * x).sum::<f32>())
+                .map(|c| lane_sum(c.len(), |i| c[i] * c[i]))
                 .collect();
             f32s_mut(outs[0], norm)[0] = partials.iter().sum::<f32>().sqrt();
         })
@@ -966,13 +979,20 @@ fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &M
     }
 }
 
+/// `dst = src`, in chunks on every core (one core cannot saturate the memory bus).
+fn parallel_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
 /// Converts `x` into `out`'s dtype, in parallel chunks. Conversions use `half`, which rounds to
 /// nearest even and uses the F16C instructions where the CPU has them.
 fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
     use DType::*;
     match (x.dtype(), out.dtype()) {
-        (F32, F32) => f32s_mut(dst, out).copy_from_slice(f32s(src, x)),
-        (F16, F16) | (Bf16, Bf16) => halves_mut(dst, out).copy_from_slice(halves(src, x)),
+        (F32, F32) => parallel_copy(f32s_mut(dst, out), f32s(src, x)),
+        (F16, F16) | (Bf16, Bf16) => parallel_copy(halves_mut(dst, out), halves(src, x)),
         (F32, to) => {
             let (from, into) = (f32s(src, x), halves_mut(dst, out));
             into.par_chunks_mut(CHUNK)
