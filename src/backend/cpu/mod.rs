@@ -139,19 +139,37 @@ fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow
     }
 }
 
-/// A sum in eight interleaved lanes, added up at the end: a fixed order (the same bits on
-/// every run) that the compiler can keep in SIMD registers, unlike one running sum.
-fn lane_sum(n: usize, value: impl Fn(usize) -> f32) -> f32 {
-    const LANES: usize = 8;
+/// Sums in eight interleaved lanes, added up at the end: a fixed order (the same bits on
+/// every run) that the compiler keeps in SIMD registers, unlike one running sum.
+const LANES: usize = 8;
+
+fn lane_sum(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
-    let whole = n / LANES * LANES;
-    for base in (0..whole).step_by(LANES) {
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            *lane += value(base + l);
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
         }
     }
-    for (l, i) in (whole..n).enumerate() {
-        lanes[l] += value(i);
+    for (l, v) in lanes.iter_mut().zip(tail) {
+        *l += v;
+    }
+    lanes.iter().sum()
+}
+
+/// Σ a·b in eight lanes, as [`lane_sum`].
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    for ((l, x), y) in lanes.iter_mut().zip(ta).zip(tb) {
+        *l += x * y;
     }
     lanes.iter().sum()
 }
@@ -518,11 +536,13 @@ impl Backend for CpuBackend {
                 .zip(x.par_chunks(cols))
                 .zip(stats.par_iter_mut())
                 .for_each(|((y, x), stat)| {
-                    let mean = lane_sum(cols, |j| x[j]) / cols as f32;
-                    let var = lane_sum(cols, |j| (x[j] - mean) * (x[j] - mean)) / cols as f32;
+                    let mean = lane_sum(x) / cols as f32;
+                    // y holds x − mean for a moment.
+                    y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
+                    let var = lane_dot(y, y) / cols as f32;
                     let rstd = 1.0 / (var + eps).sqrt();
-                    for j in 0..cols {
-                        y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                    for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
+                        *y = *y * rstd * w + b;
                     }
                     *stat = (mean, rstd);
                 });
@@ -553,21 +573,33 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(cols)
                 .zip(x.par_chunks(cols).zip(dy.par_chunks(cols)))
                 .enumerate()
-                .for_each(|(r, (dx, (x, dy)))| {
-                    let xhat = |j: usize| (x[j] - mean[r]) * rstd[r];
-                    let sum = lane_sum(cols, |j| dy[j] * w[j]);
-                    let sum_xhat = lane_sum(cols, |j| dy[j] * w[j] * xhat(j));
-                    let (mean_dxhat, mean_dxhat_xhat) = (sum / cols as f32, sum_xhat / cols as f32);
-                    for j in 0..cols {
-                        dx[j] = rstd[r] * (dy[j] * w[j] - mean_dxhat - xhat(j) * mean_dxhat_xhat);
-                    }
-                });
+                .for_each_init(
+                    || vec![0.0f32; 2 * cols],
+                    |scratch, (r, (dx, (x, dy)))| {
+                        // g = dy·w and xhat = (x − mean)·rstd, then two lane sums.
+                        let (g, xhat) = scratch.split_at_mut(cols);
+                        for ((g, dy), w) in g.iter_mut().zip(dy).zip(w) {
+                            *g = dy * w;
+                        }
+                        for (h, x) in xhat.iter_mut().zip(x) {
+                            *h = (x - mean[r]) * rstd[r];
+                        }
+                        let mean_g = lane_sum(g) / cols as f32;
+                        let mean_g_xhat = lane_dot(g, xhat) / cols as f32;
+                        for ((dx, g), h) in dx.iter_mut().zip(g.iter()).zip(xhat.iter()) {
+                            *dx = rstd[r] * (g - mean_g - h * mean_g_xhat);
+                        }
+                    },
+                );
             // dw and db side by side: [dw | db].
             param_grads = column_sums(dy, cols, 2 * cols, |r, dy_row, acc| {
                 let (acc_w, acc_b) = acc.split_at_mut(cols);
-                for j in 0..cols {
-                    acc_w[j] += dy_row[j] * (x[r * cols + j] - mean[r]) * rstd[r];
-                    acc_b[j] += dy_row[j];
+                let x_row = &x[r * cols..(r + 1) * cols];
+                for ((a, g), x) in acc_w.iter_mut().zip(dy_row).zip(x_row) {
+                    *a += g * (x - mean[r]) * rstd[r];
+                }
+                for (a, g) in acc_b.iter_mut().zip(dy_row) {
+                    *a += g;
                 }
             });
         })?;
@@ -756,10 +788,7 @@ impl Backend for CpuBackend {
         check::outputs_apart("grad_norm", &[grads], &[norm])?;
         with_io(&[grads], &[norm], |ins, outs| {
             let g = f32s(ins[0], grads);
-            let partials: Vec<f32> = g
-                .par_chunks(CHUNK)
-                .map(|c| lane_sum(c.len(), |i| c[i] * c[i]))
-                .collect();
+            let partials: Vec<f32> = g.par_chunks(CHUNK).map(|c| lane_dot(c, c)).collect();
             f32s_mut(outs[0], norm)[0] = partials.iter().sum::<f32>().sqrt();
         })
     }
