@@ -5,7 +5,7 @@
 /// range reduction and a degree-6 polynomial (Cephes' expf), accurate to about 1 ulp, in plain
 /// arithmetic with no calls and no float-to-int conversions, so that loops over it vectorise
 /// (the C library's exp is a call per element).
-#[inline]
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -36,7 +36,7 @@ pub fn exp(x: f32) -> f32 {
 /// erfc by the Chebyshev fit of Numerical Recipes (`erfcc`): relative error under 1.2e-7
 /// everywhere, so that the normal CDF of a very negative x keeps its significant digits (an
 /// absolute-error erf would not, and GELU's tail would lose them).
-#[inline]
+#[inline(always)]
 pub fn erfc(z: f32) -> f32 {
     const C: [f32; 10] = [
         -1.265_512_2,
@@ -65,18 +65,19 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// The standard normal CDF, Φ(x) = erfc(−x/√2)/2.
+#[inline(always)]
 fn normal_cdf(x: f32) -> f32 {
     0.5 * erfc(-x * FRAC_1_SQRT_2)
 }
 
 /// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`.
-#[inline]
+#[inline(always)]
 pub fn gelu(x: f32) -> f32 {
     x * normal_cdf(x)
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`.
-#[inline]
+#[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
     normal_cdf(x) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)
 }

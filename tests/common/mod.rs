@@ -168,10 +168,14 @@ pub fn dropout_and_attention_parity<B: Backend>(b: &B) {
     for (n, p) in [(1, 0.0), (17, 0.5), (4099, 0.1), (65_537, 0.9), (10, 1.0)] {
         assert_pass(&parity::check_dropout(b, n, p, &mut inputs).unwrap(), seed);
     }
-    for case in parity::ATTENTION_CASES
-        .into_iter()
-        .chain([(2, 64, 2, 64, 0.0), (1, 130, 2, 32, 0.1)])
-    {
+    // Beyond the cases selftest runs: a long clip (T past 1024, cutting the tiles) and more
+    // round sizes.
+    let more = [
+        (2, 64, 2, 64, 0.0),
+        (1, 130, 2, 32, 0.1),
+        (1, 1030, 1, 16, 0.1),
+    ];
+    for case in parity::ATTENTION_CASES.into_iter().chain(more) {
         assert_pass(
             &parity::check_attention(b, case, &mut inputs).unwrap(),
             seed,

@@ -112,6 +112,7 @@ impl Head {
 
 /// Turns a row of scores into probabilities over the real keys and returns its log-sum-exp
 /// (+∞, and a row of zeros, when no key is real).
+#[inline(always)]
 fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
     let mut max = f32::NEG_INFINITY;
     for (s, &m) in row.iter().zip(mask) {
@@ -133,6 +134,7 @@ fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
 }
 
 /// Forward pass of clip `b`: `out` is its [t, d_model] output, `lse` its [heads, t].
+#[inline(always)]
 pub(super) fn forward(
     spec: &AttentionSpec,
     b: usize,
@@ -167,6 +169,7 @@ pub(super) fn forward(
 
 /// Backward pass of clip `b`: `dqkv` is its [t, 3·d_model] gradient, written whole.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(super) fn backward(
     spec: &AttentionSpec,
     b: usize,

@@ -7,6 +7,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 mod attention;
+mod simd;
 
 use super::{check, math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
@@ -189,7 +190,7 @@ fn map_chunks(
             .for_each(|(c, o)| {
                 let start = c * CHUNK;
                 let chunk: Vec<&[f32]> = xs.iter().map(|x| &x[start..start + o.len()]).collect();
-                f(&chunk, o);
+                simd::dispatch(|| f(&chunk, o));
             });
     })
 }
@@ -844,11 +845,13 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(c, o)| {
                     let start = c * CHUNK;
-                    let mut draws = vec![0.0f32; o.len()];
-                    rng::fill_uniform(key, start as u64, &mut draws);
-                    for ((o, &x), &u) in o.iter_mut().zip(&x[start..]).zip(&draws) {
-                        *o = if u >= p { x * scale } else { 0.0 };
-                    }
+                    simd::dispatch(|| {
+                        let mut draws = vec![0.0f32; o.len()];
+                        rng::fill_uniform(key, start as u64, &mut draws);
+                        for ((o, &x), &u) in o.iter_mut().zip(&x[start..]).zip(&draws) {
+                            *o = if u >= p { x * scale } else { 0.0 };
+                        }
+                    })
                 });
         })
     }
@@ -885,7 +888,9 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(b, (o, l))| {
                     let clip_qkv = &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm];
-                    attention::forward(spec, b, clip_qkv, &mask[b * t..(b + 1) * t], o, l);
+                    simd::dispatch(|| {
+                        attention::forward(spec, b, clip_qkv, &mask[b * t..(b + 1) * t], o, l)
+                    });
                 });
         })
     }
@@ -929,16 +934,18 @@ impl Backend for CpuBackend {
                     fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
                         &x[b * rows..(b + 1) * rows]
                     }
-                    attention::backward(
-                        spec,
-                        b,
-                        clip(qkv, b, t * 3 * dm),
-                        clip(mask, b, t),
-                        clip(o, b, t * dm),
-                        clip(lse, b, heads * t),
-                        clip(dout, b, t * dm),
-                        d,
-                    );
+                    simd::dispatch(|| {
+                        attention::backward(
+                            spec,
+                            b,
+                            clip(qkv, b, t * 3 * dm),
+                            clip(mask, b, t),
+                            clip(o, b, t * dm),
+                            clip(lse, b, heads * t),
+                            clip(dout, b, t * dm),
+                            d,
+                        )
+                    });
                 });
         })
     }
