@@ -104,6 +104,48 @@ impl DropoutKey {
     }
 }
 
+/// Blocks computed side by side by [`DropoutKey::blocks`].
+const BATCH: usize = 8;
+
+impl DropoutKey {
+    /// [`DropoutKey::block`] for `BATCH` consecutive quads, written lane by lane (each
+    /// operation over all blocks at once) so that the compiler turns the rounds into vector
+    /// instructions; the bits are the same as block by block.
+    #[inline(always)]
+    fn blocks(&self, first_quad: u64) -> [[u32; 4]; BATCH] {
+        let mut c = [[0u32; BATCH]; 4];
+        let mut k = [[0u32; BATCH]; 2];
+        for b in 0..BATCH {
+            let quad = first_quad.wrapping_add(b as u64);
+            c[0][b] = quad as u32;
+            c[1][b] = self.site;
+            c[2][b] = self.step as u32;
+            c[3][b] = (self.step >> 32) as u32;
+            k[0][b] = self.seed as u32;
+            k[1][b] = ((self.seed >> 32) as u32) ^ ((quad >> 32) as u32);
+        }
+        for i in 0..10 {
+            if i > 0 {
+                for b in 0..BATCH {
+                    k[0][b] = k[0][b].wrapping_add(W0);
+                    k[1][b] = k[1][b].wrapping_add(W1);
+                }
+            }
+            let mut next = [[0u32; BATCH]; 4];
+            for b in 0..BATCH {
+                let p0 = M0 as u64 * c[0][b] as u64;
+                let p1 = M1 as u64 * c[2][b] as u64;
+                next[0][b] = ((p1 >> 32) as u32) ^ c[1][b] ^ k[0][b];
+                next[1][b] = p1 as u32;
+                next[2][b] = ((p0 >> 32) as u32) ^ c[3][b] ^ k[1][b];
+                next[3][b] = p0 as u32;
+            }
+            c = next;
+        }
+        std::array::from_fn(|b| [c[0][b], c[1][b], c[2][b], c[3][b]])
+    }
+}
+
 /// The top 24 bits of `r` as an exact float in [0, 1).
 #[inline(always)]
 fn to_unit(r: u32) -> f32 {
@@ -132,6 +174,19 @@ pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
     let mut element = first_element;
     let mut rest = out;
     while !rest.is_empty() {
+        // Whole runs of BATCH blocks go through the lane-parallel Philox.
+        if element % 4 == 0 && rest.len() >= 4 * BATCH {
+            let quad = element / 4;
+            let (run, tail) = rest.split_at_mut(4 * BATCH);
+            for (b, block) in key.blocks(quad).iter().enumerate() {
+                for (slot, r) in run[4 * b..4 * b + 4].iter_mut().zip(block) {
+                    *slot = to_unit(*r);
+                }
+            }
+            rest = tail;
+            element = element.wrapping_add(4 * BATCH as u64);
+            continue;
+        }
         let lane = (element % 4) as usize;
         let take = (4 - lane).min(rest.len());
         let block = key.block(element / 4);

@@ -32,6 +32,29 @@ const KEY: DropoutKey = DropoutKey {
     site: 0xdead_beef,
 };
 
+/// Long runs take the lane-parallel path; they must match element by element too.
+#[test]
+fn long_fills_match_uniform() {
+    let key = DropoutKey {
+        seed: 0x0123_4567_89ab_cdef,
+        step: 0x1_0000_0002,
+        site: 9,
+    };
+    for offset in [0u64, 1, 3, 4, 5, (1 << 32) - 17, (1 << 34) - 40] {
+        for len in [31, 32, 33, 64, 100, 257] {
+            let mut out = vec![0.0f32; len];
+            fill_uniform(&key, offset, &mut out);
+            for (i, v) in out.iter().enumerate() {
+                assert_eq!(
+                    v.to_bits(),
+                    uniform(&key, offset + i as u64).to_bits(),
+                    "offset {offset}, element {i}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn philox_known_answers() {
     for (counter, key, expected) in KATS {
