@@ -126,10 +126,8 @@ impl DropoutKey {
         }
         for i in 0..10 {
             if i > 0 {
-                for b in 0..BATCH {
-                    k[0][b] = k[0][b].wrapping_add(W0);
-                    k[1][b] = k[1][b].wrapping_add(W1);
-                }
+                k[0].iter_mut().for_each(|k| *k = k.wrapping_add(W0));
+                k[1].iter_mut().for_each(|k| *k = k.wrapping_add(W1));
             }
             let mut next = [[0u32; BATCH]; 4];
             for b in 0..BATCH {
