@@ -8,7 +8,7 @@
 // ((b·heads + h)·t + query)·t + key of the mask.
 //   attention_fwd:   one invocation per query row, BQ per workgroup; keys and values stream
 //                    through workgroup memory in tiles of BK; online softmax. Saves
-//                    lse = max + log Σ exp (+∞ when no key is real: the output is then 0).
+//                    lse = max + log Σ exp (NO_KEYS when no key is real: the output is then 0).
 //   attention_delta: delta = rowsum(dO ∘ O), one invocation per (b, h, query).
 //   attention_dq:    one invocation per query: dq = Σ_s dS·k_s/√d, dS = P·(Z·dO·v_s − delta).
 //   attention_dkv:   one invocation per key: dv = Σ_t P·Z·dO_t, dk = Σ_t dS·q_t/√d, queries
@@ -21,8 +21,8 @@
 
 //!CONSTS
 
-// A row with no real key stores this log-sum-exp; exp(score − it) is then 0, never NaN.
-const NO_KEYS: f32 = 3.4028235e38;
+// NO_KEYS, the log-sum-exp of a row with no real key (src/backend/mod.rs, NO_KEYS_LSE), comes
+// with the generated constants; exp(score − it) is 0, never NaN.
 
 struct Params {
     batch: u32,

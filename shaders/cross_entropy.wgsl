@@ -3,7 +3,7 @@
 //   loss = Σ_i [(1−ε)·w[y_i]·(lse_i − z_iy) + ε/C·Σ_c w[c]·(lse_i − z_ic)] / Σ_i w[y_i]
 //   dz_ij = scale·[(1−ε)·w[y_i]·(p_ij − [j = y_i]) + ε/C·(Σ_c w[c]·p_ij − w[j])] / Σ_i w[y_i]
 // xent_rows:   one workgroup per row: lse, the row's loss numerator, weight and the label's rank
-//              (classes ahead of it; ties go to the lower index, as argmax) into rows[i, 0..4]
+//              (classes ahead of it; ties go to the lower index, as argmax) into rows[i, 0..3]
 // xent_finish: one invocation sums the rows in order: loss[0], hits[0] (top-1), hits[1]
 //              (top-min(5, C))
 // xent_bwd:    one workgroup per row: the gradient
@@ -116,9 +116,9 @@ fn xent_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         let nan = bitcast<f32>(0x7fc00000u);
         let wy = select(nan, weight(min(y, p.classes - 1u)), valid);
         let numerator = (1.0 - p.smoothing) * wy * (l - zy) + p.smoothing / f32(p.classes) * sums.x;
-        rows[4u * i] = select(nan, numerator, valid);
-        rows[4u * i + 1u] = wy;
-        rows[4u * i + 2u] = select(nan, sums.y, valid);
+        rows[3u * i] = select(nan, numerator, valid);
+        rows[3u * i + 1u] = wy;
+        rows[3u * i + 2u] = select(nan, sums.y, valid);
         lse[p.lse_offset + i] = l;
     }
 }
@@ -131,9 +131,9 @@ fn xent_finish() {
     var topk = 0.0;
     let k = f32(min(p.classes, 5u));
     for (var i = 0u; i < p.batch; i++) {
-        total += rows[4u * i];
-        weight_sum += rows[4u * i + 1u];
-        let rank = rows[4u * i + 2u];
+        total += rows[3u * i];
+        weight_sum += rows[3u * i + 1u];
+        let rank = rows[3u * i + 2u];
         top1 += select(0.0, 1.0, rank < 1.0);
         topk += select(0.0, 1.0, rank < k);
     }

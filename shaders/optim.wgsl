@@ -75,7 +75,10 @@ fn reduce_tree(lid: u32, value: f32, take_max: bool) -> f32 {
         }
         workgroupBarrier();
     }
-    return partial[0];
+    let total = partial[0];
+    // A later call must not overwrite partial[0] before every invocation has read it.
+    workgroupBarrier();
+    return total;
 }
 
 @compute @workgroup_size(WG)
@@ -142,6 +145,8 @@ fn clip(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if i >= p.n {
         return;
     }
-    let coef = min(1.0, p.max_norm / (g[p.g_offset] + 1e-6));
+    // A NaN norm makes the gradients NaN, as PyTorch's clip_grad_norm_ does.
+    let ratio = p.max_norm / (g[p.g_offset] + 1e-6);
+    let coef = select(ratio, 1.0, ratio >= 1.0);
     x[p.x_offset + i] = x[p.x_offset + i] * coef;
 }

@@ -281,7 +281,8 @@ pub fn grad_norm(grads: &[f64]) -> f64 {
 /// Gradients scaled as `clip_grad_norm_` does: by `max_norm / (norm + 1e-6)` when that is
 /// below 1.
 pub fn clip_grads(grads: &[f64], max_norm: f64) -> Vec<f64> {
-    let coef = (max_norm / (grad_norm(grads) + 1e-6)).min(1.0);
+    let ratio = max_norm / (grad_norm(grads) + 1e-6);
+    let coef = if ratio >= 1.0 { 1.0 } else { ratio };
     grads.iter().map(|g| g * coef).collect()
 }
 
@@ -309,7 +310,7 @@ pub fn dropout(x: &[f64], p: f64, key: &crate::rng::DropoutKey) -> Vec<f64> {
 /// Multi-head self-attention over packed `qkv` `[batch, t, 3·d_model]` (q | k | v, each
 /// head's `head_dim` columns side by side), with a key mask `[batch, t]` (1 = real frame).
 /// Returns the output `[batch, t, d_model]` and the log-sum-exp of each query's scaled scores
-/// `[batch, heads, t]` (+∞ for a query with no real key, whose output is zero). Dropout with
+/// `[batch, heads, t]` (`NO_KEYS_LSE` for a query with no real key, whose output is zero). Dropout with
 /// probability `p` on the attention probabilities uses element
 /// `((b·heads + h)·t + query)·t + key` of the mask.
 #[allow(clippy::too_many_arguments)]
@@ -351,7 +352,7 @@ pub fn attention(
                 let sum: f64 = scores.iter().flatten().map(|s| (s - max).exp()).sum();
                 let row = (b * heads + h) * t + q;
                 if sum == 0.0 {
-                    lse[row] = f64::INFINITY;
+                    lse[row] = crate::backend::NO_KEYS_LSE as f64;
                     continue;
                 }
                 lse[row] = max + sum.ln();
@@ -396,7 +397,7 @@ pub fn attention_backward(
         for h in 0..heads {
             for q in 0..t {
                 let row = (b * heads + h) * t + q;
-                if lse[row].is_infinite() {
+                if lse[row] == crate::backend::NO_KEYS_LSE as f64 {
                     continue;
                 }
                 let dout_q = |i: usize| dout[(b * t + q) * d_model + h * head_dim + i];

@@ -156,6 +156,16 @@ pub fn uniform(key: &DropoutKey, element: u64) -> f32 {
     to_unit(key.block(element / 4)[(element % 4) as usize])
 }
 
+/// The factor dropout multiplies kept elements by: 1/(1 − p), and 0 when p = 1 (everything
+/// dropped).
+pub fn keep_scale(p: f32) -> f32 {
+    if p < 1.0 {
+        1.0 / (1.0 - p)
+    } else {
+        0.0
+    }
+}
+
 /// Whether dropout with drop probability `p` keeps `element`: its draw is at least `p`.
 ///
 /// `p <= 0` keeps everything and `p > 1 - 2^-24` drops everything (no draw reaches 1.0).

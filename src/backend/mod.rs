@@ -58,6 +58,10 @@ impl AdamW {
     }
 }
 
+/// The log-sum-exp stored for a query with no real key: the largest finite f32 rather than
+/// +∞, which shader compilers may assume never occurs. exp(score − it) is 0.
+pub const NO_KEYS_LSE: f32 = f32::MAX;
+
 /// The shape of a fused attention and its dropout.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionSpec {
@@ -283,7 +287,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Fused multi-head self-attention (see [`AttentionSpec`]): `qkv` `[batch, t, 3·d_model]`
     /// packed q | k | v, `key_mask` `[batch, t]` (1.0 = real frame), `out`
     /// `[batch, t, d_model]`, and `lse` `[batch, heads, t]` saved for the backward pass. A query
-    /// with no real key gets a zero output (and lse = +∞), never NaN; the model rejects such
+    /// with no real key gets a zero output (and lse = [`NO_KEYS_LSE`]), never NaN; the model rejects such
     /// clips before they get here.
     fn attention(
         &self,
@@ -616,6 +620,36 @@ pub(crate) mod check {
             f32_lens(op, &[(w, classes)])?;
         }
         Ok((batch, classes))
+    }
+
+    /// The gradient of a cross-entropy may overwrite the logits (each row reads only its own
+    /// logits before writing them) but nothing else: every row reads all labels.
+    pub fn cross_entropy_backward_outputs<B: Backend>(
+        op: &'static str,
+        logits: &Tensor<B>,
+        labels: &Tensor<B>,
+        weights: Option<&Tensor<B>>,
+        lse: &Tensor<B>,
+        dlogits: &Tensor<B>,
+        len: usize,
+    ) -> Result<()> {
+        f32_lens(op, &[(lse, labels.len()), (dlogits, len)])?;
+        in_place_or_apart(op, logits, dlogits)?;
+        let mut others = vec![labels, lse];
+        others.extend(weights);
+        outputs_apart(op, &others, &[dlogits])
+    }
+
+    /// Adam's bias corrections divide by 1 − β^step: steps count from 1.
+    pub fn optimizer_step(step: u64) -> Result<()> {
+        if step == 0 {
+            return Err(Error::InvalidConfig {
+                field: "step",
+                value: "0".into(),
+                allowed: "1 or more (steps count from 1)",
+            });
+        }
+        Ok(())
     }
 
     /// The four tensors of an optimizer step: f32, one length, none overlapping another.

@@ -199,10 +199,33 @@ pub fn dropout_and_attention_parity<B: Backend>(b: &B) {
     );
     b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
     assert!(out.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    assert!(lse
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == signflow::backend::NO_KEYS_LSE));
     let dqkv = parity::poisoned(b, &[1, 3, 12], DType::F32).unwrap();
     b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &dqkv)
         .unwrap();
     assert!(dqkv.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    // Empty batches and clips do nothing, and say nothing.
+    for (batch, t) in [(0, 5), (2, 0)] {
+        let spec = signflow::AttentionSpec::new(batch, t, 2, 8);
+        let f = |shape: &[usize]| b.alloc(shape, DType::F32).unwrap();
+        let (qkv, mask, out, lse) = (
+            f(&[batch, t, 48]),
+            f(&[batch, t]),
+            f(&[batch, t, 16]),
+            f(&[batch, 2, t]),
+        );
+        b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
+        b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &f(&[batch, t, 48]))
+            .unwrap();
+        let pooled = f(&[batch, 16]);
+        b.mean_pool(&f(&[batch, t, 16]), &mask, &pooled).unwrap();
+        b.mean_pool_backward(&pooled, &mask, &f(&[batch, t, 16]))
+            .unwrap();
+    }
     // Bad head sizes and probabilities are errors.
     let too_big = signflow::AttentionSpec::new(1, 3, 1, 129);
     assert!(b.attention(&qkv, &mask, &too_big, &out, &lse).is_err());

@@ -3,7 +3,7 @@
 //! is copied out. A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
-use crate::backend::{math, AttentionSpec};
+use crate::backend::{math, AttentionSpec, NO_KEYS_LSE};
 use crate::rng;
 
 /// `dst (m×n, row stride dst_rs) = alpha·lhs·rhs`, every operand a strided view.
@@ -99,11 +99,7 @@ impl Head {
             return;
         }
         rng::fill_uniform(&spec.key, self.first_element + (query * self.t) as u64, z);
-        let keep = if spec.dropout < 1.0 {
-            1.0 / (1.0 - spec.dropout)
-        } else {
-            0.0
-        };
+        let keep = rng::keep_scale(spec.dropout);
         for u in z.iter_mut() {
             *u = if *u >= spec.dropout { keep } else { 0.0 };
         }
@@ -111,7 +107,7 @@ impl Head {
 }
 
 /// Turns a row of scores into probabilities over the real keys and returns its log-sum-exp
-/// (+∞, and a row of zeros, when no key is real).
+/// ([`NO_KEYS_LSE`], and a row of zeros, when no key is real).
 #[inline(always)]
 fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
     let mut max = f32::NEG_INFINITY;
@@ -122,7 +118,7 @@ fn softmax_row(row: &mut [f32], mask: &[f32]) -> f32 {
     }
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
-        return f32::INFINITY;
+        return NO_KEYS_LSE;
     }
     let mut sum = 0.0;
     for (s, &m) in row.iter_mut().zip(mask) {
@@ -197,7 +193,7 @@ pub(super) fn backward(
             head.dropout(spec, q, &mut z);
             for s in 0..t {
                 let i = q * t + s;
-                p[i] = if mask[s] != 0.0 && row_lse != f32::INFINITY {
+                p[i] = if mask[s] != 0.0 && row_lse != NO_KEYS_LSE {
                     math::exp(p[i] - row_lse)
                 } else {
                     0.0
@@ -234,12 +230,12 @@ pub(super) fn backward(
                 .zip(&out[row..row + head.d])
                 .map(|(a, b)| a * b)
                 .sum();
-            head.dropout(spec, q, &mut z);
+            // P·(dP̃·Z − delta) = P̃·dP̃ − P·delta: no second pass over the dropout mask.
             let rows = ds[q * t..(q + 1) * t]
                 .iter_mut()
                 .zip(&p[q * t..(q + 1) * t]);
-            for ((ds, p), z) in rows.zip(&z) {
-                *ds = p * (*ds * z - delta) * scale;
+            for ((ds, p), pz) in rows.zip(&pz[q * t..(q + 1) * t]) {
+                *ds = (pz * *ds - p * delta) * scale;
             }
         }
         // dQ = dS·K and dK = dSᵀ·Q.

@@ -611,6 +611,9 @@ impl Backend for CpuBackend {
     fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         let (_, t, d) = check::mean_pool("mean_pool", h, mask, out)?;
         check::outputs_apart("mean_pool", &[h, mask], &[out])?;
+        if out.is_empty() {
+            return Ok(());
+        }
         with_io(&[h, mask], &[out], |ins, outs| {
             let (h, mask) = (f32s(ins[0], h), f32s(ins[1], mask));
             f32s_mut(outs[0], out)
@@ -641,6 +644,9 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let (_, t, d) = check::mean_pool("mean_pool_backward", dh, mask, dout)?;
         check::outputs_apart("mean_pool_backward", &[dout, mask], &[dh])?;
+        if dh.is_empty() {
+            return Ok(());
+        }
         with_io(&[dout, mask], &[dh], |ins, outs| {
             let (dout, mask) = (f32s(ins[0], dout), f32s(ins[1], mask));
             f32s_mut(outs[0], dh)
@@ -712,12 +718,17 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
         let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::f32_lens(OP, &[(lse, batch), (dlogits, batch * classes)])?;
+        check::cross_entropy_backward_outputs(
+            OP,
+            logits,
+            labels,
+            weights,
+            lse,
+            dlogits,
+            batch * classes,
+        )?;
         let mut inputs = vec![logits, labels, lse];
         inputs.extend(weights);
-        for t in &inputs {
-            check::in_place_or_apart(OP, t, dlogits)?;
-        }
         with_io(&inputs, &[dlogits], |ins, outs| {
             let (z, y, lse) = (
                 f32s(ins[0], logits),
@@ -760,6 +771,7 @@ impl Backend for CpuBackend {
         step: u64,
     ) -> Result<()> {
         check::optimizer("adamw", &[params, grads, m, v])?;
+        check::optimizer_step(step)?;
         let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
         with_io(&[grads], &[params, m, v], |ins, outs| {
             let g = f32s(ins[0], grads);
@@ -797,8 +809,9 @@ impl Backend for CpuBackend {
     fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
         check::f32_lens("clip_grads", &[(grads, grads.len()), (norm, 1)])?;
         check::outputs_apart("clip_grads", &[norm], &[grads])?;
-        let coef = (max_norm / (norm.to_f32_vec()?[0] + 1e-6)).min(1.0);
-        if coef < 1.0 {
+        let coef = max_norm / (norm.to_f32_vec()?[0] + 1e-6);
+        // A NaN norm makes the gradients NaN, as PyTorch's clip_grad_norm_ does.
+        if coef < 1.0 || coef.is_nan() {
             self.scale(grads, coef, grads)?;
         }
         Ok(())
@@ -837,7 +850,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         check::dropout_p(p)?;
         check::elementwise("dropout", &[x], out)?;
-        let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+        let scale = rng::keep_scale(p);
         with_io(&[x], &[out], |ins, outs| {
             let x = f32s(ins[0], x);
             f32s_mut(outs[0], out)
@@ -877,6 +890,9 @@ impl Backend for CpuBackend {
             &[(qkv, batch * t * 3 * dm), (key_mask, batch * t)],
             &[(out, batch * t * dm), (lse, batch * heads * t)],
         )?;
+        if out.is_empty() {
+            return Ok(());
+        }
         with_io(&[qkv, key_mask], &[out, lse], |ins, outs| {
             let (qkv, mask) = (f32s(ins[0], qkv), f32s(ins[1], key_mask));
             let [out_words, lse_words] = outs else {
@@ -924,6 +940,9 @@ impl Backend for CpuBackend {
             ],
             &[(dqkv, batch * t * 3 * dm)],
         )?;
+        if dqkv.is_empty() {
+            return Ok(());
+        }
         with_io(&[qkv, key_mask, out, lse, dout], &[dqkv], |ins, outs| {
             let (qkv, mask, o) = (f32s(ins[0], qkv), f32s(ins[1], key_mask), f32s(ins[2], out));
             let (lse, dout) = (f32s(ins[3], lse), f32s(ins[4], dout));

@@ -262,15 +262,6 @@ fn words(x: u64) -> [u32; 2] {
     [x as u32, (x >> 32) as u32]
 }
 
-/// 1/(1−p), the scale of kept elements (0 when everything is dropped).
-fn keep_scale(p: f32) -> f32 {
-    if p < 1.0 {
-        1.0 / (1.0 - p)
-    } else {
-        0.0
-    }
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CastParams {
@@ -484,10 +475,11 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// `x` itself, or a copy of it when it lives in `out`'s buffer: the matrix product binds
-    /// its inputs read-only, and one buffer cannot be read-only and writable in one dispatch.
-    fn apart_from(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<Tensor<Self>> {
-        if !x.shares_storage(out) {
+    /// `x` itself, or a copy of it when it lives in an output's buffer: the matrix product
+    /// binds its inputs read-only, and one buffer cannot be read-only and writable in one
+    /// dispatch.
+    fn apart_from(&self, x: &Tensor<Self>, outputs: &[&Tensor<Self>]) -> Result<Tensor<Self>> {
+        if !outputs.iter().any(|out| x.shares_storage(out)) {
             return Ok(x.clone());
         }
         let copy = self.alloc(x.shape(), x.dtype())?;
@@ -545,9 +537,10 @@ impl GpuBackend {
         if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
             return Ok(());
         }
-        let a = self.apart_from(a, out)?;
-        let b = self.apart_from(b, out)?;
-        let bias = bias.map(|t| self.apart_from(t, out)).transpose()?;
+        let outputs: Vec<&Tensor<Self>> = std::iter::once(out).chain(pre).collect();
+        let a = self.apart_from(a, &outputs)?;
+        let b = self.apart_from(b, &outputs)?;
+        let bias = bias.map(|t| self.apart_from(t, &outputs)).transpose()?;
         let vec4 = vec4_aligned(spec.lda(), a.offset(), spec.stride_a, spec.batch)
             && vec4_aligned(spec.ldb(), b.offset(), spec.stride_b, spec.batch);
         let tile = self.kernels.matmul_tile(spec.m, spec.n, spec.batch);
@@ -594,6 +587,9 @@ impl GpuBackend {
         index_u32(OP, a.offset().saturating_add(spec.a_len()))?;
         index_u32(OP, b.offset().saturating_add(spec.b_len()))?;
         index_u32(OP, out.offset().saturating_add(spec.c_len()))?;
+        if let Some(pre) = pre {
+            index_u32(OP, pre.offset().saturating_add(spec.c_len()))?;
+        }
         // Batches beyond the per-dimension limit go in several dispatches.
         for base in (0..spec.batch).step_by(max) {
             params.batch_base = base as u32;
@@ -640,7 +636,7 @@ impl GpuBackend {
             groups_x: grid[0],
             scale: 1.0 / (spec.head_dim as f32).sqrt(),
             p: spec.dropout,
-            keep_scale: keep_scale(spec.dropout),
+            keep_scale: crate::rng::keep_scale(spec.dropout),
             seed: words(spec.key.seed),
             step: words(spec.key.step),
             site: spec.key.site,
@@ -1015,7 +1011,7 @@ impl Backend for GpuBackend {
         let mut inputs = vec![logits, labels];
         inputs.extend(weights);
         check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
-        let rows = self.alloc(&[batch, 4], DType::F32)?;
+        let rows = self.alloc(&[batch, 3], DType::F32)?;
         let (kernel, params, grid) =
             self.xent_params(OP, logits, labels, weights, label_smoothing, lse)?;
         let params = CrossEntropyParams {
@@ -1053,12 +1049,17 @@ impl Backend for GpuBackend {
     ) -> Result<()> {
         const OP: &str = "cross_entropy_backward";
         let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::f32_lens(OP, &[(lse, batch), (dlogits, batch * classes)])?;
+        check::cross_entropy_backward_outputs(
+            OP,
+            logits,
+            labels,
+            weights,
+            lse,
+            dlogits,
+            batch * classes,
+        )?;
         let mut inputs = vec![logits, labels, lse];
         inputs.extend(weights);
-        for t in &inputs {
-            check::in_place_or_apart(OP, t, dlogits)?;
-        }
         let (kernel, params, grid) =
             self.xent_params(OP, logits, labels, weights, label_smoothing, lse)?;
         let params = CrossEntropyParams {
@@ -1093,6 +1094,7 @@ impl Backend for GpuBackend {
     ) -> Result<()> {
         const OP: &str = "adamw";
         check::optimizer(OP, &[params, grads, m, v])?;
+        check::optimizer_step(step)?;
         let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
         let grid = self.grid(params.len());
         let p = OptimParams {
@@ -1189,7 +1191,7 @@ impl Backend for GpuBackend {
             x_offset: index_u32(OP, x.offset())?,
             out_offset: index_u32(OP, out.offset())?,
             p,
-            keep_scale: keep_scale(p),
+            keep_scale: crate::rng::keep_scale(p),
             site: key.site,
             _pad: 0,
             seed: words(key.seed),

@@ -170,8 +170,10 @@ impl Kernel {
                 ATTENTION.replace(
                     "//!CONSTS",
                     &format!(
-                        "const HEAD_DIM: u32 = {head_dim}u;\nconst BK: u32 = {bk}u;\nconst BQ: u32 = {}u;",
-                        super::kernel_config::ATTENTION_QUERIES
+                        "const HEAD_DIM: u32 = {head_dim}u;\nconst BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
+                         const NO_KEYS: f32 = {:e};",
+                        super::kernel_config::ATTENTION_QUERIES,
+                        crate::backend::NO_KEYS_LSE
                     )
                 )
             ),
