@@ -7,11 +7,10 @@
 // xent_finish: one invocation sums the rows in order: loss[0], hits[0] (top-1), hits[1]
 //              (top-min(5, C))
 // xent_bwd:    one workgroup per row: the gradient
-// Workgroup sums use a fixed tree: the same bits on every run. A label that is not a class
+// Workgroup sums use workgroup_reduce (workgroup_reduce.wgsl, concatenated in front). A label that is not a class
 // index makes the loss NaN. Bindings are read_write so that operands may share an arena.
 
 override WG: u32 = 256u;
-const MAX_WG: u32 = 256u;
 
 struct Params {
     batch: u32,
@@ -42,26 +41,6 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> hits: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dlogits: array<f32>;
 
-var<workgroup> partial: array<vec2<f32>, MAX_WG>;
-
-fn tree(lid: u32, v: vec2<f32>, take_max: bool) -> vec2<f32> {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if lid < stride {
-            if take_max {
-                partial[lid] = max(partial[lid], partial[lid + stride]);
-            } else {
-                partial[lid] += partial[lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
 fn weight(c: u32) -> f32 {
     if p.has_weights != 0u {
         return weights[p.weights_offset + c];
@@ -87,12 +66,12 @@ fn row_lse(i: u32, lid: u32) -> f32 {
     for (var c = lid; c < p.classes; c += WG) {
         m = max(m, logit(i, c));
     }
-    let row_max = tree(lid, vec2<f32>(m, 0.0), true).x;
+    let row_max = workgroup_reduce(lid, vec2<f32>(m, 0.0), true).x;
     var s = 0.0;
     for (var c = lid; c < p.classes; c += WG) {
         s += exp(logit(i, c) - row_max);
     }
-    return row_max + log(tree(lid, vec2<f32>(s, 0.0), false).x);
+    return row_max + log(workgroup_reduce(lid, vec2<f32>(s, 0.0), false).x);
 }
 
 @compute @workgroup_size(WG)
@@ -111,7 +90,7 @@ fn xent_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         let ahead = z > zy || (z == zy && c < y);
         acc += vec2<f32>(weight(c) * (l - z), select(0.0, 1.0, ahead));
     }
-    let sums = tree(lid, acc, false);
+    let sums = workgroup_reduce(lid, acc, false);
     if lid == 0u {
         let nan = bitcast<f32>(0x7fc00000u);
         let wy = select(nan, weight(min(y, p.classes - 1u)), valid);
@@ -157,7 +136,7 @@ fn xent_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     for (var c = lid; c < p.classes; c += WG) {
         s.y += weight(c);
     }
-    let sums = tree(lid, s, false);
+    let sums = workgroup_reduce(lid, s, false);
     let y = label(i);
     let wy = select(bitcast<f32>(0x7fc00000u), weight(min(y, p.classes - 1u)), y < p.classes);
     let l = lse[p.lse_offset + i];

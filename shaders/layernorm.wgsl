@@ -1,8 +1,7 @@
 // Layer norm over the last dimension of x [rows, cols], forward and the dx part of backward.
 //
-// One workgroup per row (row = wg.y·groups_x + wg.x). Sums over a row are reduced in
-// workgroup memory by a fixed tree, so results are the same bits on every run. WG is a power
-// of two of at most MAX_WG (src/backend/gpu/kernel_config.rs).
+// One workgroup per row (row = wg.y·groups_x + wg.x). Sums over a row use workgroup_reduce
+// (workgroup_reduce.wgsl, concatenated in front).
 //   layernorm_fwd: mean = Σx/cols, var = Σ(x−mean)²/cols, rstd = 1/√(var+eps),
 //                  y = (x−mean)·rstd·w + b; saves mean and rstd per row.
 //   layernorm_bwd: dx = rstd·(dy·w − mean(dy·w) − xhat·mean(dy·w·xhat)), xhat = (x−mean)·rstd.
@@ -11,7 +10,6 @@
 // refuses a buffer bound both read-only and writable in one dispatch.
 
 override WG: u32 = 256u;
-const MAX_WG: u32 = 256u;
 
 struct Params {
     rows: u32,
@@ -37,23 +35,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dy: array<f32>;
 
-var<workgroup> partial: array<vec2<f32>, MAX_WG>;
-
-// The sums of v over the workgroup, by a fixed tree; every invocation gets the result.
-fn workgroup_sum(lid: u32, v: vec2<f32>) -> vec2<f32> {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if lid < stride {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(WG)
 fn layernorm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wg.y * p.groups_x + wg.x;
@@ -66,13 +47,13 @@ fn layernorm_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     for (var j = lid; j < p.cols; j += WG) {
         s += x[base + j];
     }
-    let mu = workgroup_sum(lid, vec2<f32>(s, 0.0)).x / n;
+    let mu = workgroup_reduce(lid, vec2<f32>(s, 0.0), false).x / n;
     var ss = 0.0;
     for (var j = lid; j < p.cols; j += WG) {
         let d = x[base + j] - mu;
         ss += d * d;
     }
-    let r = 1.0 / sqrt(workgroup_sum(lid, vec2<f32>(ss, 0.0)).x / n + p.eps);
+    let r = 1.0 / sqrt(workgroup_reduce(lid, vec2<f32>(ss, 0.0), false).x / n + p.eps);
     let out = p.y_offset + row * p.cols;
     for (var j = lid; j < p.cols; j += WG) {
         y[out + j] = (x[base + j] - mu) * r * w[p.w_offset + j] + b[p.b_offset + j];
@@ -99,7 +80,7 @@ fn layernorm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         let dxhat = dy[g + j] * w[p.w_offset + j];
         s += vec2<f32>(dxhat, dxhat * (x[base + j] - mu) * r);
     }
-    let means = workgroup_sum(lid, s) / f32(p.cols);
+    let means = workgroup_reduce(lid, s, false) / f32(p.cols);
     let out = p.dx_offset + row * p.cols;
     for (var j = lid; j < p.cols; j += WG) {
         let xhat = (x[base + j] - mu) * r;

@@ -6,11 +6,11 @@
 //   nonfinite_partials: partials[g] = 1 if any of them is not finite, else 0; and x *= scale
 //   finish_norm:        out[0] = √Σ_g partials[g];  finish_any: out[0] = max_g partials[g]
 //   clip:               x *= min(1, max_norm / (norm[0] + 1e-6)), norm read on the device
-// Partials are summed by a fixed tree and then in workgroup order: the same bits on every run.
+// Partials are summed by workgroup_reduce (workgroup_reduce.wgsl, concatenated in front) and
+// then in workgroup order: the same bits on every run.
 // Bindings are read_write so that operands may share an arena.
 
 override WG: u32 = 256u;
-const MAX_WG: u32 = 256u;
 // Elements each invocation of the partials kernels handles (WG·ITEMS per workgroup).
 override ITEMS: u32 = 16u;
 
@@ -41,8 +41,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
-var<workgroup> partial: array<f32, MAX_WG>;
-
 fn group(wg: vec3<u32>) -> u32 {
     return wg.y * p.groups_x + wg.x;
 }
@@ -62,25 +60,6 @@ fn adamw(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     x[p.x_offset + i] = x[p.x_offset + i] * p.decay - p.step_size * mi / denom;
 }
 
-fn reduce_tree(lid: u32, value: f32, take_max: bool) -> f32 {
-    partial[lid] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if lid < stride {
-            if take_max {
-                partial[lid] = max(partial[lid], partial[lid + stride]);
-            } else {
-                partial[lid] += partial[lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    // A later call must not overwrite partial[0] before every invocation has read it.
-    workgroupBarrier();
-    return total;
-}
-
 @compute @workgroup_size(WG)
 fn sumsq_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let first = group(wg) * WG * ITEMS;
@@ -92,7 +71,7 @@ fn sumsq_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
             s += value * value;
         }
     }
-    let total = reduce_tree(lid, s, false);
+    let total = workgroup_reduce(lid, vec2<f32>(s, 0.0), false).x;
     if lid == 0u {
         partials[group(wg)] = total;
     }
@@ -114,7 +93,7 @@ fn nonfinite_partials(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
             x[p.x_offset + i] = value * p.scale;
         }
     }
-    let any = reduce_tree(lid, bad, true);
+    let any = workgroup_reduce(lid, vec2<f32>(bad, 0.0), true).x;
     if lid == 0u {
         partials[group(wg)] = any;
     }

@@ -714,6 +714,49 @@ pub(crate) mod check {
         outputs_apart(op, &ins, &outs)
     }
 
+    /// The operands of [`Backend::attention`].
+    pub fn attention_forward<B: Backend>(
+        spec: &AttentionSpec,
+        qkv: &Tensor<B>,
+        key_mask: &Tensor<B>,
+        out: &Tensor<B>,
+        lse: &Tensor<B>,
+    ) -> Result<()> {
+        let (b, t, h, dm) = (spec.batch, spec.seq, spec.heads, spec.d_model());
+        attention(
+            "attention",
+            spec,
+            &[(qkv, b * t * 3 * dm), (key_mask, b * t)],
+            &[(out, b * t * dm), (lse, b * h * t)],
+        )
+    }
+
+    /// The operands of [`Backend::attention_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward<B: Backend>(
+        spec: &AttentionSpec,
+        qkv: &Tensor<B>,
+        key_mask: &Tensor<B>,
+        out: &Tensor<B>,
+        lse: &Tensor<B>,
+        dout: &Tensor<B>,
+        dqkv: &Tensor<B>,
+    ) -> Result<()> {
+        let (b, t, h, dm) = (spec.batch, spec.seq, spec.heads, spec.d_model());
+        attention(
+            "attention_backward",
+            spec,
+            &[
+                (qkv, b * t * 3 * dm),
+                (key_mask, b * t),
+                (out, b * t * dm),
+                (lse, b * h * t),
+                (dout, b * t * dm),
+            ],
+            &[(dqkv, b * t * 3 * dm)],
+        )
+    }
+
     /// Casts and copies: the same length; in place only between equal dtypes.
     pub fn conversion<B: Backend>(op: &'static str, x: &Tensor<B>, out: &Tensor<B>) -> Result<()> {
         same_len(op, x, out)?;

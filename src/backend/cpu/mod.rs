@@ -877,19 +877,9 @@ impl Backend for CpuBackend {
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
     ) -> Result<()> {
-        let AttentionSpec {
-            batch,
-            seq: t,
-            heads,
-            ..
-        } = *spec;
+        let AttentionSpec { seq: t, heads, .. } = *spec;
         let dm = spec.d_model();
-        check::attention(
-            "attention",
-            spec,
-            &[(qkv, batch * t * 3 * dm), (key_mask, batch * t)],
-            &[(out, batch * t * dm), (lse, batch * heads * t)],
-        )?;
+        check::attention_forward(spec, qkv, key_mask, out, lse)?;
         if out.is_empty() {
             return Ok(());
         }
@@ -921,25 +911,9 @@ impl Backend for CpuBackend {
         dout: &Tensor<Self>,
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
-        let AttentionSpec {
-            batch,
-            seq: t,
-            heads,
-            ..
-        } = *spec;
+        let AttentionSpec { seq: t, heads, .. } = *spec;
         let dm = spec.d_model();
-        check::attention(
-            "attention_backward",
-            spec,
-            &[
-                (qkv, batch * t * 3 * dm),
-                (key_mask, batch * t),
-                (out, batch * t * dm),
-                (lse, batch * heads * t),
-                (dout, batch * t * dm),
-            ],
-            &[(dqkv, batch * t * 3 * dm)],
-        )?;
+        check::attention_backward(spec, qkv, key_mask, out, lse, dout, dqkv)?;
         if dqkv.is_empty() {
             return Ok(());
         }

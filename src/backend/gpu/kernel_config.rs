@@ -77,7 +77,7 @@ pub struct KernelConfig {
 }
 
 /// The elementwise kernels' preferred workgroup size; also the most the reduction kernels'
-/// workgroup arrays hold (MAX_WG in layernorm.wgsl).
+/// workgroup array holds (MAX_WG in workgroup_reduce.wgsl).
 const ELEMENTWISE_WORKGROUP: u32 = 256;
 
 /// Rows each invocation of the column-sum kernels adds up (column_sums.wgsl): enough work per

@@ -1218,19 +1218,7 @@ impl Backend for GpuBackend {
         lse: &Tensor<Self>,
     ) -> Result<()> {
         const OP: &str = "attention";
-        let AttentionSpec {
-            batch,
-            seq: t,
-            heads,
-            ..
-        } = *spec;
-        let dm = spec.d_model();
-        check::attention(
-            OP,
-            spec,
-            &[(qkv, batch * t * 3 * dm), (key_mask, batch * t)],
-            &[(out, batch * t * dm), (lse, batch * heads * t)],
-        )?;
+        check::attention_forward(spec, qkv, key_mask, out, lse)?;
         let (kernel, params, grid) = self.attention_params(OP, spec, qkv, key_mask, out, lse)?;
         self.run(
             kernel,
@@ -1259,19 +1247,7 @@ impl Backend for GpuBackend {
             heads,
             ..
         } = *spec;
-        let dm = spec.d_model();
-        check::attention(
-            OP,
-            spec,
-            &[
-                (qkv, batch * t * 3 * dm),
-                (key_mask, batch * t),
-                (out, batch * t * dm),
-                (lse, batch * heads * t),
-                (dout, batch * t * dm),
-            ],
-            &[(dqkv, batch * t * 3 * dm)],
-        )?;
+        check::attention_backward(spec, qkv, key_mask, out, lse, dout, dqkv)?;
         let (kernel, params, grid) = self.attention_params(OP, spec, qkv, key_mask, out, lse)?;
         let params = AttentionParams {
             dout_offset: index_u32(OP, dout.offset())?,

@@ -11,6 +11,7 @@ const MATMUL_LOAD_VEC4: &str = include_str!("../../../shaders/matmul_load_vec4.w
 const MATMUL_STORE: &str = include_str!("../../../shaders/matmul_store.wgsl");
 const MATMUL_STORE_GELU: &str = include_str!("../../../shaders/matmul_store_gelu.wgsl");
 const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
+const WORKGROUP_REDUCE: &str = include_str!("../../../shaders/workgroup_reduce.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const CAST: &str = include_str!("../../../shaders/cast.wgsl");
 const LAYERNORM: &str = include_str!("../../../shaders/layernorm.wgsl");
@@ -159,11 +160,11 @@ impl Kernel {
                 }
             }
             Kernel::Elementwise { .. } => format!("{GELU}\n{ELEMENTWISE}"),
-            Kernel::LayerNorm { .. } => LAYERNORM.into(),
+            Kernel::LayerNorm { .. } => format!("{WORKGROUP_REDUCE}\n{LAYERNORM}"),
             Kernel::ColumnSums { .. } => COLUMN_SUMS.into(),
             Kernel::Pool { .. } => POOL.into(),
-            Kernel::CrossEntropy { .. } => CROSS_ENTROPY.into(),
-            Kernel::Optim { .. } => OPTIM.into(),
+            Kernel::CrossEntropy { .. } => format!("{WORKGROUP_REDUCE}\n{CROSS_ENTROPY}"),
+            Kernel::Optim { .. } => format!("{WORKGROUP_REDUCE}\n{OPTIM}"),
             Kernel::Dropout { .. } => format!("{PHILOX}\n{DROPOUT}"),
             Kernel::Attention { head_dim, bk } => format!(
                 "{PHILOX}\n{}",
