@@ -435,35 +435,20 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("add", &[a, b], out)?;
-        with_io(&[a, b], &[out], |ins, outs| {
-            let words = &mut *outs[0];
-            let (x, y) = (f32s(ins[0], a), f32s(ins[1], b));
-            f32s_mut(words, out)
-                .par_chunks_mut(CHUNK)
-                .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-                .for_each(|(o, (x, y))| {
-                    for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
-                        *o = x + y;
-                    }
-                });
-        })?;
-        Ok(())
+        map_chunks(&[a, b], out, |ins, o| {
+            for ((o, x), y) in o.iter_mut().zip(ins[0]).zip(ins[1]) {
+                *o = x + y;
+            }
+        })
     }
 
     fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("scale", &[x], out)?;
-        with_io(&[x], &[out], |ins, outs| {
-            let words = &mut *outs[0];
-            f32s_mut(words, out)
-                .par_chunks_mut(CHUNK)
-                .zip(f32s(ins[0], x).par_chunks(CHUNK))
-                .for_each(|(o, x)| {
-                    for (o, x) in o.iter_mut().zip(x) {
-                        *o = alpha * x;
-                    }
-                });
-        })?;
-        Ok(())
+        map_chunks(&[x], out, |ins, o| {
+            for (o, x) in o.iter_mut().zip(ins[0]) {
+                *o = alpha * x;
+            }
+        })
     }
 
     fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {

@@ -415,6 +415,40 @@ impl GpuBackend {
         }
     }
 
+    /// The first pass of a column sum: `entry` writes one row of partial sums per block of
+    /// rows into a new `[blocks, base.width]` matrix. Returns it, and `base` with the block
+    /// count filled in, for [`GpuBackend::finish_columns`].
+    fn column_partials(
+        &self,
+        entry: &'static str,
+        base: ColumnSumParams,
+        inputs: &[(u32, &Tensor<Self>)],
+    ) -> Result<(Tensor<Self>, ColumnSumParams)> {
+        let blocks = (base.rows as usize)
+            .div_ceil(kernel_config::COLUMN_ROW_BLOCK as usize)
+            .max(1);
+        let partials = self.alloc(&[blocks, base.width as usize], DType::F32)?;
+        let base = ColumnSumParams {
+            blocks: blocks as u32,
+            ..base
+        };
+        let grid = self.grid(blocks * base.cols as usize);
+        let params = ColumnSumParams {
+            groups_x: grid[0],
+            ..base
+        };
+        let mut bindings = inputs.to_vec();
+        bindings.push((5, &partials));
+        self.run(
+            self.column_sums_kernel(),
+            entry,
+            bytemuck::bytes_of(&params),
+            &bindings,
+            grid,
+        )?;
+        Ok((partials, base))
+    }
+
     /// `out[j] = Σ_blk partials[blk, first + j]` for `j < out.len()`, blocks in order.
     fn finish_columns(
         &self,
@@ -832,30 +866,14 @@ impl Backend for GpuBackend {
         let rows = check::rows(OP, dy, cols)?;
         check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
         check::outputs_apart(OP, &[dy], &[db])?;
-        let blocks = rows
-            .div_ceil(kernel_config::COLUMN_ROW_BLOCK as usize)
-            .max(1);
-        let partials = self.alloc(&[blocks, cols], DType::F32)?;
         let base = ColumnSumParams {
             rows: index_u32(OP, rows)?,
             cols: cols as u32,
             width: cols as u32,
-            blocks: blocks as u32,
             dy_offset: index_u32(OP, dy.offset())?,
             ..ColumnSumParams::default()
         };
-        let grid = self.grid(blocks * cols);
-        let params = ColumnSumParams {
-            groups_x: grid[0],
-            ..base
-        };
-        self.run(
-            self.column_sums_kernel(),
-            "bias_partials",
-            bytemuck::bytes_of(&params),
-            &[(1, dy), (5, &partials)],
-            grid,
-        )?;
+        let (partials, base) = self.column_partials("bias_partials", base, &[(1, dy)])?;
         self.finish_columns(&partials, base, 0, db)
     }
 
@@ -938,33 +956,18 @@ impl Backend for GpuBackend {
             grid,
         )?;
         // dw and db: column sums of dy·xhat and dy, side by side in one partials matrix.
-        let blocks = rows
-            .div_ceil(kernel_config::COLUMN_ROW_BLOCK as usize)
-            .max(1);
-        let partials = self.alloc(&[blocks, 2 * cols], DType::F32)?;
         let base = ColumnSumParams {
             rows: rows as u32,
             cols: cols as u32,
             width: 2 * cols as u32,
-            blocks: blocks as u32,
             dy_offset: params.dy_offset,
             x_offset: params.x_offset,
             mean_offset: params.mean_offset,
             rstd_offset: params.rstd_offset,
             ..ColumnSumParams::default()
         };
-        let grid = self.grid(blocks * cols);
-        let partial_params = ColumnSumParams {
-            groups_x: grid[0],
-            ..base
-        };
-        self.run(
-            self.column_sums_kernel(),
-            "layernorm_partials",
-            bytemuck::bytes_of(&partial_params),
-            &[(1, dy), (2, x), (3, mean), (4, rstd), (5, &partials)],
-            grid,
-        )?;
+        let inputs = [(1, dy), (2, x), (3, mean), (4, rstd)];
+        let (partials, base) = self.column_partials("layernorm_partials", base, &inputs)?;
         self.finish_columns(&partials, base, 0, dw)?;
         self.finish_columns(&partials, base, cols, db)
     }
