@@ -67,12 +67,55 @@ pub enum Error {
     #[error("could not open {adapter}: {reason}")]
     DeviceOpen { adapter: String, reason: String },
 
+    /// A file that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Data (a clip pack, a feature pack, an MP_Data folder, a frame) that is malformed or
+    /// does not fit what it is used for.
+    #[error("{path}: {detail}")]
+    Data { path: String, detail: String },
+
+    /// A model checkpoint or training state that does not fit the model: missing, extra or
+    /// mis-shaped tensors, or bad metadata.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint { path: String, detail: String },
+
+    /// The run was interrupted (Ctrl-C) after saving its state.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// An error reported by the GPU driver or wgpu's validation.
     #[error("GPU error in {context}: {message}")]
     Gpu { context: String, message: String },
 }
 
 impl Error {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn data(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.as_ref().display().to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.as_ref().display().to_string(),
+            detail: detail.into(),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape {
             op,

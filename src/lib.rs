@@ -24,9 +24,11 @@
 pub mod backend;
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod fsio;
 pub mod memory;
 pub mod ops;
 pub mod parity;
@@ -34,6 +36,7 @@ pub mod reference;
 pub mod rng;
 pub mod tensor;
 pub mod tolerance;
+pub mod train;
 
 pub use backend::{AdamW, AnyBackend, AttentionSpec, Backend, CpuBackend, GpuBackend, MatmulSpec};
 pub use config::GpuConfig;

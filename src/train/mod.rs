@@ -1,0 +1,1 @@
+//! Training: `TrainingConfig`, the learning-rate schedule, metrics files, and the `Trainer`.
