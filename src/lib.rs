@@ -30,6 +30,7 @@ pub mod dtype;
 pub mod error;
 pub mod fsio;
 pub mod memory;
+pub mod model;
 pub mod ops;
 pub mod parity;
 pub mod reference;

@@ -65,3 +65,16 @@ impl Deviation {
         self.max_rel_err <= tol
     }
 }
+
+/// How close the model must come to PyTorch's float64 golden values
+/// (`shared/fixtures/golden-small`).
+pub mod pytorch {
+    /// Logits and loss, relative to their largest magnitude.
+    pub const LOGITS_REL: f64 = 1e-5;
+    /// Each gradient tensor, relative to that tensor's largest magnitude.
+    pub const GRAD_REL: f64 = 1e-4;
+    /// The losses along a few AdamW steps, relative.
+    pub const ADAMW_LOSS_REL: f64 = 1e-4;
+    /// The parameters after those steps, absolute.
+    pub const PARAM_ABS: f64 = 5e-4;
+}

@@ -1,0 +1,283 @@
+//! Model checkpoints: a safetensors file with exactly the reference's tensor names, and in its
+//! metadata the configuration (the reference's field names), the class names (`classes`, a
+//! JSON list) and the preprocessing (`seq_len`, `layout`). A file saved by the reference's
+//! `save_safetensors` loads unchanged, and ours loads into PyTorch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::config::ModelConfig;
+use super::params::ParamLayout;
+use super::transformer::SignTransformer;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
+
+/// What a model's input frames were before the model saw them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocessing {
+    /// Frames per clip after resampling (the model's input length).
+    pub seq_len: usize,
+    /// `mediapipe-holistic-258` when the model was trained on raw clips preprocessed to the 469
+    /// features; `features` when it was given ready features.
+    pub layout: String,
+}
+
+/// The input layout of a model trained on ready features.
+pub const FEATURES_LAYOUT: &str = "features";
+
+/// A model checkpoint on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub classes: Vec<String>,
+    pub preprocessing: Preprocessing,
+    /// Parameters by name.
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// What the file lacked and got a default for, to be said once by the caller.
+    pub defaults_used: Vec<String>,
+}
+
+impl Checkpoint {
+    /// The model's parameters with their class names and preprocessing.
+    pub fn from_model<B: Backend>(
+        model: &SignTransformer<B>,
+        classes: Vec<String>,
+        preprocessing: Preprocessing,
+    ) -> Result<Checkpoint> {
+        let tensors = model
+            .named_parameters()?
+            .into_iter()
+            .map(|(name, shape, values)| (name, (shape, values)))
+            .collect();
+        Ok(Checkpoint {
+            config: model.config().clone(),
+            classes,
+            preprocessing,
+            tensors,
+            defaults_used: Vec::new(),
+        })
+    }
+
+    /// Writes the checkpoint atomically (a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut meta: HashMap<String, String> = self.config.to_metadata().into_iter().collect();
+        meta.insert(
+            "classes".into(),
+            serde_json::to_string(&self.classes).expect("strings serialise"),
+        );
+        meta.insert("seq_len".into(), self.preprocessing.seq_len.to_string());
+        meta.insert("layout".into(), self.preprocessing.layout.clone());
+        let bytes = serialize_f32(
+            self.tensors.iter().map(|(name, (shape, values))| {
+                (name.as_str(), shape.as_slice(), values.as_slice())
+            }),
+            meta,
+        )
+        .map_err(|e| Error::checkpoint(path, e))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads a checkpoint and checks every tensor against the configuration in its metadata:
+    /// names missing, extra, mis-shaped or of a dtype that is not a float are all reported at
+    /// once.
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let err = |detail: String| Error::checkpoint(path, detail);
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            err(format!(
+                "not a readable safetensors file ({e}); it may be torn or not a checkpoint"
+            ))
+        })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| err(format!("not a readable safetensors file ({e})")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let (config, missing) =
+            ModelConfig::from_metadata(&meta, &ModelConfig::default()).map_err(|e| err(e))?;
+        let mut defaults_used: Vec<String> = Vec::new();
+        let mut config = config;
+        if !missing.is_empty() {
+            // A file without a configuration: infer the sizes the tensors fix.
+            infer_sizes(&st, &mut config);
+            defaults_used.push(format!(
+                "model configuration fields {} (inferred from the tensors or defaults)",
+                missing.join(", ")
+            ));
+        }
+        config
+            .validate()
+            .map_err(|e| err(format!("its configuration is not valid: {e}")))?;
+
+        let layout = ParamLayout::new(&config);
+        let mut problems = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for entry in &layout.entries {
+            let Ok(view) = st.tensor(&entry.name) else {
+                problems.push(format!("missing {} {:?}", entry.name, entry.shape));
+                continue;
+            };
+            if view.shape() != entry.shape.as_slice() {
+                problems.push(format!(
+                    "{} has shape {:?}, the configuration needs {:?}",
+                    entry.name,
+                    view.shape(),
+                    entry.shape
+                ));
+                continue;
+            }
+            match to_f32(view.dtype(), view.data()) {
+                Some(values) => {
+                    tensors.insert(entry.name.clone(), (entry.shape.clone(), values));
+                }
+                None => problems.push(format!(
+                    "{} is {:?}; parameters must be f32 (or f64, f16, bf16)",
+                    entry.name,
+                    view.dtype()
+                )),
+            }
+        }
+        for name in st.names() {
+            if layout.get(name).is_none() {
+                problems.push(format!("unexpected tensor {name}"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(err(format!(
+                "does not fit a SignTransformer of its configuration (d_model {}, {} layers, \
+                 {} heads, ff_dim {}, {} classes, {} features, max_seq_len {}):\n  {}",
+                config.d_model,
+                config.num_layers,
+                config.num_heads,
+                config.ff_dim,
+                config.num_classes,
+                config.num_features,
+                config.max_seq_len,
+                problems.join("\n  ")
+            )));
+        }
+
+        let classes = match meta.get("classes") {
+            Some(text) => {
+                let classes: Vec<String> = serde_json::from_str(text).map_err(|e| {
+                    err(format!(
+                        "metadata `classes` is not a JSON list of names: {e}"
+                    ))
+                })?;
+                if classes.len() != config.num_classes {
+                    return Err(err(format!(
+                        "metadata lists {} classes, the model has {} outputs",
+                        classes.len(),
+                        config.num_classes
+                    )));
+                }
+                classes
+            }
+            None => {
+                defaults_used.push("class names (numbered 0..num_classes)".into());
+                (0..config.num_classes).map(|i| i.to_string()).collect()
+            }
+        };
+        let seq_len = match meta.get("seq_len") {
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|&s| s >= 1 && s <= config.max_seq_len)
+                .ok_or_else(|| {
+                    err(format!(
+                        "metadata seq_len = {text:?} is not a frame count from 1 to max_seq_len"
+                    ))
+                })?,
+            None => {
+                defaults_used.push("seq_len (max_seq_len)".into());
+                config.max_seq_len
+            }
+        };
+        let layout = match meta.get("layout") {
+            Some(l) => l.clone(),
+            None => {
+                defaults_used.push("input layout (ready features)".into());
+                FEATURES_LAYOUT.to_string()
+            }
+        };
+        Ok(Checkpoint {
+            config,
+            classes,
+            preprocessing: Preprocessing { seq_len, layout },
+            tensors,
+            defaults_used,
+        })
+    }
+
+    /// The model on `backend`.
+    pub fn to_model<B: Backend>(&self, backend: &B) -> Result<SignTransformer<B>> {
+        let layout = ParamLayout::new(&self.config);
+        let mut arena = vec![0.0f32; layout.total];
+        for e in &layout.entries {
+            let (_, values) = &self.tensors[&e.name];
+            arena[e.offset..e.offset + e.len()].copy_from_slice(values);
+        }
+        SignTransformer::from_arena(backend, self.config.clone(), layout, arena)
+    }
+}
+
+/// The sizes a configuration-less file's tensors fix: features, model width, classes, ff
+/// width, positions and layers (heads and dropout cannot be read off the tensors).
+fn infer_sizes(st: &SafeTensors, cfg: &mut ModelConfig) {
+    let shape = |name: &str| st.tensor(name).ok().map(|v| v.shape().to_vec());
+    if let Some(s) = shape("input_proj.weight") {
+        (cfg.d_model, cfg.num_features) = (s[0], s[1]);
+    }
+    if let Some(s) = shape("classifier.weight") {
+        cfg.num_classes = s[0];
+    }
+    if let Some(s) = shape("pos_embedding") {
+        cfg.max_seq_len = s[0];
+    }
+    if let Some(s) = shape("encoder.layers.0.linear1.weight") {
+        cfg.ff_dim = s[0];
+    }
+    cfg.num_layers = (0..)
+        .take_while(|l| shape(&format!("encoder.layers.{l}.norm1.weight")).is_some())
+        .count();
+}
+
+/// Float tensor data as f32; None for other dtypes.
+pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(data),
+        Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(data)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(data)
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(data)
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// A safetensors file of f32 tensors.
+pub(crate) fn serialize_f32<'a>(
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,
+    meta: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let views = tensors
+        .map(|(name, shape, values)| {
+            safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                shape.to_vec(),
+                bytemuck::cast_slice(values),
+            )
+            .map(|v| (name, v))
+            .map_err(|e| e.to_string())
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}

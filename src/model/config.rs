@@ -1,0 +1,143 @@
+//! `ModelConfig`: the size of a `SignTransformer`, with the reference's field names
+//! (`shared/reference/sign_transformer.py`), which are also the checkpoint metadata keys.
+
+use std::collections::HashMap;
+
+use crate::backend::AttentionSpec;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub num_features: usize,
+    pub num_classes: usize,
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub ff_dim: usize,
+    pub max_seq_len: usize,
+    pub dropout: f32,
+    pub layer_norm_eps: f32,
+}
+
+impl Default for ModelConfig {
+    /// The reference's defaults, with the 469 features of the preprocessing.
+    fn default() -> Self {
+        ModelConfig {
+            num_features: 469,
+            num_classes: 100,
+            d_model: 256,
+            num_heads: 8,
+            num_layers: 4,
+            ff_dim: 1024,
+            max_seq_len: 64,
+            dropout: 0.1,
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: impl ToString, allowed: &'static str) -> Error {
+    Error::InvalidConfig {
+        field,
+        value: value.to_string(),
+        allowed,
+    }
+}
+
+impl ModelConfig {
+    /// Rejects sizes the model cannot be built with, saying which value to change.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("num_features", self.num_features),
+            ("num_classes", self.num_classes),
+            ("d_model", self.d_model),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+            ("ff_dim", self.ff_dim),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, value, "a positive integer"));
+            }
+        }
+        if self.d_model % self.num_heads != 0 {
+            return Err(invalid(
+                "num_heads",
+                self.num_heads,
+                "a divisor of d_model (each head gets d_model / num_heads features)",
+            ));
+        }
+        if self.head_dim() > AttentionSpec::MAX_HEAD_DIM {
+            return Err(invalid(
+                "num_heads",
+                self.num_heads,
+                "large enough that d_model / num_heads is at most 128",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid("dropout", self.dropout, "a probability in [0, 1)"));
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(invalid(
+                "layer_norm_eps",
+                self.layer_norm_eps,
+                "a small positive number such as 1e-5",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.num_heads
+    }
+
+    /// The checkpoint metadata, as the reference's `save_safetensors` writes it: every field
+    /// as Python's `str()` of its value.
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        vec![
+            ("num_features".into(), self.num_features.to_string()),
+            ("num_classes".into(), self.num_classes.to_string()),
+            ("d_model".into(), self.d_model.to_string()),
+            ("num_heads".into(), self.num_heads.to_string()),
+            ("num_layers".into(), self.num_layers.to_string()),
+            ("ff_dim".into(), self.ff_dim.to_string()),
+            ("max_seq_len".into(), self.max_seq_len.to_string()),
+            ("dropout".into(), self.dropout.to_string()),
+            ("layer_norm_eps".into(), self.layer_norm_eps.to_string()),
+        ]
+    }
+
+    /// Reads the fields from checkpoint metadata; a field that is missing keeps `defaults`'
+    /// value and is named in the returned list, so that the caller can say so once.
+    pub fn from_metadata(
+        meta: &HashMap<String, String>,
+        defaults: &ModelConfig,
+    ) -> std::result::Result<(ModelConfig, Vec<&'static str>), String> {
+        let mut cfg = defaults.clone();
+        let mut missing = Vec::new();
+        macro_rules! field {
+            ($name:ident) => {
+                match meta.get(stringify!($name)) {
+                    Some(text) => {
+                        cfg.$name = text.trim().parse().map_err(|_| {
+                            format!("metadata {} = {text:?} is not a number", stringify!($name))
+                        })?
+                    }
+                    None => missing.push(stringify!($name)),
+                }
+            };
+        }
+        field!(num_features);
+        field!(num_classes);
+        field!(d_model);
+        field!(num_heads);
+        field!(num_layers);
+        field!(ff_dim);
+        field!(max_seq_len);
+        field!(dropout);
+        field!(layer_norm_eps);
+        Ok((cfg, missing))
+    }
+}

@@ -1,0 +1,506 @@
+//! `SignTransformer`: the reference's pre-norm encoder (`shared/reference/sign_transformer.py`),
+//! forward keeping what backward needs, and backward written by hand from the op set, layer
+//! by layer. Generic over the backend; it never sees wgpu.
+
+use super::config::ModelConfig;
+use super::params::{Arena, ParamLayout};
+use super::workspace::Workspace;
+use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
+struct Linear<B: Backend> {
+    w: Tensor<B>,
+    b: Tensor<B>,
+}
+
+/// A `nn.LayerNorm`'s affine parameters.
+struct Norm<B: Backend> {
+    w: Tensor<B>,
+    b: Tensor<B>,
+}
+
+struct Layer<B: Backend> {
+    norm1: Norm<B>,
+    in_proj: Linear<B>,
+    out_proj: Linear<B>,
+    norm2: Norm<B>,
+    linear1: Linear<B>,
+    linear2: Linear<B>,
+}
+
+/// Typed views into one arena (weights or gradients), by the reference's names.
+struct Views<B: Backend> {
+    pos: Tensor<B>,
+    input_proj: Linear<B>,
+    layers: Vec<Layer<B>>,
+    final_norm: Norm<B>,
+    classifier: Linear<B>,
+}
+
+impl<B: Backend> Views<B> {
+    fn new(cfg: &ModelConfig, layout: &ParamLayout, arena: &Arena<B>) -> Views<B> {
+        let get = |name: &str| {
+            let i = layout
+                .entries
+                .iter()
+                .position(|e| e.name == name)
+                .expect("the layout names every parameter the model uses");
+            arena.views[i].clone()
+        };
+        let linear = |p: &str| Linear {
+            w: get(&format!("{p}.weight")),
+            b: get(&format!("{p}.bias")),
+        };
+        let norm = |p: &str| Norm {
+            w: get(&format!("{p}.weight")),
+            b: get(&format!("{p}.bias")),
+        };
+        Views {
+            pos: get("pos_embedding"),
+            input_proj: linear("input_proj"),
+            layers: (0..cfg.num_layers)
+                .map(|l| {
+                    let p = format!("encoder.layers.{l}");
+                    Layer {
+                        norm1: norm(&format!("{p}.norm1")),
+                        in_proj: Linear {
+                            w: get(&format!("{p}.self_attn.in_proj_weight")),
+                            b: get(&format!("{p}.self_attn.in_proj_bias")),
+                        },
+                        out_proj: linear(&format!("{p}.self_attn.out_proj")),
+                        norm2: norm(&format!("{p}.norm2")),
+                        linear1: linear(&format!("{p}.linear1")),
+                        linear2: linear(&format!("{p}.linear2")),
+                    }
+                })
+                .collect(),
+            final_norm: norm("encoder.norm"),
+            classifier: linear("classifier"),
+        }
+    }
+}
+
+/// Where dropout draws: the run's seed and the update step. Each dropout site of the model
+/// has its own stream, so that backward regenerates exactly forward's masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropoutStep {
+    pub seed: u64,
+    pub step: u64,
+}
+
+/// The dropout sites: the embedding's, then four per layer in PyTorch's encoder-layer order.
+#[derive(Debug, Clone, Copy)]
+enum Site {
+    Embedding,
+    AttentionProbs(usize),
+    AttentionOut(usize),
+    FeedForwardHidden(usize),
+    FeedForwardOut(usize),
+}
+
+impl Site {
+    fn id(self) -> u32 {
+        let layer = |l: usize, k: usize| (1 + 4 * l + k) as u32;
+        match self {
+            Site::Embedding => 0,
+            Site::AttentionProbs(l) => layer(l, 0),
+            Site::AttentionOut(l) => layer(l, 1),
+            Site::FeedForwardHidden(l) => layer(l, 2),
+            Site::FeedForwardOut(l) => layer(l, 3),
+        }
+    }
+}
+
+/// The sign-recognition transformer: parameters and their gradients, each in one arena.
+pub struct SignTransformer<B: Backend> {
+    config: ModelConfig,
+    layout: ParamLayout,
+    weights: Arena<B>,
+    grads: Arena<B>,
+    w: Views<B>,
+    g: Views<B>,
+}
+
+/// `y[m, out] = x[m, in] · Wᵀ + b`.
+fn linear_spec(m: usize, inputs: usize, outputs: usize) -> MatmulSpec {
+    MatmulSpec::new(m, outputs, inputs).transpose(false, true)
+}
+
+impl<B: Backend> SignTransformer<B> {
+    /// A model with fresh parameters drawn from `seed` (PyTorch's initialisation scheme).
+    pub fn new(backend: &B, config: ModelConfig, seed: u64) -> Result<SignTransformer<B>> {
+        config.validate()?;
+        let layout = ParamLayout::new(&config);
+        let values = layout.initial_values(seed);
+        SignTransformer::from_arena(backend, config, layout, values)
+    }
+
+    /// A model whose arena holds `values` (laid out as [`ParamLayout::new`] says).
+    pub(crate) fn from_arena(
+        backend: &B,
+        config: ModelConfig,
+        layout: ParamLayout,
+        values: Vec<f32>,
+    ) -> Result<SignTransformer<B>> {
+        config.validate()?;
+        let weights = Arena::upload(backend, &layout, values)?;
+        let grads = Arena::zeros(backend, &layout)?;
+        let w = Views::new(&config, &layout, &weights);
+        let g = Views::new(&config, &layout, &grads);
+        Ok(SignTransformer {
+            config,
+            layout,
+            weights,
+            grads,
+            w,
+            g,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// All parameters in one tensor (padding included), for whole-model optimizer steps.
+    pub fn weights(&self) -> &Arena<B> {
+        &self.weights
+    }
+
+    /// The gradients of the last [`SignTransformer::backward`], laid out as the weights.
+    pub fn grads(&self) -> &Arena<B> {
+        &self.grads
+    }
+
+    /// Every parameter on the host, by name, in the reference's order.
+    pub fn named_parameters(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        named(&self.layout, &self.weights)
+    }
+
+    /// Every gradient on the host, by parameter name.
+    pub fn named_grads(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        named(&self.layout, &self.grads)
+    }
+
+    /// The logits of the batch loaded into `ws` (see [`Workspace::logits`]), with dropout
+    /// drawn from `dropout` when training, none when it is `None` (evaluation).
+    pub fn forward(
+        &self,
+        backend: &B,
+        ws: &Workspace<B>,
+        dropout: Option<DropoutStep>,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (batch, seq, d, ff) = (ws.batch, ws.seq, cfg.d_model, cfg.ff_dim);
+        let bt = batch * seq;
+        let p = if dropout.is_some() { cfg.dropout } else { 0.0 };
+        let key = |site: Site| dropout_key(dropout, site);
+
+        // Embedding: input projection, learned positions, dropout.
+        let h0 = &ws.hin[0];
+        let x = ws.x.reshape(&[bt, cfg.num_features])?;
+        backend.matmul(
+            &x,
+            &self.w.input_proj.w,
+            Some(&self.w.input_proj.b),
+            h0,
+            &linear_spec(bt, cfg.num_features, d),
+        )?;
+        let pos = self.w.pos.view(0, &[seq * d])?;
+        for b in 0..batch {
+            let item = h0.view(b * seq * d, &[seq * d])?;
+            backend.add(&item, &pos, &item)?;
+        }
+        self.dropout(backend, h0, p, key(Site::Embedding))?;
+
+        for (l, (layer, acts)) in self.w.layers.iter().zip(&ws.layers).enumerate() {
+            let (hin, hout) = (&ws.hin[l], &ws.hin[l + 1]);
+            // Attention block: h + dropout(out_proj(attention(norm1(h)))).
+            backend.layernorm(
+                hin,
+                &layer.norm1.w,
+                &layer.norm1.b,
+                cfg.layer_norm_eps,
+                &acts.a1,
+                &acts.mean1,
+                &acts.rstd1,
+            )?;
+            backend.matmul(
+                &acts.a1,
+                &layer.in_proj.w,
+                Some(&layer.in_proj.b),
+                &acts.qkv,
+                &linear_spec(bt, d, 3 * d),
+            )?;
+            let spec = self.attention_spec(ws, p, key(Site::AttentionProbs(l)));
+            backend.attention(&acts.qkv, &ws.mask, &spec, &acts.attn, &acts.lse)?;
+            backend.matmul(
+                &acts.attn,
+                &layer.out_proj.w,
+                Some(&layer.out_proj.b),
+                &ws.o,
+                &linear_spec(bt, d, d),
+            )?;
+            self.dropout(backend, &ws.o, p, key(Site::AttentionOut(l)))?;
+            backend.add(hin, &ws.o, &acts.hmid)?;
+
+            // Feed-forward block: h + dropout(linear2(dropout(gelu(linear1(norm2(h)))))).
+            backend.layernorm(
+                &acts.hmid,
+                &layer.norm2.w,
+                &layer.norm2.b,
+                cfg.layer_norm_eps,
+                &acts.a2,
+                &acts.mean2,
+                &acts.rstd2,
+            )?;
+            backend.matmul_bias_gelu(
+                &acts.a2,
+                &layer.linear1.w,
+                &layer.linear1.b,
+                &linear_spec(bt, d, ff),
+                &acts.fpre,
+                &acts.f,
+            )?;
+            self.dropout(backend, &acts.f, p, key(Site::FeedForwardHidden(l)))?;
+            backend.matmul(
+                &acts.f,
+                &layer.linear2.w,
+                Some(&layer.linear2.b),
+                &ws.o,
+                &linear_spec(bt, ff, d),
+            )?;
+            self.dropout(backend, &ws.o, p, key(Site::FeedForwardOut(l)))?;
+            backend.add(&acts.hmid, &ws.o, hout)?;
+        }
+
+        // Final norm, masked mean over real frames, classifier.
+        backend.layernorm(
+            &ws.hin[cfg.num_layers],
+            &self.w.final_norm.w,
+            &self.w.final_norm.b,
+            cfg.layer_norm_eps,
+            &ws.hf,
+            &ws.meanf,
+            &ws.rstdf,
+        )?;
+        backend.mean_pool(&ws.hf.reshape(&[batch, seq, d])?, &ws.mask, &ws.pooled)?;
+        backend.matmul(
+            &ws.pooled,
+            &self.w.classifier.w,
+            Some(&self.w.classifier.b),
+            &ws.logits,
+            &linear_spec(batch, d, cfg.num_classes),
+        )
+    }
+
+    /// Records the mean cross-entropy of the last forward's logits against the loaded labels
+    /// (read it with [`Workspace::loss_and_hits`]).
+    pub fn loss(&self, backend: &B, ws: &Workspace<B>, label_smoothing: f32) -> Result<()> {
+        backend.cross_entropy(
+            &ws.logits,
+            &ws.labels,
+            None,
+            label_smoothing,
+            &ws.loss,
+            &ws.hits,
+            &ws.ce_lse,
+        )
+    }
+
+    /// Gradients of `scale ·` the loss of [`SignTransformer::loss`] with respect to every
+    /// parameter, into [`SignTransformer::grads`] (overwritten). `dropout` must be the
+    /// forward pass's.
+    pub fn backward(
+        &self,
+        backend: &B,
+        ws: &Workspace<B>,
+        label_smoothing: f32,
+        scale: f32,
+        dropout: Option<DropoutStep>,
+    ) -> Result<()> {
+        let gr = ws.grads.as_ref().ok_or_else(|| {
+            Error::shape(
+                "backward",
+                "this workspace was planned for inference; plan it with training = true",
+            )
+        })?;
+        let cfg = &self.config;
+        let (batch, seq, d, ff) = (ws.batch, ws.seq, cfg.d_model, cfg.ff_dim);
+        let bt = batch * seq;
+        let p = if dropout.is_some() { cfg.dropout } else { 0.0 };
+        let key = |site: Site| dropout_key(dropout, site);
+        // dW[out, in] = dyᵀ · x over the rows.
+        let weight_grad = |dy: &Tensor<B>, x: &Tensor<B>, dw: &Tensor<B>, rows, outs, ins| {
+            backend.matmul(
+                dy,
+                x,
+                None,
+                dw,
+                &MatmulSpec::new(outs, ins, rows).transpose(true, false),
+            )
+        };
+        // dx[rows, in] = dy · W.
+        let input_grad = |dy: &Tensor<B>, w: &Tensor<B>, dx: &Tensor<B>, rows, outs, ins| {
+            backend.matmul(dy, w, None, dx, &MatmulSpec::new(rows, ins, outs))
+        };
+
+        backend.cross_entropy_backward(
+            &ws.logits,
+            &ws.labels,
+            None,
+            label_smoothing,
+            &ws.ce_lse,
+            scale,
+            &gr.dlogits,
+        )?;
+        let c = cfg.num_classes;
+        weight_grad(&gr.dlogits, &ws.pooled, &self.g.classifier.w, batch, c, d)?;
+        backend.bias_grad(&gr.dlogits, &self.g.classifier.b)?;
+        input_grad(&gr.dlogits, &self.w.classifier.w, &gr.dpooled, batch, c, d)?;
+        let dhf = &gr.dtmp;
+        backend.mean_pool_backward(&gr.dpooled, &ws.mask, &dhf.reshape(&[batch, seq, d])?)?;
+        backend.layernorm_backward(
+            &ws.hin[cfg.num_layers],
+            &self.w.final_norm.w,
+            &ws.meanf,
+            &ws.rstdf,
+            dhf,
+            &gr.dh,
+            &self.g.final_norm.w,
+            &self.g.final_norm.b,
+        )?;
+
+        // gr.dh holds d(loss)/d(the residual stream leaving layer l).
+        for l in (0..cfg.num_layers).rev() {
+            let (layer, grad, acts) = (&self.w.layers[l], &self.g.layers[l], &ws.layers[l]);
+            // Feed-forward block.
+            let dg = &ws.o;
+            self.dropout_into(backend, &gr.dh, p, key(Site::FeedForwardOut(l)), dg)?;
+            weight_grad(dg, &acts.f, &grad.linear2.w, bt, d, ff)?;
+            backend.bias_grad(dg, &grad.linear2.b)?;
+            input_grad(dg, &layer.linear2.w, &gr.dff, bt, d, ff)?;
+            self.dropout(backend, &gr.dff, p, key(Site::FeedForwardHidden(l)))?;
+            backend.gelu_backward(&acts.fpre, &gr.dff, &gr.dff2)?;
+            weight_grad(&gr.dff2, &acts.a2, &grad.linear1.w, bt, ff, d)?;
+            backend.bias_grad(&gr.dff2, &grad.linear1.b)?;
+            input_grad(&gr.dff2, &layer.linear1.w, &gr.dattn, bt, ff, d)?;
+            backend.layernorm_backward(
+                &acts.hmid,
+                &layer.norm2.w,
+                &acts.mean2,
+                &acts.rstd2,
+                &gr.dattn,
+                &gr.dtmp,
+                &grad.norm2.w,
+                &grad.norm2.b,
+            )?;
+            backend.add(&gr.dh, &gr.dtmp, &gr.dhmid)?;
+
+            // Attention block.
+            let dout = &ws.o;
+            self.dropout_into(backend, &gr.dhmid, p, key(Site::AttentionOut(l)), dout)?;
+            weight_grad(dout, &acts.attn, &grad.out_proj.w, bt, d, d)?;
+            backend.bias_grad(dout, &grad.out_proj.b)?;
+            input_grad(dout, &layer.out_proj.w, &gr.dattn, bt, d, d)?;
+            let spec = self.attention_spec(ws, p, key(Site::AttentionProbs(l)));
+            backend.attention_backward(
+                &acts.qkv, &ws.mask, &spec, &acts.attn, &acts.lse, &gr.dattn, &gr.dqkv,
+            )?;
+            weight_grad(&gr.dqkv, &acts.a1, &grad.in_proj.w, bt, 3 * d, d)?;
+            backend.bias_grad(&gr.dqkv, &grad.in_proj.b)?;
+            input_grad(&gr.dqkv, &layer.in_proj.w, &gr.dattn, bt, 3 * d, d)?;
+            backend.layernorm_backward(
+                &ws.hin[l],
+                &layer.norm1.w,
+                &acts.mean1,
+                &acts.rstd1,
+                &gr.dattn,
+                &gr.dtmp,
+                &grad.norm1.w,
+                &grad.norm1.b,
+            )?;
+            backend.add(&gr.dhmid, &gr.dtmp, &gr.dh)?;
+        }
+
+        // Embedding: the positions' gradient sums over the batch; rows past seq get none.
+        self.dropout(backend, &gr.dh, p, key(Site::Embedding))?;
+        backend.bias_grad(&gr.dh, &self.g.pos.view(0, &[seq * d])?)?;
+        if seq < cfg.max_seq_len {
+            let rest = self.g.pos.view(seq * d, &[(cfg.max_seq_len - seq) * d])?;
+            backend.scale(&rest, 0.0, &rest)?;
+        }
+        let x = ws.x.reshape(&[bt, cfg.num_features])?;
+        weight_grad(&gr.dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)?;
+        backend.bias_grad(&gr.dh, &self.g.input_proj.b)
+    }
+
+    fn attention_spec(&self, ws: &Workspace<B>, p: f32, key: DropoutKey) -> AttentionSpec {
+        AttentionSpec {
+            dropout: p,
+            key,
+            ..AttentionSpec::new(
+                ws.batch,
+                ws.seq,
+                self.config.num_heads,
+                self.config.head_dim(),
+            )
+        }
+    }
+
+    /// Dropout in place; nothing to record when it is off.
+    fn dropout(&self, backend: &B, x: &Tensor<B>, p: f32, key: DropoutKey) -> Result<()> {
+        if p > 0.0 {
+            backend.dropout(x, p, &key, x)?;
+        }
+        Ok(())
+    }
+
+    /// `out = dropout(x)`, a copy when dropout is off.
+    fn dropout_into(
+        &self,
+        backend: &B,
+        x: &Tensor<B>,
+        p: f32,
+        key: DropoutKey,
+        out: &Tensor<B>,
+    ) -> Result<()> {
+        if p > 0.0 {
+            backend.dropout(x, p, &key, out)
+        } else {
+            backend.copy(x, out)
+        }
+    }
+}
+
+fn dropout_key(dropout: Option<DropoutStep>, site: Site) -> DropoutKey {
+    let DropoutStep { seed, step } = dropout.unwrap_or(DropoutStep { seed: 0, step: 0 });
+    DropoutKey {
+        seed,
+        step,
+        site: site.id(),
+    }
+}
+
+fn named<B: Backend>(
+    layout: &ParamLayout,
+    arena: &Arena<B>,
+) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let all = arena.to_host()?;
+    Ok(layout
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.name.clone(),
+                e.shape.clone(),
+                all[e.offset..e.offset + e.len()].to_vec(),
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,206 @@
+//! Every activation of one step, planned for a fixed (batch, seq) and allocated once, then
+//! reused step after step (DESIGN.md, Layers).
+
+use super::config::ModelConfig;
+use crate::backend::Backend;
+use crate::data::Batch;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::{HostTensor, Tensor};
+
+/// What one encoder layer keeps from forward for backward.
+pub(crate) struct LayerActs<B: Backend> {
+    pub mean1: Tensor<B>,
+    pub rstd1: Tensor<B>,
+    /// norm1's output, the attention's input.
+    pub a1: Tensor<B>,
+    pub qkv: Tensor<B>,
+    pub attn: Tensor<B>,
+    pub lse: Tensor<B>,
+    /// The residual stream after the attention block.
+    pub hmid: Tensor<B>,
+    pub mean2: Tensor<B>,
+    pub rstd2: Tensor<B>,
+    pub a2: Tensor<B>,
+    /// linear1's output before GELU.
+    pub fpre: Tensor<B>,
+    /// GELU's output after dropout: linear2's input.
+    pub f: Tensor<B>,
+}
+
+/// Buffers used only by the backward pass.
+pub(crate) struct Grads<B: Backend> {
+    pub dlogits: Tensor<B>,
+    pub dpooled: Tensor<B>,
+    pub dh: Tensor<B>,
+    pub dhmid: Tensor<B>,
+    pub dtmp: Tensor<B>,
+    pub dff: Tensor<B>,
+    pub dff2: Tensor<B>,
+    pub dqkv: Tensor<B>,
+    pub dattn: Tensor<B>,
+}
+
+/// Inputs, activations and (when planned for training) backward buffers for `batch` clips of
+/// `seq` frames.
+pub struct Workspace<B: Backend> {
+    pub batch: usize,
+    pub seq: usize,
+    pub(crate) x: Tensor<B>,
+    pub(crate) mask: Tensor<B>,
+    pub(crate) labels: Tensor<B>,
+    /// The residual stream entering each layer, and after the last one (`num_layers + 1`).
+    pub(crate) hin: Vec<Tensor<B>>,
+    pub(crate) layers: Vec<LayerActs<B>>,
+    /// Scratch for the attention block's and the feed-forward block's outputs.
+    pub(crate) o: Tensor<B>,
+    pub(crate) meanf: Tensor<B>,
+    pub(crate) rstdf: Tensor<B>,
+    pub(crate) hf: Tensor<B>,
+    pub(crate) pooled: Tensor<B>,
+    pub(crate) logits: Tensor<B>,
+    pub(crate) loss: Tensor<B>,
+    pub(crate) hits: Tensor<B>,
+    pub(crate) ce_lse: Tensor<B>,
+    pub(crate) grads: Option<Grads<B>>,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Allocates every buffer of a step; `training` adds the backward pass's.
+    pub fn new(
+        backend: &B,
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        training: bool,
+    ) -> Result<Workspace<B>> {
+        if batch == 0 || seq == 0 || seq > cfg.max_seq_len {
+            return Err(Error::shape(
+                "workspace",
+                format!(
+                    "a batch of {batch} clips of {seq} frames: the model takes at least one clip \
+                     of 1 to max_seq_len = {} frames",
+                    cfg.max_seq_len
+                ),
+            ));
+        }
+        let f32 = |shape: &[usize]| backend.alloc(shape, DType::F32);
+        let (bt, d, ff) = (batch * seq, cfg.d_model, cfg.ff_dim);
+        let layers = (0..cfg.num_layers)
+            .map(|_| {
+                Ok(LayerActs {
+                    mean1: f32(&[bt])?,
+                    rstd1: f32(&[bt])?,
+                    a1: f32(&[bt, d])?,
+                    qkv: f32(&[bt, 3 * d])?,
+                    attn: f32(&[bt, d])?,
+                    lse: f32(&[batch, cfg.num_heads, seq])?,
+                    hmid: f32(&[bt, d])?,
+                    mean2: f32(&[bt])?,
+                    rstd2: f32(&[bt])?,
+                    a2: f32(&[bt, d])?,
+                    fpre: f32(&[bt, ff])?,
+                    f: f32(&[bt, ff])?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let grads = if training {
+            Some(Grads {
+                dlogits: f32(&[batch, cfg.num_classes])?,
+                dpooled: f32(&[batch, d])?,
+                dh: f32(&[bt, d])?,
+                dhmid: f32(&[bt, d])?,
+                dtmp: f32(&[bt, d])?,
+                dff: f32(&[bt, ff])?,
+                dff2: f32(&[bt, ff])?,
+                dqkv: f32(&[bt, 3 * d])?,
+                dattn: f32(&[bt, d])?,
+            })
+        } else {
+            None
+        };
+        Ok(Workspace {
+            batch,
+            seq,
+            x: f32(&[batch, seq, cfg.num_features])?,
+            mask: f32(&[batch, seq])?,
+            labels: f32(&[batch])?,
+            hin: (0..=cfg.num_layers)
+                .map(|_| f32(&[bt, d]))
+                .collect::<Result<_>>()?,
+            layers,
+            o: f32(&[bt, d])?,
+            meanf: f32(&[bt])?,
+            rstdf: f32(&[bt])?,
+            hf: f32(&[bt, d])?,
+            pooled: f32(&[batch, d])?,
+            logits: f32(&[batch, cfg.num_classes])?,
+            loss: f32(&[1])?,
+            hits: f32(&[2])?,
+            ce_lse: f32(&[batch])?,
+            grads,
+        })
+    }
+
+    /// Writes a batch's features, mask and labels into the workspace, after checking that it
+    /// fits the model (sizes, labels, a real frame in every clip, finite values). `ids` name
+    /// the clips in errors.
+    pub fn load(&self, backend: &B, cfg: &ModelConfig, batch: &Batch, ids: &[usize]) -> Result<()> {
+        if batch.batch != self.batch || batch.seq != self.seq {
+            return Err(Error::shape(
+                "workspace",
+                format!(
+                    "planned for {} clips of {} frames, given {} of {}",
+                    self.batch, self.seq, batch.batch, batch.seq
+                ),
+            ));
+        }
+        if batch.num_features != cfg.num_features {
+            return Err(Error::shape(
+                "model input",
+                format!(
+                    "the model takes {} features per frame, the data has {}; preprocess raw \
+                     frames to the 469 features or use a model configured for this data",
+                    cfg.num_features, batch.num_features
+                ),
+            ));
+        }
+        batch.validate(ids)?;
+        if let Some((i, &l)) = batch
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= cfg.num_classes)
+        {
+            return Err(Error::data(
+                format!("clip {}", ids.get(i).copied().unwrap_or(i)),
+                format!(
+                    "label {l} is not a class of the model ({} classes)",
+                    cfg.num_classes
+                ),
+            ));
+        }
+        let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
+        backend.write(
+            &self.x,
+            &HostTensor::from_f32(self.x.shape(), batch.features.clone())?,
+        )?;
+        backend.write(
+            &self.mask,
+            &HostTensor::from_f32(self.mask.shape(), batch.mask.clone())?,
+        )?;
+        backend.write(&self.labels, &HostTensor::from_f32(&[self.batch], labels)?)
+    }
+
+    /// The logits of the last forward pass, `[batch, num_classes]`.
+    pub fn logits(&self) -> &Tensor<B> {
+        &self.logits
+    }
+
+    /// `[loss, top-1 hits, top-5 hits]` of the last [`super::SignTransformer::loss`].
+    pub fn loss_and_hits(&self) -> Result<(f32, usize, usize)> {
+        let loss = self.loss.to_f32_vec()?[0];
+        let hits = self.hits.to_f32_vec()?;
+        Ok((loss, hits[0] as usize, hits[1] as usize))
+    }
+}
