@@ -95,21 +95,21 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
             source,
         }
     }
 
-    pub(crate) fn data(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
+    pub fn data(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
         Error::Data {
             path: path.as_ref().display().to_string(),
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn checkpoint(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
+    pub fn checkpoint(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.as_ref().display().to_string(),
             detail: detail.into(),

@@ -29,6 +29,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod fsio;
+pub mod infer;
 pub mod memory;
 pub mod model;
 pub mod ops;

@@ -1,5 +1,7 @@
 //! The `signflow` command line.
 
+mod cli;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -51,6 +53,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A one-command tour: device, self-test, a generated clip pack, a short training run,
+    /// evaluation and predictions.
+    Demo(cli::demo::DemoArgs),
+    /// Build clip packs: import an MP_Data folder, or generate one.
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
+    /// Train a model on a clip pack or a feature pack.
+    Train(Box<cli::train::TrainArgs>),
+    /// Loss, top-1, top-k and per-class accuracy of a checkpoint on a labelled pack.
+    Eval(cli::train::EvalArgs),
+    /// Class probabilities for a pack or one MP_Data sequence folder.
+    Predict(cli::predict::PredictArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +145,11 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             eprintln!("all {} checks passed", rows.len());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo(a) => cli::demo::demo(a).map(|()| ExitCode::SUCCESS),
+        Command::Data(c) => cli::data::run(c).map(|()| ExitCode::SUCCESS),
+        Command::Train(a) => cli::train::train(*a).map(|()| ExitCode::SUCCESS),
+        Command::Eval(a) => cli::train::eval(a).map(|()| ExitCode::SUCCESS),
+        Command::Predict(a) => cli::predict::predict(a).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             device,
             samples,

@@ -95,7 +95,7 @@ impl Checkpoint {
             .map_err(|e| err(format!("not a readable safetensors file ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let (config, missing) =
-            ModelConfig::from_metadata(&meta, &ModelConfig::default()).map_err(|e| err(e))?;
+            ModelConfig::from_metadata(&meta, &ModelConfig::default()).map_err(&err)?;
         let mut defaults_used: Vec<String> = Vec::new();
         let mut config = config;
         if !missing.is_empty() {
@@ -244,7 +244,7 @@ fn infer_sizes(st: &SafeTensors, cfg: &mut ModelConfig) {
 }
 
 /// Float tensor data as f32; None for other dtypes.
-pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+pub fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => bytemuck::pod_collect_to_vec(data),
         Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(data)
@@ -264,7 +264,7 @@ pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// A safetensors file of f32 tensors.
-pub(crate) fn serialize_f32<'a>(
+pub fn serialize_f32<'a>(
     tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])>,
     meta: HashMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {

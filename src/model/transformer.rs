@@ -9,6 +9,9 @@ use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// A parameter (or its gradient) on the host: name, shape, values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// A `nn.Linear`: `weight` `[out, in]`, `bias` `[out]`.
 struct Linear<B: Backend> {
     w: Tensor<B>,
@@ -178,12 +181,12 @@ impl<B: Backend> SignTransformer<B> {
     }
 
     /// Every parameter on the host, by name, in the reference's order.
-    pub fn named_parameters(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn named_parameters(&self) -> Result<Vec<NamedTensor>> {
         named(&self.layout, &self.weights)
     }
 
     /// Every gradient on the host, by parameter name.
-    pub fn named_grads(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn named_grads(&self) -> Result<Vec<NamedTensor>> {
         named(&self.layout, &self.grads)
     }
 
@@ -490,7 +493,7 @@ fn dropout_key(dropout: Option<DropoutStep>, site: Site) -> DropoutKey {
 fn named<B: Backend>(
     layout: &ParamLayout,
     arena: &Arena<B>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+) -> Result<Vec<NamedTensor>> {
     let all = arena.to_host()?;
     Ok(layout
         .entries

@@ -1,0 +1,123 @@
+//! `signflow predict`: class probabilities for a feature pack, a clip pack, or one MP_Data
+//! sequence folder.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use signflow::data::import::read_sequence_folder;
+use signflow::data::packs::FRAME_WIDTH;
+use signflow::data::{Dataset, Loader, LoaderConfig, Source};
+use signflow::infer::{softmax, top_k, InferencePipeline, Prediction};
+use signflow::model::checkpoint::serialize_f32;
+use signflow::model::Checkpoint;
+use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A model checkpoint (safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A feature pack, a clip pack, or one MP_Data sequence folder (<frame>.npy files).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Also write `logits` and `probs` [clips, classes] to this safetensors file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Classes to print per clip.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn predict(args: PredictArgs) -> Result<()> {
+    let ckpt = Checkpoint::load(&args.model)?;
+    for what in &ckpt.defaults_used {
+        eprintln!(
+            "{}: no {what} in the file; using the default",
+            args.model.display()
+        );
+    }
+    let device = AnyBackend::open(&GpuConfig {
+        device: args.device.clone(),
+        ..GpuConfig::default()
+    })?;
+    let (logits, classes) = with_backend!(&device, b => all_logits(b, &args, &ckpt))?;
+    let c = classes.len();
+    let probs: Vec<f32> = logits.chunks(c).flat_map(softmax).collect();
+    let n = logits.len() / c;
+    if let Some(path) = &args.output {
+        let shape = [n, c];
+        let bytes = serialize_f32(
+            [
+                ("logits", &shape[..], &logits[..]),
+                ("probs", &shape[..], &probs[..]),
+            ]
+            .into_iter(),
+            [(
+                "classes".to_string(),
+                serde_json::to_string(&classes).expect("names serialise"),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .map_err(|e| Error::data(path, e))?;
+        signflow::fsio::write_atomic(path, &bytes)?;
+        eprintln!("wrote logits and probs of {n} clips to {}", path.display());
+    }
+    let k = args.top_k.clamp(1, c);
+    let predictions: Vec<Prediction> = logits
+        .chunks(c)
+        .map(|row| top_k(row, &classes, k))
+        .collect();
+    if args.json {
+        super::print_json(&predictions);
+    } else {
+        for (i, p) in predictions.iter().enumerate() {
+            let top: Vec<String> = p
+                .top
+                .iter()
+                .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.probability))
+                .collect();
+            println!("clip {i}: {}", top.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Logits `[clips, classes]` of the input, and the class names.
+fn all_logits<B: Backend>(
+    b: &B,
+    args: &PredictArgs,
+    ckpt: &Checkpoint,
+) -> Result<(Vec<f32>, Vec<String>)> {
+    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    let classes = pipeline.classes().to_vec();
+    if args.input.is_dir() {
+        let frames = read_sequence_folder(&args.input)?;
+        let logits = pipeline.frames_logits(&frames, FRAME_WIDTH)?;
+        return Ok((logits, classes));
+    }
+    let data = Arc::new(Dataset::load(&args.input)?);
+    let loader = Loader::new(
+        Source::all(data)?,
+        LoaderConfig {
+            batch_size: args.batch_size.max(1),
+            seq_len: pipeline.preprocessing().seq_len,
+            shuffle: false,
+            num_workers: 2,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let mut logits = Vec::new();
+    for item in loader.epoch(0) {
+        let (batch, ids) = item?;
+        logits.extend(pipeline.logits(&batch, &ids)?);
+    }
+    Ok((logits, classes))
+}

@@ -1,0 +1,414 @@
+//! `signflow train` and `signflow eval`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use clap::Args;
+use signflow::data::{split, Dataset, Loader, LoaderConfig, Source, SplitSpec};
+use signflow::model::{Checkpoint, ModelConfig};
+use signflow::train::{
+    evaluate, initial_model, Augment, EvalReport, Schedule, Trainer, TrainingConfig,
+};
+use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training data: a clip pack or a feature pack.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation data (a pack with the same classes).
+    #[arg(long, conflicts_with = "split")]
+    pub val: Option<PathBuf>,
+    /// Hold out part of --data: `random:0.2` (stratified by class) or `group:NAME`.
+    #[arg(long)]
+    pub split: Option<SplitSpec>,
+    /// Output directory: best/final checkpoints, training state, metrics.jsonl, curves.svg.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start from this model checkpoint (fine-tuning).
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
+    /// Continue the run saved in this output directory, with its configuration.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// A JSON file of TrainingConfig fields (and an optional `model` object); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per update.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub num_workers: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    #[arg(long)]
+    pub warmup_ratio: Option<f64>,
+    /// cosine | constant
+    #[arg(long)]
+    pub schedule: Option<String>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Clip gradients to this global norm (0 = off).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Stop after this many epochs without a better validation top-1 (0 = off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long)]
+    pub min_delta: Option<f64>,
+    /// none | default
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// With --augment default: also mirror clips (left/right swap) at random.
+    #[arg(long)]
+    pub mirror: bool,
+    /// Keep the data's order (no shuffling).
+    #[arg(long)]
+    pub no_shuffle: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write a step record to metrics.jsonl every this many updates.
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    /// Mixed precision: only `none` until it lands.
+    #[arg(long)]
+    pub amp: Option<String>,
+    #[arg(long)]
+    pub memory_fraction: Option<f64>,
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The model's size (ignored with --init and --resume, whose checkpoint fixes it, except dropout).
+#[derive(Args)]
+pub struct ModelArgs {
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    #[arg(long)]
+    pub num_heads: Option<usize>,
+    #[arg(long)]
+    pub num_layers: Option<usize>,
+    #[arg(long)]
+    pub ff_dim: Option<usize>,
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    #[arg(long)]
+    pub dropout: Option<f32>,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(
+    field: &'static str,
+    text: &str,
+    allowed: &'static str,
+) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|_| {
+        Error::InvalidConfig {
+            field,
+            value: text.to_string(),
+            allowed,
+        }
+    })
+}
+
+impl TrainArgs {
+    /// The training and model configurations: defaults, then --config, then flags.
+    fn resolve(&self) -> Result<(TrainingConfig, ModelConfig)> {
+        let (mut t, model_json) = match &self.config {
+            Some(path) => TrainingConfig::from_file(path)?,
+            None => (TrainingConfig::default(), None),
+        };
+        let mut m: ModelConfig = match model_json {
+            Some(v) => serde_json::from_value(v).map_err(|e| Error::InvalidConfig {
+                field: "model",
+                value: e.to_string(),
+                allowed: "an object of ModelConfig fields (d_model, num_heads, num_layers, ff_dim, max_seq_len, dropout, ...)",
+            })?,
+            None => ModelConfig::default(),
+        };
+        macro_rules! set {
+            ($dst:expr, $src:expr) => {
+                if let Some(v) = $src.clone() {
+                    $dst = v;
+                }
+            };
+        }
+        set!(t.device, self.device);
+        set!(t.num_epochs, self.epochs);
+        set!(t.batch_size, self.batch_size);
+        set!(t.gradient_accumulation_steps, self.grad_accum);
+        set!(t.num_workers, self.num_workers);
+        set!(t.learning_rate, self.lr);
+        set!(t.weight_decay, self.weight_decay);
+        set!(t.warmup_steps, self.warmup_steps);
+        set!(t.warmup_ratio, self.warmup_ratio);
+        set!(t.label_smoothing, self.label_smoothing);
+        set!(t.grad_clip, self.grad_clip);
+        set!(t.patience, self.patience);
+        set!(t.min_delta, self.min_delta);
+        set!(t.seed, self.seed);
+        set!(t.log_every, self.log_every);
+        set!(t.amp, self.amp);
+        set!(t.memory_fraction, self.memory_fraction);
+        if self.memory_limit_mb.is_some() {
+            t.memory_limit_mb = self.memory_limit_mb;
+        }
+        if let Some(s) = &self.schedule {
+            t.schedule = parse_enum::<Schedule>("schedule", s, "cosine or constant")?;
+        }
+        if let Some(a) = &self.augment {
+            t.augment = parse_enum::<Augment>("augment", a, "none or default")?;
+        }
+        t.mirror |= self.mirror;
+        if self.no_shuffle {
+            t.shuffle = false;
+        }
+        if self.out.is_some() {
+            t.out_dir = self.out.clone();
+        }
+        set!(m.d_model, self.model.d_model);
+        set!(m.num_heads, self.model.num_heads);
+        set!(m.num_layers, self.model.num_layers);
+        set!(m.ff_dim, self.model.ff_dim);
+        set!(m.max_seq_len, self.model.max_seq_len);
+        set!(m.dropout, self.model.dropout);
+        t.validate()?;
+        Ok((t, m))
+    }
+}
+
+fn open_device(t: &TrainingConfig) -> Result<AnyBackend> {
+    let device = AnyBackend::open(&t.gpu_config())?;
+    tracing::info!("device: {} ({})", device.info().name, device.info().backend);
+    Ok(device)
+}
+
+/// The training and validation sources: --val, --split, or no validation.
+fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<String>)> {
+    let data = Arc::new(Dataset::load(&args.data)?);
+    let classes = data.classes().to_vec();
+    if let Some(path) = &args.val {
+        let val = Arc::new(Dataset::load(path)?);
+        if val.classes() != classes.as_slice() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "its classes differ from the training data's ({} vs {}); validation needs the same class list",
+                    val.classes().len(),
+                    classes.len()
+                ),
+            ));
+        }
+        return Ok((Source::all(data)?, Some(Source::all(val)?), classes));
+    }
+    if let Some(spec) = &args.split {
+        let s = split(&data, spec, seed)?;
+        eprintln!("split {spec}: {}", s.note);
+        return Ok((
+            Source::new(data.clone(), s.train)?,
+            Some(Source::new(data, s.val)?),
+            classes,
+        ));
+    }
+    Ok((Source::all(data)?, None, classes))
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let (t, m) = match &args.resume {
+        Some(dir) => {
+            let state = signflow::train::state::TrainingState::load(
+                &dir.join(signflow::train::trainer::STATE_FILE),
+            )?;
+            let mut t = state.config;
+            t.out_dir = Some(dir.clone());
+            if let Some(d) = &args.device {
+                t.device = d.clone();
+            }
+            (t, ModelConfig::default())
+        }
+        None => args.resolve()?,
+    };
+    let device = open_device(&t)?;
+    let (train, val, classes) = sources(&args, t.seed)?;
+    eprintln!(
+        "training on {} clips, validating on {}",
+        train.indices().len(),
+        val.as_ref().map_or(0, |v| v.indices().len())
+    );
+    with_backend!(&device, b => run_training(b, &args, t, m, classes, train, val))
+}
+
+fn run_training<B: Backend>(
+    b: &B,
+    args: &TrainArgs,
+    t: TrainingConfig,
+    m: ModelConfig,
+    classes: Vec<String>,
+    train: Source,
+    val: Option<Source>,
+) -> Result<()> {
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            let trainer = Trainer::resume(b, dir)?;
+            if trainer.classes() != classes.as_slice() {
+                return Err(Error::data(
+                    &args.data,
+                    "its classes differ from the run being resumed",
+                ));
+            }
+            trainer
+        }
+        None => {
+            let init = args.init.as_deref().map(Checkpoint::load).transpose()?;
+            let (model, notes) = initial_model(b, &m, &classes, init.as_ref(), t.seed)?;
+            for n in notes {
+                eprintln!("{n}");
+            }
+            eprintln!(
+                "model: {} parameters (d_model {}, {} layers, {} heads, ff_dim {}, max_seq_len {})",
+                model.layout().count(),
+                model.config().d_model,
+                model.config().num_layers,
+                model.config().num_heads,
+                model.config().ff_dim,
+                model.config().max_seq_len
+            );
+            Trainer::new(b, model, t, classes)?
+        }
+    };
+    let flag = trainer.interrupt_flag();
+    // A second Ctrl-C while saving would lose nothing either: the files are renamed into place.
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: saving after the current update ...");
+        flag.store(true, Ordering::SeqCst);
+    });
+    let epochs = trainer.fit(train, val)?;
+    if let Some(last) = epochs.last() {
+        eprintln!(
+            "done: {} epochs; last train loss {:.4}{}",
+            epochs.len(),
+            last.train_loss,
+            match last.val_top1 {
+                Some(t1) => format!(", val top-1 {:.2}%", 100.0 * t1),
+                None => String::new(),
+            }
+        );
+    }
+    if let Some(dir) = &trainer.config().out_dir {
+        eprintln!("outputs in {}", dir.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A model checkpoint (safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A clip pack or feature pack whose classes are the model's.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let ckpt = Checkpoint::load(&args.model)?;
+    let data = Arc::new(Dataset::load(&args.data)?);
+    check_classes(&args.model, &ckpt, &args.data, data.classes())?;
+    let device = AnyBackend::open(&GpuConfig {
+        device: args.device.clone(),
+        ..GpuConfig::default()
+    })?;
+    let loader = Loader::new(
+        Source::all(data)?,
+        LoaderConfig {
+            batch_size: args.batch_size.max(1),
+            seq_len: ckpt.preprocessing.seq_len,
+            shuffle: false,
+            num_workers: 2,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let report = with_backend!(&device, b => evaluate(b, &ckpt.to_model(b)?, &loader))?;
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "clips": report.clips, "loss": report.loss, "top1": report.top1,
+            "topk": report.topk, "k": report.k,
+            "per_class": ckpt.classes.iter().zip(&report.per_class).map(|(c, (ok, n))| serde_json::json!({"class": c, "correct": ok, "clips": n, "accuracy": if *n > 0 { Some(*ok as f64 / *n as f64) } else { None }})).collect::<Vec<_>>(),
+        }));
+    } else {
+        print_report(&report, &ckpt.classes);
+    }
+    Ok(())
+}
+
+/// A pack scored against a model with other class names would give a silently wrong score.
+pub fn check_classes(
+    model: &Path,
+    ckpt: &Checkpoint,
+    data: &Path,
+    classes: &[String],
+) -> Result<()> {
+    if classes != ckpt.classes.as_slice() {
+        return Err(Error::data(
+            data,
+            format!(
+                "its {} classes ({}) are not the model's {} ({}) in {}; evaluate with a pack of the model's classes",
+                classes.len(),
+                preview(classes),
+                ckpt.classes.len(),
+                preview(&ckpt.classes),
+                model.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn preview(names: &[String]) -> String {
+    let mut s = names.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 6 {
+        s += ", ...";
+    }
+    s
+}
+
+fn print_report(r: &EvalReport, classes: &[String]) {
+    println!(
+        "clips {}  loss {:.4}  top-1 {:.2}%  top-{} {:.2}%",
+        r.clips,
+        r.loss,
+        100.0 * r.top1,
+        r.k,
+        100.0 * r.topk
+    );
+    println!(
+        "{:<24} {:>8} {:>8} {:>9}",
+        "class", "correct", "clips", "accuracy"
+    );
+    for (c, (ok, n)) in classes.iter().zip(&r.per_class) {
+        let acc = if *n > 0 {
+            format!("{:.1}%", 100.0 * *ok as f64 / *n as f64)
+        } else {
+            "-".into()
+        };
+        println!("{c:<24} {ok:>8} {n:>8} {acc:>9}");
+    }
+}

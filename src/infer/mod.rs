@@ -1,0 +1,133 @@
+//! `InferencePipeline`: a checkpoint on a device that turns raw frames or ready features into
+//! class probabilities, one clip or a batch.
+
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::data::features::{preprocess, NUM_FEATURES};
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
+
+/// One clip's most likely classes, best first.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub top: Vec<ClassScore>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassScore {
+    pub index: usize,
+    pub class: String,
+    pub probability: f32,
+}
+
+/// A model ready to predict on one backend.
+pub struct InferencePipeline<'b, B: Backend> {
+    backend: &'b B,
+    model: SignTransformer<B>,
+    classes: Vec<String>,
+    preprocessing: Preprocessing,
+}
+
+impl<'b, B: Backend> InferencePipeline<'b, B> {
+    /// Loads a safetensors checkpoint onto `backend`.
+    pub fn load(backend: &'b B, path: &Path) -> Result<InferencePipeline<'b, B>> {
+        let ckpt = Checkpoint::load(path)?;
+        for what in &ckpt.defaults_used {
+            tracing::warn!(
+                "{}: no {what} in the file; using the default",
+                path.display()
+            );
+        }
+        Self::from_checkpoint(backend, &ckpt)
+    }
+
+    pub fn from_checkpoint(backend: &'b B, ckpt: &Checkpoint) -> Result<InferencePipeline<'b, B>> {
+        Ok(InferencePipeline {
+            backend,
+            model: ckpt.to_model(backend)?,
+            classes: ckpt.classes.clone(),
+            preprocessing: ckpt.preprocessing.clone(),
+        })
+    }
+
+    pub fn model(&self) -> &SignTransformer<B> {
+        &self.model
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    pub fn preprocessing(&self) -> &Preprocessing {
+        &self.preprocessing
+    }
+
+    /// Logits `[batch, classes]` of a batch of ready features (`ids` name its clips in errors).
+    pub fn logits(&self, batch: &Batch, ids: &[usize]) -> Result<Vec<f32>> {
+        let cfg = self.model.config();
+        let ws = Workspace::new(self.backend, cfg, batch.batch, batch.seq, false)?;
+        ws.load(self.backend, cfg, batch, ids)?;
+        self.model.forward(self.backend, &ws, None)?;
+        ws.logits().to_f32_vec()
+    }
+
+    /// Logits of one clip of raw MediaPipe frames (`width` 258 or 1662 values per frame),
+    /// preprocessed as the model was trained.
+    pub fn frames_logits(&self, frames: &[f32], width: usize) -> Result<Vec<f32>> {
+        let cfg = self.model.config();
+        if cfg.num_features != NUM_FEATURES {
+            return Err(Error::shape(
+                "predict",
+                format!(
+                    "this model takes {} features per frame, not the {NUM_FEATURES} that raw \
+                     frames are preprocessed to; give it ready features",
+                    cfg.num_features
+                ),
+            ));
+        }
+        let seq = self.preprocessing.seq_len;
+        let batch = Batch {
+            features: preprocess(frames, width, seq)?,
+            mask: vec![1.0; seq],
+            labels: vec![0],
+            batch: 1,
+            seq,
+            num_features: NUM_FEATURES,
+        };
+        self.logits(&batch, &[0])
+    }
+
+    /// The top `k` classes of one clip of raw frames.
+    pub fn predict_frames(&self, frames: &[f32], width: usize, k: usize) -> Result<Prediction> {
+        let logits = self.frames_logits(frames, width)?;
+        Ok(top_k(&logits, &self.classes, k))
+    }
+}
+
+/// The top `k` classes of one row of logits, best first.
+pub fn top_k(logits: &[f32], classes: &[String], k: usize) -> Prediction {
+    let probs = softmax(logits);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    Prediction {
+        top: order
+            .into_iter()
+            .take(k)
+            .map(|i| ClassScore {
+                index: i,
+                class: classes[i].clone(),
+                probability: probs[i],
+            })
+            .collect(),
+    }
+}
+
+/// Softmax of one row, computed in f64 so that tiny probabilities keep their digits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| (e / sum) as f32).collect()
+}

@@ -1,0 +1,108 @@
+//! Evaluation of a model on a labelled dataset: mean loss, top-1 and top-min(5, classes)
+//! accuracy, and accuracy per class.
+
+use crate::backend::Backend;
+use crate::data::loader::Loader;
+use crate::error::Result;
+use crate::model::{SignTransformer, Workspace};
+
+/// What [`evaluate`] measures. Accuracies are fractions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EvalReport {
+    pub clips: usize,
+    /// Mean cross-entropy without label smoothing.
+    pub loss: f64,
+    pub top1: f64,
+    /// Top-`k` accuracy, k = min(5, classes).
+    pub topk: f64,
+    pub k: usize,
+    /// (correct at top-1, clips) per class, in class order.
+    pub per_class: Vec<(usize, usize)>,
+}
+
+/// Runs `model` without dropout over every batch of `loader` (its batches in order).
+pub fn evaluate<B: Backend>(
+    backend: &B,
+    model: &SignTransformer<B>,
+    loader: &Loader,
+) -> Result<EvalReport> {
+    let cfg = model.config();
+    let mut ws: Option<Workspace<B>> = None;
+    let (mut loss_sum, mut top1, mut topk, mut clips) = (0.0f64, 0usize, 0usize, 0usize);
+    let mut per_class = vec![(0usize, 0usize); cfg.num_classes];
+    for item in loader.epoch(0) {
+        let (batch, ids) = item?;
+        let w = planned(&mut ws, backend, model, batch.batch, batch.seq, false)?;
+        w.load(backend, cfg, &batch, &ids)?;
+        model.forward(backend, w, None)?;
+        model.loss(backend, w, 0.0)?;
+        let (loss, hits1, hitsk) = w.loss_and_hits()?;
+        loss_sum += loss as f64 * batch.batch as f64;
+        top1 += hits1;
+        topk += hitsk;
+        clips += batch.batch;
+        let logits = w.logits().to_f32_vec()?;
+        for (row, &label) in logits.chunks(cfg.num_classes).zip(&batch.labels) {
+            per_class[label].1 += 1;
+            if argmax(row) == label {
+                per_class[label].0 += 1;
+            }
+        }
+    }
+    let frac = |n: usize| {
+        if clips == 0 {
+            0.0
+        } else {
+            n as f64 / clips as f64
+        }
+    };
+    Ok(EvalReport {
+        clips,
+        loss: if clips == 0 {
+            0.0
+        } else {
+            loss_sum / clips as f64
+        },
+        top1: frac(top1),
+        topk: frac(topk),
+        k: cfg.num_classes.min(5),
+        per_class,
+    })
+}
+
+/// The index of the largest value (the first of equals).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// The workspace for `(batch, seq)`, re-planned only when the shape changes (the last, smaller
+/// batch of an epoch).
+pub(crate) fn planned<'w, B: Backend>(
+    ws: &'w mut Option<Workspace<B>>,
+    backend: &B,
+    model: &SignTransformer<B>,
+    batch: usize,
+    seq: usize,
+    training: bool,
+) -> Result<&'w Workspace<B>> {
+    if ws.as_ref().is_none_or(|w| w.batch != batch || w.seq != seq) {
+        *ws = None; // free the old plan's buffers before allocating the new one
+        *ws = Some(Workspace::new(
+            backend,
+            model.config(),
+            batch,
+            seq,
+            training,
+        )?);
+    }
+    Ok(ws.as_ref().expect("planned above"))
+}

@@ -1,0 +1,560 @@
+//! The `Trainer`: `fit(train, val)` over epochs of batches, with AdamW, the learning-rate
+//! schedule, gradient accumulation and clipping, validation, the best checkpoint, early
+//! stopping, metrics files, Ctrl-C saving and resuming.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::config::{Augment, TrainingConfig};
+use super::curves::write_curves_svg;
+use super::evaluate::{evaluate, planned, EvalReport};
+use super::metrics::{split_records, EpochRecord, MetricsLog, StepRecord};
+use super::optimizer::Optimizer;
+use super::schedule::LrSchedule;
+use super::state::{Progress, TrainingState};
+use crate::backend::{AdamW, Backend};
+use crate::data::augment::AugmentConfig;
+use crate::data::loader::{Loader, LoaderConfig, Source};
+use crate::data::packs::{Dataset, LAYOUT_258};
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
+use crate::model::checkpoint::FEATURES_LAYOUT;
+use crate::model::{Checkpoint, DropoutStep, ModelConfig, ParamLayout, Preprocessing};
+use crate::model::{SignTransformer, Workspace};
+use crate::tensor::Tensor;
+
+/// The files of an output directory (DESIGN.md, Training).
+pub const BEST_FILE: &str = "best.safetensors";
+pub const FINAL_FILE: &str = "final.safetensors";
+pub const STATE_FILE: &str = "state.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CURVES_FILE: &str = "curves.svg";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// A model being trained on one backend.
+pub struct Trainer<'b, B: Backend> {
+    backend: &'b B,
+    config: TrainingConfig,
+    model: SignTransformer<B>,
+    optimizer: Optimizer<B>,
+    classes: Vec<String>,
+    progress: Progress,
+    interrupt: Arc<AtomicBool>,
+    /// Gradients summed over the micro-batches of one update (with accumulation only).
+    accumulated: Option<Tensor<B>>,
+}
+
+/// The model to train: fresh from `seed`, or from an `--init` checkpoint. A checkpoint whose
+/// class names differ from `classes` (and are not just numbered defaults of the same count)
+/// gets a fresh classifier; the returned notes say so.
+pub fn initial_model<B: Backend>(
+    backend: &B,
+    config: &ModelConfig,
+    classes: &[String],
+    init: Option<&Checkpoint>,
+    seed: u64,
+) -> Result<(SignTransformer<B>, Vec<String>)> {
+    let Some(ckpt) = init else {
+        let config = ModelConfig {
+            num_classes: classes.len(),
+            ..config.clone()
+        };
+        return Ok((SignTransformer::new(backend, config, seed)?, Vec::new()));
+    };
+    let mut ckpt = ckpt.clone();
+    let mut notes = Vec::new();
+    // The checkpoint fixes the sizes; dropout is the run's.
+    ckpt.config.dropout = config.dropout;
+    let numbered = ckpt
+        .classes
+        .iter()
+        .enumerate()
+        .all(|(i, c)| *c == i.to_string());
+    let same = ckpt.classes == classes || (numbered && ckpt.classes.len() == classes.len());
+    if !same {
+        notes.push(format!(
+            "the checkpoint's {} classes differ from the data's {}: the classifier starts afresh",
+            ckpt.classes.len(),
+            classes.len()
+        ));
+        ckpt.config.num_classes = classes.len();
+        let layout = ParamLayout::new(&ckpt.config);
+        let fresh = layout.initial_values(seed);
+        for e in layout
+            .entries
+            .iter()
+            .filter(|e| e.name.starts_with("classifier."))
+        {
+            let values = fresh[e.offset..e.offset + e.len()].to_vec();
+            ckpt.tensors
+                .insert(e.name.clone(), (e.shape.clone(), values));
+        }
+    }
+    Ok((ckpt.to_model(backend)?, notes))
+}
+
+impl<'b, B: Backend> Trainer<'b, B> {
+    /// A trainer for `model` (see [`initial_model`]) whose outputs are `classes`.
+    pub fn new(
+        backend: &'b B,
+        model: SignTransformer<B>,
+        config: TrainingConfig,
+        classes: Vec<String>,
+    ) -> Result<Trainer<'b, B>> {
+        config.validate()?;
+        if classes.len() != model.config().num_classes {
+            return Err(Error::shape(
+                "trainer",
+                format!(
+                    "the model has {} outputs for {} class names",
+                    model.config().num_classes,
+                    classes.len()
+                ),
+            ));
+        }
+        let optimizer = Optimizer::new(backend, &model)?;
+        Ok(Trainer {
+            backend,
+            config,
+            model,
+            optimizer,
+            classes,
+            progress: Progress {
+                step: 0,
+                epoch: 1,
+                batches_done: 0,
+                epoch_loss_sum: 0.0,
+                epoch_loss_count: 0,
+                best_top1: None,
+                best_epoch: 0,
+                bad_epochs: 0,
+                finished: false,
+            },
+            interrupt: Arc::new(AtomicBool::new(false)),
+            accumulated: None,
+        })
+    }
+
+    /// A trainer that continues the run saved in `dir` (its `final.safetensors` and
+    /// `state.safetensors`), with the configuration it was started with.
+    pub fn resume(backend: &'b B, dir: &Path) -> Result<Trainer<'b, B>> {
+        let state = TrainingState::load(&dir.join(STATE_FILE))?;
+        let ckpt = Checkpoint::load(&dir.join(FINAL_FILE))?;
+        let model = ckpt.to_model(backend)?;
+        if state.exp_avg.len() != model.layout().total
+            || state.exp_avg_sq.len() != state.exp_avg.len()
+        {
+            return Err(Error::checkpoint(
+                dir.join(STATE_FILE),
+                "its optimizer moments do not fit the model in final.safetensors",
+            ));
+        }
+        let mut trainer = Trainer::new(backend, model, state.config.clone(), ckpt.classes)?;
+        trainer.optimizer = Optimizer::from_state(
+            backend,
+            state.exp_avg,
+            state.exp_avg_sq,
+            state.progress.step,
+        )?;
+        trainer.progress = state.progress;
+        Ok(trainer)
+    }
+
+    /// Set it (from a Ctrl-C handler) to stop after the current update, saving first.
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        self.interrupt.clone()
+    }
+
+    pub fn model(&self) -> &SignTransformer<B> {
+        &self.model
+    }
+
+    pub fn config(&self) -> &TrainingConfig {
+        &self.config
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// Trains on `train`, validating on `val` after every epoch, and returns every epoch's
+    /// metrics (of this run and, after a resume, of the run it continues). Writes the output
+    /// directory's files when `config.out_dir` is set.
+    pub fn fit(&mut self, train: Source, val: Option<Source>) -> Result<Vec<EpochRecord>> {
+        let cfg = self.config.clone();
+        let preprocessing = self.preprocessing_for(train.dataset());
+        let train_loader = Loader::new(
+            train,
+            LoaderConfig {
+                batch_size: cfg.batch_size,
+                seq_len: preprocessing.seq_len,
+                shuffle: cfg.shuffle,
+                seed: cfg.seed,
+                augment: match cfg.augment {
+                    Augment::None => None,
+                    Augment::Default => Some(AugmentConfig {
+                        mirror: cfg.mirror,
+                        ..AugmentConfig::default()
+                    }),
+                },
+                num_workers: cfg.num_workers,
+                drop_last: false,
+            },
+        )?;
+        if train_loader.num_batches() == 0 {
+            return Err(Error::data("training set", "has no clips"));
+        }
+        let val_loader = match val {
+            Some(v) if !v.indices().is_empty() => Some(Loader::new(
+                v,
+                LoaderConfig {
+                    batch_size: cfg.batch_size,
+                    seq_len: preprocessing.seq_len,
+                    shuffle: false,
+                    seed: cfg.seed,
+                    augment: None,
+                    num_workers: cfg.num_workers,
+                    drop_last: false,
+                },
+            )?),
+            _ => None,
+        };
+        let accum = cfg.gradient_accumulation_steps;
+        let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
+        let schedule = LrSchedule::new(&cfg, steps_per_epoch * cfg.num_epochs);
+
+        let out = cfg.out_dir.clone();
+        let mut log = match &out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                self.write_config(dir, &preprocessing)?;
+                let path = dir.join(METRICS_FILE);
+                Some(if self.progress.step > 0 || self.progress.epoch > 1 {
+                    MetricsLog::resume(&path, self.progress.step as usize, self.progress.epoch - 1)?
+                } else {
+                    MetricsLog::create(&path)?
+                })
+            }
+            None => None,
+        };
+        let mut epochs: Vec<EpochRecord> = match &out {
+            Some(dir) => split_records(MetricsLog::read(&dir.join(METRICS_FILE))?).1,
+            None => Vec::new(),
+        };
+
+        let bars = MultiProgress::new();
+        let epoch_bar = bars.add(ProgressBar::new(cfg.num_epochs as u64));
+        epoch_bar.set_style(
+            ProgressStyle::with_template("epoch {pos}/{len} {bar:30} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
+        epoch_bar.set_position(self.progress.epoch as u64 - 1);
+        while !self.progress.finished && self.progress.epoch <= cfg.num_epochs {
+            let epoch = self.progress.epoch;
+            let started = Instant::now();
+            self.backend.reset_peak_memory_stats();
+            let step_bar = bars.add(ProgressBar::new(train_loader.num_batches() as u64));
+            step_bar.set_style(
+                ProgressStyle::with_template("  batch {pos}/{len} {bar:30} {per_sec} {msg}")
+                    .expect("valid template"),
+            );
+            let samples = self.train_epoch(&train_loader, &schedule, log.as_mut(), &step_bar)?;
+            step_bar.finish_and_clear();
+            if self.interrupt.load(Ordering::SeqCst) {
+                return Err(self.interrupted(&preprocessing));
+            }
+            let report = match &val_loader {
+                Some(v) => Some(evaluate(self.backend, &self.model, v)?),
+                None => None,
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            let record = EpochRecord {
+                epoch,
+                train_loss: self.progress.epoch_loss_sum
+                    / self.progress.epoch_loss_count.max(1) as f64,
+                val_loss: report.as_ref().map(|r| r.loss),
+                val_top1: report.as_ref().map(|r| r.top1),
+                val_top5: report.as_ref().map(|r| r.topk),
+                samples_per_s: samples as f64 / seconds,
+                peak_mb: self.backend.memory_stats().peak_allocated_bytes as f64
+                    / (1024.0 * 1024.0),
+                seconds,
+            };
+            epoch_bar.set_message(epoch_message(&record));
+            epoch_bar.inc(1);
+            tracing::info!("{}", epoch_message(&record));
+            self.end_epoch(report.as_ref(), &preprocessing)?;
+            if let Some(log) = log.as_mut() {
+                log.append(record.clone())?;
+            }
+            epochs.push(record);
+            if let Some(dir) = &out {
+                self.save(dir, &preprocessing)?;
+                let (steps, _) = split_records(MetricsLog::read(&dir.join(METRICS_FILE))?);
+                write_curves_svg(&dir.join(CURVES_FILE), &steps, &epochs)?;
+            }
+        }
+        epoch_bar.finish();
+        Ok(epochs)
+    }
+
+    /// One epoch's updates (resuming after `batches_done` micro-batches); returns the clips
+    /// trained on.
+    fn train_epoch(
+        &mut self,
+        loader: &Loader,
+        schedule: &LrSchedule,
+        mut log: Option<&mut MetricsLog>,
+        bar: &ProgressBar,
+    ) -> Result<usize> {
+        let cfg = self.config.clone();
+        let accum = cfg.gradient_accumulation_steps;
+        let num_batches = loader.num_batches();
+        let skip = self.progress.batches_done;
+        bar.set_position(skip as u64);
+        let mut ws: Option<Workspace<B>> = None;
+        let (mut samples, mut update_loss, mut update_micro) = (0usize, 0.0f64, 0usize);
+        let (mut hits, mut seen) = (0usize, 0usize);
+        let hp_base = AdamW {
+            lr: cfg.learning_rate as f32,
+            beta1: cfg.beta1 as f32,
+            beta2: cfg.beta2 as f32,
+            eps: cfg.eps as f32,
+            weight_decay: cfg.weight_decay as f32,
+        };
+        for (i, item) in loader.epoch(self.progress.epoch).enumerate().skip(skip) {
+            let (batch, ids) = item?;
+            let micro = i % accum;
+            let w = planned(
+                &mut ws,
+                self.backend,
+                &self.model,
+                batch.batch,
+                batch.seq,
+                true,
+            )?;
+            w.load(self.backend, self.model.config(), &batch, &ids)?;
+            let dropout = Some(DropoutStep {
+                seed: cfg.seed,
+                step: self.optimizer.step_count() * accum as u64 + micro as u64,
+            });
+            let smoothing = cfg.label_smoothing as f32;
+            self.model.forward(self.backend, w, dropout)?;
+            self.model.loss(self.backend, w, smoothing)?;
+            self.model
+                .backward(self.backend, w, smoothing, 1.0 / accum as f32, dropout)?;
+            let grads = self.accumulate(micro)?;
+            let last_of_update = micro + 1 == accum || i + 1 == num_batches;
+            if last_of_update {
+                let lr = schedule.lr(self.optimizer.step_count() as usize + 1);
+                let hp = AdamW {
+                    lr: lr as f32,
+                    ..hp_base
+                };
+                self.optimizer.step(
+                    self.backend,
+                    &self.model,
+                    &grads,
+                    &hp,
+                    cfg.grad_clip as f32,
+                )?;
+                if cfg.empty_cache_interval > 0
+                    && self.optimizer.step_count() % cfg.empty_cache_interval as u64 == 0
+                {
+                    self.backend.empty_cache();
+                }
+            }
+            // Reading the loss waits for the step; the next batch is already being prepared.
+            let (loss, top1, _) = w.loss_and_hits()?;
+            if !loss.is_finite() {
+                return Err(Error::data(
+                    format!("batch {} of epoch {}", i + 1, self.progress.epoch),
+                    format!(
+                        "the loss is {loss}: training diverged; lower --lr or keep --grad-clip on"
+                    ),
+                ));
+            }
+            samples += batch.batch;
+            hits += top1;
+            seen += batch.batch;
+            update_loss += loss as f64;
+            update_micro += 1;
+            self.progress.epoch_loss_sum += loss as f64;
+            self.progress.epoch_loss_count += 1;
+            self.progress.batches_done = i + 1;
+            bar.inc(1);
+            if last_of_update {
+                let step = self.optimizer.step_count();
+                let record = StepRecord {
+                    step: step as usize,
+                    epoch: self.progress.epoch,
+                    loss: update_loss / update_micro as f64,
+                    lr: schedule.lr(step as usize),
+                };
+                self.progress.step = step;
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} lr {:.2e}",
+                    record.loss,
+                    hits as f64 / seen.max(1) as f64,
+                    record.lr
+                ));
+                if let Some(log) = log.as_deref_mut() {
+                    if step as usize % cfg.log_every == 0 {
+                        log.append(record)?;
+                    }
+                }
+                (update_loss, update_micro) = (0.0, 0);
+                if self.interrupt.load(Ordering::SeqCst) {
+                    return Ok(samples);
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    /// The gradients of the update so far: the model's own without accumulation, else their
+    /// running sum.
+    fn accumulate(&mut self, micro: usize) -> Result<Tensor<B>> {
+        let grads = &self.model.grads().all;
+        if self.config.gradient_accumulation_steps == 1 {
+            return Ok(grads.clone());
+        }
+        let acc = match &self.accumulated {
+            Some(a) => a.clone(),
+            None => {
+                let a = self.backend.alloc(grads.shape(), grads.dtype())?;
+                self.accumulated = Some(a.clone());
+                a
+            }
+        };
+        if micro == 0 {
+            self.backend.copy(grads, &acc)?;
+        } else {
+            self.backend.add(&acc, grads, &acc)?;
+        }
+        Ok(acc)
+    }
+
+    /// Early stopping and the best checkpoint, after an epoch's validation.
+    fn end_epoch(
+        &mut self,
+        report: Option<&EvalReport>,
+        preprocessing: &Preprocessing,
+    ) -> Result<()> {
+        let p = &mut self.progress;
+        let epoch = p.epoch;
+        let improved = match (report, p.best_top1) {
+            (Some(r), Some(best)) => r.top1 > best + self.config.min_delta,
+            _ => true, // the first epoch, or no validation set: the latest model is the best
+        };
+        if improved {
+            p.best_top1 = report.map(|r| r.top1);
+            p.best_epoch = epoch;
+            p.bad_epochs = 0;
+        } else {
+            p.bad_epochs += 1;
+        }
+        p.epoch += 1;
+        p.batches_done = 0;
+        p.epoch_loss_sum = 0.0;
+        p.epoch_loss_count = 0;
+        if self.config.patience > 0 && p.bad_epochs >= self.config.patience {
+            tracing::info!(
+                "early stopping: validation top-1 has not improved for {} epochs (best {:.4} at epoch {})",
+                p.bad_epochs,
+                p.best_top1.unwrap_or(0.0),
+                p.best_epoch
+            );
+            p.finished = true;
+        }
+        if p.epoch > self.config.num_epochs {
+            p.finished = true;
+        }
+        if improved {
+            if let Some(dir) = &self.config.out_dir {
+                self.checkpoint(preprocessing)?.save(&dir.join(BEST_FILE))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the state and the model, and the error that ends the run.
+    fn interrupted(&mut self, preprocessing: &Preprocessing) -> Error {
+        match &self.config.out_dir.clone() {
+            Some(dir) => match self.save(dir, preprocessing) {
+                Ok(()) => Error::Interrupted(format!(
+                    "state saved in {}; continue with --resume {}",
+                    dir.display(),
+                    dir.display()
+                )),
+                Err(e) => Error::Interrupted(format!("saving the state failed: {e}")),
+            },
+            None => Error::Interrupted("no output directory, nothing saved".into()),
+        }
+    }
+
+    /// The model as a checkpoint with its classes and preprocessing.
+    pub fn checkpoint(&self, preprocessing: &Preprocessing) -> Result<Checkpoint> {
+        Checkpoint::from_model(&self.model, self.classes.clone(), preprocessing.clone())
+    }
+
+    /// Writes `final.safetensors` and `state.safetensors` (each atomically).
+    fn save(&self, dir: &Path, preprocessing: &Preprocessing) -> Result<()> {
+        self.checkpoint(preprocessing)?
+            .save(&dir.join(FINAL_FILE))?;
+        let (exp_avg, exp_avg_sq) = self.optimizer.moments()?;
+        TrainingState {
+            exp_avg,
+            exp_avg_sq,
+            progress: self.progress.clone(),
+            config: self.config.clone(),
+        }
+        .save(&dir.join(STATE_FILE))
+    }
+
+    fn write_config(&self, dir: &Path, preprocessing: &Preprocessing) -> Result<()> {
+        let resolved = serde_json::json!({
+            "signflow_version": env!("CARGO_PKG_VERSION"),
+            "training": self.config,
+            "model": self.model.config(),
+            "classes": self.classes,
+            "seq_len": preprocessing.seq_len,
+            "layout": preprocessing.layout,
+        });
+        let text = serde_json::to_string_pretty(&resolved).expect("config serialises");
+        write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    }
+
+    /// Clip packs are resampled to the model's max_seq_len; feature packs come as they are.
+    fn preprocessing_for(&self, dataset: &Dataset) -> Preprocessing {
+        match dataset {
+            Dataset::Clips(_) => Preprocessing {
+                seq_len: self.model.config().max_seq_len,
+                layout: LAYOUT_258.into(),
+            },
+            Dataset::Features(p) => Preprocessing {
+                seq_len: p.t,
+                layout: FEATURES_LAYOUT.into(),
+            },
+        }
+    }
+}
+
+fn epoch_message(r: &EpochRecord) -> String {
+    let mut s = format!(
+        "epoch {}: train loss {:.4}, {:.0} samples/s, peak {:.0} MB, {:.1} s",
+        r.epoch, r.train_loss, r.samples_per_s, r.peak_mb, r.seconds
+    );
+    if let (Some(l), Some(t1), Some(t5)) = (r.val_loss, r.val_top1, r.val_top5) {
+        s += &format!(
+            "; val loss {l:.4}, top-1 {:.2}%, top-5 {:.2}%",
+            100.0 * t1,
+            100.0 * t5
+        );
+    }
+    s
+}
