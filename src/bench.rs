@@ -5,11 +5,14 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec};
+use crate::data::Batch;
 use crate::dtype::DType;
 use crate::error::Result;
+use crate::model::{DropoutStep, ModelConfig, SignTransformer, Workspace};
 use crate::ops::Op;
 use crate::parity::Inputs;
 use crate::tensor::{HostTensor, Tensor};
+use crate::train::Optimizer;
 
 /// One line of `signflow bench --json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -180,6 +183,60 @@ pub fn bench_matmul<B: Backend>(
     r.n = Some(n);
     r.k = Some(k);
     r.gflops = Some(spec.flops() / (r.median_ms * 1e-3) / 1e9);
+    Ok(r)
+}
+
+/// The model's cases at the reference's default configuration (100 classes), as
+/// `shared/peers/torch_cpu.py` times PyTorch: a training step at batch 32 × 64 frames
+/// (forward with dropout, loss, backward, clipping, AdamW; peak memory counts the parameters,
+/// gradients, moments and every activation), and a single clip's prediction.
+pub fn bench_model<B: Backend>(
+    b: &B,
+    op: Op,
+    budget: &BenchBudget,
+    inputs: &mut Inputs,
+) -> Result<BenchRow> {
+    let cfg = ModelConfig::default();
+    let (batch, seq) = match op {
+        Op::TrainStep => (32, cfg.max_seq_len),
+        _ => (1, cfg.max_seq_len),
+    };
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let model = SignTransformer::new(b, cfg.clone(), 0)?;
+    let training = op == Op::TrainStep;
+    let ws = Workspace::new(b, &cfg, batch, seq, training)?;
+    let input = Batch {
+        features: inputs.uniform(batch * seq * cfg.num_features),
+        mask: vec![1.0; batch * seq],
+        labels: (0..batch).map(|i| i % cfg.num_classes).collect(),
+        batch,
+        seq,
+        num_features: cfg.num_features,
+    };
+    let ids: Vec<usize> = (0..batch).collect();
+    ws.load(b, &cfg, &input, &ids)?;
+    let mut optimizer = Optimizer::new(b, &model)?;
+    let hp = AdamW::default();
+    let mut step = 0u64;
+    let times = if training {
+        let step_fn = || -> Result<()> {
+            step += 1;
+            let dropout = Some(DropoutStep { seed: 0, step });
+            model.forward(b, &ws, dropout)?;
+            model.loss(b, &ws, 0.0)?;
+            model.backward(b, &ws, 0.0, 1.0, dropout)?;
+            optimizer.step(b, &model, &model.grads().all, &hp, 1.0)
+        };
+        time(b, budget, step_fn)?
+    } else {
+        time(b, budget, || model.forward(b, &ws, None))?
+    };
+    let mut r = row(b, op, DType::F32, times);
+    r.batch = Some(batch);
+    r.seq = Some(seq);
+    r.heads = Some(cfg.num_heads);
+    r.head_dim = Some(cfg.head_dim());
     Ok(r)
 }
 
@@ -414,6 +471,12 @@ pub fn run_all<B: Backend>(
         if wanted(&name) {
             progress(&name);
             rows.extend(bench_attention(b, &spec, budget, &mut inputs)?);
+        }
+    }
+    for op in [Op::TrainStep, Op::Predict] {
+        if wanted(op.name()) {
+            progress(op.name());
+            rows.push(bench_model(b, op, budget, &mut inputs)?);
         }
     }
     if memory_ops.iter().any(|op| wanted(op.name())) {

@@ -28,6 +28,10 @@ pub enum Op {
     AttentionBwd,
     /// Bench only: a forward and a backward pass.
     AttentionFwdBwd,
+    /// Bench only: one training step of the model (forward, loss, backward, clipping, AdamW).
+    TrainStep,
+    /// Bench only: one clip's prediction (the model's forward pass at batch 1).
+    Predict,
 }
 
 impl Op {
@@ -54,6 +58,8 @@ impl Op {
             Op::AttentionFwd => "attention_fwd",
             Op::AttentionBwd => "attention_bwd",
             Op::AttentionFwdBwd => "attention_fwd_bwd",
+            Op::TrainStep => "train_step",
+            Op::Predict => "predict",
         }
     }
 }

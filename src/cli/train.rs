@@ -125,11 +125,16 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
 
 impl TrainArgs {
     /// The training and model configurations: defaults, then --config, then flags.
-    fn resolve(&self) -> Result<(TrainingConfig, ModelConfig)> {
+    /// The third value says whether dropout was set (else `--init` keeps its checkpoint's).
+    fn resolve(&self) -> Result<(TrainingConfig, ModelConfig, bool)> {
         let (mut t, model_json) = match &self.config {
             Some(path) => TrainingConfig::from_file(path)?,
             None => (TrainingConfig::default(), None),
         };
+        let dropout_set = self.model.dropout.is_some()
+            || model_json
+                .as_ref()
+                .is_some_and(|v| v.get("dropout").is_some());
         let mut m: ModelConfig = match model_json {
             Some(v) => serde_json::from_value(v).map_err(|e| Error::InvalidConfig {
                 field: "model",
@@ -185,7 +190,7 @@ impl TrainArgs {
         set!(m.max_seq_len, self.model.max_seq_len);
         set!(m.dropout, self.model.dropout);
         t.validate()?;
-        Ok((t, m))
+        Ok((t, m, dropout_set))
     }
 }
 
@@ -226,7 +231,7 @@ fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<S
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (t, m) = match &args.resume {
+    let (t, m, dropout_set) = match &args.resume {
         Some(dir) => {
             let state = signflow::train::state::TrainingState::load(
                 &dir.join(signflow::train::trainer::STATE_FILE),
@@ -236,7 +241,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
             if let Some(d) = &args.device {
                 t.device = d.clone();
             }
-            (t, ModelConfig::default())
+            (t, ModelConfig::default(), false)
         }
         None => args.resolve()?,
     };
@@ -247,14 +252,16 @@ pub fn train(args: TrainArgs) -> Result<()> {
         train.indices().len(),
         val.as_ref().map_or(0, |v| v.indices().len())
     );
-    with_backend!(&device, b => run_training(b, &args, t, m, classes, train, val))
+    with_backend!(&device, b => run_training(b, &args, t, m, dropout_set, classes, train, val))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_training<B: Backend>(
     b: &B,
     args: &TrainArgs,
     t: TrainingConfig,
-    m: ModelConfig,
+    mut m: ModelConfig,
+    dropout_set: bool,
     classes: Vec<String>,
     train: Source,
     val: Option<Source>,
@@ -272,6 +279,9 @@ fn run_training<B: Backend>(
         }
         None => {
             let init = args.init.as_deref().map(Checkpoint::load).transpose()?;
+            if let (Some(ckpt), false) = (&init, dropout_set) {
+                m.dropout = ckpt.config.dropout;
+            }
             let (model, notes) = initial_model(b, &m, &classes, init.as_ref(), t.seed)?;
             for n in notes {
                 eprintln!("{n}");

@@ -3,6 +3,20 @@
 //!   clips, the training set format;
 //! - feature pack `signflow-features/1` (DESIGN.md, Machine-readable outputs): ready model
 //!   input, taken as it is.
+//!
+//! Loading checks everything (format, tensors, dtypes, shapes, index ranges, metadata, finite
+//! values) and reports what is wrong as [`Error::Data`] naming the file, never by panicking.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use half::f16;
+use safetensors::tensor::{Metadata, TensorView};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+
+use crate::data::features;
+use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 
 /// The `format` metadata of a clip pack.
 pub const CLIP_PACK_FORMAT: &str = "signflow-clips/1";
@@ -45,4 +59,602 @@ pub struct FeaturePack {
     pub t: usize,
     pub num_features: usize,
     pub classes: Vec<String>,
+}
+
+impl ClipPack {
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The real frames of clip `i` (`lengths[i] × FRAME_WIDTH` values, no padding).
+    ///
+    /// # Panics
+    /// If `i >= self.len()`, as slice indexing does.
+    pub fn clip(&self, i: usize) -> &[f32] {
+        let start = i * self.t_max * FRAME_WIDTH;
+        &self.landmarks[start..start + self.lengths[i] * FRAME_WIDTH]
+    }
+
+    /// Clip `i` preprocessed to `[seq_len, NUM_FEATURES]` ([`features::preprocess`]); a data
+    /// error names the clip and its class.
+    pub fn features(&self, i: usize, seq_len: usize) -> Result<Vec<f32>> {
+        features::preprocess(self.clip(i), FRAME_WIDTH, seq_len).map_err(|e| match e {
+            Error::Data { path, detail } => {
+                let class = self.classes.get(self.labels[i]).map_or("?", String::as_str);
+                Error::data(format!("clip {i} (class `{class}`), {path}"), detail)
+            }
+            other => other,
+        })
+    }
+
+    /// Reads a `signflow-clips/1` file and checks all of it (see [`ClipPack::save`] for the
+    /// layout). Padding after each clip's length is read as zero whatever the file holds.
+    pub fn load(path: impl AsRef<Path>) -> Result<ClipPack> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        ClipPack::from_file(&PackFile::parse(path, &bytes)?)
+    }
+
+    /// Writes the pack as `signflow-clips/1` (`../shared/data/README.md`): `landmarks` f16
+    /// `[N, T_max, 258]` (zero after each clip's length), `lengths`, `labels`, `groups` i64
+    /// `[N]`; metadata `format`, `layout`, `classes` and `groups` (JSON lists), `source`,
+    /// `license`. The pack is checked first; the file is replaced atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.check(path)?;
+        let landmarks = self.landmarks_f16(path)?;
+        let n = self.len();
+        let metadata = HashMap::from([
+            ("format".to_string(), CLIP_PACK_FORMAT.to_string()),
+            ("layout".to_string(), LAYOUT_258.to_string()),
+            ("classes".to_string(), json_list(&self.classes)),
+            ("groups".to_string(), json_list(&self.group_names)),
+            ("source".to_string(), self.source.clone()),
+            ("license".to_string(), self.license.clone()),
+        ]);
+        let bytes = encode(
+            path,
+            vec![
+                (
+                    "landmarks",
+                    Dtype::F16,
+                    vec![n, self.t_max, FRAME_WIDTH],
+                    landmarks,
+                ),
+                ("lengths", Dtype::I64, vec![n], i64_bytes(&self.lengths)),
+                ("labels", Dtype::I64, vec![n], i64_bytes(&self.labels)),
+                ("groups", Dtype::I64, vec![n], i64_bytes(&self.groups)),
+            ],
+            metadata,
+        )?;
+        write_atomic(path, &bytes)
+    }
+
+    fn from_file(file: &PackFile) -> Result<ClipPack> {
+        file.expect_format(CLIP_PACK_FORMAT)?;
+        let layout = file.required_meta("layout")?;
+        if layout != LAYOUT_258 {
+            return Err(file.error(format!(
+                "has layout `{layout}`; only `{LAYOUT_258}` is supported (258 values per frame: \
+                 pose 33 × 4, left hand 21 × 3, right hand 21 × 3)"
+            )));
+        }
+        let landmarks = file.tensor("landmarks", &[Dtype::F16], &["N", "T_max", "258"])?;
+        let (n, t_max) = (landmarks.shape[0], landmarks.shape[1]);
+        if landmarks.shape[2] != FRAME_WIDTH {
+            return Err(file.error(format!(
+                "tensor `landmarks` has {} values per frame; the `{LAYOUT_258}` layout has \
+                 {FRAME_WIDTH}",
+                landmarks.shape[2]
+            )));
+        }
+        let mut pack = ClipPack {
+            landmarks: f16_to_f32(landmarks.data),
+            t_max,
+            lengths: file.index_tensor("lengths", n)?,
+            labels: file.index_tensor("labels", n)?,
+            groups: file.index_tensor("groups", n)?,
+            classes: file.string_list("classes")?,
+            group_names: file.string_list("groups")?,
+            source: file.meta("source").unwrap_or_default().to_string(),
+            license: file.meta("license").unwrap_or_default().to_string(),
+        };
+        pack.check(file.path)?;
+        pack.zero_padding();
+        Ok(pack)
+    }
+
+    /// Checks that the fields fit together: buffer sizes, lengths in `1..=t_max`, labels and
+    /// groups in range, unique names, finite values in every real frame.
+    fn check(&self, path: &Path) -> Result<()> {
+        let n = self.len();
+        if self.landmarks.len() != n * self.t_max * FRAME_WIDTH
+            || self.labels.len() != n
+            || self.groups.len() != n
+        {
+            return Err(Error::data(
+                path,
+                format!(
+                    "clip pack fields disagree: {n} lengths need {n} labels, {n} groups and \
+                     {n} × {} × {FRAME_WIDTH} landmark values; got {}, {} and {}",
+                    self.t_max,
+                    self.labels.len(),
+                    self.groups.len(),
+                    self.landmarks.len()
+                ),
+            ));
+        }
+        check_unique(path, "classes", &self.classes)?;
+        check_unique(path, "groups", &self.group_names)?;
+        for i in 0..n {
+            self.check_clip(path, i)?;
+        }
+        Ok(())
+    }
+
+    fn check_clip(&self, path: &Path, i: usize) -> Result<()> {
+        let len = self.lengths[i];
+        if len == 0 || len > self.t_max {
+            return Err(Error::data(
+                path,
+                format!(
+                    "clip {i} has {len} frames; a clip needs 1 to T_max = {} frames (drop empty \
+                     clips, or raise T_max)",
+                    self.t_max
+                ),
+            ));
+        }
+        check_index(
+            path,
+            "labels",
+            i,
+            self.labels[i],
+            "classes",
+            self.classes.len(),
+        )?;
+        check_index(
+            path,
+            "groups",
+            i,
+            self.groups[i],
+            "groups",
+            self.group_names.len(),
+        )?;
+        if let Some(j) = self.clip(i).iter().position(|v| !v.is_finite()) {
+            return Err(Error::data(
+                path,
+                format!(
+                    "clip {i}, frame {}: value {} is {}; landmarks must be finite (fix or drop \
+                     this clip)",
+                    j / FRAME_WIDTH,
+                    j % FRAME_WIDTH,
+                    self.clip(i)[j]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn zero_padding(&mut self) {
+        let clip_values = self.t_max * FRAME_WIDTH;
+        for (i, &len) in self.lengths.iter().enumerate() {
+            let clip = &mut self.landmarks[i * clip_values..(i + 1) * clip_values];
+            clip[len * FRAME_WIDTH..].fill(0.0);
+        }
+    }
+
+    /// The landmarks as f16 little-endian bytes, padding zeroed; values beyond f16's range are
+    /// an error rather than silently infinite.
+    fn landmarks_f16(&self, path: &Path) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; self.landmarks.len() * 2];
+        let clip_bytes = self.t_max * FRAME_WIDTH * 2;
+        for i in 0..self.len() {
+            let out = &mut bytes[i * clip_bytes..(i + 1) * clip_bytes];
+            for (j, (&v, o)) in self.clip(i).iter().zip(out.chunks_exact_mut(2)).enumerate() {
+                if v.abs() > f16::MAX.to_f32() {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "clip {i}, frame {}: value {} is {v}, beyond f16's range (±65504) \
+                             that clip packs store; landmarks are image-relative coordinates, \
+                             rescale them",
+                            j / FRAME_WIDTH,
+                            j % FRAME_WIDTH
+                        ),
+                    ));
+                }
+                o.copy_from_slice(&f16::from_f32(v).to_le_bytes());
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+impl FeaturePack {
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Reads a `signflow-features/1` file and checks all of it (see [`FeaturePack::save`]);
+    /// the mask may be u8 or bool.
+    pub fn load(path: impl AsRef<Path>) -> Result<FeaturePack> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        FeaturePack::from_file(&PackFile::parse(path, &bytes)?)
+    }
+
+    /// Writes the pack as `signflow-features/1`: `features` f32 `[N, T, F]`, `mask` u8
+    /// `[N, T]` (1 = real frame), `labels` i64 `[N]`; metadata `format` and `classes` (a JSON
+    /// list). The pack is checked first; the file is replaced atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.check(path)?;
+        let features = self.features.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mask = self.mask.iter().map(|&m| u8::from(m)).collect();
+        let metadata = HashMap::from([
+            ("format".to_string(), FEATURE_PACK_FORMAT.to_string()),
+            ("classes".to_string(), json_list(&self.classes)),
+        ]);
+        let bytes = encode(
+            path,
+            vec![
+                (
+                    "features",
+                    Dtype::F32,
+                    vec![self.n, self.t, self.num_features],
+                    features,
+                ),
+                ("mask", Dtype::U8, vec![self.n, self.t], mask),
+                ("labels", Dtype::I64, vec![self.n], i64_bytes(&self.labels)),
+            ],
+            metadata,
+        )?;
+        write_atomic(path, &bytes)
+    }
+
+    fn from_file(file: &PackFile) -> Result<FeaturePack> {
+        file.expect_format(FEATURE_PACK_FORMAT)?;
+        let features = file.tensor("features", &[Dtype::F32], &["N", "T", "F"])?;
+        let (n, t, num_features) = (features.shape[0], features.shape[1], features.shape[2]);
+        let mask = file.tensor("mask", &[Dtype::U8, Dtype::BOOL], &["N", "T"])?;
+        if mask.shape != [n, t] {
+            return Err(file.error(format!(
+                "tensor `mask` has shape {:?}; `features` has shape {:?}, so it needs [{n}, {t}]",
+                mask.shape, features.shape
+            )));
+        }
+        if let Some(j) = mask.data.iter().position(|&m| m > 1) {
+            return Err(file.error(format!(
+                "mask of clip {}, frame {} is {}; mask values are 0 (padding) or 1 (real frame)",
+                j / t,
+                j % t,
+                mask.data[j]
+            )));
+        }
+        let pack = FeaturePack {
+            features: features
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            mask: mask.data.iter().map(|&m| m == 1).collect(),
+            labels: file.index_tensor("labels", n)?,
+            n,
+            t,
+            num_features,
+            classes: file.string_list("classes")?,
+        };
+        pack.check(file.path)?;
+        Ok(pack)
+    }
+
+    /// Checks buffer sizes, labels in range, unique class names, at least one real frame per
+    /// clip and finite features.
+    fn check(&self, path: &Path) -> Result<()> {
+        let (n, t, f) = (self.n, self.t, self.num_features);
+        if self.features.len() != n * t * f || self.mask.len() != n * t || self.labels.len() != n {
+            return Err(Error::data(
+                path,
+                format!(
+                    "feature pack fields disagree: {n} clips of {t} frames × {f} features need \
+                     {} feature values, {} mask values and {n} labels; got {}, {} and {}",
+                    n * t * f,
+                    n * t,
+                    self.features.len(),
+                    self.mask.len(),
+                    self.labels.len()
+                ),
+            ));
+        }
+        check_unique(path, "classes", &self.classes)?;
+        for i in 0..n {
+            check_index(
+                path,
+                "labels",
+                i,
+                self.labels[i],
+                "classes",
+                self.classes.len(),
+            )?;
+            if !self.mask[i * t..(i + 1) * t].iter().any(|&m| m) {
+                return Err(Error::data(
+                    path,
+                    format!("clip {i} has no real frame (its mask is all 0); drop the clip"),
+                ));
+            }
+        }
+        if let Some(j) = self.features.iter().position(|v| !v.is_finite()) {
+            return Err(Error::data(
+                path,
+                format!(
+                    "clip {}, frame {}: feature {} is {}; features must be finite",
+                    j / (t * f),
+                    j / f % t,
+                    j % f,
+                    self.features[j]
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A pack of either kind, told apart by its `format` metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dataset {
+    Clips(ClipPack),
+    Features(FeaturePack),
+}
+
+impl Dataset {
+    /// Reads a clip pack or a feature pack, whichever the file's `format` says.
+    pub fn load(path: impl AsRef<Path>) -> Result<Dataset> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        let file = PackFile::parse(path, &bytes)?;
+        match file.required_meta("format")? {
+            CLIP_PACK_FORMAT => ClipPack::from_file(&file).map(Dataset::Clips),
+            FEATURE_PACK_FORMAT => FeaturePack::from_file(&file).map(Dataset::Features),
+            other => Err(file.error(format!(
+                "has format `{other}`; expected `{CLIP_PACK_FORMAT}` (clip pack) or \
+                 `{FEATURE_PACK_FORMAT}` (feature pack)"
+            ))),
+        }
+    }
+
+    pub fn classes(&self) -> &[String] {
+        match self {
+            Dataset::Clips(p) => &p.classes,
+            Dataset::Features(p) => &p.classes,
+        }
+    }
+
+    /// Number of clips.
+    pub fn len(&self) -> usize {
+        match self {
+            Dataset::Clips(p) => p.len(),
+            Dataset::Features(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One class index per clip.
+    pub fn labels(&self) -> &[usize] {
+        match self {
+            Dataset::Clips(p) => &p.labels,
+            Dataset::Features(p) => &p.labels,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// A parsed safetensors header over the file's bytes: what both pack kinds read through, so
+/// that every malformed file gets a message that names the tensor or key at fault.
+struct PackFile<'a> {
+    path: &'a Path,
+    header: Metadata,
+    /// The bytes after the header, which tensor offsets index.
+    data: &'a [u8],
+}
+
+/// One tensor of a [`PackFile`], its dtype and rank already checked.
+struct Tensor<'a> {
+    shape: Vec<usize>,
+    data: &'a [u8],
+}
+
+impl<'a> PackFile<'a> {
+    fn parse(path: &'a Path, bytes: &'a [u8]) -> Result<PackFile<'a>> {
+        let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(|e| {
+            let detail = match e {
+                SafeTensorError::HeaderTooSmall
+                | SafeTensorError::InvalidHeaderLength
+                | SafeTensorError::MetadataIncompleteBuffer => format!(
+                    "is truncated or torn ({e}): its size does not match its header; copy it \
+                     again or re-create it"
+                ),
+                _ => format!(
+                    "is not a valid safetensors file ({e}); packs are written by `signflow \
+                     data` or ClipPack/FeaturePack::save"
+                ),
+            };
+            Error::data(path, detail)
+        })?;
+        // read_metadata has checked that the header and all tensor data fill the buffer.
+        let data = &bytes[8 + header_len..];
+        Ok(PackFile { path, header, data })
+    }
+
+    fn error(&self, detail: impl Into<String>) -> Error {
+        Error::data(self.path, detail)
+    }
+
+    fn meta(&self, key: &str) -> Option<&str> {
+        self.header
+            .metadata()
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
+    fn required_meta(&self, key: &str) -> Result<&str> {
+        self.meta(key).ok_or_else(|| {
+            self.error(format!(
+                "has no `{key}` metadata; a signflow pack (`{CLIP_PACK_FORMAT}` or \
+                 `{FEATURE_PACK_FORMAT}`) always has it: re-create the file with signflow"
+            ))
+        })
+    }
+
+    fn expect_format(&self, expected: &str) -> Result<()> {
+        match self.required_meta("format")? {
+            f if f == expected => Ok(()),
+            other => Err(self.error(format!(
+                "has format `{other}`, expected `{expected}`; load it as what it is (Dataset::load \
+                 takes either pack)"
+            ))),
+        }
+    }
+
+    /// Metadata `key` as a JSON list of strings.
+    fn string_list(&self, key: &str) -> Result<Vec<String>> {
+        serde_json::from_str(self.required_meta(key)?).map_err(|e| {
+            self.error(format!(
+                "metadata `{key}` is not a JSON list of strings ({e}); expected for example \
+                 [\"hello\", \"thank-you\"]"
+            ))
+        })
+    }
+
+    /// Tensor `name`, which must have one of `dtypes` and one dimension per name in `dims`.
+    fn tensor(&self, name: &str, dtypes: &[Dtype], dims: &[&str]) -> Result<Tensor<'a>> {
+        let info = self.header.info(name).ok_or_else(|| {
+            self.error(format!(
+                "has no tensor `{name}`; this format needs `{name}` {dtypes:?} [{}]",
+                dims.join(", ")
+            ))
+        })?;
+        if !dtypes.contains(&info.dtype) || info.shape.len() != dims.len() {
+            return Err(self.error(format!(
+                "tensor `{name}` is {:?} {:?}; expected {} [{}]",
+                info.dtype,
+                info.shape,
+                dtypes
+                    .iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                dims.join(", ")
+            )));
+        }
+        let (start, end) = info.data_offsets;
+        Ok(Tensor {
+            shape: info.shape.clone(),
+            data: &self.data[start..end],
+        })
+    }
+
+    /// An i64 `[n]` tensor of non-negative indices or counts.
+    fn index_tensor(&self, name: &str, n: usize) -> Result<Vec<usize>> {
+        let t = self.tensor(name, &[Dtype::I64], &["N"])?;
+        if t.shape[0] != n {
+            return Err(self.error(format!(
+                "tensor `{name}` has {} values; it needs one per clip ({n})",
+                t.shape[0]
+            )));
+        }
+        t.data
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, b)| {
+                let v = i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                usize::try_from(v)
+                    .map_err(|_| self.error(format!("{name}[{i}] is {v}; it must be 0 or more")))
+            })
+            .collect()
+    }
+}
+
+fn f16_to_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect()
+}
+
+fn i64_bytes(values: &[usize]) -> Vec<u8> {
+    // usize → i64 cannot overflow for counts and indices that fit in memory.
+    values
+        .iter()
+        .flat_map(|&v| (v as i64).to_le_bytes())
+        .collect()
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::Value::from(items).to_string()
+}
+
+/// Serialises named tensors `(name, dtype, shape, little-endian bytes)` with `metadata`.
+fn encode(
+    path: &Path,
+    tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let fail = |e: SafeTensorError| Error::data(path, format!("cannot encode the pack: {e}"));
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (*name, v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    safetensors::serialize(views, Some(metadata)).map_err(fail)
+}
+
+fn check_unique(path: &Path, key: &str, names: &[String]) -> Result<()> {
+    let mut seen = HashSet::new();
+    match names.iter().find(|name| !seen.insert(name.as_str())) {
+        Some(dup) => Err(Error::data(
+            path,
+            format!("`{key}` lists `{dup}` twice; names must be unique"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `tensor[i] = value` indexes into `list` of `len` names.
+fn check_index(
+    path: &Path,
+    tensor: &str,
+    i: usize,
+    value: usize,
+    list: &str,
+    len: usize,
+) -> Result<()> {
+    if value < len {
+        return Ok(());
+    }
+    Err(Error::data(
+        path,
+        format!(
+            "{tensor}[{i}] is {value}, but `{list}` has {len} names; indices run from 0 to {}",
+            len.saturating_sub(1)
+        ),
+    ))
 }

@@ -490,10 +490,7 @@ fn dropout_key(dropout: Option<DropoutStep>, site: Site) -> DropoutKey {
     }
 }
 
-fn named<B: Backend>(
-    layout: &ParamLayout,
-    arena: &Arena<B>,
-) -> Result<Vec<NamedTensor>> {
+fn named<B: Backend>(layout: &ParamLayout, arena: &Arena<B>) -> Result<Vec<NamedTensor>> {
     let all = arena.to_host()?;
     Ok(layout
         .entries

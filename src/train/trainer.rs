@@ -517,14 +517,21 @@ impl<'b, B: Backend> Trainer<'b, B> {
     }
 
     fn write_config(&self, dir: &Path, preprocessing: &Preprocessing) -> Result<()> {
-        let resolved = serde_json::json!({
-            "signflow_version": env!("CARGO_PKG_VERSION"),
-            "training": self.config,
-            "model": self.model.config(),
-            "classes": self.classes,
-            "seq_len": preprocessing.seq_len,
-            "layout": preprocessing.layout,
-        });
+        // The training fields flat, as `--config` reads them, plus the model and the run's record.
+        let mut resolved = serde_json::to_value(&self.config).expect("config serialises");
+        let fields = resolved
+            .as_object_mut()
+            .expect("a struct serialises to an object");
+        fields.insert("model".into(), serde_json::json!(self.model.config()));
+        fields.insert("signflow_version".into(), env!("CARGO_PKG_VERSION").into());
+        fields.insert(
+            "data".into(),
+            serde_json::json!({
+                "classes": self.classes,
+                "seq_len": preprocessing.seq_len,
+                "layout": preprocessing.layout,
+            }),
+        );
         let text = serde_json::to_string_pretty(&resolved).expect("config serialises");
         write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
     }
