@@ -580,34 +580,3 @@ fn bad_sources_and_configs_are_errors() {
         .to_string();
     assert!(err.contains("malformed"), "{err}");
 }
-
-#[test]
-fn tmp_real_pack() {
-    let data = Arc::new(Dataset::load("/work/shared/data/traduttore/clips.safetensors").unwrap());
-    for spec in [
-        "group:TheCamNelson",
-        "group:Alex",
-        "group:dmohazab",
-        "random:0.2",
-    ] {
-        let s = split(&data, &spec.parse().unwrap(), 0).unwrap();
-        println!("{spec}: {}", s.note);
-    }
-    let s = split(&data, &"group:TheCamNelson".parse().unwrap(), 0).unwrap();
-    for workers in [0, 1, 2] {
-        let src = Source::new(Arc::clone(&data), s.train.clone()).unwrap();
-        let l = Loader::new(
-            src,
-            LoaderConfig {
-                batch_size: 32,
-                num_workers: workers,
-                augment: Some(AugmentConfig::default()),
-                ..LoaderConfig::default()
-            },
-        )
-        .unwrap();
-        let t = std::time::Instant::now();
-        let n: usize = l.epoch(0).map(|b| b.unwrap().0.batch).sum();
-        println!("workers {workers}: {n} clips in {:?}", t.elapsed());
-    }
-}
