@@ -22,7 +22,7 @@ pub struct DemoArgs {
     /// Where the generated pack and the run's files go.
     #[arg(long, default_value = "signflow-demo")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 15)]
     pub epochs: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,7 +67,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out).map_err(|e| signflow::Error::io(&args.out, e))?;
     let pack_path = args.out.join("generated-clips.safetensors");
-    let pack = synth_clips(6, 40, 30, args.seed);
+    let pack = synth_clips(8, 50, 30, args.seed);
     pack.save(&pack_path)?;
     eprintln!(
         "3/5 wrote {} GENERATED clips of {} classes to {} (synthetic motion, not real signing)",
@@ -83,10 +83,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         Source::new(data.clone(), s.val)?,
     );
     let model_cfg = ModelConfig {
-        d_model: 64,
+        d_model: 128,
         num_heads: 4,
         num_layers: 2,
-        ff_dim: 128,
+        ff_dim: 256,
         max_seq_len: 32,
         dropout: 0.1,
         ..ModelConfig::default()
