@@ -7,11 +7,11 @@ use std::sync::Arc;
 use clap::Args;
 use signflow::data::import::read_sequence_folder;
 use signflow::data::packs::FRAME_WIDTH;
-use signflow::data::{Dataset, Loader, LoaderConfig, Source};
+use signflow::data::Dataset;
 use signflow::infer::{softmax, top_k, InferencePipeline, Prediction};
 use signflow::model::checkpoint::serialize_f32;
 use signflow::model::Checkpoint;
-use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
+use signflow::{with_backend, Backend, Error, Result};
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -43,10 +43,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let device = AnyBackend::open(&GpuConfig {
-        device: args.device.clone(),
-        ..GpuConfig::default()
-    })?;
+    let device = super::open_device(&args.device)?;
     let (logits, classes) = with_backend!(&device, b => all_logits(b, &args, &ckpt))?;
     let c = classes.len();
     let probs: Vec<f32> = logits.chunks(c).flat_map(softmax).collect();
@@ -104,16 +101,7 @@ fn all_logits<B: Backend>(
         return Ok((logits, classes));
     }
     let data = Arc::new(Dataset::load(&args.input)?);
-    let loader = Loader::new(
-        Source::all(data)?,
-        LoaderConfig {
-            batch_size: args.batch_size.max(1),
-            seq_len: pipeline.preprocessing().seq_len,
-            shuffle: false,
-            num_workers: 2,
-            ..LoaderConfig::default()
-        },
-    )?;
+    let loader = super::inference_loader(data, pipeline.preprocessing().seq_len, args.batch_size)?;
     let mut logits = Vec::new();
     for item in loader.epoch(0) {
         let (batch, ids) = item?;

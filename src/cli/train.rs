@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use clap::Args;
-use signflow::data::{split, Dataset, Loader, LoaderConfig, Source, SplitSpec};
+use signflow::data::{split, Dataset, Source, SplitSpec};
 use signflow::model::{Checkpoint, ModelConfig};
 use signflow::train::{
     evaluate, initial_model, Augment, EvalReport, Schedule, Trainer, TrainingConfig,
 };
-use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
+use signflow::{with_backend, AnyBackend, Backend, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -203,6 +203,7 @@ fn open_device(t: &TrainingConfig) -> Result<AnyBackend> {
 /// The training and validation sources: --val, --split, or no validation.
 fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<String>)> {
     let data = Arc::new(Dataset::load(&args.data)?);
+    say_if_generated(&args.data, &data);
     let classes = data.classes().to_vec();
     if let Some(path) = &args.val {
         let val = Arc::new(Dataset::load(path)?);
@@ -341,21 +342,10 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let ckpt = Checkpoint::load(&args.model)?;
     let data = Arc::new(Dataset::load(&args.data)?);
+    say_if_generated(&args.data, &data);
     check_classes(&args.model, &ckpt, &args.data, data.classes())?;
-    let device = AnyBackend::open(&GpuConfig {
-        device: args.device.clone(),
-        ..GpuConfig::default()
-    })?;
-    let loader = Loader::new(
-        Source::all(data)?,
-        LoaderConfig {
-            batch_size: args.batch_size.max(1),
-            seq_len: ckpt.preprocessing.seq_len,
-            shuffle: false,
-            num_workers: 2,
-            ..LoaderConfig::default()
-        },
-    )?;
+    let device = super::open_device(&args.device)?;
+    let loader = super::inference_loader(data, ckpt.preprocessing.seq_len, args.batch_size)?;
     let report = with_backend!(&device, b => evaluate(b, &ckpt.to_model(b)?, &loader))?;
     if args.json {
         super::print_json(&serde_json::json!({
@@ -367,6 +357,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         print_report(&report, &ckpt.classes);
     }
     Ok(())
+}
+
+/// Generated packs are for benchmarks and demos; a result on one says nothing about signing.
+pub fn say_if_generated(path: &Path, data: &Dataset) {
+    if let Dataset::Clips(p) = data {
+        if p.source.contains("generated") {
+            eprintln!(
+                "note: {} holds GENERATED clips ({}), not real signing",
+                path.display(),
+                p.source
+            );
+        }
+    }
 }
 
 /// A pack scored against a model with other class names would give a silently wrong score.

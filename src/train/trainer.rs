@@ -153,7 +153,12 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 "its optimizer moments do not fit the model in final.safetensors",
             ));
         }
-        let mut trainer = Trainer::new(backend, model, state.config.clone(), ckpt.classes)?;
+        // The directory may have moved since the run started: it is where the run lives now.
+        let config = TrainingConfig {
+            out_dir: Some(dir.to_path_buf()),
+            ..state.config.clone()
+        };
+        let mut trainer = Trainer::new(backend, model, config, ckpt.classes)?;
         trainer.optimizer = Optimizer::from_state(
             backend,
             state.exp_avg,
