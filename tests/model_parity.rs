@@ -219,6 +219,13 @@ fn checkpoint_round_trip_and_mismatch() {
     assert_eq!(back.tensors, ckpt.tensors);
     assert_eq!(back.config, ckpt.config);
     assert!(back.defaults_used.is_empty());
+    // Floats in the metadata as the reference's `str()` writes them.
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    assert_eq!(meta["layer_norm_eps"], "1e-05");
+    assert_eq!(meta["dropout"], "0.0");
+    assert_eq!(meta["d_model"], "64");
 
     let mut bad = ckpt.clone();
     bad.tensors.remove("classifier.bias");

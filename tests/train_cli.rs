@@ -176,6 +176,25 @@ fn synth_train_eval_predict() {
     ]);
     assert!(err.contains("not the model's"), "{err}");
 
+    // A finished run resumes to nothing new; flags that would change it, or a fresh run into
+    // its directory, are refused.
+    let run_s = run.to_str().unwrap();
+    ok(&["train", "--resume", run_s, "--device", "cpu"]);
+    let err = fails(&["train", "--resume", run_s, "--epochs", "5"]);
+    assert!(err.contains("--epochs"), "{err}");
+    let err = fails(&["train", "--resume", run_s, "--split", "random:0.5"]);
+    assert!(err.contains("split"), "{err}");
+    let err = fails(&[
+        "train",
+        "--data",
+        pack.to_str().unwrap(),
+        "--out",
+        run_s,
+        "--device",
+        "cpu",
+    ]);
+    assert!(err.contains("--resume"), "{err}");
+
     // Fine-tuning from the checkpoint on the GPU adapter.
     train(d, "gpu:0", &["--init", model.to_str().unwrap()]);
     assert!(d.join("run-gpu:0").join("final.safetensors").exists());

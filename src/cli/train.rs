@@ -7,6 +7,8 @@ use std::sync::Arc;
 use clap::Args;
 use signflow::data::{split, Dataset, Source, SplitSpec};
 use signflow::model::{Checkpoint, ModelConfig};
+use signflow::train::state::TrainingState;
+use signflow::train::trainer::STATE_FILE;
 use signflow::train::{
     evaluate, initial_model, Augment, EvalReport, Schedule, Trainer, TrainingConfig,
 };
@@ -14,9 +16,10 @@ use signflow::{with_backend, AnyBackend, Backend, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Training data: a clip pack or a feature pack.
+    /// Training data: a clip pack or a feature pack (or `data` in --config; with --resume, the
+    /// run's own).
     #[arg(long)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// Validation data (a pack with the same classes).
     #[arg(long, conflicts_with = "split")]
     pub val: Option<PathBuf>,
@@ -183,6 +186,15 @@ impl TrainArgs {
         if self.out.is_some() {
             t.out_dir = self.out.clone();
         }
+        if self.data.is_some() {
+            t.data = self.data.clone();
+        }
+        if self.val.is_some() {
+            (t.val, t.split) = (self.val.clone(), None);
+        }
+        if let Some(s) = &self.split {
+            (t.split, t.val) = (Some(s.to_string()), None);
+        }
         set!(m.d_model, self.model.d_model);
         set!(m.num_heads, self.model.num_heads);
         set!(m.num_layers, self.model.num_layers);
@@ -200,12 +212,101 @@ fn open_device(t: &TrainingConfig) -> Result<AnyBackend> {
     Ok(device)
 }
 
-/// The training and validation sources: --val, --split, or no validation.
-fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<String>)> {
-    let data = Arc::new(Dataset::load(&args.data)?);
-    say_if_generated(&args.data, &data);
+impl TrainArgs {
+    /// The saved configuration of the run in `dir`, which `--resume` continues unchanged: flags
+    /// that would change it are refused (only the device and loader threads may differ).
+    fn resumed(&self, dir: &Path) -> Result<TrainingConfig> {
+        let state = TrainingState::load(&dir.join(STATE_FILE))?;
+        let mut t = state.config;
+        t.out_dir = Some(dir.to_path_buf());
+        let m = &self.model;
+        let changing: Vec<&str> = [
+            ("--config", self.config.is_some()),
+            ("--out", self.out.is_some()),
+            ("--epochs", self.epochs.is_some()),
+            ("--batch-size", self.batch_size.is_some()),
+            ("--grad-accum", self.grad_accum.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--weight-decay", self.weight_decay.is_some()),
+            ("--warmup-steps", self.warmup_steps.is_some()),
+            ("--warmup-ratio", self.warmup_ratio.is_some()),
+            ("--schedule", self.schedule.is_some()),
+            ("--label-smoothing", self.label_smoothing.is_some()),
+            ("--grad-clip", self.grad_clip.is_some()),
+            ("--patience", self.patience.is_some()),
+            ("--min-delta", self.min_delta.is_some()),
+            ("--augment", self.augment.is_some()),
+            ("--mirror", self.mirror),
+            ("--no-shuffle", self.no_shuffle),
+            ("--seed", self.seed.is_some()),
+            ("--log-every", self.log_every.is_some()),
+            ("--amp", self.amp.is_some()),
+            ("--memory-fraction", self.memory_fraction.is_some()),
+            ("--memory-limit-mb", self.memory_limit_mb.is_some()),
+            ("--d-model", m.d_model.is_some()),
+            ("--num-heads", m.num_heads.is_some()),
+            ("--num-layers", m.num_layers.is_some()),
+            ("--ff-dim", m.ff_dim.is_some()),
+            ("--max-seq-len", m.max_seq_len.is_some()),
+            ("--dropout", m.dropout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !changing.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "resume",
+                value: changing.join(" "),
+                allowed: "no flags that change the run: --resume continues it with its saved \
+                          configuration (only --device and --num-workers may differ)",
+            });
+        }
+        let same_file = |a: &Path, b: &Path| {
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        };
+        for (flag, given, saved) in [
+            ("--data", &self.data, &t.data),
+            ("--val", &self.val, &t.val),
+        ] {
+            if let Some(g) = given {
+                if !saved.as_deref().is_some_and(|s| same_file(g, s)) {
+                    return Err(Error::data(
+                        g,
+                        format!("{flag} differs from the run being resumed ({saved:?}); leave it out to use the run's"),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.split {
+            if t.split.as_deref() != Some(s.to_string().as_str()) {
+                return Err(Error::InvalidConfig {
+                    field: "split",
+                    value: s.to_string(),
+                    allowed: "the run's own split when resuming (leave --split out to use it)",
+                });
+            }
+        }
+        if let Some(d) = &self.device {
+            t.device = d.clone();
+        }
+        if let Some(n) = self.num_workers {
+            t.num_workers = n;
+        }
+        Ok(t)
+    }
+}
+
+/// The training and validation sources: `val`, `split`, or no validation.
+fn sources(t: &TrainingConfig) -> Result<(Source, Option<Source>, Vec<String>)> {
+    let path = t.data.as_deref().ok_or(Error::InvalidConfig {
+        field: "data",
+        value: "unset".into(),
+        allowed: "a clip pack or feature pack: --data PACK (or `data` in --config)",
+    })?;
+    let data = Arc::new(Dataset::load(path)?);
+    say_if_generated(path, &data);
     let classes = data.classes().to_vec();
-    if let Some(path) = &args.val {
+    if let Some(path) = &t.val {
         let val = Arc::new(Dataset::load(path)?);
         if val.classes() != classes.as_slice() {
             return Err(Error::data(
@@ -219,8 +320,9 @@ fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<S
         }
         return Ok((Source::all(data)?, Some(Source::all(val)?), classes));
     }
-    if let Some(spec) = &args.split {
-        let s = split(&data, spec, seed)?;
+    if let Some(spec) = &t.split {
+        let spec: SplitSpec = spec.parse()?;
+        let s = split(&data, &spec, t.seed)?;
         eprintln!("split {spec}: {}", s.note);
         return Ok((
             Source::new(data.clone(), s.train)?,
@@ -232,22 +334,19 @@ fn sources(args: &TrainArgs, seed: u64) -> Result<(Source, Option<Source>, Vec<S
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (t, m, dropout_set) = match &args.resume {
-        Some(dir) => {
-            let state = signflow::train::state::TrainingState::load(
-                &dir.join(signflow::train::trainer::STATE_FILE),
-            )?;
-            let mut t = state.config;
-            t.out_dir = Some(dir.clone());
-            if let Some(d) = &args.device {
-                t.device = d.clone();
-            }
-            (t, ModelConfig::default(), false)
-        }
+    let (t, mut m, dropout_set) = match &args.resume {
+        Some(dir) => (args.resumed(dir)?, ModelConfig::default(), false),
         None => args.resolve()?,
     };
+    if t.out_dir.is_none() {
+        eprintln!("note: no --out directory: the trained model will not be saved");
+    }
     let device = open_device(&t)?;
-    let (train, val, classes) = sources(&args, t.seed)?;
+    let (train, val, classes) = sources(&t)?;
+    if let Dataset::Features(p) = train.dataset() {
+        // A feature pack fixes the input width (an --init checkpoint brings its own).
+        m.num_features = p.num_features;
+    }
     eprintln!(
         "training on {} clips, validating on {}",
         train.indices().len(),
@@ -272,7 +371,7 @@ fn run_training<B: Backend>(
             let trainer = Trainer::resume(b, dir)?;
             if trainer.classes() != classes.as_slice() {
                 return Err(Error::data(
-                    &args.data,
+                    "the training data",
                     "its classes differ from the run being resumed",
                 ));
             }

@@ -362,6 +362,12 @@ impl FeaturePack {
     /// clip and finite features.
     fn check(&self, path: &Path) -> Result<()> {
         let (n, t, f) = (self.n, self.t, self.num_features);
+        if t == 0 || f == 0 {
+            return Err(Error::data(
+                path,
+                format!("a feature pack of {t} frames × {f} features: both must be at least 1"),
+            ));
+        }
         if self.features.len() != n * t * f || self.mask.len() != n * t || self.labels.len() != n {
             return Err(Error::data(
                 path,

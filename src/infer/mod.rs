@@ -68,7 +68,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     pub fn logits(&self, batch: &Batch, ids: &[usize]) -> Result<Vec<f32>> {
         let cfg = self.model.config();
         let ws = Workspace::new(self.backend, cfg, batch.batch, batch.seq, false)?;
-        ws.load(self.backend, cfg, batch, ids)?;
+        ws.load_inputs(self.backend, cfg, batch, ids)?;
         self.model.forward(self.backend, &ws, None)?;
         ws.logits().to_f32_vec()
     }

@@ -226,17 +226,22 @@ impl Checkpoint {
 /// width, positions and layers (heads and dropout cannot be read off the tensors).
 fn infer_sizes(st: &SafeTensors, cfg: &mut ModelConfig) {
     let shape = |name: &str| st.tensor(name).ok().map(|v| v.shape().to_vec());
-    if let Some(s) = shape("input_proj.weight") {
-        (cfg.d_model, cfg.num_features) = (s[0], s[1]);
+    // Only well-formed matrices are read; anything else is reported by the name checks.
+    let matrix = |name: &str| match shape(name).as_deref() {
+        Some(&[rows, cols]) => Some((rows, cols)),
+        _ => None,
+    };
+    if let Some((d, f)) = matrix("input_proj.weight") {
+        (cfg.d_model, cfg.num_features) = (d, f);
     }
-    if let Some(s) = shape("classifier.weight") {
-        cfg.num_classes = s[0];
+    if let Some((c, _)) = matrix("classifier.weight") {
+        cfg.num_classes = c;
     }
-    if let Some(s) = shape("pos_embedding") {
-        cfg.max_seq_len = s[0];
+    if let Some((t, _)) = matrix("pos_embedding") {
+        cfg.max_seq_len = t;
     }
-    if let Some(s) = shape("encoder.layers.0.linear1.weight") {
-        cfg.ff_dim = s[0];
+    if let Some((ff, _)) = matrix("encoder.layers.0.linear1.weight") {
+        cfg.ff_dim = ff;
     }
     cfg.num_layers = (0..)
         .take_while(|l| shape(&format!("encoder.layers.{l}.norm1.weight")).is_some())

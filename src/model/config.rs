@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::params::ParamLayout;
 use crate::backend::AttentionSpec;
 use crate::error::{Error, Result};
 
@@ -37,6 +38,31 @@ impl Default for ModelConfig {
     }
 }
 
+/// Largest value of any one size: far above any sign model, small enough that products of
+/// two sizes cannot overflow.
+const MAX_SIZE: usize = 1 << 20;
+/// Largest parameter arena.
+const MAX_PARAMETERS: usize = 1 << 31;
+
+/// A float as Python's `str()` writes it (`0.1`, `0.0`, `1e-05`), so that our metadata reads
+/// as the reference's.
+fn python_float(v: f32) -> String {
+    let sci = format!("{v:e}"); // shortest digits, e.g. "1e-5", "1.5e-7", "1e0"
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
+    if (-4..16).contains(&exp) {
+        let plain = v.to_string();
+        if plain.contains('.') || !v.is_finite() {
+            plain
+        } else {
+            plain + ".0"
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
 fn invalid(field: &'static str, value: impl ToString, allowed: &'static str) -> Error {
     Error::InvalidConfig {
         field,
@@ -58,9 +84,20 @@ impl ModelConfig {
             ("max_seq_len", self.max_seq_len),
         ];
         for (field, value) in positive {
-            if value == 0 {
-                return Err(invalid(field, value, "a positive integer"));
+            if value == 0 || value > MAX_SIZE {
+                return Err(invalid(
+                    field,
+                    value,
+                    "a positive integer of at most 1,048,576",
+                ));
             }
+        }
+        if ParamLayout::new(self).total > MAX_PARAMETERS {
+            return Err(invalid(
+                "d_model",
+                self.d_model,
+                "sizes whose parameters fit in 2^31 values (4 GiB of f32 per arena)",
+            ));
         }
         if self.d_model % self.num_heads != 0 {
             return Err(invalid(
@@ -104,8 +141,8 @@ impl ModelConfig {
             ("num_layers".into(), self.num_layers.to_string()),
             ("ff_dim".into(), self.ff_dim.to_string()),
             ("max_seq_len".into(), self.max_seq_len.to_string()),
-            ("dropout".into(), self.dropout.to_string()),
-            ("layer_norm_eps".into(), self.layer_norm_eps.to_string()),
+            ("dropout".into(), python_float(self.dropout)),
+            ("layer_norm_eps".into(), python_float(self.layer_norm_eps)),
         ]
     }
 

@@ -146,6 +146,34 @@ impl<B: Backend> Workspace<B> {
     /// fits the model (sizes, labels, a real frame in every clip, finite values). `ids` name
     /// the clips in errors.
     pub fn load(&self, backend: &B, cfg: &ModelConfig, batch: &Batch, ids: &[usize]) -> Result<()> {
+        if let Some((i, &l)) = batch
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= cfg.num_classes)
+        {
+            return Err(Error::data(
+                format!("clip {}", ids.get(i).copied().unwrap_or(i)),
+                format!(
+                    "label {l} is not a class of the model ({} classes)",
+                    cfg.num_classes
+                ),
+            ));
+        }
+        self.load_inputs(backend, cfg, batch, ids)?;
+        let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
+        backend.write(&self.labels, &HostTensor::from_f32(&[self.batch], labels)?)
+    }
+
+    /// As [`Workspace::load`] without the labels: for prediction, which needs none (the loss
+    /// is then not defined).
+    pub fn load_inputs(
+        &self,
+        backend: &B,
+        cfg: &ModelConfig,
+        batch: &Batch,
+        ids: &[usize],
+    ) -> Result<()> {
         if batch.batch != self.batch || batch.seq != self.seq {
             return Err(Error::shape(
                 "workspace",
@@ -166,21 +194,6 @@ impl<B: Backend> Workspace<B> {
             ));
         }
         batch.validate(ids)?;
-        if let Some((i, &l)) = batch
-            .labels
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l >= cfg.num_classes)
-        {
-            return Err(Error::data(
-                format!("clip {}", ids.get(i).copied().unwrap_or(i)),
-                format!(
-                    "label {l} is not a class of the model ({} classes)",
-                    cfg.num_classes
-                ),
-            ));
-        }
-        let labels: Vec<f32> = batch.labels.iter().map(|&l| l as f32).collect();
         backend.write(
             &self.x,
             &HostTensor::from_f32(self.x.shape(), batch.features.clone())?,
@@ -188,8 +201,7 @@ impl<B: Backend> Workspace<B> {
         backend.write(
             &self.mask,
             &HostTensor::from_f32(self.mask.shape(), batch.mask.clone())?,
-        )?;
-        backend.write(&self.labels, &HostTensor::from_f32(&[self.batch], labels)?)
+        )
     }
 
     /// The logits of the last forward pass, `[batch, num_classes]`.

@@ -37,6 +37,14 @@ pub enum Augment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingConfig {
+    /// The training data, a clip pack or a feature pack (`--data`); recorded so that a run can
+    /// be resumed or repeated. Default unset.
+    pub data: Option<PathBuf>,
+    /// Validation data with the same classes (`--val`). Default unset.
+    pub val: Option<PathBuf>,
+    /// Part of `data` held out for validation, `random:FRACTION` or `group:NAME` (`--split`).
+    /// Default unset.
+    pub split: Option<String>,
     /// A device request as DESIGN.md's Devices section reads (`auto`, `cpu`, `gpu:1`, ...).
     /// Default `auto`.
     pub device: String,
@@ -68,10 +76,11 @@ pub struct TrainingConfig {
     /// `gradient_clip_max_norm`; a config file may use either name. Default 1.0.
     #[serde(alias = "gradient_clip_max_norm")]
     pub grad_clip: f64,
-    /// Early stopping: epochs without a validation-loss improvement before stopping
-    /// (0 = never stop early). Default 0.
+    /// Early stopping: epochs without a better validation top-1 before stopping (0 = never
+    /// stop early; without a validation set it never stops). Default 0.
     pub patience: usize,
-    /// The smallest decrease of the validation loss that counts as an improvement. Default 0.
+    /// The smallest rise of the validation top-1 (a fraction) that counts as an improvement.
+    /// Default 0.
     pub min_delta: f64,
     /// Seed of parameter initialisation, shuffling, augmentation and dropout. Default 0.
     pub seed: u64,
@@ -79,14 +88,15 @@ pub struct TrainingConfig {
     pub shuffle: bool,
     /// Augmentation of raw training clips. Default `none`.
     pub augment: Augment,
-    /// Add left-right mirrored copies of the training clips. Default false.
+    /// With `augment: default`, also mirror half the training clips at random (left and right
+    /// swapped); ignored otherwise. Default false.
     pub mirror: bool,
     /// Report the running loss every this many update steps. Default 10.
     pub log_every: usize,
     /// Empty the buffer pool's cache every this many update steps (0 = never). Default 0.
     pub empty_cache_interval: u32,
-    /// Where checkpoints, `metrics.jsonl`, `curves.svg` and `config.json` go; the trainer
-    /// picks one when unset. Default unset.
+    /// Where checkpoints, `metrics.jsonl`, `curves.svg` and `config.json` go; when unset,
+    /// nothing is written and the model lives only in the `Trainer`. Default unset.
     pub out_dir: Option<PathBuf>,
     /// Share of the device's memory the buffer pool may hold, in (0, 1]. Default 0.9.
     pub memory_fraction: f64,
@@ -103,6 +113,9 @@ pub struct TrainingConfig {
 impl Default for TrainingConfig {
     fn default() -> Self {
         TrainingConfig {
+            data: None,
+            val: None,
+            split: None,
             device: "auto".into(),
             amp: "none".into(),
             batch_size: 32,
@@ -169,6 +182,13 @@ impl TrainingConfig {
     /// Checks every setting; the first one out of range comes back as
     /// [`Error::InvalidConfig`] (or the device parser's error for `device`).
     pub fn validate(&self) -> Result<()> {
+        if self.val.is_some() && self.split.is_some() {
+            return Err(invalid(
+                "split",
+                self.split.as_deref().unwrap_or_default(),
+                "unset when a validation pack (val) is given: one or the other",
+            ));
+        }
         if self.amp != "none" {
             return Err(invalid(
                 "amp",
@@ -307,7 +327,7 @@ impl TrainingConfig {
 
 /// Keys of a run's `config.json` that describe the run (the crate's version, the data it saw)
 /// rather than set it, so that `--config OUT/config.json` repeats a run.
-pub const RUN_RECORD_KEYS: &[&str] = &["signflow_version", "data"];
+pub const RUN_RECORD_KEYS: &[&str] = &["signflow_version", "dataset"];
 
 /// serde's message for a bad value ("invalid type: string, expected usize") does not say which
 /// key held it. Deserializing the keys one at a time (the others take their defaults) finds

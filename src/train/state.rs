@@ -36,6 +36,10 @@ pub struct Progress {
 /// AdamW's moments and the run's progress.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingState {
+    /// The parameter arena the moments belong to (final.safetensors holds the same values,
+    /// but the two files are renamed one after the other: a crash between them must not pair
+    /// one epoch's weights with another's moments).
+    pub weights: Vec<f32>,
     pub exp_avg: Vec<f32>,
     pub exp_avg_sq: Vec<f32>,
     pub progress: Progress,
@@ -56,6 +60,7 @@ impl TrainingState {
             serde_json::to_string(&self.config).expect("config serialises"),
         );
         let tensors = [
+            ("weights", [n], self.weights.as_slice()),
             ("exp_avg", [n], self.exp_avg.as_slice()),
             ("exp_avg_sq", [n], self.exp_avg_sq.as_slice()),
         ];
@@ -87,7 +92,7 @@ impl TrainingState {
             meta.get(key)
                 .ok_or_else(|| err(format!("metadata `{key}` is missing")))
         };
-        let progress = serde_json::from_str(json("progress")?)
+        let progress: Progress = serde_json::from_str(json("progress")?)
             .map_err(|e| err(format!("metadata `progress` is malformed: {e}")))?;
         let config = serde_json::from_str(json("training_config")?)
             .map_err(|e| err(format!("metadata `training_config` is malformed: {e}")))?;
@@ -97,7 +102,13 @@ impl TrainingState {
                 .map_err(|_| err(format!("tensor {name} is missing")))?;
             to_f32(t.dtype(), t.data()).ok_or_else(|| err(format!("tensor {name} is not f32")))
         };
+        if progress.epoch == 0 {
+            return Err(err(
+                "metadata `progress` has epoch 0; epochs count from 1".into()
+            ));
+        }
         Ok(TrainingState {
+            weights: read("weights")?,
             exp_avg: read("exp_avg")?,
             exp_avg_sq: read("exp_avg_sq")?,
             progress,

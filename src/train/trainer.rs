@@ -143,16 +143,21 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// `state.safetensors`), with the configuration it was started with.
     pub fn resume(backend: &'b B, dir: &Path) -> Result<Trainer<'b, B>> {
         let state = TrainingState::load(&dir.join(STATE_FILE))?;
+        // final.safetensors gives the configuration, classes and preprocessing (fixed for a
+        // run); the weights come from the state file, written with the moments they belong to.
         let ckpt = Checkpoint::load(&dir.join(FINAL_FILE))?;
-        let model = ckpt.to_model(backend)?;
-        if state.exp_avg.len() != model.layout().total
-            || state.exp_avg_sq.len() != state.exp_avg.len()
+        let layout = ParamLayout::new(&ckpt.config);
+        if [&state.weights, &state.exp_avg, &state.exp_avg_sq]
+            .iter()
+            .any(|v| v.len() != layout.total)
         {
             return Err(Error::checkpoint(
                 dir.join(STATE_FILE),
-                "its optimizer moments do not fit the model in final.safetensors",
+                "its weights and moments do not fit the model in final.safetensors",
             ));
         }
+        let model =
+            SignTransformer::from_arena(backend, ckpt.config.clone(), layout, state.weights)?;
         // The directory may have moved since the run started: it is where the run lives now.
         let config = TrainingConfig {
             out_dir: Some(dir.to_path_buf()),
@@ -191,6 +196,13 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// directory's files when `config.out_dir` is set.
     pub fn fit(&mut self, train: Source, val: Option<Source>) -> Result<Vec<EpochRecord>> {
         let cfg = self.config.clone();
+        self.check_fits(train.dataset(), "the training data")?;
+        if let Some(v) = &val {
+            self.check_fits(v.dataset(), "the validation data")?;
+        }
+        if cfg.patience > 0 && val.is_none() {
+            tracing::warn!("--patience needs a validation set (--val or --split): it is off");
+        }
         let preprocessing = self.preprocessing_for(train.dataset());
         let train_loader = Loader::new(
             train,
@@ -232,13 +244,22 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let steps_per_epoch = train_loader.num_batches().div_ceil(accum);
         let schedule = LrSchedule::new(&cfg, steps_per_epoch * cfg.num_epochs);
 
+        let fresh = self.progress.step == 0 && self.progress.epoch == 1;
         let out = cfg.out_dir.clone();
         let mut log = match &out {
             Some(dir) => {
+                if fresh && dir.join(STATE_FILE).exists() {
+                    return Err(Error::InvalidConfig {
+                        field: "out_dir",
+                        value: dir.display().to_string(),
+                        allowed: "a directory without a run in it (it holds state.safetensors): \
+                                  continue that run with --resume, or choose another --out",
+                    });
+                }
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 self.write_config(dir, &preprocessing)?;
                 let path = dir.join(METRICS_FILE);
-                Some(if self.progress.step > 0 || self.progress.epoch > 1 {
+                Some(if !fresh {
                     MetricsLog::resume(&path, self.progress.step as usize, self.progress.epoch - 1)?
                 } else {
                     MetricsLog::create(&path)?
@@ -334,6 +355,8 @@ impl<'b, B: Backend> Trainer<'b, B> {
         for (i, item) in loader.epoch(self.progress.epoch).enumerate().skip(skip) {
             let (batch, ids) = item?;
             let micro = i % accum;
+            // The update's micro-batches: `accum`, or fewer in an epoch's last group.
+            let group = accum.min(num_batches - (i - micro));
             let w = planned(
                 &mut ws,
                 self.backend,
@@ -351,9 +374,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.model.forward(self.backend, w, dropout)?;
             self.model.loss(self.backend, w, smoothing)?;
             self.model
-                .backward(self.backend, w, smoothing, 1.0 / accum as f32, dropout)?;
+                .backward(self.backend, w, smoothing, 1.0 / group as f32, dropout)?;
             let grads = self.accumulate(micro)?;
-            let last_of_update = micro + 1 == accum || i + 1 == num_batches;
+            let last_of_update = micro + 1 == group;
             if last_of_update {
                 let lr = schedule.lr(self.optimizer.step_count() as usize + 1);
                 let hp = AdamW {
@@ -513,6 +536,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             .save(&dir.join(FINAL_FILE))?;
         let (exp_avg, exp_avg_sq) = self.optimizer.moments()?;
         TrainingState {
+            weights: self.model.weights().to_host()?,
             exp_avg,
             exp_avg_sq,
             progress: self.progress.clone(),
@@ -530,7 +554,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
         fields.insert("model".into(), serde_json::json!(self.model.config()));
         fields.insert("signflow_version".into(), env!("CARGO_PKG_VERSION").into());
         fields.insert(
-            "data".into(),
+            "dataset".into(),
             serde_json::json!({
                 "classes": self.classes,
                 "seq_len": preprocessing.seq_len,
@@ -539,6 +563,36 @@ impl<'b, B: Backend> Trainer<'b, B> {
         );
         let text = serde_json::to_string_pretty(&resolved).expect("config serialises");
         write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    }
+
+    /// A feature pack must have the model's features and at most max_seq_len frames (clip packs
+    /// are preprocessed to fit); said before anything is written rather than at the first
+    /// batch.
+    fn check_fits(&self, dataset: &Dataset, what: &str) -> Result<()> {
+        let cfg = self.model.config();
+        if let Dataset::Features(p) = dataset {
+            if p.num_features != cfg.num_features || p.t > cfg.max_seq_len {
+                return Err(Error::data(
+                    what,
+                    format!(
+                        "a feature pack of {} frames × {} features does not fit a model of \
+                         max_seq_len {} and {} features",
+                        p.t, p.num_features, cfg.max_seq_len, cfg.num_features
+                    ),
+                ));
+            }
+        }
+        if dataset.classes().len() != cfg.num_classes {
+            return Err(Error::data(
+                what,
+                format!(
+                    "has {} classes, the model {} outputs",
+                    dataset.classes().len(),
+                    cfg.num_classes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Clip packs are resampled to the model's max_seq_len; feature packs come as they are.
