@@ -419,6 +419,26 @@ fn batches_are_the_same_whatever_the_number_of_workers() {
 }
 
 #[test]
+fn an_epoch_resumed_mid_way_gives_the_same_later_batches() {
+    let pack = small_pack(23);
+    let whole = loader(pack.clone(), config(0))
+        .epoch(2)
+        .map(|b| b.unwrap())
+        .collect::<Vec<_>>();
+    for workers in [0, 1, 3] {
+        let l = loader(pack.clone(), config(workers));
+        for first in [0, 2, 4, 5, 9] {
+            let rest: Vec<_> = l.epoch_from(2, first).map(|b| b.unwrap()).collect();
+            assert_eq!(
+                rest,
+                whole[first.min(whole.len())..],
+                "from batch {first}, {workers} workers"
+            );
+        }
+    }
+}
+
+#[test]
 fn an_epoch_covers_every_clip_once_with_a_smaller_last_batch() {
     let l = loader(small_pack(23), config(2));
     assert_eq!(l.num_batches(), 5);

@@ -281,7 +281,14 @@ impl Loader {
     /// iterator early stops the threads and waits for them (at most the batch each is
     /// preparing).
     pub fn epoch(&self, epoch: usize) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (the same batches [`Loader::epoch`] gives
+    /// there), preparing none of the earlier ones: for resuming mid-epoch.
+    pub fn epoch_from(&self, epoch: usize, first: usize) -> Epoch {
         let num_batches = self.num_batches();
+        let first = first.min(num_batches);
         let job = Arc::new(Job {
             dataset: Arc::clone(&self.source.dataset),
             order: self.order(epoch),
@@ -293,12 +300,13 @@ impl Loader {
         });
         let mut it = Epoch {
             job,
-            next: 0,
+            first,
+            next: first,
             num_batches,
             workers: Vec::new(),
             failed: None,
         };
-        let threads = self.config.num_workers.min(num_batches);
+        let threads = self.config.num_workers.min(num_batches - first);
         for w in 0..threads {
             let job = Arc::clone(&it.job);
             // Capacity 1: a worker holds one finished batch while it prepares the next.
@@ -306,7 +314,7 @@ impl Loader {
             let spawned = thread::Builder::new()
                 .name(format!("signflow-loader-{w}"))
                 .spawn(move || {
-                    for k in (w..num_batches).step_by(threads) {
+                    for k in (first + w..num_batches).step_by(threads) {
                         let item = job.batch(k);
                         let failed = item.is_err();
                         // A failed send means the epoch was dropped: nobody wants the rest.
@@ -483,6 +491,9 @@ fn label(clip: usize, label: usize, classes: usize) -> Result<usize> {
 /// after the first error.
 pub struct Epoch {
     job: Arc<Job>,
+    /// The first batch this iterator yields (worker `w` prepares `first + w`, `first + w + W`,
+    /// …).
+    first: usize,
     next: usize,
     num_batches: usize,
     /// Worker `w` prepares batches `w, w + W, w + 2W, …` and sends them in that order on its
@@ -532,7 +543,7 @@ impl Iterator for Epoch {
         let item = if self.workers.is_empty() {
             self.job.batch(k)
         } else {
-            let w = k % self.workers.len();
+            let w = (k - self.first) % self.workers.len();
             match self.workers[w].batches.recv() {
                 Ok(item) => item,
                 // The worker ended without sending batch k: it panicked.

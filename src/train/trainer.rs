@@ -352,7 +352,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             eps: cfg.eps as f32,
             weight_decay: cfg.weight_decay as f32,
         };
-        for (i, item) in loader.epoch(self.progress.epoch).enumerate().skip(skip) {
+        for (i, item) in (skip..).zip(loader.epoch_from(self.progress.epoch, skip)) {
             let (batch, ids) = item?;
             let micro = i % accum;
             // The update's micro-batches: `accum`, or fewer in an epoch's last group.
