@@ -26,6 +26,12 @@ const ROW_BLOCK: usize = 64;
 /// scheduling cost vanishes and small enough to spread over every core.
 const CHUNK: usize = 1 << 15;
 
+/// Rows of `cols` elements that one parallel task takes: about a [`CHUNK`], so that
+/// row-wise ops on narrow rows do not pay rayon's cost per row.
+fn rows_per_task(cols: usize) -> usize {
+    (CHUNK / cols.max(1)).max(1)
+}
+
 /// Host memory in 32-bit words, so that f32 views are aligned and 16-bit views at even
 /// offsets are too.
 pub struct HostAllocator;
@@ -521,16 +527,19 @@ impl Backend for CpuBackend {
                 .par_chunks_mut(cols)
                 .zip(x.par_chunks(cols))
                 .zip(stats.par_iter_mut())
+                .with_min_len(rows_per_task(cols))
                 .for_each(|((y, x), stat)| {
-                    let mean = lane_sum(x) / cols as f32;
-                    // y holds x − mean for a moment.
-                    y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
-                    let var = lane_dot(y, y) / cols as f32;
-                    let rstd = 1.0 / (var + eps).sqrt();
-                    for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
-                        *y = *y * rstd * w + b;
-                    }
-                    *stat = (mean, rstd);
+                    simd::dispatch(|| {
+                        let mean = lane_sum(x) / cols as f32;
+                        // y holds x − mean for a moment.
+                        y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
+                        let var = lane_dot(y, y) / cols as f32;
+                        let rstd = 1.0 / (var + eps).sqrt();
+                        for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
+                            *y = *y * rstd * w + b;
+                        }
+                        *stat = (mean, rstd);
+                    })
                 });
         })?;
         self.store(mean, stats.iter().map(|s| s.0))?;
