@@ -8,7 +8,7 @@ then compares (1) the logits of `signflow predict --output` with PyTorch's (eval
 (2) the losses and final parameters of a few AdamW steps of `signflow train --init` with
 PyTorch's. Prints the errors and exits 1 when a tolerance is missed.
 """
-import argparse, json, os, subprocess, sys
+import argparse, json, os, shutil, subprocess, sys
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ for _ in range(a.steps):
     l.backward()
     opt.step()
 run = f"{a.work}/run-{a.device}"
+shutil.rmtree(run, ignore_errors=True)  # train refuses to start a run over an old one
 subprocess.run([a.signflow, "train", "--data", pack, "--init", model_path, "--out", run, "--device", a.device,
                 "--epochs", str(a.steps), "--batch-size", str(b), "--lr", str(lr), "--weight-decay", str(wd),
                 "--warmup-steps", "0", "--warmup-ratio", "0", "--schedule", "constant", "--label-smoothing", "0",
