@@ -175,7 +175,7 @@ pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
 
 /// Writes the draws of elements `first_element .. first_element + out.len()` into `out`, equal
 /// to [`uniform`] element by element but with one Philox call per four elements.
-#[inline]
+#[inline(always)]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
     // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
     // block is computed once; the first and last groups may be partial.

@@ -9,6 +9,9 @@ use rayon::prelude::*;
 mod attention;
 mod simd;
 
+use simd::{Simd, WithSimd};
+
+use super::math::Real;
 use super::{check, math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
@@ -146,10 +149,12 @@ fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow
     }
 }
 
-/// Sums in eight interleaved lanes, added up at the end: a fixed order (the same bits on
-/// every run) that the compiler keeps in SIMD registers, unlike one running sum.
-const LANES: usize = 8;
+/// Sums in 32 interleaved lanes, added up at the end: a fixed order (the same bits on every
+/// run) that the compiler keeps in four SIMD registers, so that four add chains run side by
+/// side instead of one waiting on the last add's latency.
+const LANES: usize = 32;
 
+#[inline(always)]
 fn lane_sum(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -165,7 +170,8 @@ fn lane_sum(x: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
-/// Σ a·b in eight lanes, as [`lane_sum`].
+/// Σ a·b in interleaved lanes, as [`lane_sum`].
+#[inline(always)]
 fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -181,11 +187,71 @@ fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
+/// The elementwise ops that [`map_chunks`] runs, each in explicit vectors.
+#[derive(Clone, Copy)]
+enum Elementwise {
+    Add,
+    Scale(f32),
+    Gelu,
+    /// `dy · gelu'(x)`, from inputs `[x, dy]`.
+    GeluBackward,
+}
+
+/// One chunk of an [`Elementwise`] op.
+struct ElementwiseChunk<'a> {
+    op: Elementwise,
+    ins: &'a [&'a [f32]],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for ElementwiseChunk<'_> {
+    type Output = ();
+    #[inline(always)]
+    // The closures are `#[inline(always)]` (even around a plain function) so that the SIMD
+    // copies inline them rather than call them per vector.
+    #[allow(clippy::redundant_closure)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let (ins, out) = (self.ins, self.out);
+        match self.op {
+            Elementwise::Add => simd::map2(
+                s,
+                ins[0],
+                ins[1],
+                out,
+                #[inline(always)]
+                |a, b| a + b,
+            ),
+            Elementwise::Scale(alpha) => simd::map1(
+                s,
+                ins[0],
+                out,
+                #[inline(always)]
+                |x| x.constant(alpha) * x,
+            ),
+            Elementwise::Gelu => simd::map1(
+                s,
+                ins[0],
+                out,
+                #[inline(always)]
+                |x| math::gelu(x),
+            ),
+            Elementwise::GeluBackward => simd::map2(
+                s,
+                ins[0],
+                ins[1],
+                out,
+                #[inline(always)]
+                |x, dy| dy * math::gelu_grad(x),
+            ),
+        }
+    }
+}
+
 /// An elementwise op over f32 inputs as long as `out`, in parallel chunks.
 fn map_chunks(
+    op: Elementwise,
     inputs: &[&Tensor<CpuBackend>],
     out: &Tensor<CpuBackend>,
-    f: impl Fn(&[&[f32]], &mut [f32]) + Sync,
 ) -> Result<()> {
     with_io(inputs, &[out], |ins, outs| {
         let words = &mut *outs[0];
@@ -193,39 +259,42 @@ fn map_chunks(
         f32s_mut(words, out)
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, o)| {
+            .for_each(|(c, out)| {
                 let start = c * CHUNK;
-                let chunk: Vec<&[f32]> = xs.iter().map(|x| &x[start..start + o.len()]).collect();
-                simd::dispatch(|| f(&chunk, o));
+                let ins: Vec<&[f32]> = xs.iter().map(|x| &x[start..start + out.len()]).collect();
+                simd::run(ElementwiseChunk { op, ins: &ins, out });
             });
     })
 }
 
-/// Sums rows of `m` (rows of `cols`) into `width` accumulators with `add(row_index, row,
-/// acc)`: partial sums over blocks of [`ROW_BLOCK`] rows in parallel, then the partials in
-/// block order, so that the result is the same on every run.
-fn column_sums(
-    m: &[f32],
-    cols: usize,
-    width: usize,
-    add: impl Fn(usize, &[f32], &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let partials: Vec<Vec<f32>> = m
+/// Sums rows of `m` (rows of `cols`) into `cols` accumulators: partial sums over blocks of
+/// [`ROW_BLOCK`] rows in parallel, then the partials in block order.
+fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let partials = m
         .par_chunks(ROW_BLOCK * cols)
-        .enumerate()
-        .map(|(block, rows)| {
-            let mut acc = vec![0.0f32; width];
-            for (i, row) in rows.chunks_exact(cols).enumerate() {
-                add(block * ROW_BLOCK + i, row, &mut acc);
-            }
-            acc
+        .map(|rows| {
+            simd::run(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0.0f32; cols];
+                    for row in rows.chunks_exact(cols) {
+                        acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                    }
+                    acc
+                },
+            )
         })
         .collect();
-    let mut total = vec![0.0f32; width];
+    sum_in_block_order(partials)
+}
+
+/// Adds up per-block partial sums in block order: blocks of a fixed size (not one per
+/// thread), so that the result is the same on every run and any number of threads.
+fn sum_in_block_order(partials: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().unwrap_or_default();
     for partial in partials {
-        for (t, p) in total.iter_mut().zip(partial) {
-            *t += p;
-        }
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
     }
     total
 }
@@ -441,20 +510,12 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("add", &[a, b], out)?;
-        map_chunks(&[a, b], out, |ins, o| {
-            for ((o, x), y) in o.iter_mut().zip(ins[0]).zip(ins[1]) {
-                *o = x + y;
-            }
-        })
+        map_chunks(Elementwise::Add, &[a, b], out)
     }
 
     fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("scale", &[x], out)?;
-        map_chunks(&[x], out, |ins, o| {
-            for (o, x) in o.iter_mut().zip(ins[0]) {
-                *o = alpha * x;
-            }
-        })
+        map_chunks(Elementwise::Scale(alpha), &[x], out)
     }
 
     fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
@@ -473,20 +534,12 @@ impl Backend for CpuBackend {
 
     fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         check::elementwise("gelu", &[x], out)?;
-        map_chunks(&[x], out, |ins, o| {
-            for (o, &x) in o.iter_mut().zip(ins[0]) {
-                *o = math::gelu(x);
-            }
-        })
+        map_chunks(Elementwise::Gelu, &[x], out)
     }
 
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
         check::elementwise("gelu_backward", &[x, dy], dx)?;
-        map_chunks(&[x, dy], dx, |ins, o| {
-            for ((o, &x), &g) in o.iter_mut().zip(ins[0]).zip(ins[1]) {
-                *o = g * math::gelu_grad(x);
-            }
-        })
+        map_chunks(Elementwise::GeluBackward, &[x, dy], dx)
     }
 
     fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
@@ -497,11 +550,7 @@ impl Backend for CpuBackend {
         check::outputs_apart(OP, &[dy], &[db])?;
         with_io(&[dy], &[db], |ins, outs| {
             let words = &mut *outs[0];
-            let sums = column_sums(f32s(ins[0], dy), cols, cols, |_, row, acc| {
-                for (a, g) in acc.iter_mut().zip(row) {
-                    *a += g;
-                }
-            });
+            let sums = column_sums(f32s(ins[0], dy), cols);
             f32s_mut(words, db).copy_from_slice(&sums);
         })?;
         Ok(())
@@ -529,17 +578,20 @@ impl Backend for CpuBackend {
                 .zip(stats.par_iter_mut())
                 .with_min_len(rows_per_task(cols))
                 .for_each(|((y, x), stat)| {
-                    simd::dispatch(|| {
-                        let mean = lane_sum(x) / cols as f32;
-                        // y holds x − mean for a moment.
-                        y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
-                        let var = lane_dot(y, y) / cols as f32;
-                        let rstd = 1.0 / (var + eps).sqrt();
-                        for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
-                            *y = *y * rstd * w + b;
-                        }
-                        *stat = (mean, rstd);
-                    })
+                    simd::run(
+                        #[inline(always)]
+                        || {
+                            let mean = lane_sum(x) / cols as f32;
+                            // y holds x − mean for a moment.
+                            y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
+                            let var = lane_dot(y, y) / cols as f32;
+                            let rstd = 1.0 / (var + eps).sqrt();
+                            for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
+                                *y = *y * rstd * w + b;
+                            }
+                            *stat = (mean, rstd);
+                        },
+                    )
                 });
         })?;
         self.store(mean, stats.iter().map(|s| s.0))?;
@@ -564,39 +616,51 @@ impl Backend for CpuBackend {
             let words = &mut *outs[0];
             let (x, w) = (f32s(ins[0], x), f32s(ins[1], w));
             let (mean, rstd, dy) = (f32s(ins[2], mean), f32s(ins[3], rstd), f32s(ins[4], dy));
-            f32s_mut(words, dx)
-                .par_chunks_mut(cols)
-                .zip(x.par_chunks(cols).zip(dy.par_chunks(cols)))
+            // One pass over the rows: dx row by row, and dw, db as partial sums over blocks
+            // of rows (added up in block order afterwards), so that x and dy are read once.
+            let partials = f32s_mut(words, dx)
+                .par_chunks_mut(ROW_BLOCK * cols)
                 .enumerate()
-                .for_each_init(
-                    || vec![0.0f32; 2 * cols],
-                    |scratch, (r, (dx, (x, dy)))| {
-                        // g = dy·w and xhat = (x − mean)·rstd, then two lane sums.
-                        let (g, xhat) = scratch.split_at_mut(cols);
-                        for ((g, dy), w) in g.iter_mut().zip(dy).zip(w) {
-                            *g = dy * w;
-                        }
-                        for (h, x) in xhat.iter_mut().zip(x) {
-                            *h = (x - mean[r]) * rstd[r];
-                        }
-                        let mean_g = lane_sum(g) / cols as f32;
-                        let mean_g_xhat = lane_dot(g, xhat) / cols as f32;
-                        for ((dx, g), h) in dx.iter_mut().zip(g.iter()).zip(xhat.iter()) {
-                            *dx = rstd[r] * (g - mean_g - h * mean_g_xhat);
-                        }
-                    },
-                );
-            // dw and db side by side: [dw | db].
-            param_grads = column_sums(dy, cols, 2 * cols, |r, dy_row, acc| {
-                let (acc_w, acc_b) = acc.split_at_mut(cols);
-                let x_row = &x[r * cols..(r + 1) * cols];
-                for ((a, g), x) in acc_w.iter_mut().zip(dy_row).zip(x_row) {
-                    *a += g * (x - mean[r]) * rstd[r];
-                }
-                for (a, g) in acc_b.iter_mut().zip(dy_row) {
-                    *a += g;
-                }
-            });
+                .map(|(block, dx_rows)| {
+                    simd::run(
+                        #[inline(always)]
+                        || {
+                            // [dw | db] partial sums, then scratch rows g = dy·w and
+                            // xhat = (x − mean)·rstd.
+                            let mut acc = vec![0.0f32; 2 * cols];
+                            let mut scratch = vec![0.0f32; 2 * cols];
+                            let (acc_w, acc_b) = acc.split_at_mut(cols);
+                            let (g, xhat) = scratch.split_at_mut(cols);
+                            for (i, dx) in dx_rows.chunks_exact_mut(cols).enumerate() {
+                                let r = block * ROW_BLOCK + i;
+                                let row = r * cols..(r + 1) * cols;
+                                let (x, dy) = (&x[row.clone()], &dy[row]);
+                                let (m, s) = (mean[r], rstd[r]);
+                                for (((((g, h), aw), ab), &x), (&dy, &w)) in g
+                                    .iter_mut()
+                                    .zip(xhat.iter_mut())
+                                    .zip(acc_w.iter_mut())
+                                    .zip(acc_b.iter_mut())
+                                    .zip(x)
+                                    .zip(dy.iter().zip(w))
+                                {
+                                    *h = (x - m) * s;
+                                    *g = dy * w;
+                                    *aw += dy * *h;
+                                    *ab += dy;
+                                }
+                                let mean_g = lane_sum(g) / cols as f32;
+                                let mean_g_xhat = lane_dot(g, xhat) / cols as f32;
+                                for ((dx, g), h) in dx.iter_mut().zip(g.iter()).zip(xhat.iter()) {
+                                    *dx = s * (g - mean_g - h * mean_g_xhat);
+                                }
+                            }
+                            acc
+                        },
+                    )
+                })
+                .collect();
+            param_grads = sum_in_block_order(partials);
         })?;
         self.store(dw, param_grads[..cols].iter().copied())?;
         self.store(db, param_grads[cols..].iter().copied())
@@ -852,13 +916,16 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(c, o)| {
                     let start = c * CHUNK;
-                    simd::dispatch(|| {
-                        let mut draws = vec![0.0f32; o.len()];
-                        rng::fill_uniform(key, start as u64, &mut draws);
-                        for ((o, &x), &u) in o.iter_mut().zip(&x[start..]).zip(&draws) {
-                            *o = if u >= p { x * scale } else { 0.0 };
-                        }
-                    })
+                    simd::run(
+                        #[inline(always)]
+                        || {
+                            let mut draws = vec![0.0f32; o.len()];
+                            rng::fill_uniform(key, start as u64, &mut draws);
+                            for ((o, &x), &u) in o.iter_mut().zip(&x[start..]).zip(&draws) {
+                                *o = if u >= p { x * scale } else { 0.0 };
+                            }
+                        },
+                    )
                 });
         })
     }
@@ -888,7 +955,7 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(b, (o, l))| {
                     let clip_qkv = &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm];
-                    simd::dispatch(|| {
+                    simd::run(|| {
                         attention::forward(spec, b, clip_qkv, &mask[b * t..(b + 1) * t], o, l)
                     });
                 });
@@ -921,7 +988,7 @@ impl Backend for CpuBackend {
                     fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
                         &x[b * rows..(b + 1) * rows]
                     }
-                    simd::dispatch(|| {
+                    simd::run(|| {
                         attention::backward(
                             spec,
                             b,
