@@ -104,44 +104,63 @@ impl DropoutKey {
     }
 }
 
-/// Blocks computed side by side by [`DropoutKey::blocks`].
-const BATCH: usize = 8;
-
 impl DropoutKey {
-    /// [`DropoutKey::block`] for `BATCH` consecutive quads, written lane by lane (each
-    /// operation over all blocks at once) so that the compiler turns the rounds into vector
-    /// instructions; the bits are the same as block by block.
+    /// [`DropoutKey::block`] for as many consecutive quads as `S` has u32 lanes, lane by
+    /// lane: output `j` of quad `first_quad + b` is lane `b` of the `j`-th vector. The quads
+    /// must share their high 32 bits (the key depends on them).
     #[inline(always)]
-    fn blocks(&self, first_quad: u64) -> [[u32; 4]; BATCH] {
-        let mut c = [[0u32; BATCH]; 4];
-        let mut k = [[0u32; BATCH]; 2];
-        for b in 0..BATCH {
-            let quad = first_quad.wrapping_add(b as u64);
-            c[0][b] = quad as u32;
-            c[1][b] = self.site;
-            c[2][b] = self.step as u32;
-            c[3][b] = (self.step >> 32) as u32;
-            k[0][b] = self.seed as u32;
-            k[1][b] = ((self.seed >> 32) as u32) ^ ((quad >> 32) as u32);
-        }
+    fn blocks<S: pulp::Simd>(&self, s: S, first_quad: u64, lane_index: S::u32s) -> [S::u32s; 4] {
+        let mut c = [
+            s.add_u32s(s.splat_u32s(first_quad as u32), lane_index),
+            s.splat_u32s(self.site),
+            s.splat_u32s(self.step as u32),
+            s.splat_u32s((self.step >> 32) as u32),
+        ];
+        let mut k = [
+            self.seed as u32,
+            ((self.seed >> 32) as u32) ^ ((first_quad >> 32) as u32),
+        ];
+        let (m0, m1) = (s.splat_u32s(M0), s.splat_u32s(M1));
         for i in 0..10 {
             if i > 0 {
-                k[0].iter_mut().for_each(|k| *k = k.wrapping_add(W0));
-                k[1].iter_mut().for_each(|k| *k = k.wrapping_add(W1));
+                k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
             }
-            let mut next = [[0u32; BATCH]; 4];
-            for b in 0..BATCH {
-                let p0 = M0 as u64 * c[0][b] as u64;
-                let p1 = M1 as u64 * c[2][b] as u64;
-                next[0][b] = ((p1 >> 32) as u32) ^ c[1][b] ^ k[0][b];
-                next[1][b] = p1 as u32;
-                next[2][b] = ((p0 >> 32) as u32) ^ c[3][b] ^ k[1][b];
-                next[3][b] = p0 as u32;
-            }
-            c = next;
+            let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
+            let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
+            c = [
+                s.xor_u32s(s.xor_u32s(hi1, c[1]), s.splat_u32s(k[0])),
+                lo1,
+                s.xor_u32s(s.xor_u32s(hi0, c[3]), s.splat_u32s(k[1])),
+                lo0,
+            ];
         }
-        std::array::from_fn(|b| [c[0][b], c[1][b], c[2][b], c[3][b]])
+        c
     }
+}
+
+/// [`to_unit`] on vectors: `(r >> 8)·2^-24` exactly, from two 12-bit halves (each turned
+/// into a float by the 2^23 trick: the bits of 2^23 + n are 0x4B00_0000 | n), since the
+/// SIMD layer has no integer-to-float conversion.
+#[inline(always)]
+fn to_unit_lanes<S: pulp::Simd>(s: S, r: S::u32s) -> S::f32s {
+    let high = small_to_float(s, s.wrapping_dyn_shr_u32s(r, s.splat_u32s(20)));
+    let low = small_to_float(
+        s,
+        s.and_u32s(
+            s.wrapping_dyn_shr_u32s(r, s.splat_u32s(8)),
+            s.splat_u32s(0xfff),
+        ),
+    );
+    let n = s.add_f32s(s.mul_f32s(high, s.splat_f32s(4096.0)), low);
+    s.mul_f32s(n, s.splat_f32s(INV_2_24))
+}
+
+/// Integers below 2^23 as floats, exactly.
+#[inline(always)]
+fn small_to_float<S: pulp::Simd>(s: S, n: S::u32s) -> S::f32s {
+    const TWO_23: f32 = 8_388_608.0;
+    let biased = s.or_u32s(n, s.splat_u32s(TWO_23.to_bits()));
+    s.sub_f32s(s.transmute_f32s_u32s(biased), s.splat_f32s(TWO_23))
 }
 
 /// The top 24 bits of `r` as an exact float in [0, 1).
@@ -174,36 +193,87 @@ pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
 }
 
 /// Writes the draws of elements `first_element .. first_element + out.len()` into `out`, equal
-/// to [`uniform`] element by element but with one Philox call per four elements.
-#[inline(always)]
+/// to [`uniform`] element by element but with one Philox call per four elements, as many
+/// calls at once as the CPU has SIMD lanes.
+#[inline]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
-    // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
-    // block is computed once; the first and last groups may be partial.
-    let mut element = first_element;
-    let mut rest = out;
-    while !rest.is_empty() {
-        // Whole runs of BATCH blocks go through the lane-parallel Philox.
-        if element % 4 == 0 && rest.len() >= 4 * BATCH {
+    pulp::Arch::new().dispatch(FillUniform {
+        key,
+        first_element,
+        out,
+    });
+}
+
+struct FillUniform<'a> {
+    key: &'a DropoutKey,
+    first_element: u64,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for FillUniform<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, s: S) {
+        fill_uniform_with(s, self.key, self.first_element, self.out)
+    }
+}
+
+/// [`fill_uniform`] inside a SIMD body that already has its instruction set `s`.
+#[inline(always)]
+pub fn fill_uniform_with<S: pulp::Simd>(
+    s: S,
+    key: &DropoutKey,
+    first_element: u64,
+    out: &mut [f32],
+) {
+    {
+        const MAX_LANES: usize = 16;
+        const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
+        let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
+        // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
+        // block is computed once; the first and last groups may be partial.
+        let mut element = first_element;
+        let mut rest = out;
+        while !rest.is_empty() {
             let quad = element / 4;
-            let (run, tail) = rest.split_at_mut(4 * BATCH);
-            for (b, block) in key.blocks(quad).iter().enumerate() {
-                for (slot, r) in run[4 * b..4 * b + 4].iter_mut().zip(block) {
-                    *slot = to_unit(*r);
+            // Whole runs of `lanes` blocks whose quads share their high word go through SIMD.
+            let same_high_word = (quad as u32).checked_add(lanes as u32 - 1).is_some();
+            if element % 4 == 0 && rest.len() >= 4 * lanes && same_high_word {
+                let (run, tail) = rest.split_at_mut(4 * lanes);
+                // Lane b of vector j is element 4·b + j.
+                let mut by_output = [[0.0f32; MAX_LANES]; 4];
+                for (row, r) in by_output.iter_mut().zip(key.blocks(s, quad, lane_index)) {
+                    // SAFETY: a row holds MAX_LANES >= lanes f32, and `S::f32s` is `lanes`
+                    // plain f32 (pulp's vectors are `Pod`); the write is unaligned.
+                    unsafe {
+                        std::ptr::write_unaligned(
+                            row.as_mut_ptr() as *mut S::f32s,
+                            to_unit_lanes(s, r),
+                        )
+                    };
                 }
+                for (b, slots) in run.chunks_exact_mut(4).enumerate() {
+                    for (j, slot) in slots.iter_mut().enumerate() {
+                        *slot = by_output[j][b];
+                    }
+                }
+                rest = tail;
+                element = element.wrapping_add(4 * lanes as u64);
+                continue;
+            }
+            let lane = (element % 4) as usize;
+            let take = (4 - lane).min(rest.len());
+            let block = key.block(quad);
+            let (head, tail) = rest.split_at_mut(take);
+            for (slot, r) in head.iter_mut().zip(&block[lane..lane + take]) {
+                *slot = to_unit(*r);
             }
             rest = tail;
-            element = element.wrapping_add(4 * BATCH as u64);
-            continue;
+            // Wrapping: a slice that ends exactly at element 2^64 must not panic here.
+            element = element.wrapping_add(take as u64);
         }
-        let lane = (element % 4) as usize;
-        let take = (4 - lane).min(rest.len());
-        let block = key.block(element / 4);
-        let (head, tail) = rest.split_at_mut(take);
-        for (slot, r) in head.iter_mut().zip(&block[lane..lane + take]) {
-            *slot = to_unit(*r);
-        }
-        rest = tail;
-        // Wrapping: a slice that ends exactly at element 2^64 must not panic here.
-        element = element.wrapping_add(take as u64);
     }
 }

@@ -7,6 +7,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 mod attention;
+mod norm;
 mod simd;
 
 use simd::{Simd, WithSimd};
@@ -149,44 +150,6 @@ fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow
     }
 }
 
-/// Sums in 32 interleaved lanes, added up at the end: a fixed order (the same bits on every
-/// run) that the compiler keeps in four SIMD registers, so that four add chains run side by
-/// side instead of one waiting on the last add's latency.
-const LANES: usize = 32;
-
-#[inline(always)]
-fn lane_sum(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
-        }
-    }
-    for (l, v) in lanes.iter_mut().zip(tail) {
-        *l += v;
-    }
-    lanes.iter().sum()
-}
-
-/// Σ a·b in interleaved lanes, as [`lane_sum`].
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += x * y;
-        }
-    }
-    for ((l, x), y) in lanes.iter_mut().zip(ta).zip(tb) {
-        *l += x * y;
-    }
-    lanes.iter().sum()
-}
-
 /// The elementwise ops that [`map_chunks`] runs, each in explicit vectors.
 #[derive(Clone, Copy)]
 enum Elementwise {
@@ -243,6 +206,52 @@ impl WithSimd for ElementwiseChunk<'_> {
                 #[inline(always)]
                 |x, dy| dy * math::gelu_grad(x),
             ),
+        }
+    }
+}
+
+/// One chunk of dropout: `x · scale` where the element's draw is at least `p`, else 0.
+struct DropoutChunk<'a> {
+    key: &'a DropoutKey,
+    /// The element index of `x[0]`, which keys its draw.
+    first_element: u64,
+    p: f32,
+    scale: f32,
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for DropoutChunk<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let DropoutChunk {
+            key,
+            first_element,
+            p,
+            scale,
+            x,
+            out,
+        } = self;
+        // Draws for a few hundred elements at a time, on the stack.
+        let mut draws = [0.0f32; 512];
+        for (i, (out, x)) in out
+            .chunks_mut(draws.len())
+            .zip(x.chunks(draws.len()))
+            .enumerate()
+        {
+            let draws = &mut draws[..out.len()];
+            rng::fill_uniform_with(s, key, first_element + (i * 512) as u64, draws);
+            // u − p ≥ 0 exactly when u ≥ p (a difference rounds to 0 only when equal), and a
+            // select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
+            simd::map2(
+                s,
+                x,
+                draws,
+                out,
+                #[inline(always)]
+                |x, u| (u - u.constant(p)).select_nonneg(x * x.constant(scale), x.constant(0.0)),
+            );
         }
     }
 }
@@ -572,26 +581,20 @@ impl Backend for CpuBackend {
         with_io(&[x, w, b], &[y], |ins, outs| {
             let words = &mut *outs[0];
             let (x, w, b) = (f32s(ins[0], x), f32s(ins[1], w), f32s(ins[2], b));
+            let rows_per_task = rows_per_task(cols);
             f32s_mut(words, y)
-                .par_chunks_mut(cols)
-                .zip(x.par_chunks(cols))
-                .zip(stats.par_iter_mut())
-                .with_min_len(rows_per_task(cols))
-                .for_each(|((y, x), stat)| {
-                    simd::run(
-                        #[inline(always)]
-                        || {
-                            let mean = lane_sum(x) / cols as f32;
-                            // y holds x − mean for a moment.
-                            y.iter_mut().zip(x).for_each(|(y, x)| *y = x - mean);
-                            let var = lane_dot(y, y) / cols as f32;
-                            let rstd = 1.0 / (var + eps).sqrt();
-                            for ((y, w), b) in y.iter_mut().zip(w).zip(b) {
-                                *y = *y * rstd * w + b;
-                            }
-                            *stat = (mean, rstd);
-                        },
-                    )
+                .par_chunks_mut(rows_per_task * cols)
+                .zip(x.par_chunks(rows_per_task * cols))
+                .zip(stats.par_chunks_mut(rows_per_task))
+                .for_each(|((y, x), stats)| {
+                    simd::run(norm::Forward {
+                        x,
+                        w,
+                        b,
+                        eps,
+                        y,
+                        stats,
+                    });
                 });
         })?;
         self.store(mean, stats.iter().map(|s| s.0))?;
@@ -621,43 +624,20 @@ impl Backend for CpuBackend {
             let partials = f32s_mut(words, dx)
                 .par_chunks_mut(ROW_BLOCK * cols)
                 .enumerate()
-                .map(|(block, dx_rows)| {
-                    simd::run(
-                        #[inline(always)]
-                        || {
-                            // [dw | db] partial sums, then scratch rows g = dy·w and
-                            // xhat = (x − mean)·rstd.
-                            let mut acc = vec![0.0f32; 2 * cols];
-                            let mut scratch = vec![0.0f32; 2 * cols];
-                            let (acc_w, acc_b) = acc.split_at_mut(cols);
-                            let (g, xhat) = scratch.split_at_mut(cols);
-                            for (i, dx) in dx_rows.chunks_exact_mut(cols).enumerate() {
-                                let r = block * ROW_BLOCK + i;
-                                let row = r * cols..(r + 1) * cols;
-                                let (x, dy) = (&x[row.clone()], &dy[row]);
-                                let (m, s) = (mean[r], rstd[r]);
-                                for (((((g, h), aw), ab), &x), (&dy, &w)) in g
-                                    .iter_mut()
-                                    .zip(xhat.iter_mut())
-                                    .zip(acc_w.iter_mut())
-                                    .zip(acc_b.iter_mut())
-                                    .zip(x)
-                                    .zip(dy.iter().zip(w))
-                                {
-                                    *h = (x - m) * s;
-                                    *g = dy * w;
-                                    *aw += dy * *h;
-                                    *ab += dy;
-                                }
-                                let mean_g = lane_sum(g) / cols as f32;
-                                let mean_g_xhat = lane_dot(g, xhat) / cols as f32;
-                                for ((dx, g), h) in dx.iter_mut().zip(g.iter()).zip(xhat.iter()) {
-                                    *dx = s * (g - mean_g - h * mean_g_xhat);
-                                }
-                            }
-                            acc
-                        },
-                    )
+                .map(|(block, dx)| {
+                    let rows = block * ROW_BLOCK..block * ROW_BLOCK + dx.len() / cols;
+                    let elements = rows.start * cols..rows.end * cols;
+                    let mut acc = vec![0.0f32; 2 * cols];
+                    simd::run(norm::Backward {
+                        x: &x[elements.clone()],
+                        dy: &dy[elements],
+                        w,
+                        mean: &mean[rows.clone()],
+                        rstd: &rstd[rows],
+                        dx,
+                        acc: &mut acc,
+                    });
+                    acc
                 })
                 .collect();
             param_grads = sum_in_block_order(partials);
@@ -859,7 +839,10 @@ impl Backend for CpuBackend {
         check::outputs_apart("grad_norm", &[grads], &[norm])?;
         with_io(&[grads], &[norm], |ins, outs| {
             let g = f32s(ins[0], grads);
-            let partials: Vec<f32> = g.par_chunks(CHUNK).map(|c| lane_dot(c, c)).collect();
+            let partials: Vec<f32> = g
+                .par_chunks(CHUNK)
+                .map(|c| simd::run(simd::Dot(c, c)))
+                .collect();
             f32s_mut(outs[0], norm)[0] = partials.iter().sum::<f32>().sqrt();
         })
     }
@@ -916,16 +899,14 @@ impl Backend for CpuBackend {
                 .enumerate()
                 .for_each(|(c, o)| {
                     let start = c * CHUNK;
-                    simd::run(
-                        #[inline(always)]
-                        || {
-                            let mut draws = vec![0.0f32; o.len()];
-                            rng::fill_uniform(key, start as u64, &mut draws);
-                            for ((o, &x), &u) in o.iter_mut().zip(&x[start..]).zip(&draws) {
-                                *o = if u >= p { x * scale } else { 0.0 };
-                            }
-                        },
-                    )
+                    simd::run(DropoutChunk {
+                        key,
+                        first_element: start as u64,
+                        p,
+                        scale,
+                        x: &x[start..start + o.len()],
+                        out: o,
+                    });
                 });
         })
     }

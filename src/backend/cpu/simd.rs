@@ -6,7 +6,7 @@
 //! [`WithSimd`] body that spells out its vectors (`S::f32s`, [`F32s`]) where it would not:
 //! long polynomials (GELU), reductions whose lanes must stay in registers, and Philox.
 
-use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::ops::{Add, Div, Mul, Neg, Range, Sub};
 use std::sync::LazyLock;
 
 pub(super) use pulp::{Simd, WithSimd};
@@ -45,19 +45,22 @@ impl<S: Simd> Block<S> {
         WIDTH * std::mem::size_of::<S::f32s>() / 4
     }
 
-    /// The first [`Block::len`] elements of `x`, or all of `x` followed by zeros.
+    /// The first [`Block::len`] elements of `x`, or all of `x` followed by zeros. Called
+    /// through [`for_each_block`], the length test folds away in the loop over whole blocks.
     #[inline(always)]
     pub fn load(simd: S, x: &[f32]) -> Self {
+        if x.len() >= Self::len() {
+            // SAFETY: `x` holds at least a block's worth of f32, and `S::f32s` is plain f32
+            // lanes (pulp's vectors are `Pod`); the read is unaligned. (One typed read: a
+            // copy through a slice left the vectors on the stack.)
+            let v = unsafe { std::ptr::read_unaligned(x.as_ptr() as *const [S::f32s; WIDTH]) };
+            return Block { simd, v };
+        }
         let lanes = Self::len() / WIDTH;
         let mut v = [simd.splat_f32s(0.0); WIDTH];
-        if x.len() >= Self::len() {
-            let (vectors, _) = S::as_simd_f32s(&x[..Self::len()]);
-            v.copy_from_slice(vectors);
-        } else {
-            for (i, v) in v.iter_mut().enumerate() {
-                let part = &x[(i * lanes).min(x.len())..((i + 1) * lanes).min(x.len())];
-                *v = simd.partial_load_f32s(part);
-            }
+        for (i, v) in v.iter_mut().enumerate() {
+            let part = &x[(i * lanes).min(x.len())..((i + 1) * lanes).min(x.len())];
+            *v = simd.partial_load_f32s(part);
         }
         Block { simd, v }
     }
@@ -65,16 +68,16 @@ impl<S: Simd> Block<S> {
     /// Writes the block's first `out.len()` elements (at most [`Block::len`]) to `out`.
     #[inline(always)]
     pub fn store(self, out: &mut [f32]) {
-        let lanes = Self::len() / WIDTH;
         if out.len() >= Self::len() {
-            let (vectors, _) = S::as_mut_simd_f32s(&mut out[..Self::len()]);
-            vectors.copy_from_slice(&self.v);
-        } else {
-            let n = out.len();
-            for (i, v) in self.v.iter().enumerate() {
-                let part = &mut out[(i * lanes).min(n)..((i + 1) * lanes).min(n)];
-                self.simd.partial_store_f32s(part, *v);
-            }
+            // SAFETY: as in `load`, for a write.
+            unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut [S::f32s; WIDTH], self.v) };
+            return;
+        }
+        let lanes = Self::len() / WIDTH;
+        let n = out.len();
+        for (i, v) in self.v.iter().enumerate() {
+            let part = &mut out[(i * lanes).min(n)..((i + 1) * lanes).min(n)];
+            self.simd.partial_store_f32s(part, *v);
         }
     }
 
@@ -183,14 +186,32 @@ impl<S: Simd> Real for Block<S> {
     }
 }
 
+/// Calls `f` with the range of each block of `0..len`: the whole blocks, then the partial
+/// tail if any. Each call site of `f` is inlined on its own, so that in the loop over whole
+/// blocks the compiler knows every slice's length and drops the partial-block code.
+#[inline(always)]
+pub(super) fn for_each_block<S: Simd>(len: usize, mut f: impl FnMut(Range<usize>)) {
+    let n = Block::<S>::len();
+    let whole = len / n * n;
+    let mut start = 0;
+    while start < whole {
+        f(start..start + n);
+        start += n;
+    }
+    if whole < len {
+        f(whole..len);
+    }
+}
+
 /// Applies `f` to every element of `x` into `out` (equal lengths), a [`Block`] at a time; the
 /// tail goes through a partial block, so that every element gets the same arithmetic.
 #[inline(always)]
 pub(super) fn map1<S: Simd>(simd: S, x: &[f32], out: &mut [f32], f: impl Fn(Block<S>) -> Block<S>) {
-    let n = Block::<S>::len();
-    for (o, x) in out.chunks_mut(n).zip(x.chunks(n)) {
-        f(Block::load(simd, x)).store(o);
-    }
+    for_each_block::<S>(
+        out.len(),
+        #[inline(always)]
+        |r| f(Block::load(simd, &x[r.clone()])).store(&mut out[r]),
+    );
 }
 
 /// [`map1`] for a function of two inputs.
@@ -202,8 +223,89 @@ pub(super) fn map2<S: Simd>(
     out: &mut [f32],
     f: impl Fn(Block<S>, Block<S>) -> Block<S>,
 ) {
-    let n = Block::<S>::len();
-    for ((o, a), b) in out.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)) {
-        f(Block::load(simd, a), Block::load(simd, b)).store(o);
+    for_each_block::<S>(
+        out.len(),
+        #[inline(always)]
+        |r| {
+            f(
+                Block::load(simd, &a[r.clone()]),
+                Block::load(simd, &b[r.clone()]),
+            )
+            .store(&mut out[r])
+        },
+    );
+}
+
+impl<S: Simd> Block<S> {
+    /// `c` in every element.
+    #[inline(always)]
+    pub fn splat(simd: S, c: f32) -> Self {
+        Block {
+            simd,
+            v: [simd.splat_f32s(c); WIDTH],
+        }
+    }
+
+    /// The sum of the block's elements, in a fixed order.
+    #[inline(always)]
+    pub fn reduce_sum(self) -> f32 {
+        let s = self.simd;
+        let mut acc = self.v[0];
+        for v in &self.v[1..] {
+            acc = s.add_f32s(acc, *v);
+        }
+        s.reduce_sum_f32s(acc)
+    }
+}
+
+/// Σ x, in [`Block`] lanes added up at the end: a fixed order (the same bits on every run),
+/// with [`WIDTH`] add chains side by side.
+#[inline(always)]
+pub(super) fn sum<S: Simd>(simd: S, x: &[f32]) -> f32 {
+    let mut acc = Block::splat(simd, 0.0);
+    for_each_block::<S>(
+        x.len(),
+        #[inline(always)]
+        |r| acc = acc + Block::load(simd, &x[r]),
+    );
+    acc.reduce_sum()
+}
+
+/// Σ a·b, as [`sum`].
+#[inline(always)]
+pub(super) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = Block::splat(simd, 0.0);
+    for_each_block::<S>(
+        a.len(),
+        #[inline(always)]
+        |r| acc = Block::load(simd, &a[r.clone()]).mul_add(Block::load(simd, &b[r]), acc),
+    );
+    acc.reduce_sum()
+}
+
+/// Σ (x − c)², as [`sum`] (the tail in scalar code: padding would add c² per missing lane).
+#[inline(always)]
+pub(super) fn sum_sq_dev<S: Simd>(simd: S, x: &[f32], c: f32) -> f32 {
+    let whole = x.len() / Block::<S>::len() * Block::<S>::len();
+    let mut acc = Block::splat(simd, 0.0);
+    for_each_block::<S>(
+        whole,
+        #[inline(always)]
+        |r| {
+            let d = Block::load(simd, &x[r]) - Block::splat(simd, c);
+            acc = d.mul_add(d, acc);
+        },
+    );
+    acc.reduce_sum() + x[whole..].iter().map(|x| (x - c) * (x - c)).sum::<f32>()
+}
+
+/// [`dot`] as an op of its own, for callers outside a SIMD body: `run(Dot(a, b))`.
+pub(super) struct Dot<'a>(pub &'a [f32], pub &'a [f32]);
+
+impl WithSimd for Dot<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> f32 {
+        dot(simd, self.0, self.1)
     }
 }
