@@ -169,28 +169,24 @@ struct ElementwiseChunk<'a> {
 
 impl WithSimd for ElementwiseChunk<'_> {
     type Output = ();
-    #[inline(always)]
     // The closures are `#[inline(always)]` (even around a plain function) so that the SIMD
-    // copies inline them rather than call them per vector.
+    // copies inline them rather than call them per block.
     #[allow(clippy::redundant_closure)]
+    #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         let (ins, out) = (self.ins, self.out);
         match self.op {
-            Elementwise::Add => simd::map2(
-                s,
-                ins[0],
-                ins[1],
-                out,
-                #[inline(always)]
-                |a, b| a + b,
-            ),
-            Elementwise::Scale(alpha) => simd::map1(
-                s,
-                ins[0],
-                out,
-                #[inline(always)]
-                |x| x.constant(alpha) * x,
-            ),
+            // Memory-bound: plain loops, which the compiler vectorises itself.
+            Elementwise::Add => {
+                for ((o, a), b) in out.iter_mut().zip(ins[0]).zip(ins[1]) {
+                    *o = a + b;
+                }
+            }
+            Elementwise::Scale(alpha) => {
+                for (o, x) in out.iter_mut().zip(ins[0]) {
+                    *o = alpha * x;
+                }
+            }
             Elementwise::Gelu => simd::map1(
                 s,
                 ins[0],
