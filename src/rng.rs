@@ -105,17 +105,29 @@ impl DropoutKey {
 }
 
 impl DropoutKey {
-    /// [`DropoutKey::block`] for as many consecutive quads as `S` has u32 lanes, lane by
-    /// lane: output `j` of quad `first_quad + b` is lane `b` of the `j`-th vector. The quads
-    /// must share their high 32 bits (the key depends on them).
+    /// [`DropoutKey::block`] for `G` groups of as many consecutive quads as `S` has u32
+    /// lanes, lane by lane: output `j` of quad `first_quad + g·lanes + b` is lane `b` of
+    /// vector `j` of group `g`. The quads must share their high 32 bits (the key depends on
+    /// them). Each round is issued for every group before the next round, so that the groups'
+    /// multiply chains overlap (one group waits on the multiplies' latency).
     #[inline(always)]
-    fn blocks<S: pulp::Simd>(&self, s: S, first_quad: u64, lane_index: S::u32s) -> [S::u32s; 4] {
-        let mut c = [
-            s.add_u32s(s.splat_u32s(first_quad as u32), lane_index),
-            s.splat_u32s(self.site),
-            s.splat_u32s(self.step as u32),
-            s.splat_u32s((self.step >> 32) as u32),
-        ];
+    fn blocks<S: pulp::Simd, const G: usize>(
+        &self,
+        s: S,
+        first_quad: u64,
+        lane_index: S::u32s,
+    ) -> [[S::u32s; 4]; G] {
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        let mut c = [[s.splat_u32s(0); 4]; G];
+        for (g, c) in c.iter_mut().enumerate() {
+            let quad = (first_quad as u32).wrapping_add((g * lanes) as u32);
+            *c = [
+                s.add_u32s(s.splat_u32s(quad), lane_index),
+                s.splat_u32s(self.site),
+                s.splat_u32s(self.step as u32),
+                s.splat_u32s((self.step >> 32) as u32),
+            ];
+        }
         let mut k = [
             self.seed as u32,
             ((self.seed >> 32) as u32) ^ ((first_quad >> 32) as u32),
@@ -125,18 +137,57 @@ impl DropoutKey {
             if i > 0 {
                 k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
             }
-            let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
-            let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
-            c = [
-                s.xor_u32s(s.xor_u32s(hi1, c[1]), s.splat_u32s(k[0])),
-                lo1,
-                s.xor_u32s(s.xor_u32s(hi0, c[3]), s.splat_u32s(k[1])),
-                lo0,
-            ];
+            let (k0, k1) = (s.splat_u32s(k[0]), s.splat_u32s(k[1]));
+            for c in c.iter_mut() {
+                let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
+                let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
+                *c = [
+                    s.xor_u32s(s.xor_u32s(hi1, c[1]), k0),
+                    lo1,
+                    s.xor_u32s(s.xor_u32s(hi0, c[3]), k1),
+                    lo0,
+                ];
+            }
         }
         c
     }
+
+    /// Fills `run` (`G`·4·lanes elements from quad `quad`, sharing its high word) with the
+    /// draws of [`DropoutKey::blocks`], in element order.
+    #[inline(always)]
+    fn fill_groups<S: pulp::Simd, const G: usize>(
+        &self,
+        s: S,
+        quad: u64,
+        lane_index: S::u32s,
+        run: &mut [f32],
+    ) {
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        for (group, run) in self
+            .blocks::<S, G>(s, quad, lane_index)
+            .into_iter()
+            .zip(run.chunks_exact_mut(4 * lanes))
+        {
+            // Lane b of vector j is element 4·b + j.
+            let mut by_output = [[0.0f32; MAX_LANES]; 4];
+            for (row, r) in by_output.iter_mut().zip(group) {
+                // SAFETY: a row holds MAX_LANES >= lanes f32, and `S::f32s` is `lanes`
+                // plain f32 (pulp's vectors are `Pod`); the write is unaligned.
+                unsafe {
+                    std::ptr::write_unaligned(row.as_mut_ptr() as *mut S::f32s, to_unit_lanes(s, r))
+                };
+            }
+            for (b, slots) in run.chunks_exact_mut(4).enumerate() {
+                for (j, slot) in slots.iter_mut().enumerate() {
+                    *slot = by_output[j][b];
+                }
+            }
+        }
+    }
 }
+
+/// The most u32 lanes of a SIMD vector that [`fill_uniform_with`] handles (AVX-512).
+const MAX_LANES: usize = 16;
 
 /// [`to_unit`] on vectors: `(r >> 8)·2^-24` exactly, from two 12-bit halves (each turned
 /// into a float by the 2^23 trick: the bits of 2^23 + n are 0x4B00_0000 | n), since the
@@ -228,7 +279,6 @@ pub fn fill_uniform_with<S: pulp::Simd>(
     out: &mut [f32],
 ) {
     {
-        const MAX_LANES: usize = 16;
         const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
         let lanes = std::mem::size_of::<S::u32s>() / 4;
         assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
@@ -239,27 +289,19 @@ pub fn fill_uniform_with<S: pulp::Simd>(
         let mut rest = out;
         while !rest.is_empty() {
             let quad = element / 4;
-            // Whole runs of `lanes` blocks whose quads share their high word go through SIMD.
-            let same_high_word = (quad as u32).checked_add(lanes as u32 - 1).is_some();
-            if element % 4 == 0 && rest.len() >= 4 * lanes && same_high_word {
+            // Whole runs of quads that share their high word go through SIMD, two groups of
+            // `lanes` quads at a time where there are that many.
+            let shares_high_word = |n: usize| (quad as u32).checked_add(n as u32 - 1).is_some();
+            if element % 4 == 0 && rest.len() >= 8 * lanes && shares_high_word(2 * lanes) {
+                let (run, tail) = rest.split_at_mut(8 * lanes);
+                key.fill_groups::<S, 2>(s, quad, lane_index, run);
+                rest = tail;
+                element = element.wrapping_add(8 * lanes as u64);
+                continue;
+            }
+            if element % 4 == 0 && rest.len() >= 4 * lanes && shares_high_word(lanes) {
                 let (run, tail) = rest.split_at_mut(4 * lanes);
-                // Lane b of vector j is element 4·b + j.
-                let mut by_output = [[0.0f32; MAX_LANES]; 4];
-                for (row, r) in by_output.iter_mut().zip(key.blocks(s, quad, lane_index)) {
-                    // SAFETY: a row holds MAX_LANES >= lanes f32, and `S::f32s` is `lanes`
-                    // plain f32 (pulp's vectors are `Pod`); the write is unaligned.
-                    unsafe {
-                        std::ptr::write_unaligned(
-                            row.as_mut_ptr() as *mut S::f32s,
-                            to_unit_lanes(s, r),
-                        )
-                    };
-                }
-                for (b, slots) in run.chunks_exact_mut(4).enumerate() {
-                    for (j, slot) in slots.iter_mut().enumerate() {
-                        *slot = by_output[j][b];
-                    }
-                }
+                key.fill_groups::<S, 1>(s, quad, lane_index, run);
                 rest = tail;
                 element = element.wrapping_add(4 * lanes as u64);
                 continue;
