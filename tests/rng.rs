@@ -362,3 +362,28 @@ fn gpu_matches_cpu_bit_for_bit() {
         panic!("wgpu validation error: {e}");
     }
 }
+
+/// The SIMD Philox under every instruction set pulp has, including the emulated 4-, 8- and
+/// 16-lane ones this machine does not dispatch to, at offsets that cross the counter's 2^32
+/// and the key's 2^34 boundaries: the same bits as `uniform`.
+#[test]
+fn every_simd_width_draws_the_same_bits() {
+    fn check<S: pulp::Simd>(s: S, set: &str) {
+        for first in [0u64, 3, (1 << 32) - 29, (1 << 34) - 70] {
+            let mut out = vec![f32::NAN; 300];
+            signflow::rng::fill_uniform_with(s, &KEY, first, &mut out);
+            for (i, x) in out.iter().enumerate() {
+                let e = first + i as u64;
+                assert_eq!(
+                    x.to_bits(),
+                    uniform(&KEY, e).to_bits(),
+                    "{set}, element {e}"
+                );
+            }
+        }
+    }
+    check(pulp::Scalar, "scalar");
+    check(pulp::Scalar128b, "4 lanes");
+    check(pulp::Scalar256b, "8 lanes");
+    check(pulp::Scalar512b, "16 lanes");
+}

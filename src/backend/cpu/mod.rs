@@ -1095,3 +1095,171 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
         }
     }
 }
+
+/// The SIMD bodies under instruction sets this machine does not dispatch to: pulp's scalar
+/// one (CPUs without AVX2 + FMA) and its emulated 4-, 8- and 16-lane ones (the widths of
+/// SSE/NEON, AVX2 and AVX-512), each against the f64 reference. The parity tests cover the
+/// set the machine picks.
+#[cfg(test)]
+mod simd_paths {
+    use super::norm;
+    use super::simd::{self, Simd, WithSimd};
+    use super::{Elementwise, ElementwiseChunk};
+    use crate::dtype::DType;
+    use crate::reference;
+    use crate::tolerance::{tolerance, Deviation, OpClass};
+
+    /// Awkward lengths: whole blocks of every width, and tails.
+    const COLS: [usize; 4] = [1, 37, 64, 203];
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        // A fixed pseudo-random sequence in [-4, 4): enough to reach GELU's and layer norm's
+        // interesting ranges.
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+            })
+            .collect()
+    }
+
+    fn wide(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| v as f64).collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], class: OpClass) {
+        let d = Deviation::measure(got, want);
+        assert!(d.within(tolerance(class, DType::F32)), "{what}: {d:?}");
+    }
+
+    fn check_all<S: Simd>(s: S, set: &str) {
+        for (i, &cols) in COLS.iter().enumerate() {
+            let rows = 3;
+            let n = rows * cols;
+            let (x, dy) = (values(n, i as u64), values(n, 100 + i as u64));
+            let (w, b) = (values(cols, 200 + i as u64), values(cols, 300 + i as u64));
+
+            let mut out = vec![f32::NAN; n];
+            ElementwiseChunk {
+                op: Elementwise::Gelu,
+                ins: &[&x],
+                out: &mut out,
+            }
+            .with_simd(s);
+            assert_close(
+                &format!("{set} gelu {n}"),
+                &out,
+                &reference::gelu(&wide(&x)),
+                OpClass::Elementwise,
+            );
+            ElementwiseChunk {
+                op: Elementwise::GeluBackward,
+                ins: &[&x, &dy],
+                out: &mut out,
+            }
+            .with_simd(s);
+            let want = reference::gelu_backward(&wide(&x), &wide(&dy));
+            assert_close(
+                &format!("{set} gelu_backward {n}"),
+                &out,
+                &want,
+                OpClass::Elementwise,
+            );
+
+            let sum: f64 = x.iter().map(|&v| v as f64).sum();
+            assert_close(
+                &format!("{set} sum {n}"),
+                &[simd::sum(s, &x)],
+                &[sum],
+                OpClass::Reduction,
+            );
+            let dot: f64 = x.iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert_close(
+                &format!("{set} dot {n}"),
+                &[simd::dot(s, &x, &dy)],
+                &[dot],
+                OpClass::Reduction,
+            );
+
+            let (mut y, mut stats) = (vec![f32::NAN; n], vec![(f32::NAN, f32::NAN); rows]);
+            norm::Forward {
+                x: &x,
+                w: &w,
+                b: &b,
+                eps: 1e-5,
+                y: &mut y,
+                stats: &mut stats,
+            }
+            .with_simd(s);
+            let (want_y, want_mean, want_rstd) =
+                reference::layernorm(&wide(&x), &wide(&w), &wide(&b), 1e-5);
+            assert_close(
+                &format!("{set} layernorm {n}"),
+                &y,
+                &want_y,
+                OpClass::Reduction,
+            );
+            let (mean, rstd): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
+            assert_close(
+                &format!("{set} layernorm mean {n}"),
+                &mean,
+                &want_mean,
+                OpClass::Reduction,
+            );
+            assert_close(
+                &format!("{set} layernorm rstd {n}"),
+                &rstd,
+                &want_rstd,
+                OpClass::Reduction,
+            );
+
+            let (mut dx, mut acc) = (vec![f32::NAN; n], vec![0.0f32; 2 * cols]);
+            norm::Backward {
+                x: &x,
+                dy: &dy,
+                w: &w,
+                mean: &mean,
+                rstd: &rstd,
+                dx: &mut dx,
+                acc: &mut acc,
+            }
+            .with_simd(s);
+            let (want_dx, want_dw, want_db) = reference::layernorm_backward(
+                &wide(&x),
+                &wide(&w),
+                &wide(&mean),
+                &wide(&rstd),
+                &wide(&dy),
+            );
+            assert_close(
+                &format!("{set} layernorm dx {n}"),
+                &dx,
+                &want_dx,
+                OpClass::Reduction,
+            );
+            assert_close(
+                &format!("{set} layernorm dw {n}"),
+                &acc[..cols],
+                &want_dw,
+                OpClass::Reduction,
+            );
+            assert_close(
+                &format!("{set} layernorm db {n}"),
+                &acc[cols..],
+                &want_db,
+                OpClass::Reduction,
+            );
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_matches_the_reference() {
+        check_all(pulp::Scalar, "scalar");
+        check_all(pulp::Scalar128b, "4 lanes");
+        check_all(pulp::Scalar256b, "8 lanes");
+        check_all(pulp::Scalar512b, "16 lanes");
+    }
+}
