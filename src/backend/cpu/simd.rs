@@ -84,6 +84,26 @@ impl<S: Simd> Block<S> {
         }
     }
 
+    /// `c` in every element.
+    #[inline(always)]
+    pub fn splat(simd: S, c: f32) -> Self {
+        Block {
+            simd,
+            v: [simd.splat_f32s(c); WIDTH],
+        }
+    }
+
+    /// The sum of the block's elements, in a fixed order.
+    #[inline(always)]
+    pub fn reduce_sum(self) -> f32 {
+        let s = self.simd;
+        let mut acc = self.v[0];
+        for v in &self.v[1..] {
+            acc = s.add_f32s(acc, *v);
+        }
+        s.reduce_sum_f32s(acc)
+    }
+
     /// `f` applied to each vector.
     #[inline(always)]
     fn each(self, f: impl Fn(S, S::f32s) -> S::f32s) -> Self {
@@ -237,28 +257,6 @@ pub(super) fn map2<S: Simd>(
             .store(&mut out[r])
         },
     );
-}
-
-impl<S: Simd> Block<S> {
-    /// `c` in every element.
-    #[inline(always)]
-    pub fn splat(simd: S, c: f32) -> Self {
-        Block {
-            simd,
-            v: [simd.splat_f32s(c); WIDTH],
-        }
-    }
-
-    /// The sum of the block's elements, in a fixed order.
-    #[inline(always)]
-    pub fn reduce_sum(self) -> f32 {
-        let s = self.simd;
-        let mut acc = self.v[0];
-        for v in &self.v[1..] {
-            acc = s.add_f32s(acc, *v);
-        }
-        s.reduce_sum_f32s(acc)
-    }
 }
 
 /// Σ x, in [`Block`] lanes added up at the end: a fixed order (the same bits on every run),
