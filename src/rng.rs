@@ -248,7 +248,7 @@ pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
 /// calls at once as the CPU has SIMD lanes.
 #[inline]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
-    pulp::Arch::new().dispatch(FillUniform {
+    crate::backend::cpu::simd::run(FillUniform {
         key,
         first_element,
         out,

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 mod attention;
 mod norm;
-mod simd;
+pub(crate) mod simd;
 
 use simd::{Simd, WithSimd};
 

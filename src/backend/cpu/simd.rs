@@ -17,13 +17,13 @@ use crate::backend::math::{Real, ROUNDER};
 
 static ARCH: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
 
-/// Runs `op` compiled for the best instruction set this CPU has.
+/// Runs `op` compiled for the best instruction set this CPU has (detected once).
 ///
 /// A closure given here must be `#[inline(always)]` (and what it calls too), or the compiler
 /// may keep it as one baseline function that the AVX2 copy merely calls; a [`WithSimd`]
 /// body's `with_simd` must be `#[inline(always)]` for the same reason.
 #[inline(always)]
-pub(super) fn run<Op: WithSimd>(op: Op) -> Op::Output {
+pub(crate) fn run<Op: WithSimd>(op: Op) -> Op::Output {
     ARCH.dispatch(op)
 }
 
