@@ -278,44 +278,42 @@ pub fn fill_uniform_with<S: pulp::Simd>(
     first_element: u64,
     out: &mut [f32],
 ) {
-    {
-        const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-        let lanes = std::mem::size_of::<S::u32s>() / 4;
-        assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
-        let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
-        // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
-        // block is computed once; the first and last groups may be partial.
-        let mut element = first_element;
-        let mut rest = out;
-        while !rest.is_empty() {
-            let quad = element / 4;
-            // Whole runs of quads that share their high word go through SIMD, two groups of
-            // `lanes` quads at a time where there are that many.
-            let shares_high_word = |n: usize| (quad as u32).checked_add(n as u32 - 1).is_some();
-            if element % 4 == 0 && rest.len() >= 8 * lanes && shares_high_word(2 * lanes) {
-                let (run, tail) = rest.split_at_mut(8 * lanes);
-                key.fill_groups::<S, 2>(s, quad, lane_index, run);
-                rest = tail;
-                element = element.wrapping_add(8 * lanes as u64);
-                continue;
-            }
-            if element % 4 == 0 && rest.len() >= 4 * lanes && shares_high_word(lanes) {
-                let (run, tail) = rest.split_at_mut(4 * lanes);
-                key.fill_groups::<S, 1>(s, quad, lane_index, run);
-                rest = tail;
-                element = element.wrapping_add(4 * lanes as u64);
-                continue;
-            }
-            let lane = (element % 4) as usize;
-            let take = (4 - lane).min(rest.len());
-            let block = key.block(quad);
-            let (head, tail) = rest.split_at_mut(take);
-            for (slot, r) in head.iter_mut().zip(&block[lane..lane + take]) {
-                *slot = to_unit(*r);
-            }
+    const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    let lanes = std::mem::size_of::<S::u32s>() / 4;
+    assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
+    let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
+    // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
+    // block is computed once; the first and last groups may be partial.
+    let mut element = first_element;
+    let mut rest = out;
+    while !rest.is_empty() {
+        let quad = element / 4;
+        // Whole runs of quads that share their high word go through SIMD, two groups of
+        // `lanes` quads at a time where there are that many.
+        let shares_high_word = |n: usize| (quad as u32).checked_add(n as u32 - 1).is_some();
+        if element % 4 == 0 && rest.len() >= 8 * lanes && shares_high_word(2 * lanes) {
+            let (run, tail) = rest.split_at_mut(8 * lanes);
+            key.fill_groups::<S, 2>(s, quad, lane_index, run);
             rest = tail;
-            // Wrapping: a slice that ends exactly at element 2^64 must not panic here.
-            element = element.wrapping_add(take as u64);
+            element = element.wrapping_add(8 * lanes as u64);
+            continue;
         }
+        if element % 4 == 0 && rest.len() >= 4 * lanes && shares_high_word(lanes) {
+            let (run, tail) = rest.split_at_mut(4 * lanes);
+            key.fill_groups::<S, 1>(s, quad, lane_index, run);
+            rest = tail;
+            element = element.wrapping_add(4 * lanes as u64);
+            continue;
+        }
+        let lane = (element % 4) as usize;
+        let take = (4 - lane).min(rest.len());
+        let block = key.block(quad);
+        let (head, tail) = rest.split_at_mut(take);
+        for (slot, r) in head.iter_mut().zip(&block[lane..lane + take]) {
+            *slot = to_unit(*r);
+        }
+        rest = tail;
+        // Wrapping: a slice that ends exactly at element 2^64 must not panic here.
+        element = element.wrapping_add(take as u64);
     }
 }

@@ -230,14 +230,11 @@ impl WithSimd for DropoutChunk<'_> {
             out,
         } = self;
         // Draws for a few hundred elements at a time, on the stack.
-        let mut draws = [0.0f32; 512];
-        for (i, (out, x)) in out
-            .chunks_mut(draws.len())
-            .zip(x.chunks(draws.len()))
-            .enumerate()
-        {
+        const DRAWS: usize = 512;
+        let mut draws = [0.0f32; DRAWS];
+        for (i, (out, x)) in out.chunks_mut(DRAWS).zip(x.chunks(DRAWS)).enumerate() {
             let draws = &mut draws[..out.len()];
-            rng::fill_uniform_with(s, key, first_element + (i * 512) as u64, draws);
+            rng::fill_uniform_with(s, key, first_element + (i * DRAWS) as u64, draws);
             // u − p ≥ 0 exactly when u ≥ p (a difference rounds to 0 only when equal), and a
             // select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
             simd::map2(
