@@ -1,6 +1,6 @@
 // Elementwise f32 ops over n elements: out[i] = a[i] + b[i] (add), out[i] = alpha·a[i]
 // (scale), out[i] = gelu(a[i]) (gelu_fwd), out[i] = b[i]·gelu'(a[i]) (gelu_bwd, a = x, b = dy).
-// gelu.wgsl is concatenated in front (normal_cdf).
+// gelu.wgsl is concatenated in front (gelu, gelu_grad).
 //
 // One invocation per element; the grid is two-dimensional so that more than
 // 65535 workgroups fit (element i = (wg.y·groups_x + wg.x)·WG + local index). Operands are
@@ -56,7 +56,6 @@ fn gelu_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
     let i = element(wg, lid);
     if i < p.n {
         let x = a[p.a_offset + i];
-        let grad = normal_cdf(x) + x * normal_pdf(x);
-        out[p.out_offset + i] = b[p.b_offset + i] * grad;
+        out[p.out_offset + i] = b[p.b_offset + i] * gelu_grad(x);
     }
 }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::ops::Op;
 use crate::reference;
 use crate::tensor::{HostTensor, Tensor};
-use crate::tolerance::{tolerance, Deviation, OpClass};
+use crate::tolerance::{self, tolerance, Deviation, OpClass};
 
 /// One line of the self-test table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -335,6 +335,102 @@ pub fn check_gelu_backward<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> 
         OpClass::Elementwise,
         &dx.to_f32_vec()?,
         &want,
+    ))
+}
+
+/// Inputs for GELU's value-by-value check: [−13, 11] in steps of 1e-4 (Φ is a normal f32
+/// down to −13.1), through the centre form, the tail form, and vectors that mix them.
+pub fn gelu_sweep() -> Vec<f32> {
+    (0..=240_000).map(|i| -13.0 + i as f32 * 1e-4).collect()
+}
+
+/// The worst error of one output over [`gelu_sweep`]: relative to the value, with the x where
+/// it occurs, and the largest absolute error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValueError {
+    pub rel: f64,
+    pub at: f32,
+    pub abs: f64,
+}
+
+impl ValueError {
+    fn add(&mut self, x: f32, got: f32, want: f64, scale: f64) {
+        // A NaN counts as infinitely wrong.
+        let abs = match (got as f64 - want).abs() {
+            e if e.is_nan() => f64::INFINITY,
+            e => e,
+        };
+        let rel = if scale == 0.0 { abs } else { abs / scale };
+        if rel > self.rel {
+            self.rel = rel;
+            self.at = x;
+        }
+        self.abs = self.abs.max(abs);
+    }
+}
+
+/// GELU values and derivatives over [`gelu_sweep`], each against itself in f64 (see
+/// [`tolerance::gelu_values`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GeluValueErrors {
+    pub gelu: ValueError,
+    pub grad: ValueError,
+}
+
+impl GeluValueErrors {
+    /// Measures `y = gelu(x)` and `grad = gelu'(x)` against the f64 truth, computed through
+    /// erfc so that it too keeps its relative accuracy in the tail.
+    pub fn measure(x: &[f32], y: &[f32], grad: &[f32]) -> GeluValueErrors {
+        use tolerance::gelu_values::GRAD_FLOOR;
+        let (mut gelu, mut grad_err) = (ValueError::default(), ValueError::default());
+        for ((&x, &y), &g) in x.iter().zip(y).zip(grad) {
+            let v = x as f64;
+            let cdf = 0.5 * libm::erfc(-v / std::f64::consts::SQRT_2);
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let (want, want_grad) = (v * cdf, cdf + v * pdf);
+            gelu.add(x, y, want, want.abs());
+            grad_err.add(x, g, want_grad, want_grad.abs().max(GRAD_FLOOR));
+        }
+        GeluValueErrors {
+            gelu,
+            grad: grad_err,
+        }
+    }
+
+    pub fn within(&self) -> bool {
+        self.rows().iter().all(|r| r.pass)
+    }
+
+    /// The self-test's rows for these.
+    pub fn rows(&self) -> [ParityRow; 2] {
+        let tol = tolerance::gelu_values::REL;
+        [(Op::GeluFwd, self.gelu), (Op::GeluBwd, self.grad)].map(|(op, e)| ParityRow {
+            op,
+            dtype: DType::F32,
+            shape: "each x in [-13, 11]".into(),
+            max_abs_err: e.abs,
+            max_rel_err: e.rel,
+            tol,
+            pass: e.rel <= tol,
+        })
+    }
+}
+
+/// GELU and its derivative on `b`, value by value over [`gelu_sweep`].
+pub fn check_gelu_values<B: Backend>(b: &B) -> Result<GeluValueErrors> {
+    let x = gelu_sweep();
+    let n = x.len();
+    let (y, grad) = (
+        poisoned(b, &[n], DType::F32)?,
+        poisoned(b, &[n], DType::F32)?,
+    );
+    let xt = upload(b, &[n], &x)?;
+    b.gelu(&xt, &y)?;
+    b.gelu_backward(&xt, &upload(b, &[n], &vec![1.0; n])?, &grad)?;
+    Ok(GeluValueErrors::measure(
+        &x,
+        &y.to_f32_vec()?,
+        &grad.to_f32_vec()?,
     ))
 }
 
@@ -1007,6 +1103,9 @@ pub fn run_all<B: Backend>(
     for n in ELEMENTWISE_SIZES {
         push(check_gelu(b, n, &mut inputs)?);
         push(check_gelu_backward(b, n, &mut inputs)?);
+    }
+    for row in check_gelu_values(b)?.rows() {
+        push(row);
     }
     for (r, c) in ROW_SHAPES {
         push(check_bias_grad(b, r, c, &mut inputs)?);

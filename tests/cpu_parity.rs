@@ -45,6 +45,11 @@ fn gelu_bias_grad_and_layernorm() {
 }
 
 #[test]
+fn gelu_value_by_value() {
+    common::gelu_values(&CpuBackend::default());
+}
+
+#[test]
 fn reductions_are_deterministic() {
     common::reductions_are_deterministic(&CpuBackend::default());
 }

@@ -1,5 +1,5 @@
-//! Scalar functions both backends compute the same way (shaders/elementwise.wgsl mirrors
-//! these constants; WGSL has no erf).
+//! Scalar functions both backends compute the same way (shaders/gelu.wgsl is given GELU's
+//! constants from here; WGSL has no erf).
 //!
 //! Each is written once over [`Real`]: one `f32` (the attention and loss kernels' per-value
 //! use), or a SIMD vector (the CPU backend's GELU, through `cpu::simd`). The polynomials are
@@ -26,6 +26,8 @@ pub trait Real:
     fn clamp_to(self, lo: f32, hi: f32) -> Self;
     /// `if_nonneg` where `self >= 0`, else `otherwise`.
     fn select_nonneg(self, if_nonneg: Self, otherwise: Self) -> Self;
+    /// Whether an element is below `lo` (a NaN element may count either way).
+    fn any_below(self, lo: f32) -> bool;
     /// 2^k for `self` = k + [`ROUNDER`] with k an integer in [−126, 127]: (k + 127) << 23 as
     /// float bits.
     fn pow2_of_rounded(self) -> Self;
@@ -62,6 +64,10 @@ impl Real for f32 {
         }
     }
     #[inline(always)]
+    fn any_below(self, lo: f32) -> bool {
+        self < lo
+    }
+    #[inline(always)]
     fn pow2_of_rounded(self) -> f32 {
         f32::from_bits(
             self.to_bits()
@@ -72,13 +78,16 @@ impl Real for f32 {
     }
 }
 
+/// ln 2 = LN2_HI + LN2_LO, the first with so few bits that k·LN2_HI is exact for any
+/// exponent k of an f32 (Cody and Waite's range reduction).
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+
 /// e^x, x clamped to [−87.3, 88] (where f32 stays normal): Cody–Waite range reduction and
 /// Cephes' degree-5 polynomial for (e^r − 1 − r)/r², accurate to about 1 ulp, in plain
 /// arithmetic with no calls and no float-to-int conversions, so that it vectorises.
 #[inline(always)]
 pub fn exp<T: Real>(x: T) -> T {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // (Constants through `x.constant`, not a closure: closures are not reliably inlined into
     // the SIMD copies, and a call per operation would undo them.)
     let x = x.clamp_to(-87.3, 88.0);
@@ -96,59 +105,117 @@ pub fn exp<T: Real>(x: T) -> T {
     y * shifted.pow2_of_rounded()
 }
 
-/// erfc by the Chebyshev fit of Numerical Recipes (`erfcc`): relative error under 1.2e-7
-/// everywhere, so that the normal CDF of a very negative x keeps its significant digits (an
-/// absolute-error erf would not, and GELU's tail would lose them).
+/// Where GELU switches from the centre form to the tail form: below it, Φ(x) is small enough
+/// that `1/2 + (Φ(x) − 1/2)` would lose its relative accuracy (the sum is exact, but the odd
+/// part's rounding, relative to the odd part, grows by (1/2 − Φ)/Φ: 6.5× here, 21× at −2).
+pub const CDF_CENTRE_LO: f32 = -1.5;
+/// Φ(x) − 1/2 = x·P(x²)/Q(x²) for |x| ≤ [`CDF_CENTRE_HI`]; beyond, Φ rounds to 0 or 1.
+/// A weighted least-squares fit (P = this, Q = [`CDF_Q`]) to 9.3e-9 of Φ; in f32, Φ to 1.3e-6
+/// relative on [−1.5, ∞).
+pub const CDF_P: [f32; 6] = [
+    0.398_942_23,
+    0.034_376_03,
+    0.004_707_253_5,
+    0.000_173_850_07,
+    6.356_527_6e-6,
+    2.214_530_6e-8,
+];
+pub const CDF_Q: [f32; 6] = [
+    1.0,
+    0.252_833_63,
+    0.028_940_04,
+    0.001_912_973_7,
+    7.510_174e-5,
+    1.180_211_9e-6,
+];
+pub const CDF_CENTRE_HI: f32 = 5.6;
+/// Mills' ratio R(t) = (1 − Φ(t))/φ(t) = P(t)/Q(t) on t ∈ [[`MILLS_LO`], [`MILLS_HI`]], so
+/// that Φ(x) = φ(x)·R(−x) in the tail keeps its relative accuracy wherever φ is a normal f32.
+/// A relative least-squares fit (P = this, Q = [`MILLS_Q`]) to 1.2e-8; 4.6e-7 in f32.
+pub const MILLS_P: [f32; 4] = [1.252_000_1, 1.032_607_4, 0.379_428_12, 0.068_638_734];
+pub const MILLS_Q: [f32; 5] = [1.0, 1.617_260_2, 1.102_436_5, 0.379_372_12, 0.068_639_85];
+pub const MILLS_LO: f32 = 1.4;
+pub const MILLS_HI: f32 = 14.0;
+
+/// Σ c[i]·s^i for six coefficients, in Estrin's order.
 #[inline(always)]
-pub fn erfc<T: Real>(z: T) -> T {
-    const C: [f32; 10] = [
-        -1.265_512_2,
-        1.000_023_7,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_204,
-        1.488_515_9,
-        -0.822_152_23,
-        0.170_872_77,
-    ];
-    let one = z.constant(1.0);
-    let t = one / z.abs().mul_add(z.constant(0.5), one);
-    // Σ C[i]·t^i, as pairs C[2j] + C[2j+1]·t combined by powers of t².
+fn poly6<T: Real>(s: T, s2: T, c: &[f32; 6]) -> T {
+    let p01 = s.mul_add(s.constant(c[1]), s.constant(c[0]));
+    let p23 = s.mul_add(s.constant(c[3]), s.constant(c[2]));
+    let p45 = s.mul_add(s.constant(c[5]), s.constant(c[4]));
+    (s2 * s2).mul_add(p45, s2.mul_add(p23, p01))
+}
+
+/// Φ(x) for x ≥ [`CDF_CENTRE_LO`]: a rational function, no exponential.
+#[inline(always)]
+fn cdf_centre<T: Real>(x: T) -> T {
+    let x = x.clamp_to(-CDF_CENTRE_HI, CDF_CENTRE_HI);
+    let s = x * x;
+    let s2 = s * s;
+    x.mul_add(poly6(s, s2, &CDF_P) / poly6(s, s2, &CDF_Q), x.constant(0.5))
+}
+
+/// Φ(x) for x < [`CDF_CENTRE_LO`], from the density φ(x) and Mills' ratio.
+#[inline(always)]
+fn cdf_tail<T: Real>(x: T, pdf: T) -> T {
+    let t = (-x).clamp_to(MILLS_LO, MILLS_HI);
     let t2 = t * t;
-    let t4 = t2 * t2;
-    let t8 = t4 * t4;
-    let p01 = t.mul_add(z.constant(C[1]), z.constant(C[0]));
-    let p23 = t.mul_add(z.constant(C[3]), z.constant(C[2]));
-    let p45 = t.mul_add(z.constant(C[5]), z.constant(C[4]));
-    let p67 = t.mul_add(z.constant(C[7]), z.constant(C[6]));
-    let p89 = t.mul_add(z.constant(C[9]), z.constant(C[8]));
-    let low = t2.mul_add(p23, p01);
-    let high = t2.mul_add(p67, p45);
-    let poly = t8.mul_add(p89, t4.mul_add(high, low));
-    let r = t * exp((-z).mul_add(z, poly));
-    z.select_nonneg(r, z.constant(2.0) - r)
+    let p = t2.mul_add(
+        t.mul_add(x.constant(MILLS_P[3]), x.constant(MILLS_P[2])),
+        t.mul_add(x.constant(MILLS_P[1]), x.constant(MILLS_P[0])),
+    );
+    let q01 = t.mul_add(x.constant(MILLS_Q[1]), x.constant(MILLS_Q[0]));
+    let q23 = t.mul_add(x.constant(MILLS_Q[3]), x.constant(MILLS_Q[2]));
+    let q = (t2 * t2).mul_add(x.constant(MILLS_Q[4]), t2.mul_add(q23, q01));
+    pdf * p / q
 }
 
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-/// 1/√(2π).
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-
-/// The standard normal CDF, Φ(x) = erfc(−x/√2)/2.
+/// Φ(x), given φ(x) for the tail. The tail form is computed only for a value (a vector)
+/// with an element below [`CDF_CENTRE_LO`], and chosen per element, so that each element's
+/// result depends on that element alone; activations seldom reach the tail.
 #[inline(always)]
-fn normal_cdf<T: Real>(x: T) -> T {
-    x.constant(0.5) * erfc(-x * x.constant(FRAC_1_SQRT_2))
+fn normal_cdf<T: Real>(x: T, pdf: impl Fn() -> T) -> T {
+    let centre = cdf_centre(x);
+    if !x.any_below(CDF_CENTRE_LO) {
+        return centre;
+    }
+    (x - x.constant(CDF_CENTRE_LO)).select_nonneg(centre, cdf_tail(x, pdf()))
 }
 
-/// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`.
+/// 1/√(2π).
+pub const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// φ(x) = e^(−x²/2)/√(2π). The rounding of x² is magnified by x²/2 in e^(−x²/2) (1e-6 at
+/// x = −6); where `mul_add` is fused it recovers that rounding exactly and puts it back to
+/// first order (elsewhere the correction is 0).
+#[inline(always)]
+fn normal_pdf<T: Real>(x: T) -> T {
+    let sq = x * x;
+    let sq_err = x.mul_add(x, -sq);
+    let e = exp(sq * x.constant(-0.5)) * x.constant(FRAC_1_SQRT_2PI);
+    e * sq_err.mul_add(x.constant(-0.5), x.constant(1.0))
+}
+
+/// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`, to a few parts in 10⁶ of each value.
 #[inline(always)]
 pub fn gelu<T: Real>(x: T) -> T {
-    x * normal_cdf(x)
+    x * normal_cdf(
+        x,
+        #[inline(always)]
+        || normal_pdf(x),
+    )
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub fn gelu_grad<T: Real>(x: T) -> T {
-    normal_cdf(x) + x * x.constant(FRAC_1_SQRT_2PI) * exp(x.constant(-0.5) * x * x)
+    let pdf = normal_pdf(x);
+    x.mul_add(
+        pdf,
+        normal_cdf(
+            x,
+            #[inline(always)]
+            || pdf,
+        ),
+    )
 }

@@ -59,6 +59,11 @@ pub fn elementwise_parity<B: Backend>(b: &B) {
     }
 }
 
+pub fn gelu_values<B: Backend>(b: &B) {
+    let errors = parity::check_gelu_values(b).unwrap();
+    assert!(errors.within(), "{errors:?}");
+}
+
 pub fn row_ops_parity<B: Backend>(b: &B) {
     let seed = seed();
     let mut inputs = Inputs::new(seed);

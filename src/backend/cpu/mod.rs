@@ -1103,6 +1103,7 @@ mod simd_paths {
     use super::simd::{self, Simd, WithSimd};
     use super::{Elementwise, ElementwiseChunk};
     use crate::dtype::DType;
+    use crate::parity::{self, GeluValueErrors};
     use crate::reference;
     use crate::tolerance::{tolerance, Deviation, OpClass};
 
@@ -1250,6 +1251,36 @@ mod simd_paths {
                 OpClass::Reduction,
             );
         }
+    }
+
+    /// GELU and gelu' value by value under each instruction set (the native one is checked
+    /// through the backend, by the parity tests).
+    fn check_gelu_sweep<S: Simd>(s: S, set: &str) {
+        let x = parity::gelu_sweep();
+        let ones = vec![1.0f32; x.len()];
+        let (mut y, mut grad) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+        ElementwiseChunk {
+            op: Elementwise::Gelu,
+            ins: &[&x],
+            out: &mut y,
+        }
+        .with_simd(s);
+        ElementwiseChunk {
+            op: Elementwise::GeluBackward,
+            ins: &[&x, &ones],
+            out: &mut grad,
+        }
+        .with_simd(s);
+        let errors = GeluValueErrors::measure(&x, &y, &grad);
+        assert!(errors.within(), "{set}: {errors:?}");
+    }
+
+    #[test]
+    fn gelu_is_accurate_value_by_value() {
+        check_gelu_sweep(pulp::Scalar, "scalar");
+        check_gelu_sweep(pulp::Scalar128b, "4 lanes");
+        check_gelu_sweep(pulp::Scalar256b, "8 lanes");
+        check_gelu_sweep(pulp::Scalar512b, "16 lanes");
     }
 
     #[test]

@@ -197,6 +197,15 @@ impl<S: Simd> Real for Block<S> {
         Block { simd: s, v }
     }
     #[inline(always)]
+    fn any_below(self, lo: f32) -> bool {
+        let s = self.simd;
+        let mut min = self.v[0];
+        for v in &self.v[1..] {
+            min = s.min_f32s(min, *v);
+        }
+        s.reduce_min_f32s(min) < lo
+    }
+    #[inline(always)]
     fn pow2_of_rounded(self) -> Self {
         self.each(
             #[inline(always)]

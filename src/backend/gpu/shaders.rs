@@ -3,6 +3,7 @@
 //! before compiling; each variant is a [`Kernel`] value, under which its pipeline is cached.
 
 use super::kernel_config::MatmulTile;
+use crate::backend::math;
 use crate::dtype::DType;
 
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
@@ -61,6 +62,36 @@ pub enum Kernel {
         to: DType,
         workgroup: u32,
     },
+}
+
+/// gelu.wgsl with the constants of `math`'s GELU in front, so that both backends use one fit.
+fn gelu_source() -> String {
+    fn array(name: &str, c: &[f32]) -> String {
+        let items: Vec<String> = c.iter().map(|v| format!("{v:?}")).collect();
+        format!(
+            "const {name} = array<f32, {}>({});\n",
+            c.len(),
+            items.join(", ")
+        )
+    }
+    fn scalar(name: &str, v: f32) -> String {
+        format!("const {name}: f32 = {v:?};\n")
+    }
+    [
+        array("CDF_P", &math::CDF_P),
+        array("CDF_Q", &math::CDF_Q),
+        array("MILLS_P", &math::MILLS_P),
+        array("MILLS_Q", &math::MILLS_Q),
+        scalar("CDF_CENTRE_LO", math::CDF_CENTRE_LO),
+        scalar("CDF_CENTRE_HI", math::CDF_CENTRE_HI),
+        scalar("MILLS_LO", math::MILLS_LO),
+        scalar("MILLS_HI", math::MILLS_HI),
+        scalar("FRAC_1_SQRT_2PI", math::FRAC_1_SQRT_2PI),
+        scalar("LN2_HI", math::LN2_HI),
+        scalar("LN2_LO", math::LN2_LO),
+        GELU.to_string(),
+    ]
+    .concat()
 }
 
 /// Code of a dtype in cast.wgsl.
@@ -154,12 +185,12 @@ impl Kernel {
                     .replace("//!CONSTS", &consts)
                     .replace("//!LOADER", loader);
                 if gelu {
-                    format!("{GELU}\n{}", body.replace("//!EPILOGUE", MATMUL_STORE_GELU))
+                    format!("{}\n{}", gelu_source(), body.replace("//!EPILOGUE", MATMUL_STORE_GELU))
                 } else {
                     body.replace("//!EPILOGUE", MATMUL_STORE)
                 }
             }
-            Kernel::Elementwise { .. } => format!("{GELU}\n{ELEMENTWISE}"),
+            Kernel::Elementwise { .. } => format!("{}\n{ELEMENTWISE}", gelu_source()),
             Kernel::LayerNorm { .. } => format!("{WORKGROUP_REDUCE}\n{LAYERNORM}"),
             Kernel::ColumnSums { .. } => COLUMN_SUMS.into(),
             Kernel::Pool { .. } => POOL.into(),
