@@ -4,6 +4,11 @@
 use super::simd::{self, Block, Simd, WithSimd};
 use crate::backend::math::Real;
 
+/// Row `i` of a matrix of `cols` columns, or nothing past the last.
+fn row(m: &[f32], i: usize, cols: usize) -> &[f32] {
+    m.get(i * cols..(i + 1) * cols).unwrap_or_default()
+}
+
 /// The forward pass over whole rows: `y = (x − mean)·rstd·w + b`, with each row's
 /// `(mean, rstd)`.
 pub(super) struct Forward<'a> {
@@ -28,16 +33,19 @@ impl WithSimd for Forward<'_> {
             stats,
         } = self;
         let cols = w.len();
-        for ((x, y), stat) in x
+        let rows = x
             .chunks_exact(cols)
             .zip(y.chunks_exact_mut(cols))
-            .zip(stats)
-        {
+            .zip(stats);
+        for (i, ((x_row, y), stat)) in rows.enumerate() {
+            simd::prefetch(row(x, i + 1, cols));
+            let x = x_row;
             let mean = simd::sum(s, x) / cols as f32;
             let var = simd::sum_sq_dev(s, x, mean) / cols as f32;
             let rstd = 1.0 / (var + eps).sqrt();
-            let (mean_v, rstd_v) = (Block::splat(s, mean), Block::splat(s, rstd));
-            simd::for_each_block::<S>(
+            let (mean_v, rstd_v) = (Block::<S>::splat(s, mean), Block::<S>::splat(s, rstd));
+            simd::for_each_block(
+                Block::<S>::len(),
                 cols,
                 #[inline(always)]
                 |c| {
@@ -84,12 +92,14 @@ impl WithSimd for Backward<'_> {
             .zip(dy.chunks_exact(cols))
             .zip(dx.chunks_exact_mut(cols));
         for (((x, dy), dx), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-            let (m, r) = (Block::splat(s, m), Block::splat(s, r));
+            let (m, r) = (Block::<S>::splat(s, m), Block::<S>::splat(s, r));
             // With g = dy·w and xhat = (x − mean)·rstd: Σ g and Σ g·xhat for dx, and the
             // parameter gradients dw += dy·xhat, db += dy. Padding past the row's end loads
             // dy = 0, so that it adds nothing.
-            let (mut sum_g, mut sum_g_xhat) = (Block::splat(s, 0.0), Block::splat(s, 0.0));
-            simd::for_each_block::<S>(
+            let (mut sum_g, mut sum_g_xhat) =
+                (Block::<S>::splat(s, 0.0), Block::<S>::splat(s, 0.0));
+            simd::for_each_block(
+                Block::<S>::len(),
                 cols,
                 #[inline(always)]
                 |c| {
@@ -103,11 +113,12 @@ impl WithSimd for Backward<'_> {
                     sum_g_xhat = g.mul_add(xhat, sum_g_xhat);
                 },
             );
-            let mean_g = Block::splat(s, sum_g.reduce_sum() / cols as f32);
-            let mean_g_xhat = Block::splat(s, sum_g_xhat.reduce_sum() / cols as f32);
+            let mean_g = Block::<S>::splat(s, sum_g.reduce_sum() / cols as f32);
+            let mean_g_xhat = Block::<S>::splat(s, sum_g_xhat.reduce_sum() / cols as f32);
             // dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), recomputing g and xhat from the
             // row, which is still in the cache.
-            simd::for_each_block::<S>(
+            simd::for_each_block(
+                Block::<S>::len(),
                 cols,
                 #[inline(always)]
                 |c| {
