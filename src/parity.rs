@@ -338,10 +338,19 @@ pub fn check_gelu_backward<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> 
     ))
 }
 
-/// Inputs for GELU's value-by-value check: [−13, 11] in steps of 1e-4 (Φ is a normal f32
-/// down to −13.1), through the centre form, the tail form, and vectors that mix them.
+/// The range of GELU's value-by-value check (Φ is a normal f32 down to −13.1), in steps of
+/// [`GELU_SWEEP_STEP`].
+pub const GELU_SWEEP: (f32, f32) = (-13.0, 11.0);
+pub const GELU_SWEEP_STEP: f32 = 1e-4;
+
+/// Inputs for GELU's value-by-value check: through the centre form, the tail form, and
+/// vectors that mix them.
 pub fn gelu_sweep() -> Vec<f32> {
-    (0..=240_000).map(|i| -13.0 + i as f32 * 1e-4).collect()
+    let (from, to) = GELU_SWEEP;
+    let steps = ((to - from) / GELU_SWEEP_STEP).round() as usize;
+    (0..=steps)
+        .map(|i| from + i as f32 * GELU_SWEEP_STEP)
+        .collect()
 }
 
 /// The worst error of one output over [`gelu_sweep`]: relative to the value, with the x where
@@ -407,7 +416,7 @@ impl GeluValueErrors {
         [(Op::GeluFwd, self.gelu), (Op::GeluBwd, self.grad)].map(|(op, e)| ParityRow {
             op,
             dtype: DType::F32,
-            shape: "each x in [-13, 11]".into(),
+            shape: format!("each x in [{}, {}]", GELU_SWEEP.0, GELU_SWEEP.1),
             max_abs_err: e.abs,
             max_rel_err: e.rel,
             tol,

@@ -158,6 +158,8 @@ fn cdf_centre<T: Real>(x: T) -> T {
 /// Φ(x) for x < [`CDF_CENTRE_LO`], from the density φ(x) and Mills' ratio.
 #[inline(always)]
 fn cdf_tail<T: Real>(x: T, pdf: T) -> T {
+    // Elements of a vector that take the centre form pass through here too: the clamp keeps
+    // them clear of Q's poles and of overflow. (Past 14, φ is no longer a normal f32.)
     let t = (-x).clamp_to(MILLS_LO, MILLS_HI);
     let t2 = t * t;
     let p = t2.mul_add(
