@@ -29,7 +29,7 @@ pub(crate) fn run<Op: WithSimd>(op: Op) -> Op::Output {
 
 /// Vectors computed side by side by default: each operation is issued for all of them before
 /// the next, so that a dependency chain runs in [`WIDTH`] independent copies, and loop overhead
-/// is paid once per four vectors; four add chains keep [`sum`] from waiting on each add.
+/// is paid once per four vectors.
 pub(super) const WIDTH: usize = 4;
 
 /// `W` SIMD vectors of f32 with their instruction set, so that `math`'s functions (written
@@ -295,13 +295,17 @@ pub(super) fn map2<S: Simd, const W: usize>(
     );
 }
 
-/// Σ x, in [`Block`] lanes added up at the end: a fixed order (the same bits on every run),
-/// with [`WIDTH`] add chains side by side.
+/// The accumulators of the sums below: [`SUM_WIDTH`] vectors, so that as many add chains
+/// run side by side. Four left layer norm's row sums waiting on each add's latency.
+type Acc<S> = Block<S, SUM_WIDTH>;
+const SUM_WIDTH: usize = 8;
+
+/// Σ x, in [`Acc`] lanes added up at the end: a fixed order (the same bits on every run).
 #[inline(always)]
 pub(super) fn sum<S: Simd>(simd: S, x: &[f32]) -> f32 {
-    let mut acc = Block::<S>::splat(simd, 0.0);
+    let mut acc = Acc::<S>::splat(simd, 0.0);
     for_each_block(
-        Block::<S>::len(),
+        Acc::<S>::len(),
         x.len(),
         #[inline(always)]
         |r| acc = acc + Block::load(simd, &x[r]),
@@ -312,9 +316,9 @@ pub(super) fn sum<S: Simd>(simd: S, x: &[f32]) -> f32 {
 /// Σ a·b, as [`sum`].
 #[inline(always)]
 pub(super) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = Block::<S>::splat(simd, 0.0);
+    let mut acc = Acc::<S>::splat(simd, 0.0);
     for_each_block(
-        Block::<S>::len(),
+        Acc::<S>::len(),
         a.len(),
         #[inline(always)]
         |r| acc = Block::load(simd, &a[r.clone()]).mul_add(Block::load(simd, &b[r]), acc),
@@ -325,10 +329,10 @@ pub(super) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
 /// Σ (x − c)², as [`sum`] (the tail in scalar code: padding would add c² per missing lane).
 #[inline(always)]
 pub(super) fn sum_sq_dev<S: Simd>(simd: S, x: &[f32], c: f32) -> f32 {
-    let whole = x.len() / Block::<S>::len() * Block::<S>::len();
-    let mut acc = Block::<S>::splat(simd, 0.0);
+    let whole = x.len() / Acc::<S>::len() * Acc::<S>::len();
+    let mut acc = Acc::<S>::splat(simd, 0.0);
     for_each_block(
-        Block::<S>::len(),
+        Acc::<S>::len(),
         whole,
         #[inline(always)]
         |r| {
