@@ -59,6 +59,11 @@ impl WithSimd for Forward<'_> {
     }
 }
 
+/// The backward pass's blocks: two vectors, not four, so that its two sums, the row's
+/// statistics and a step's temporaries fit AVX2's sixteen registers (31% faster, medians of
+/// nine alternating rounds on two threads).
+type Narrow<S> = Block<S, 2>;
+
 /// The backward pass over whole rows: `dx`, and this block of rows' contribution to
 /// `[dw | db]` added into `acc`.
 pub(super) struct Backward<'a> {
@@ -92,14 +97,14 @@ impl WithSimd for Backward<'_> {
             .zip(dy.chunks_exact(cols))
             .zip(dx.chunks_exact_mut(cols));
         for (((x, dy), dx), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-            let (m, r) = (Block::<S>::splat(s, m), Block::<S>::splat(s, r));
+            let (m, r) = (Narrow::<S>::splat(s, m), Narrow::<S>::splat(s, r));
             // With g = dy·w and xhat = (x − mean)·rstd: Σ g and Σ g·xhat for dx, and the
             // parameter gradients dw += dy·xhat, db += dy. Padding past the row's end loads
             // dy = 0, so that it adds nothing.
             let (mut sum_g, mut sum_g_xhat) =
-                (Block::<S>::splat(s, 0.0), Block::<S>::splat(s, 0.0));
+                (Narrow::<S>::splat(s, 0.0), Narrow::<S>::splat(s, 0.0));
             simd::for_each_block(
-                Block::<S>::len(),
+                Narrow::<S>::len(),
                 cols,
                 #[inline(always)]
                 |c| {
@@ -113,12 +118,12 @@ impl WithSimd for Backward<'_> {
                     sum_g_xhat = g.mul_add(xhat, sum_g_xhat);
                 },
             );
-            let mean_g = Block::<S>::splat(s, sum_g.reduce_sum() / cols as f32);
-            let mean_g_xhat = Block::<S>::splat(s, sum_g_xhat.reduce_sum() / cols as f32);
+            let mean_g = Narrow::<S>::splat(s, sum_g.reduce_sum() / cols as f32);
+            let mean_g_xhat = Narrow::<S>::splat(s, sum_g_xhat.reduce_sum() / cols as f32);
             // dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), recomputing g and xhat from the
             // row, which is still in the cache.
             simd::for_each_block(
-                Block::<S>::len(),
+                Narrow::<S>::len(),
                 cols,
                 #[inline(always)]
                 |c| {
