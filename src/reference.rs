@@ -51,11 +51,15 @@ pub fn cast(x: &[f64], to: DType) -> Vec<f64> {
     x.iter().map(|&v| to.round_f64(v)).collect()
 }
 
-/// Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+/// The standard normal CDF, Φ(v) = erfc(−v/√2)/2: through erfc, not 1 + erf, so that it
+/// keeps its relative accuracy far into the lower tail (1 + erf(v/√2) is 0 below v ≈ −8.3).
+fn normal_cdf(v: f64) -> f64 {
+    0.5 * libm::erfc(-v / std::f64::consts::SQRT_2)
+}
+
+/// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`.
 pub fn gelu(x: &[f64]) -> Vec<f64> {
-    x.iter()
-        .map(|&v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)))
-        .collect()
+    x.iter().map(|&v| v * normal_cdf(v)).collect()
 }
 
 /// `dx = dy · gelu'(x)`, with `gelu'(x) = Φ(x) + x·φ(x)`.
@@ -63,9 +67,8 @@ pub fn gelu_backward(x: &[f64], dy: &[f64]) -> Vec<f64> {
     x.iter()
         .zip(dy)
         .map(|(&v, &g)| {
-            let cdf = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
             let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            g * (cdf + v * pdf)
+            g * (normal_cdf(v) + v * pdf)
         })
         .collect()
 }

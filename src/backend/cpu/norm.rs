@@ -25,7 +25,7 @@ impl WithSimd for Forward<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
         let Forward {
-            x,
+            x: rows_x,
             w,
             b,
             eps,
@@ -33,13 +33,12 @@ impl WithSimd for Forward<'_> {
             stats,
         } = self;
         let cols = w.len();
-        let rows = x
+        let rows = rows_x
             .chunks_exact(cols)
             .zip(y.chunks_exact_mut(cols))
             .zip(stats);
-        for (i, ((x_row, y), stat)) in rows.enumerate() {
-            simd::prefetch(row(x, i + 1, cols));
-            let x = x_row;
+        for (i, ((x, y), stat)) in rows.enumerate() {
+            simd::prefetch(row(rows_x, i + 1, cols));
             let mean = simd::sum(s, x) / cols as f32;
             let var = simd::sum_sq_dev(s, x, mean) / cols as f32;
             let rstd = 1.0 / (var + eps).sqrt();
