@@ -1,23 +1,27 @@
-// Exact GELU and its derivative, computed as src/backend/math.rs computes them: a rational
-// function of x² for Φ in the centre, φ times Mills' ratio in the lower tail. The constants
-// (CDF_P, CDF_Q, CDF_CENTRE_LO, CDF_CENTRE_HI, MILLS_P, MILLS_Q, MILLS_LO, MILLS_HI,
-// FRAC_1_SQRT_2PI, LN2_HI, LN2_LO) are put in front from there.
+// Exact GELU and its derivative, computed as src/backend/math.rs computes them: polynomials
+// in x² for |x| ≤ GELU_INNER, φ times Mills' ratio beyond. The constants (CDF_ODD,
+// GELU_GRAD_ODD, GELU_INNER, MILLS_P, MILLS_Q, MILLS_LO, MILLS_HI, FRAC_1_SQRT_2PI, LN2_HI,
+// LN2_LO) are put in front from there.
 
-// Φ(x) for x ≥ CDF_CENTRE_LO.
-fn cdf_centre(x_in: f32) -> f32 {
-    let x = clamp(x_in, -CDF_CENTRE_HI, CDF_CENTRE_HI);
+// 1/2 + x·P(x²), P of degree 6: the inner forms of Φ and gelu'.
+fn half_plus_odd(x: f32, c: array<f32, 7>) -> f32 {
     let s = x * x;
-    let p = CDF_P[0] + s * (CDF_P[1] + s * (CDF_P[2] + s * (CDF_P[3] + s * (CDF_P[4] + s * CDF_P[5]))));
-    let q = CDF_Q[0] + s * (CDF_Q[1] + s * (CDF_Q[2] + s * (CDF_Q[3] + s * (CDF_Q[4] + s * CDF_Q[5]))));
-    return fma(x, p / q, 0.5);
+    let p = c[0] + s * (c[1] + s * (c[2] + s * (c[3] + s * (c[4] + s * (c[5] + s * c[6])))));
+    return fma(x, p, 0.5);
 }
 
-// Φ(x) for x < CDF_CENTRE_LO, given φ(x).
-fn cdf_tail(x: f32, pdf: f32) -> f32 {
-    let t = clamp(-x, MILLS_LO, MILLS_HI);
+// 1 − Φ(|x|) = φ(x)·R(|x|), for |x| beyond GELU_INNER, given φ(x).
+fn upper_tail(x: f32, pdf: f32) -> f32 {
+    let t = clamp(abs(x), MILLS_LO, MILLS_HI);
     let p = MILLS_P[0] + t * (MILLS_P[1] + t * (MILLS_P[2] + t * MILLS_P[3]));
     let q = MILLS_Q[0] + t * (MILLS_Q[1] + t * (MILLS_Q[2] + t * (MILLS_Q[3] + t * MILLS_Q[4])));
     return pdf * p / q;
+}
+
+// Φ(x) beyond GELU_INNER, given φ(x).
+fn cdf_outer(x: f32, pdf: f32) -> f32 {
+    let upper = upper_tail(x, pdf);
+    return select(upper, 1.0 - upper, x >= 0.0);
 }
 
 // φ(x) = e^(−x²/2)/√(2π). The rounding of x² is magnified by x²/2 in the exponential, and so
@@ -34,22 +38,21 @@ fn normal_pdf(x: f32) -> f32 {
     return ldexp(exp(r), i32(k)) * FRAC_1_SQRT_2PI;
 }
 
-// GELU, x·Φ(x).
+// GELU, x·Φ(x). (A NaN takes the inner form and stays NaN.)
 fn gelu(x: f32) -> f32 {
-    if x >= CDF_CENTRE_LO {
-        return x * cdf_centre(x);
+    if !(abs(x) > GELU_INNER) {
+        return x * half_plus_odd(x, CDF_ODD);
     }
-    return x * cdf_tail(x, normal_pdf(x));
+    let xc = clamp(x, -MILLS_HI, MILLS_HI);
+    return x * cdf_outer(xc, normal_pdf(xc));
 }
 
 // gelu'(x) = Φ(x) + x·φ(x).
 fn gelu_grad(x: f32) -> f32 {
-    let pdf = normal_pdf(x);
-    var cdf: f32;
-    if x >= CDF_CENTRE_LO {
-        cdf = cdf_centre(x);
-    } else {
-        cdf = cdf_tail(x, pdf);
+    if !(abs(x) > GELU_INNER) {
+        return half_plus_odd(x, GELU_GRAD_ODD);
     }
-    return fma(x, pdf, cdf);
+    let xc = clamp(x, -MILLS_HI, MILLS_HI);
+    let pdf = normal_pdf(xc);
+    return fma(xc, pdf, cdf_outer(xc, pdf));
 }

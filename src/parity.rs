@@ -343,8 +343,8 @@ pub fn check_gelu_backward<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> 
 pub const GELU_SWEEP: (f32, f32) = (-13.0, 11.0);
 pub const GELU_SWEEP_STEP: f32 = 1e-4;
 
-/// Inputs for GELU's value-by-value check: through the centre form, the tail form, and
-/// vectors that mix them.
+/// Inputs for GELU's value-by-value check: through the inner forms, the outer forms on both
+/// sides, and vectors that mix them.
 pub fn gelu_sweep() -> Vec<f32> {
     let (from, to) = GELU_SWEEP;
     let steps = ((to - from) / GELU_SWEEP_STEP).round() as usize;

@@ -24,10 +24,12 @@ pub trait Real:
     fn abs(self) -> Self;
     /// `self` limited to `[lo, hi]`.
     fn clamp_to(self, lo: f32, hi: f32) -> Self;
-    /// `if_nonneg` where `self >= 0`, else `otherwise`.
+    /// `if_nonneg` where `self >= 0`, else `otherwise` (also where `self` is NaN).
     fn select_nonneg(self, if_nonneg: Self, otherwise: Self) -> Self;
-    /// Whether an element is below `lo` (a NaN element may count either way).
-    fn any_below(self, lo: f32) -> bool;
+    /// `if_positive` where `self > 0`, else `otherwise` (also where `self` is NaN).
+    fn select_positive(self, if_positive: Self, otherwise: Self) -> Self;
+    /// Whether an element's magnitude exceeds `bound` (a NaN element may count either way).
+    fn any_beyond(self, bound: f32) -> bool;
     /// 2^k for `self` = k + [`ROUNDER`] with k an integer in [−126, 127]: (k + 127) << 23 as
     /// float bits.
     fn pow2_of_rounded(self) -> Self;
@@ -64,8 +66,16 @@ impl Real for f32 {
         }
     }
     #[inline(always)]
-    fn any_below(self, lo: f32) -> bool {
-        self < lo
+    fn select_positive(self, if_positive: f32, otherwise: f32) -> f32 {
+        if self > 0.0 {
+            if_positive
+        } else {
+            otherwise
+        }
+    }
+    #[inline(always)]
+    fn any_beyond(self, bound: f32) -> bool {
+        self.abs() > bound
     }
     #[inline(always)]
     fn pow2_of_rounded(self) -> f32 {
@@ -105,62 +115,71 @@ pub fn exp<T: Real>(x: T) -> T {
     y * shifted.pow2_of_rounded()
 }
 
-/// Where GELU switches from the centre form to the tail form: below it, Φ(x) is small enough
-/// that `1/2 + (Φ(x) − 1/2)` would lose its relative accuracy (the sum is exact, but the odd
-/// part's rounding, relative to the odd part, grows by (1/2 − Φ)/Φ: 6.5× here, 21× at −2).
-pub const CDF_CENTRE_LO: f32 = -1.5;
-/// Φ(x) − 1/2 = x·P(x²)/Q(x²) for |x| ≤ [`CDF_CENTRE_HI`]; beyond, Φ rounds to 0 or 1.
-/// A weighted least-squares fit (P = this, Q = [`CDF_Q`]) to 9.3e-9 of Φ; in f32, Φ to 1.3e-6
-/// relative on [−1.5, ∞).
-pub const CDF_P: [f32; 6] = [
-    0.398_942_23,
-    0.034_376_03,
-    0.004_707_253_5,
-    0.000_173_850_07,
-    6.356_527_6e-6,
-    2.214_530_6e-8,
+/// Where GELU switches from its inner forms (polynomials in x²: no exponential, no division)
+/// to its outer ones (φ times Mills' ratio). Below −1.5, Φ(x) = 1/2 + x·E(x²) would lose its
+/// relative accuracy: the sum is exact, but the rounding of x·E, relative to Φ, grows by
+/// (1/2 − Φ)/Φ (6.5× here, 21× at −2).
+pub const GELU_INNER: f32 = 1.5;
+/// Φ(x) = 1/2 + x·E(x²) for |x| ≤ [`GELU_INNER`], E(s) = Σ CDF_ODD[i]·s^i: a weighted
+/// minimax fit (Lawson's iteration) to 4.1e-9 of Φ, relative; 1.2e-6 in f32 (the rounding of
+/// x·E near −1.5).
+pub const CDF_ODD: [f32; 7] = [
+    0.398_942_26,
+    -0.066_490_18,
+    0.009_972_722,
+    -0.001_185_739_9,
+    0.000_113_824,
+    -8.534_914e-6,
+    3.871_071e-7,
 ];
-pub const CDF_Q: [f32; 6] = [
-    1.0,
-    0.252_833_63,
-    0.028_940_04,
-    0.001_912_973_7,
-    7.510_174e-5,
-    1.180_211_9e-6,
+/// gelu'(x) = Φ(x) + x·φ(x) = 1/2 + x·G(x²) for |x| ≤ [`GELU_INNER`], with
+/// G(s) = E(s) + e^(−s/2)/√(2π) = Σ GELU_GRAD_ODD[i]·s^i: fitted as [`CDF_ODD`], to 7.1e-8
+/// relative to max(|gelu'|, 0.1) (gelu' crosses 0 near x = −0.75); 1.1e-6 in f32.
+pub const GELU_GRAD_ODD: [f32; 7] = [
+    0.797_884_35,
+    -0.265_959_08,
+    0.059_831_13,
+    -0.009_478_315,
+    0.001_132_653_1,
+    -0.000_100_411_02,
+    5.138_845_6e-6,
 ];
-pub const CDF_CENTRE_HI: f32 = 5.6;
 /// Mills' ratio R(t) = (1 − Φ(t))/φ(t) = P(t)/Q(t) on t ∈ [[`MILLS_LO`], [`MILLS_HI`]], so
-/// that Φ(x) = φ(x)·R(−x) in the tail keeps its relative accuracy wherever φ is a normal f32.
-/// A relative least-squares fit (P = this, Q = [`MILLS_Q`]) to 1.2e-8; 4.6e-7 in f32.
+/// that beyond [`GELU_INNER`], 1 − Φ(|x|) = φ(x)·R(|x|) keeps its relative accuracy wherever
+/// φ is a normal f32. A relative least-squares fit (P = this, Q = [`MILLS_Q`]) to 1.2e-8;
+/// 4.6e-7 in f32.
 pub const MILLS_P: [f32; 4] = [1.252_000_1, 1.032_607_4, 0.379_428_12, 0.068_638_734];
 pub const MILLS_Q: [f32; 5] = [1.0, 1.617_260_2, 1.102_436_5, 0.379_372_12, 0.068_639_85];
 pub const MILLS_LO: f32 = 1.4;
+/// Past 14, φ is no longer a normal f32: x is clamped here in the outer forms, where Φ has
+/// long rounded to 0 or 1 (and x·φ(x) cannot grow with x).
 pub const MILLS_HI: f32 = 14.0;
 
-/// Σ c[i]·s^i for six coefficients, in Estrin's order.
+/// Σ c[i]·s^i for seven coefficients, in Estrin's order.
 #[inline(always)]
-fn poly6<T: Real>(s: T, s2: T, c: &[f32; 6]) -> T {
+fn poly7<T: Real>(s: T, c: &[f32; 7]) -> T {
+    let s2 = s * s;
     let p01 = s.mul_add(s.constant(c[1]), s.constant(c[0]));
     let p23 = s.mul_add(s.constant(c[3]), s.constant(c[2]));
     let p45 = s.mul_add(s.constant(c[5]), s.constant(c[4]));
-    (s2 * s2).mul_add(p45, s2.mul_add(p23, p01))
+    let p0123 = s2.mul_add(p23, p01);
+    let p456 = s2.mul_add(s.constant(c[6]), p45);
+    (s2 * s2).mul_add(p456, p0123)
 }
 
-/// Φ(x) for x ≥ [`CDF_CENTRE_LO`]: a rational function, no exponential.
+/// 1/2 + x·P(x²): the inner forms of Φ and gelu'.
 #[inline(always)]
-fn cdf_centre<T: Real>(x: T) -> T {
-    let x = x.clamp_to(-CDF_CENTRE_HI, CDF_CENTRE_HI);
-    let s = x * x;
-    let s2 = s * s;
-    x.mul_add(poly6(s, s2, &CDF_P) / poly6(s, s2, &CDF_Q), x.constant(0.5))
+fn half_plus_odd<T: Real>(x: T, c: &[f32; 7]) -> T {
+    x.mul_add(poly7(x * x, c), x.constant(0.5))
 }
 
-/// Φ(x) for x < [`CDF_CENTRE_LO`], from the density φ(x) and Mills' ratio.
+/// The outer forms, for |x| > [`GELU_INNER`]: (Φ(x), φ(x)) with x clamped to ±[`MILLS_HI`].
 #[inline(always)]
-fn cdf_tail<T: Real>(x: T, pdf: T) -> T {
-    // Elements of a vector that take the centre form pass through here too: the clamp keeps
-    // them clear of Q's poles and of overflow. (Past 14, φ is no longer a normal f32.)
-    let t = (-x).clamp_to(MILLS_LO, MILLS_HI);
+fn cdf_pdf_outer<T: Real>(x: T) -> (T, T) {
+    let x = x.clamp_to(-MILLS_HI, MILLS_HI);
+    // Elements of a vector that take the inner form pass through here too: the clamp keeps
+    // them clear of Q's poles.
+    let t = x.abs().clamp_to(MILLS_LO, MILLS_HI);
     let t2 = t * t;
     let p = t2.mul_add(
         t.mul_add(x.constant(MILLS_P[3]), x.constant(MILLS_P[2])),
@@ -169,19 +188,21 @@ fn cdf_tail<T: Real>(x: T, pdf: T) -> T {
     let q01 = t.mul_add(x.constant(MILLS_Q[1]), x.constant(MILLS_Q[0]));
     let q23 = t.mul_add(x.constant(MILLS_Q[3]), x.constant(MILLS_Q[2]));
     let q = (t2 * t2).mul_add(x.constant(MILLS_Q[4]), t2.mul_add(q23, q01));
-    pdf * p / q
+    let pdf = normal_pdf(x);
+    let upper = pdf * p / q;
+    (x.select_nonneg(x.constant(1.0) - upper, upper), pdf)
 }
 
-/// Φ(x), given φ(x) for the tail. The tail form is computed only for a value (a vector)
-/// with an element below [`CDF_CENTRE_LO`], and chosen per element, so that each element's
-/// result depends on that element alone; activations seldom reach the tail.
+/// `inner` for the elements of magnitude up to [`GELU_INNER`], `outer()` for the others. The
+/// outer form is computed only for a value (a vector) with an element beyond, and chosen per
+/// element, so that each element's result depends on that element alone (a NaN takes the
+/// inner form, which keeps it NaN); activations seldom leave the inner range.
 #[inline(always)]
-fn normal_cdf<T: Real>(x: T, pdf: impl Fn() -> T) -> T {
-    let centre = cdf_centre(x);
-    if !x.any_below(CDF_CENTRE_LO) {
-        return centre;
+fn inner_or_outer<T: Real>(x: T, inner: T, outer: impl Fn() -> T) -> T {
+    if !x.any_beyond(GELU_INNER) {
+        return inner;
     }
-    (x - x.constant(CDF_CENTRE_LO)).select_nonneg(centre, cdf_tail(x, pdf()))
+    (x.abs() - x.constant(GELU_INNER)).select_positive(outer(), inner)
 }
 
 /// 1/√(2π).
@@ -201,23 +222,24 @@ fn normal_pdf<T: Real>(x: T) -> T {
 /// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`, to a few parts in 10⁶ of each value.
 #[inline(always)]
 pub fn gelu<T: Real>(x: T) -> T {
-    x * normal_cdf(
+    x * inner_or_outer(
         x,
+        half_plus_odd(x, &CDF_ODD),
         #[inline(always)]
-        || normal_pdf(x),
+        || cdf_pdf_outer(x).0,
     )
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub fn gelu_grad<T: Real>(x: T) -> T {
-    let pdf = normal_pdf(x);
-    x.mul_add(
-        pdf,
-        normal_cdf(
-            x,
-            #[inline(always)]
-            || pdf,
-        ),
+    inner_or_outer(
+        x,
+        half_plus_odd(x, &GELU_GRAD_ODD),
+        #[inline(always)]
+        || {
+            let (cdf, pdf) = cdf_pdf_outer(x);
+            x.clamp_to(-MILLS_HI, MILLS_HI).mul_add(pdf, cdf)
+        },
     )
 }

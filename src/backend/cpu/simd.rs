@@ -196,13 +196,23 @@ impl<S: Simd, const W: usize> Real for Block<S, W> {
         Block { simd: s, v }
     }
     #[inline(always)]
-    fn any_below(self, lo: f32) -> bool {
+    fn select_positive(self, if_positive: Self, otherwise: Self) -> Self {
         let s = self.simd;
-        let mut min = self.v[0];
-        for v in &self.v[1..] {
-            min = s.min_f32s(min, *v);
+        let mut v = otherwise.v;
+        for ((v, x), a) in v.iter_mut().zip(self.v).zip(if_positive.v) {
+            let positive = s.greater_than_f32s(x, s.splat_f32s(0.0));
+            *v = s.select_f32s(positive, a, *v);
         }
-        s.reduce_min_f32s(min) < lo
+        Block { simd: s, v }
+    }
+    #[inline(always)]
+    fn any_beyond(self, bound: f32) -> bool {
+        let s = self.simd;
+        let mut max = s.abs_f32s(self.v[0]);
+        for v in &self.v[1..] {
+            max = s.max_f32s(max, s.abs_f32s(*v));
+        }
+        s.reduce_max_f32s(max) > bound
     }
     #[inline(always)]
     fn pow2_of_rounded(self) -> Self {

@@ -78,12 +78,11 @@ fn gelu_source() -> String {
         format!("const {name}: f32 = {v:?};\n")
     }
     [
-        array("CDF_P", &math::CDF_P),
-        array("CDF_Q", &math::CDF_Q),
+        array("CDF_ODD", &math::CDF_ODD),
+        array("GELU_GRAD_ODD", &math::GELU_GRAD_ODD),
         array("MILLS_P", &math::MILLS_P),
         array("MILLS_Q", &math::MILLS_Q),
-        scalar("CDF_CENTRE_LO", math::CDF_CENTRE_LO),
-        scalar("CDF_CENTRE_HI", math::CDF_CENTRE_HI),
+        scalar("GELU_INNER", math::GELU_INNER),
         scalar("MILLS_LO", math::MILLS_LO),
         scalar("MILLS_HI", math::MILLS_HI),
         scalar("FRAC_1_SQRT_2PI", math::FRAC_1_SQRT_2PI),
