@@ -4,12 +4,14 @@
 // Contract: bit-identical to src/rng.rs (the CPU side and the tests check this).
 //   philox4x32_10(counter, key) == rng::philox4x32_10 (Random123's philox4x32, 10 rounds).
 //   dropout_uniform(seed, step, site, element) == rng::uniform(&DropoutKey { seed, step, site },
-//   element), with the u64 seed and step passed as vec2(low 32 bits, high 32 bits). Element e
-//   draws lane e % 4 of philox4x32_10(counter, key) with q = e / 4 and
+//   element), with the u64 seed and step passed as vec2(low 32 bits, high 32 bits). Elements
+//   come in tiles of 64, eight calls to a tile: with t = e / 64 and w = e % 64, element e draws
+//   16 bits, (r[w / 16] >> (16 * ((w / 8) % 2))) & 0xffff, of r = philox4x32_10(counter, key)
+//   for call q = 8t + w % 8 and
 //     counter = (q, site, step.x, step.y)
 //     key     = (seed.x, seed.y ^ (q >> 32)) = (seed.x, seed.y) here, as element is a u32
-//   and the draw is f32(r >> 8) * 2^-24: exact, in [0, 1). Dropout keeps an element when its
-//   draw is >= p and scales kept elements by 1 / (1 - p).
+//   and the draw is f32(n) * 2^-16 for those 16 bits n: exact, in [0, 1). Dropout keeps an
+//   element when its draw is >= p and scales kept elements by 1 / (1 - p).
 //
 // Names are prefixed (philox_, PHILOX_) where they are not part of the contract, so that they
 // do not collide with the kernels this file is concatenated with.
@@ -18,8 +20,8 @@ const PHILOX_M0: u32 = 0xD2511F53u;
 const PHILOX_M1: u32 = 0xCD9E8D57u;
 // Weyl key increments, added (wrapping) to the key between rounds.
 const PHILOX_W: vec2<u32> = vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
-// 2^-24, exact: the 24-bit draw times this is exact in f32.
-const PHILOX_INV_2_24: f32 = 1.0 / 16777216.0;
+// 2^-16, exact: the 16-bit draw times this is exact in f32.
+const PHILOX_INV_2_16: f32 = 1.0 / 65536.0;
 
 // The full 64-bit product a * b as vec2(high word, low word). WGSL has no 64-bit integers, so
 // the high word is assembled from 16-bit halves: each partial product fits a u32, and the
@@ -59,9 +61,12 @@ fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 }
 
 // The dropout draw in [0, 1) of element under (seed, step, site); seed and step are u64s
-// split as vec2(low, high). Four consecutive elements share one Philox call: a kernel that
-// handles four elements per invocation should call philox4x32_10 once itself.
+// split as vec2(low, high). Eight elements share one Philox call (see the layout above): a
+// kernel that handles several elements per invocation could call philox4x32_10 once itself.
 fn dropout_uniform(seed: vec2<u32>, step: vec2<u32>, site: u32, element: u32) -> f32 {
-    let r = philox4x32_10(vec4<u32>(element >> 2u, site, step.x, step.y), seed);
-    return f32(r[element & 3u] >> 8u) * PHILOX_INV_2_24;
+    let w = element & 63u;
+    let call = ((element >> 6u) << 3u) | (w & 7u);
+    let r = philox4x32_10(vec4<u32>(call, site, step.x, step.y), seed);
+    let bits = (r[w >> 4u] >> (((w >> 3u) & 1u) * 16u)) & 0xFFFFu;
+    return f32(bits) * PHILOX_INV_2_16;
 }

@@ -8,22 +8,27 @@
 //!
 //! # Layout (the contract `shaders/philox.wgsl` implements bit for bit)
 //!
-//! Element `e` of dropout site `site` at training step `step` under `seed` draws lane
-//! `e % 4` of one Philox4x32-10 call, whose inputs are, with `q = e / 4`:
+//! Elements are drawn in tiles of [`TILE`] = 64, eight Philox4x32-10 calls to a tile, each
+//! element taking 16 of a call's 128 bits. Element `e` of dropout site `site` at training step
+//! `step` under `seed`, with `t = e / 64` and `w = e % 64`, draws
 //!
 //! ```text
+//! call  q = 8·t + w % 8
+//! bits  (r[j] >> 16·h) & 0xffff of the call's outputs r, j = w / 16, h = (w / 8) % 2
 //! counter = [q low 32 bits, site, step low 32 bits, step high 32 bits]
 //! key     = [seed low 32 bits, (seed high 32 bits) ^ (q high 32 bits)]
 //! ```
 //!
-//! Nothing is XOR-ed into the counter. Four consecutive elements share one call, which is what
-//! makes [`fill_uniform`] four times cheaper than [`uniform`]. The high bits of `q` only matter
-//! for elements at or beyond 2^34; folding them into the key keeps those elements distinct
+//! so that eight consecutive calls side by side in the lanes of a vector give, in each output
+//! and half, eight consecutive elements: the CPU draws a tile with no transposition (and any
+//! vector of 1, 2, 4 or 8 lanes gets runs in element order). The high bits of `q` only matter
+//! for elements at or beyond 2^35; folding them into the key keeps those elements distinct
 //! from the low ones (the WGSL side takes a `u32` element, so for it they are always 0).
 //!
-//! The draw is `(r >> 8) as f32 * 2^-24` for the lane's 32-bit output `r`: 24 bits fit an
-//! f32's significand, so the value is exact (no rounding that could differ between the CPU and
-//! a GPU) and lies in `[0, 1)`; never 1.0, which rounding the full 32 bits could produce.
+//! The draw is the 16-bit value `n` as `n·2^-16`: exact in f32 on every device, in `[0, 1)`.
+//! Sixteen bits, not the 24 an f32 could hold, so that one call serves eight elements: Philox
+//! is most of what dropout costs on a CPU. The drop rate is then ⌈p·2^16⌉/2^16, within
+//! 1.6e-5 of `p` (FlashAttention keeps 8 bits).
 //!
 //! Dropout keeps an element when its draw is at least `p` ([`keep`]) and scales kept elements
 //! by `1 / (1 - p)`; this module only decides which are kept.
@@ -35,8 +40,8 @@ const M1: u32 = 0xCD9E_8D57;
 const W0: u32 = 0x9E37_79B9;
 const W1: u32 = 0xBB67_AE85;
 
-/// 2^-24: turns a 24-bit integer into a float in [0, 1) exactly.
-const INV_2_24: f32 = 1.0 / 16_777_216.0;
+/// 2^-16: turns a 16-bit draw into a float in [0, 1) exactly.
+const INV_2_16: f32 = 1.0 / 65_536.0;
 
 /// The high and low words of the full 64-bit product `a * b`.
 #[inline(always)]
@@ -86,58 +91,94 @@ pub struct DropoutKey {
     pub site: u32,
 }
 
+/// Elements per tile of the layout (module doc): eight calls of four 32-bit outputs, 16 bits
+/// to an element.
+pub const TILE: u64 = 64;
+/// Philox calls per tile; also the most vector lanes that get a tile's draws in element
+/// order.
+const CALLS_PER_TILE: u64 = 8;
+
+/// The call that draws `element`, which of its four outputs, and the shift of its 16 bits.
+#[inline(always)]
+fn position(element: u64) -> (u64, usize, u32) {
+    let w = element % TILE;
+    let call = element / TILE * CALLS_PER_TILE + w % CALLS_PER_TILE;
+    (call, (w / 16) as usize, ((w / 8) % 2 * 16) as u32)
+}
+
 impl DropoutKey {
-    /// Philox's four outputs for the group of elements `4 * quad .. 4 * quad + 4`.
+    /// Philox's four outputs for call `call` of the layout.
     #[inline(always)]
-    fn block(&self, quad: u64) -> [u32; 4] {
+    fn call(&self, call: u64) -> [u32; 4] {
         let counter = [
-            quad as u32,
+            call as u32,
             self.site,
             self.step as u32,
             (self.step >> 32) as u32,
         ];
         let key = [
             self.seed as u32,
-            ((self.seed >> 32) as u32) ^ ((quad >> 32) as u32),
+            ((self.seed >> 32) as u32) ^ ((call >> 32) as u32),
         ];
         philox4x32_10(counter, key)
     }
-}
 
-impl DropoutKey {
-    /// [`DropoutKey::block`] for `G` groups of as many consecutive quads as `S` has u32
-    /// lanes, lane by lane: output `j` of quad `first_quad + g·lanes + b` is lane `b` of
-    /// vector `j` of group `g`. The quads must share their high 32 bits (the key depends on
+    /// The draws of tile `tile`'s 64 elements, in element order, one call at a time.
+    fn tile(&self, tile: u64) -> [u32; TILE as usize] {
+        let mut bits = [0; TILE as usize];
+        for (w, bits) in bits.iter_mut().enumerate() {
+            let (call, j, shift) = position(tile * TILE + w as u64);
+            *bits = (self.call(call)[j] >> shift) & 0xffff;
+        }
+        bits
+    }
+
+    /// [`DropoutKey::call`] for `G` groups of as many consecutive calls as `S` has u32
+    /// lanes, lane by lane: output `j` of call `first_call + g·lanes + b` is lane `b` of
+    /// vector `j` of group `g`. The calls must share their high 32 bits (the key depends on
     /// them). Each round is issued for every group before the next round, so that the groups'
     /// multiply chains overlap (one group waits on the multiplies' latency).
     #[inline(always)]
-    fn blocks<S: pulp::Simd, const G: usize>(
+    fn calls<S: pulp::Simd, const G: usize>(
         &self,
         s: S,
-        first_quad: u64,
+        first_call: u64,
         lane_index: S::u32s,
     ) -> [[S::u32s; 4]; G] {
         let lanes = std::mem::size_of::<S::u32s>() / 4;
-        let mut c = [[s.splat_u32s(0); 4]; G];
-        for (g, c) in c.iter_mut().enumerate() {
-            let quad = (first_quad as u32).wrapping_add((g * lanes) as u32);
-            *c = [
-                s.add_u32s(s.splat_u32s(quad), lane_index),
-                s.splat_u32s(self.site),
-                s.splat_u32s(self.step as u32),
-                s.splat_u32s((self.step >> 32) as u32),
-            ];
-        }
+        let splat = |v: u32| s.splat_u32s(v);
         let mut k = [
             self.seed as u32,
-            ((self.seed >> 32) as u32) ^ ((first_quad >> 32) as u32),
+            ((self.seed >> 32) as u32) ^ ((first_call >> 32) as u32),
         ];
-        let (m0, m1) = (s.splat_u32s(M0), s.splat_u32s(M1));
-        for i in 0..10 {
-            if i > 0 {
-                k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
-            }
-            let (k0, k1) = (s.splat_u32s(k[0]), s.splat_u32s(k[1]));
+        // The first two rounds each multiply one word that is the same in every lane (the
+        // step's low word, then a word made of it, the site and the key): those products are
+        // scalar, and only the counter's low word goes through vector multiplies.
+        let (hi1, lo1) = mulhilo(M1, self.step as u32);
+        let a = hi1 ^ self.site ^ k[0];
+        let k_next = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+        let (hi0_2, lo0_2) = mulhilo(M0, a);
+        let mut c = [[splat(0); 4]; G];
+        for (g, c) in c.iter_mut().enumerate() {
+            let call = (first_call as u32).wrapping_add((g * lanes) as u32);
+            let counter = s.add_u32s(splat(call), lane_index);
+            // Round 1: [hi1 ^ site ^ k0, lo1, hi0 ^ step_hi ^ k1, lo0].
+            let (lo0, hi0) = s.widening_mul_u32s(splat(M0), counter);
+            let c2 = s.xor_u32s(hi0, splat((self.step >> 32) as u32 ^ k[1]));
+            // Round 2, with the bumped key; its first product is (hi0_2, lo0_2).
+            let (lo1_2, hi1_2) = s.widening_mul_u32s(splat(M1), c2);
+            *c = [
+                s.xor_u32s(hi1_2, splat(lo1 ^ k_next[0])),
+                lo1_2,
+                s.xor_u32s(splat(hi0_2 ^ k_next[1]), lo0),
+                splat(lo0_2),
+            ];
+        }
+        k = k_next;
+        let (m0, m1) = (splat(M0), splat(M1));
+        for _ in 2..10 {
+            k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+            let (k0, k1) = (splat(k[0]), splat(k[1]));
             for c in c.iter_mut() {
                 let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
                 let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
@@ -151,79 +192,18 @@ impl DropoutKey {
         }
         c
     }
-
-    /// Fills `run` (`G`·4·lanes elements from quad `quad`, sharing its high word) with the
-    /// draws of [`DropoutKey::blocks`], in element order.
-    #[inline(always)]
-    fn fill_groups<S: pulp::Simd, const G: usize>(
-        &self,
-        s: S,
-        quad: u64,
-        lane_index: S::u32s,
-        run: &mut [f32],
-    ) {
-        let lanes = std::mem::size_of::<S::u32s>() / 4;
-        for (group, run) in self
-            .blocks::<S, G>(s, quad, lane_index)
-            .into_iter()
-            .zip(run.chunks_exact_mut(4 * lanes))
-        {
-            // Lane b of vector j is element 4·b + j.
-            let mut by_output = [[0.0f32; MAX_LANES]; 4];
-            for (row, r) in by_output.iter_mut().zip(group) {
-                // SAFETY: a row holds MAX_LANES >= lanes f32, and `S::f32s` is `lanes`
-                // plain f32 (pulp's vectors are `Pod`); the write is unaligned.
-                unsafe {
-                    std::ptr::write_unaligned(row.as_mut_ptr() as *mut S::f32s, to_unit_lanes(s, r))
-                };
-            }
-            for (b, slots) in run.chunks_exact_mut(4).enumerate() {
-                for (j, slot) in slots.iter_mut().enumerate() {
-                    *slot = by_output[j][b];
-                }
-            }
-        }
-    }
 }
 
-/// The most u32 lanes of a SIMD vector that [`fill_uniform_with`] handles (AVX-512).
-const MAX_LANES: usize = 16;
-
-/// [`to_unit`] on vectors: `(r >> 8)·2^-24` exactly, from two 12-bit halves (each turned
-/// into a float by the 2^23 trick: the bits of 2^23 + n are 0x4B00_0000 | n), since the
-/// SIMD layer has no integer-to-float conversion.
-#[inline(always)]
-fn to_unit_lanes<S: pulp::Simd>(s: S, r: S::u32s) -> S::f32s {
-    let high = small_to_float(s, s.wrapping_dyn_shr_u32s(r, s.splat_u32s(20)));
-    let low = small_to_float(
-        s,
-        s.and_u32s(
-            s.wrapping_dyn_shr_u32s(r, s.splat_u32s(8)),
-            s.splat_u32s(0xfff),
-        ),
-    );
-    let n = s.add_f32s(s.mul_f32s(high, s.splat_f32s(4096.0)), low);
-    s.mul_f32s(n, s.splat_f32s(INV_2_24))
+/// The 16-bit draw of `element` under `key` (module doc), as an integer.
+pub fn draw(key: &DropoutKey, element: u64) -> u32 {
+    let (call, j, shift) = position(element);
+    (key.call(call)[j] >> shift) & 0xffff
 }
 
-/// Integers below 2^23 as floats, exactly.
-#[inline(always)]
-fn small_to_float<S: pulp::Simd>(s: S, n: S::u32s) -> S::f32s {
-    const TWO_23: f32 = 8_388_608.0;
-    let biased = s.or_u32s(n, s.splat_u32s(TWO_23.to_bits()));
-    s.sub_f32s(s.transmute_f32s_u32s(biased), s.splat_f32s(TWO_23))
-}
-
-/// The top 24 bits of `r` as an exact float in [0, 1).
-#[inline(always)]
-fn to_unit(r: u32) -> f32 {
-    (r >> 8) as f32 * INV_2_24
-}
-
-/// The uniform draw in [0, 1) of `element` under `key`: a multiple of 2^-24, identical to
+/// The uniform draw in [0, 1) of `element` under `key`: a multiple of 2^-16, identical to
 /// `dropout_uniform` in `shaders/philox.wgsl` (for elements below 2^32).
 pub fn uniform(key: &DropoutKey, element: u64) -> f32 {
-    to_unit(key.block(element / 4)[(element % 4) as usize])
+    draw(key, element) as f32 * INV_2_16
 }
 
 /// The factor dropout multiplies kept elements by: 1/(1 − p), and 0 when p = 1 (everything
@@ -236,15 +216,119 @@ pub fn keep_scale(p: f32) -> f32 {
     }
 }
 
+/// The least 16-bit draw that dropout with drop probability `p` keeps, ⌈p·2^16⌉ in
+/// [0, 2^16]: `draw >= keep_threshold(p)` exactly when `uniform >= p` (p·2^16 is exact).
+pub fn keep_threshold(p: f32) -> u32 {
+    (p as f64 * 65_536.0).ceil().clamp(0.0, 65_536.0) as u32
+}
+
 /// Whether dropout with drop probability `p` keeps `element`: its draw is at least `p`.
 ///
-/// `p <= 0` keeps everything and `p > 1 - 2^-24` drops everything (no draw reaches 1.0).
+/// `p <= 0` keeps everything and `p > 1 - 2^-16` drops everything (no draw reaches 1.0).
 pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
     uniform(key, element) >= p
 }
 
+/// The most u32 lanes of a SIMD vector that [`for_each_draw_run`] handles (AVX-512).
+const MAX_LANES: usize = 16;
+
+/// Calls `f(range, draws)` for runs of consecutive elements covering `first_element ..
+/// first_element + len` once each, in no particular order: `range` is the run's place in
+/// `0..len` (at most as many elements as `S` has lanes) and lane `i` of `draws` is the 16-bit
+/// draw of element `first_element + range.start + i` (lanes past the run are unspecified).
+///
+/// Whole tiles take eight calls side by side (two tiles at a time where there are two);
+/// a vector of more than eight lanes, and the partial tiles at either end, take one call at a
+/// time.
+#[inline(always)]
+pub fn for_each_draw_run<S: pulp::Simd>(
+    s: S,
+    key: &DropoutKey,
+    first_element: u64,
+    len: usize,
+    mut f: impl FnMut(std::ops::Range<usize>, S::u32s),
+) {
+    const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    let lanes = std::mem::size_of::<S::u32s>() / 4;
+    assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
+    let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
+    let vector_tiles = lanes as u64 <= CALLS_PER_TILE && CALLS_PER_TILE % lanes as u64 == 0;
+    let groups_per_tile = CALLS_PER_TILE / lanes as u64;
+    let end = first_element + len as u64;
+    let mut element = first_element;
+    while element < end {
+        let tile = element / TILE;
+        let tile_end = (tile + 1).saturating_mul(TILE);
+        if vector_tiles && element % TILE == 0 && tile_end <= end {
+            // One tile, or two where they are whole and share their calls' high word.
+            let tiles = if tile_end.checked_add(TILE).is_some_and(|e| e <= end)
+                && ((tile + 1) * CALLS_PER_TILE) >> 32 == (tile * CALLS_PER_TILE) >> 32
+            {
+                2
+            } else {
+                1
+            };
+            let groups = tiles * groups_per_tile;
+            let mut g = 0;
+            while g < groups {
+                let call = tile * CALLS_PER_TILE + g * lanes as u64;
+                if g + 1 < groups {
+                    let pair = key.calls::<S, 2>(s, call, lane_index);
+                    emit_runs(s, first_element, call, &pair, &mut f);
+                    g += 2;
+                } else {
+                    let one = key.calls::<S, 1>(s, call, lane_index);
+                    emit_runs(s, first_element, call, &one, &mut f);
+                    g += 1;
+                }
+            }
+            element += tiles * TILE;
+            continue;
+        }
+        // A partial tile, or lanes the layout does not fit: the tile's draws one call at a
+        // time, handed on in runs of `lanes` in element order.
+        let bits = key.tile(tile);
+        let run_end = tile_end.min(end);
+        let mut e = element;
+        while e < run_end {
+            let n = ((run_end - e) as usize).min(lanes);
+            let w = (e % TILE) as usize;
+            let start = (e - first_element) as usize;
+            f(start..start + n, s.partial_load_u32s(&bits[w..w + n]));
+            e += n as u64;
+        }
+        element = run_end;
+    }
+}
+
+/// [`for_each_draw_run`]'s calls of `f` for the groups of consecutive calls from
+/// `first_call` (lanes of a vector, all in one tile): each output's low and high halves are
+/// `lanes` consecutive elements.
+#[inline(always)]
+fn emit_runs<S: pulp::Simd>(
+    s: S,
+    first_element: u64,
+    first_call: u64,
+    groups: &[[S::u32s; 4]],
+    f: &mut impl FnMut(std::ops::Range<usize>, S::u32s),
+) {
+    let lanes = std::mem::size_of::<S::u32s>() / 4;
+    for (g, outputs) in groups.iter().enumerate() {
+        let call = first_call + (g * lanes) as u64;
+        let run_start = call / CALLS_PER_TILE * TILE + call % CALLS_PER_TILE - first_element;
+        for (j, r) in outputs.iter().enumerate() {
+            let low = s.and_u32s(*r, s.splat_u32s(0xffff));
+            let high = s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16));
+            for (h, bits) in [low, high].into_iter().enumerate() {
+                let start = (run_start + (16 * j + 8 * h) as u64) as usize;
+                f(start..start + lanes, bits);
+            }
+        }
+    }
+}
+
 /// Writes the draws of elements `first_element .. first_element + out.len()` into `out`, equal
-/// to [`uniform`] element by element but with one Philox call per four elements, as many
+/// to [`uniform`] element by element but with eight elements to a Philox call and as many
 /// calls at once as the CPU has SIMD lanes.
 #[inline]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
@@ -278,42 +362,22 @@ pub fn fill_uniform_with<S: pulp::Simd>(
     first_element: u64,
     out: &mut [f32],
 ) {
-    const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-    let lanes = std::mem::size_of::<S::u32s>() / 4;
-    assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
-    let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
-    // Walk the output in groups aligned to multiples of 4 in element space, so each Philox
-    // block is computed once; the first and last groups may be partial.
-    let mut element = first_element;
-    let mut rest = out;
-    while !rest.is_empty() {
-        let quad = element / 4;
-        // Whole runs of quads that share their high word go through SIMD, two groups of
-        // `lanes` quads at a time where there are that many.
-        let shares_high_word = |n: usize| (quad as u32).checked_add(n as u32 - 1).is_some();
-        if element % 4 == 0 && rest.len() >= 8 * lanes && shares_high_word(2 * lanes) {
-            let (run, tail) = rest.split_at_mut(8 * lanes);
-            key.fill_groups::<S, 2>(s, quad, lane_index, run);
-            rest = tail;
-            element = element.wrapping_add(8 * lanes as u64);
-            continue;
-        }
-        if element % 4 == 0 && rest.len() >= 4 * lanes && shares_high_word(lanes) {
-            let (run, tail) = rest.split_at_mut(4 * lanes);
-            key.fill_groups::<S, 1>(s, quad, lane_index, run);
-            rest = tail;
-            element = element.wrapping_add(4 * lanes as u64);
-            continue;
-        }
-        let lane = (element % 4) as usize;
-        let take = (4 - lane).min(rest.len());
-        let block = key.block(quad);
-        let (head, tail) = rest.split_at_mut(take);
-        for (slot, r) in head.iter_mut().zip(&block[lane..lane + take]) {
-            *slot = to_unit(*r);
-        }
-        rest = tail;
-        // Wrapping: a slice that ends exactly at element 2^64 must not panic here.
-        element = element.wrapping_add(take as u64);
-    }
+    // The bits of 2^23 + n are 0x4B00_0000 | n: a 16-bit n becomes a float with an or and a
+    // subtraction (the SIMD layer has no integer-to-float conversion).
+    const TWO_23: f32 = 8_388_608.0;
+    for_each_draw_run(
+        s,
+        key,
+        first_element,
+        out.len(),
+        #[inline(always)]
+        |range, bits| {
+            let biased = s.transmute_f32s_u32s(s.or_u32s(bits, s.splat_u32s(TWO_23.to_bits())));
+            let u = s.mul_f32s(
+                s.sub_f32s(biased, s.splat_f32s(TWO_23)),
+                s.splat_f32s(INV_2_16),
+            );
+            s.partial_store_f32s(&mut out[range], u);
+        },
+    );
 }

@@ -40,8 +40,20 @@ fn long_fills_match_uniform() {
         step: 0x1_0000_0002,
         site: 9,
     };
-    for offset in [0u64, 1, 3, 4, 5, (1 << 32) - 17, (1 << 34) - 40] {
-        for len in [31, 32, 33, 64, 100, 257] {
+    for offset in [
+        0u64,
+        1,
+        3,
+        4,
+        5,
+        8,
+        63,
+        64,
+        65,
+        (1 << 35) - 129,
+        (1 << 37) - 40,
+    ] {
+        for len in [31, 32, 33, 64, 100, 128, 257, 300] {
             let mut out = vec![0.0f32; len];
             fill_uniform(&key, offset, &mut out);
             for (i, v) in out.iter().enumerate() {
@@ -66,13 +78,37 @@ fn philox_known_answers() {
     }
 }
 
+/// The layout of the module doc, spelled out from `philox4x32_10`: element e of tile
+/// t = e / 64 takes 16 bits of call 8t + e % 8, output (e % 64) / 16, half (e / 8) % 2.
+#[test]
+fn draws_follow_the_documented_layout() {
+    for e in (0..200u64).chain([(1 << 35) + 77, u64::MAX]) {
+        let (t, w) = (e / 64, e % 64);
+        let call = 8 * t + w % 8;
+        let counter = [
+            call as u32,
+            KEY.site,
+            KEY.step as u32,
+            (KEY.step >> 32) as u32,
+        ];
+        let key = [
+            KEY.seed as u32,
+            (KEY.seed >> 32) as u32 ^ (call >> 32) as u32,
+        ];
+        let r = philox4x32_10(counter, key)[(w / 16) as usize];
+        let bits = (r >> (16 * ((w / 8) % 2))) & 0xffff;
+        assert_eq!(uniform(&KEY, e), bits as f32 / 65_536.0, "element {e}");
+    }
+}
+
 #[test]
 fn fill_uniform_equals_uniform() {
-    // Offsets 0..9 start on every lane of a Philox block; the large ones cross the 2^32 and
-    // 2^34 boundaries of the counter and key layout, and the last ends exactly at 2^64.
-    let bases = [0u64, (1 << 32) - 8, (1 << 34) - 8, u64::MAX - 20];
+    // Offsets 0..17 start on every lane of a Philox call's outputs and halves; the large
+    // ones cross the 2^35 and 2^37 boundaries of the counter and key layout (calls 2^32 and
+    // 2^34), and the last ends exactly at 2^64.
+    let bases = [0u64, (1 << 35) - 8, (1 << 37) - 8, u64::MAX - 20];
     for base in bases {
-        for offset in 0..9u64 {
+        for offset in 0..17u64 {
             for len in 0..13usize {
                 let first = base + offset;
                 if first.checked_add(len as u64).is_none() {
@@ -94,13 +130,13 @@ fn fill_uniform_equals_uniform() {
 }
 
 #[test]
-fn draws_are_exact_24_bit_fractions_in_unit_interval() {
+fn draws_are_exact_16_bit_fractions_in_unit_interval() {
     let mut out = vec![0.0; 10_000];
     fill_uniform(&KEY, 0, &mut out);
     for x in out {
         assert!((0.0..1.0).contains(&x), "{x}");
-        let scaled = x * 16_777_216.0;
-        assert_eq!(scaled, scaled.trunc(), "{x} is not a multiple of 2^-24");
+        let scaled = x * 65_536.0;
+        assert_eq!(scaled, scaled.trunc(), "{x} is not a multiple of 2^-16");
     }
 }
 
@@ -127,8 +163,8 @@ fn statistics_and_keep_rate() {
     assert!((0..1000).all(|e| !keep(&KEY, e, 1.0)));
 }
 
-/// How many of the first `n` draws of `a` and `b` are equal (two independent streams of 24-bit
-/// draws match by chance about once in 16 million).
+/// How many of the first `n` draws of `a` and `b` are equal (two independent streams of 16-bit
+/// draws match by chance about once in 65,536).
 fn equal_draws(a: &DropoutKey, a_first: u64, b: &DropoutKey, b_first: u64, n: usize) -> usize {
     let (mut x, mut y) = (vec![0.0; n], vec![0.0; n]);
     fill_uniform(a, a_first, &mut x);
@@ -165,12 +201,14 @@ fn distinct_keys_give_distinct_streams() {
         let same = equal_draws(&KEY, 0, &other, 0, n);
         assert!(same <= 2, "{other:?}: {same} of {n} draws equal");
     }
-    // Elements 2^34 apart share the counter's low word: the key must tell them apart.
-    let same = equal_draws(&KEY, 0, &KEY, 1 << 34, n);
-    assert!(same <= 2, "elements 2^34 apart: {same} of {n} draws equal");
-    // And neighbouring blocks within one stream differ.
-    let same = equal_draws(&KEY, 0, &KEY, 4, n);
-    assert!(same <= 2, "shifted by one block: {same} of {n} draws equal");
+    // Elements 2^35 apart share the counter's low word: the key must tell them apart.
+    let same = equal_draws(&KEY, 0, &KEY, 1 << 35, n);
+    assert!(same <= 2, "elements 2^35 apart: {same} of {n} draws equal");
+    // And neighbouring elements, halves, outputs and tiles within one stream differ.
+    for shift in [1, 8, 16, 64] {
+        let same = equal_draws(&KEY, 0, &KEY, shift, n);
+        assert!(same <= 2, "shifted by {shift}: {same} of {n} draws equal");
+    }
 }
 
 const PHILOX_WGSL: &str = include_str!("../shaders/philox.wgsl");
@@ -364,12 +402,12 @@ fn gpu_matches_cpu_bit_for_bit() {
 }
 
 /// The SIMD Philox under every instruction set pulp has, including the emulated 4-, 8- and
-/// 16-lane ones this machine does not dispatch to, at offsets that cross the counter's 2^32
-/// and the key's 2^34 boundaries: the same bits as `uniform`.
+/// 16-lane ones this machine does not dispatch to, at offsets that cross the counter's and the
+/// key's boundaries (elements 2^35 and 2^37): the same bits as `uniform`.
 #[test]
 fn every_simd_width_draws_the_same_bits() {
     fn check<S: pulp::Simd>(s: S, set: &str) {
-        for first in [0u64, 3, (1 << 32) - 29, (1 << 34) - 70] {
+        for first in [0u64, 3, 64, (1 << 35) - 29, (1 << 37) - 70] {
             let mut out = vec![f32::NAN; 300];
             signflow::rng::fill_uniform_with(s, &KEY, first, &mut out);
             for (i, x) in out.iter().enumerate() {

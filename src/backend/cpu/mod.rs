@@ -12,7 +12,6 @@ pub(crate) mod simd;
 
 use simd::{Simd, WithSimd};
 
-use super::math::Real;
 use super::{check, math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
@@ -234,23 +233,36 @@ impl WithSimd for DropoutChunk<'_> {
             x,
             out,
         } = self;
-        // Draws for a few hundred elements at a time, on the stack.
-        const DRAWS: usize = 512;
-        let mut draws = [0.0f32; DRAWS];
-        for (i, (out, x)) in out.chunks_mut(DRAWS).zip(x.chunks(DRAWS)).enumerate() {
-            let draws = &mut draws[..out.len()];
-            rng::fill_uniform_with(s, key, first_element + (i * DRAWS) as u64, draws);
-            // u − p ≥ 0 exactly when u ≥ p (a difference rounds to 0 only when equal), and a
-            // select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
-            simd::map2::<S, { simd::WIDTH }>(
-                s,
-                x,
-                draws,
-                out,
-                #[inline(always)]
-                |x, u| (u - u.constant(p)).select_nonneg(x * x.constant(scale), x.constant(0.0)),
-            );
-        }
+        // draw ≥ threshold as draw > threshold − 1, in signed lanes: draws and thresholds
+        // are at most 2^16 (SSE and AVX2 compare only signed integers).
+        let below = s.splat_u32s(rng::keep_threshold(p).wrapping_sub(1));
+        let (scale, zero) = (s.splat_f32s(scale), s.splat_f32s(0.0));
+        let lanes = std::mem::size_of::<S::f32s>() / 4;
+        rng::for_each_draw_run(
+            s,
+            key,
+            first_element,
+            out.len(),
+            #[inline(always)]
+            |range, draws| {
+                let kept =
+                    s.greater_than_i32s(s.transmute_i32s_u32s(draws), s.transmute_i32s_u32s(below));
+                let (x, out) = (&x[range.clone()], &mut out[range]);
+                // A select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
+                if out.len() == lanes {
+                    // SAFETY: both slices hold exactly one vector of plain f32 lanes (pulp's
+                    // vectors are `Pod`); the accesses are unaligned.
+                    unsafe {
+                        let v = std::ptr::read_unaligned(x.as_ptr() as *const S::f32s);
+                        let y = s.select_f32s(kept, s.mul_f32s(v, scale), zero);
+                        std::ptr::write_unaligned(out.as_mut_ptr() as *mut S::f32s, y);
+                    }
+                } else {
+                    let v = s.partial_load_f32s(x);
+                    s.partial_store_f32s(out, s.select_f32s(kept, s.mul_f32s(v, scale), zero));
+                }
+            },
+        );
     }
 }
 
