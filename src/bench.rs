@@ -48,6 +48,10 @@ pub struct BenchRow {
     /// `bytes` per second, in units of 10^9.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gbps: Option<f64>,
+    /// Memory-bound ops: this op's time over a copy's of the same number of bytes, the median
+    /// of the ratios of samples taken in alternation with a copy (1 is the memory's speed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_copy: Option<f64>,
     /// Peak memory allocated while the case ran, in MiB.
     pub peak_mb: f64,
     pub timer: Timer,
@@ -92,45 +96,66 @@ fn time<B: Backend>(
     budget: &BenchBudget,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<(Vec<f64>, Timer)> {
-    let start = Instant::now();
-    f()?;
-    b.synchronize()?;
-    let first = start.elapsed().max(Duration::from_micros(1));
-    let reps = (budget.min_sample.as_secs_f64() / first.as_secs_f64())
-        .ceil()
-        .clamp(1.0, 1000.0) as usize;
-    let mut times = Vec::new();
-    let mut timer = Timer::WallClock;
-    let case_start = Instant::now();
-    while times.len() < budget.samples.max(1)
-        && (times.len() < 3 || case_start.elapsed() < budget.max_case)
-    {
-        let t = Instant::now();
-        let device_ms = b.device_time_ms(&mut || (0..reps).try_for_each(|_| f()))?;
+    let [times] = time_alternating(b, budget, [&mut f])?;
+    Ok(times)
+}
+
+/// [`time`] for several functions at once, their samples taken in turn (one of each, then
+/// again), so that all of them see the machine in the same states: on a shared machine whose
+/// memory speed drifts, the ratio of two such series is steadier than either.
+fn time_alternating<B: Backend, const N: usize>(
+    b: &B,
+    budget: &BenchBudget,
+    mut fs: [&mut dyn FnMut() -> Result<()>; N],
+) -> Result<[(Vec<f64>, Timer); N]> {
+    let mut reps = [0usize; N];
+    for (f, reps) in fs.iter_mut().zip(&mut reps) {
+        let start = Instant::now();
+        f()?;
         b.synchronize()?;
-        let ms = match device_ms {
-            Some(ms) => {
-                timer = Timer::DeviceTimestamps;
-                ms
-            }
-            None => t.elapsed().as_secs_f64() * 1e3,
-        };
-        times.push(ms / reps as f64);
+        let first = start.elapsed().max(Duration::from_micros(1));
+        *reps = (budget.min_sample.as_secs_f64() / first.as_secs_f64())
+            .ceil()
+            .clamp(1.0, 1000.0) as usize;
     }
-    Ok((times, timer))
+    let mut out: [(Vec<f64>, Timer); N] = std::array::from_fn(|_| (Vec::new(), Timer::WallClock));
+    let case_start = Instant::now();
+    let mut taken = 0;
+    while taken < budget.samples.max(1) && (taken < 3 || case_start.elapsed() < budget.max_case) {
+        for ((f, &reps), (times, timer)) in fs.iter_mut().zip(&reps).zip(&mut out) {
+            let t = Instant::now();
+            let device_ms = b.device_time_ms(&mut || (0..reps).try_for_each(|_| f()))?;
+            b.synchronize()?;
+            let ms = match device_ms {
+                Some(ms) => {
+                    *timer = Timer::DeviceTimestamps;
+                    ms
+                }
+                None => t.elapsed().as_secs_f64() * 1e3,
+            };
+            times.push(ms / reps as f64);
+        }
+        taken += 1;
+    }
+    Ok(out)
+}
+
+/// The median of `values` (not empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer)) -> BenchRow {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
     BenchRow {
         op,
         dtype,
         device: b.info().name.clone(),
         backend: b.info().backend.clone(),
-        median_ms: sorted[sorted.len() / 2],
-        min_ms: sorted[0],
-        max_ms: sorted[sorted.len() - 1],
+        median_ms: median(&times),
+        min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+        max_ms: times.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         m: None,
         n: None,
         k: None,
@@ -141,6 +166,7 @@ fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer
         bytes: None,
         gflops: None,
         gbps: None,
+        vs_copy: None,
         peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
         timer,
     }
@@ -246,7 +272,8 @@ type Timed<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 /// An op, its dtype, the bytes one call moves, and the call.
 type MemoryCase<'a> = (Op, DType, u64, Timed<'a>);
 
-/// Memory-bound ops on `elements` f32 values: copy (the ceiling), add, scale, and casts.
+/// Memory-bound ops on `elements` f32 values: copy (the ceiling), then each op timed in
+/// alternation with a copy ([`BenchRow::vs_copy`]).
 pub fn bench_memory_ops<B: Backend>(
     b: &B,
     elements: usize,
@@ -285,12 +312,6 @@ pub fn bench_memory_ops<B: Backend>(
     };
     let hp = AdamW::default();
     let cases: Vec<MemoryCase> = vec![
-        (
-            Op::Copy,
-            DType::F32,
-            2 * f32_bytes,
-            Box::new(|| b.copy(&x, &out)),
-        ),
         (
             Op::Add,
             DType::F32,
@@ -358,15 +379,42 @@ pub fn bench_memory_ops<B: Backend>(
             Box::new(|| b.grad_norm(&y, &norm)),
         ),
     ];
-    let mut rows = Vec::new();
+    let copy_bytes = 2 * f32_bytes;
+    let mut copy = || b.copy(&x, &out);
+    let mut rows = vec![memory_row(
+        b,
+        Op::Copy,
+        DType::F32,
+        copy_bytes,
+        time(b, budget, &mut copy)?,
+    )];
     for (op, dtype, bytes, f) in cases {
-        let times = time(b, budget, f)?;
-        let mut r = row(b, op, dtype, times);
-        r.bytes = Some(bytes);
-        r.gbps = Some(bytes as f64 / (r.median_ms * 1e-3) / 1e9);
+        let [times, copies] = time_alternating(b, budget, [&mut || f(), &mut copy])?;
+        let ratios: Vec<f64> = times
+            .0
+            .iter()
+            .zip(&copies.0)
+            .map(|(t, c)| (t / bytes as f64) / (c / copy_bytes as f64))
+            .collect();
+        let mut r = memory_row(b, op, dtype, bytes, times);
+        r.vs_copy = Some(median(&ratios));
         rows.push(r);
     }
     Ok(rows)
+}
+
+/// A memory-bound op's row: its times, and its bytes per second.
+fn memory_row<B: Backend>(
+    b: &B,
+    op: Op,
+    dtype: DType,
+    bytes: u64,
+    times: (Vec<f64>, Timer),
+) -> BenchRow {
+    let mut r = row(b, op, dtype, times);
+    r.bytes = Some(bytes);
+    r.gbps = Some(bytes as f64 / (r.median_ms * 1e-3) / 1e9);
+    r
 }
 
 /// Elements of the memory-bound cases: a 2048×1024 f32 tensor (8 MiB), an activation of the

@@ -261,8 +261,8 @@ fn print_bench(rows: &[BenchRow]) {
         println!("device: {} ({})", first.device, first.backend);
     }
     println!(
-        "{:<18} {:<5} {:<18} {:>10} {:>10} {:>10} {:>16} {:>9}  timer",
-        "op", "dtype", "size", "median ms", "min ms", "max ms", "throughput", "peak MiB"
+        "{:<18} {:<5} {:<18} {:>10} {:>10} {:>10} {:>16} {:>7} {:>9}  timer",
+        "op", "dtype", "size", "median ms", "min ms", "max ms", "throughput", "vs copy", "peak MiB"
     );
     for r in rows {
         let size = match (r.m, r.n, r.k, r.bytes) {
@@ -282,8 +282,9 @@ fn print_bench(rows: &[BenchRow]) {
             (_, Some(g)) => format!("{g:.1} GB/s"),
             _ => String::new(),
         };
+        let vs_copy = r.vs_copy.map(|v| format!("{v:.2}x")).unwrap_or_default();
         println!(
-            "{:<18} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>16} {:>9.1}  {}",
+            "{:<18} {:<5} {:<18} {:>10.3} {:>10.3} {:>10.3} {:>16} {:>7} {:>9.1}  {}",
             r.op.name(),
             r.dtype.name(),
             size,
@@ -291,6 +292,7 @@ fn print_bench(rows: &[BenchRow]) {
             r.min_ms,
             r.max_ms,
             throughput,
+            vs_copy,
             r.peak_mb,
             match r.timer {
                 Timer::DeviceTimestamps => "gpu timestamps",
