@@ -3,9 +3,18 @@
 // GELU_GRAD_ODD, GELU_INNER, MILLS_P, MILLS_Q, MILLS_LO, MILLS_HI, FRAC_1_SQRT_2PI, LN2_HI,
 // LN2_LO) are put in front from there.
 
-// 1/2 + x·P(x²), P of degree 6: the inner forms of Φ and gelu'.
-fn half_plus_odd(x: f32, c: array<f32, 7>) -> f32 {
+// The inner forms, 1/2 + x·P(x²): Φ with P = CDF_ODD (degree 5), gelu' with P = GELU_GRAD_ODD
+// (degree 6).
+fn cdf_inner(x: f32) -> f32 {
     let s = x * x;
+    let c = CDF_ODD;
+    let p = c[0] + s * (c[1] + s * (c[2] + s * (c[3] + s * (c[4] + s * c[5]))));
+    return fma(x, p, 0.5);
+}
+
+fn gelu_grad_inner(x: f32) -> f32 {
+    let s = x * x;
+    let c = GELU_GRAD_ODD;
     let p = c[0] + s * (c[1] + s * (c[2] + s * (c[3] + s * (c[4] + s * (c[5] + s * c[6])))));
     return fma(x, p, 0.5);
 }
@@ -41,7 +50,7 @@ fn normal_pdf(x: f32) -> f32 {
 // GELU, x·Φ(x). (A NaN takes the inner form and stays NaN.)
 fn gelu(x: f32) -> f32 {
     if !(abs(x) > GELU_INNER) {
-        return x * half_plus_odd(x, CDF_ODD);
+        return x * cdf_inner(x);
     }
     let xc = clamp(x, -MILLS_HI, MILLS_HI);
     return x * cdf_outer(xc, normal_pdf(xc));
@@ -50,7 +59,7 @@ fn gelu(x: f32) -> f32 {
 // gelu'(x) = Φ(x) + x·φ(x).
 fn gelu_grad(x: f32) -> f32 {
     if !(abs(x) > GELU_INNER) {
-        return half_plus_odd(x, GELU_GRAD_ODD);
+        return gelu_grad_inner(x);
     }
     let xc = clamp(x, -MILLS_HI, MILLS_HI);
     let pdf = normal_pdf(xc);
