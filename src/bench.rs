@@ -272,13 +272,14 @@ type Timed<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 /// An op, its dtype, the bytes one call moves, and the call.
 type MemoryCase<'a> = (Op, DType, u64, Timed<'a>);
 
-/// Memory-bound ops on `elements` f32 values: copy (the ceiling), then each op timed in
-/// alternation with a copy ([`BenchRow::vs_copy`]).
+/// Memory-bound ops on `elements` f32 values, those that `wanted`: copy (the ceiling), then
+/// each op timed in alternation with a copy ([`BenchRow::vs_copy`]).
 pub fn bench_memory_ops<B: Backend>(
     b: &B,
     elements: usize,
     budget: &BenchBudget,
     inputs: &mut Inputs,
+    wanted: impl Fn(Op) -> bool,
 ) -> Result<Vec<BenchRow>> {
     b.empty_cache();
     b.reset_peak_memory_stats();
@@ -381,14 +382,12 @@ pub fn bench_memory_ops<B: Backend>(
     ];
     let copy_bytes = 2 * f32_bytes;
     let mut copy = || b.copy(&x, &out);
-    let mut rows = vec![memory_row(
-        b,
-        Op::Copy,
-        DType::F32,
-        copy_bytes,
-        time(b, budget, &mut copy)?,
-    )];
-    for (op, dtype, bytes, f) in cases {
+    let mut rows = Vec::new();
+    if wanted(Op::Copy) {
+        let times = time(b, budget, &mut copy)?;
+        rows.push(memory_row(b, Op::Copy, DType::F32, copy_bytes, times));
+    }
+    for (op, dtype, bytes, f) in cases.into_iter().filter(|case| wanted(case.0)) {
         let [times, copies] = time_alternating(b, budget, [&mut || f(), &mut copy])?;
         let ratios: Vec<f64> = times
             .0
@@ -479,15 +478,15 @@ pub fn bench_attention<B: Backend>(
     Ok(rows)
 }
 
-/// Every case whose name contains `filter` (all when None), as `signflow bench` runs them;
-/// `progress` hears of each case before it runs.
+/// Every case whose name contains `filter`, or one of its comma-separated parts (all when
+/// None), as `signflow bench` runs them; `progress` hears of each case before it runs.
 pub fn run_all<B: Backend>(
     b: &B,
     budget: &BenchBudget,
     filter: Option<&str>,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BenchRow>> {
-    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+    let wanted = |name: &str| filter.is_none_or(|f| f.split(',').any(|f| name.contains(f)));
     let mut inputs = Inputs::new(Inputs::fresh_seed());
     let mut rows = Vec::new();
     for size in matmul_sizes(b) {
@@ -529,8 +528,13 @@ pub fn run_all<B: Backend>(
     }
     if memory_ops.iter().any(|op| wanted(op.name())) {
         progress("memory-bound ops");
-        let all = bench_memory_ops(b, MEMORY_ELEMENTS, budget, &mut inputs)?;
-        rows.extend(all.into_iter().filter(|r| wanted(r.op.name())));
+        rows.extend(bench_memory_ops(
+            b,
+            MEMORY_ELEMENTS,
+            budget,
+            &mut inputs,
+            |op| wanted(op.name()),
+        )?);
     }
     Ok(rows)
 }

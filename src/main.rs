@@ -47,7 +47,8 @@ enum Command {
         /// Samples per case (the median is reported).
         #[arg(long, default_value_t = 9)]
         samples: usize,
-        /// Only the cases whose name contains this (e.g. `matmul`, `2048x`, `copy`).
+        /// Only the cases whose name contains this, or one of its comma-separated parts (e.g.
+        /// `matmul`, `2048x`, `copy,gelu`).
         #[arg(long)]
         filter: Option<String>,
         #[arg(long)]
