@@ -33,6 +33,8 @@
 //! Dropout keeps an element when its draw is at least `p` ([`keep`]) and scales kept elements
 //! by `1 / (1 - p)`; this module only decides which are kept.
 
+use crate::backend::cpu::simd;
+
 /// Philox4x32 round multipliers (Random123's PHILOX_M4x32_0 and _1).
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -132,53 +134,75 @@ impl DropoutKey {
         }
         bits
     }
+}
+
+/// What the vector calls of one key share for calls with the same high word: the products of
+/// the first two rounds that are the same in every lane, and the later rounds' keys, as
+/// vectors (made once, not once a round of every tile).
+struct VectorKey<S: pulp::Simd> {
+    s: S,
+    /// The calls' high 32 bits.
+    high: u32,
+    lane_index: S::u32s,
+    /// Round 1's word 2 is `hi0 ^ step_hi ^ k1`: this is `step_hi ^ k1`.
+    round1: S::u32s,
+    /// Round 2's words 0, 2 and 3 take `lo1 ^ k0`, `hi0 ^ k1` and `lo0` of its scalar
+    /// product and bumped key.
+    round2: [S::u32s; 3],
+    /// The keys of rounds 3 to 10.
+    keys: [[S::u32s; 2]; 8],
+}
+
+impl<S: pulp::Simd> VectorKey<S> {
+    #[inline(always)]
+    fn new(s: S, key: &DropoutKey, high: u32) -> Self {
+        const LANE_INDEX: [u32; CALLS_PER_TILE as usize] = [0, 1, 2, 3, 4, 5, 6, 7];
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        let mut k = [key.seed as u32, ((key.seed >> 32) as u32) ^ high];
+        let round1 = s.splat_u32s((key.step >> 32) as u32 ^ k[1]);
+        // The first two rounds each multiply one word that is the same in every lane (the
+        // step's low word, then a word made of it, the site and the key).
+        let (hi1, lo1) = mulhilo(M1, key.step as u32);
+        let a = hi1 ^ key.site ^ k[0];
+        k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+        let (hi0, lo0) = mulhilo(M0, a);
+        let round2 = [lo1 ^ k[0], hi0 ^ k[1], lo0].map(|v| s.splat_u32s(v));
+        let keys = std::array::from_fn(|_| {
+            k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+            k.map(|v| s.splat_u32s(v))
+        });
+        VectorKey {
+            s,
+            high,
+            lane_index: s.partial_load_u32s(&LANE_INDEX[..lanes.min(LANE_INDEX.len())]),
+            round1,
+            round2,
+            keys,
+        }
+    }
 
     /// [`DropoutKey::call`] for `G` groups of as many consecutive calls as `S` has u32
-    /// lanes, lane by lane: output `j` of call `first_call + g·lanes + b` is lane `b` of
-    /// vector `j` of group `g`. The calls must share their high 32 bits (the key depends on
-    /// them). Each round is issued for every group before the next round, so that the groups'
-    /// multiply chains overlap (one group waits on the multiplies' latency).
+    /// lanes (at most eight), lane by lane: output `j` of call `first_call + g·lanes + b` is
+    /// lane `b` of vector `j` of group `g`. The calls' high word must be `self.high`. Each
+    /// round is issued for every group before the next round, so that the groups' multiply
+    /// chains overlap (one group waits on the multiplies' latency).
     #[inline(always)]
-    fn calls<S: pulp::Simd, const G: usize>(
-        &self,
-        s: S,
-        first_call: u64,
-        lane_index: S::u32s,
-    ) -> [[S::u32s; 4]; G] {
+    fn calls<const G: usize>(&self, first_call: u64) -> [[S::u32s; 4]; G] {
+        let s = self.s;
         let lanes = std::mem::size_of::<S::u32s>() / 4;
-        let splat = |v: u32| s.splat_u32s(v);
-        let mut k = [
-            self.seed as u32,
-            ((self.seed >> 32) as u32) ^ ((first_call >> 32) as u32),
-        ];
-        // The first two rounds each multiply one word that is the same in every lane (the
-        // step's low word, then a word made of it, the site and the key): those products are
-        // scalar, and only the counter's low word goes through vector multiplies.
-        let (hi1, lo1) = mulhilo(M1, self.step as u32);
-        let a = hi1 ^ self.site ^ k[0];
-        let k_next = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
-        let (hi0_2, lo0_2) = mulhilo(M0, a);
-        let mut c = [[splat(0); 4]; G];
+        let (m0, m1) = (s.splat_u32s(M0), s.splat_u32s(M1));
+        let [r2_0, r2_2, r2_3] = self.round2;
+        let mut c = [[r2_3; 4]; G];
         for (g, c) in c.iter_mut().enumerate() {
             let call = (first_call as u32).wrapping_add((g * lanes) as u32);
-            let counter = s.add_u32s(splat(call), lane_index);
-            // Round 1: [hi1 ^ site ^ k0, lo1, hi0 ^ step_hi ^ k1, lo0].
-            let (lo0, hi0) = s.widening_mul_u32s(splat(M0), counter);
-            let c2 = s.xor_u32s(hi0, splat((self.step >> 32) as u32 ^ k[1]));
-            // Round 2, with the bumped key; its first product is (hi0_2, lo0_2).
-            let (lo1_2, hi1_2) = s.widening_mul_u32s(splat(M1), c2);
-            *c = [
-                s.xor_u32s(hi1_2, splat(lo1 ^ k_next[0])),
-                lo1_2,
-                s.xor_u32s(splat(hi0_2 ^ k_next[1]), lo0),
-                splat(lo0_2),
-            ];
+            let counter = s.add_u32s(s.splat_u32s(call), self.lane_index);
+            // Round 1: [hi1 ^ site ^ k0, lo1, hi0 ^ step_hi ^ k1, lo0], words 0 and 1 scalar.
+            let (lo0, hi0) = s.widening_mul_u32s(m0, counter);
+            // Round 2: its product of word 0 is scalar.
+            let (lo1, hi1) = s.widening_mul_u32s(m1, s.xor_u32s(hi0, self.round1));
+            *c = [s.xor_u32s(hi1, r2_0), lo1, s.xor_u32s(r2_2, lo0), r2_3];
         }
-        k = k_next;
-        let (m0, m1) = (splat(M0), splat(M1));
-        for _ in 2..10 {
-            k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
-            let (k0, k1) = (splat(k[0]), splat(k[1]));
+        for [k0, k1] in self.keys {
             for c in c.iter_mut() {
                 let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
                 let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
@@ -191,6 +215,32 @@ impl DropoutKey {
             }
         }
         c
+    }
+
+    /// The calls of the `T` tiles from `tile` (whose calls share the high word `self.high`),
+    /// as [`Tile::Whole`] has them, two groups at a time.
+    #[inline(always)]
+    fn tiles<const T: usize>(&self, tile: u64) -> [[[S::u32s; 4]; CALLS_PER_TILE as usize]; T] {
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        let per_tile = CALLS_PER_TILE as usize / lanes;
+        let zero = self.s.splat_u32s(0);
+        let mut out = [[[zero; 4]; CALLS_PER_TILE as usize]; T];
+        let first_call = tile * CALLS_PER_TILE;
+        let mut g = 0;
+        while g < T * per_tile {
+            let call = first_call + (g * lanes) as u64;
+            if g + 1 < T * per_tile {
+                let [a, b] = self.calls::<2>(call);
+                out[g / per_tile][g % per_tile] = a;
+                out[(g + 1) / per_tile][(g + 1) % per_tile] = b;
+                g += 2;
+            } else {
+                let [a] = self.calls::<1>(call);
+                out[g / per_tile][g % per_tile] = a;
+                g += 1;
+            }
+        }
+        out
     }
 }
 
@@ -229,101 +279,89 @@ pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
     uniform(key, element) >= p
 }
 
-/// The most u32 lanes of a SIMD vector that [`for_each_draw_run`] handles (AVX-512).
-const MAX_LANES: usize = 16;
+/// The draws of one tile, or of the part of one that a call of [`for_each_tile`] covers.
+pub enum Tile<'a, S: pulp::Simd> {
+    /// A whole tile as its calls' outputs: `8 / lanes` groups of `lanes` calls, where lane `b`
+    /// of output `j` of group `g` holds, in its low and high halves (`h` = 0, 1), the draws of
+    /// elements `16·j + 8·h + g·lanes + b` ([`Tile::runs`]).
+    Whole(&'a [[S::u32s; 4]; CALLS_PER_TILE as usize]),
+    /// Part of a tile: the draws of its elements in order.
+    Part(&'a [u32]),
+}
 
-/// Calls `f(range, draws)` for runs of consecutive elements covering `first_element ..
-/// first_element + len` once each, in no particular order: `range` is the run's place in
-/// `0..len` (at most as many elements as `S` has lanes) and lane `i` of `draws` is the 16-bit
-/// draw of element `first_element + range.start + i` (lanes past the run are unspecified).
+impl<S: pulp::Simd> Tile<'_, S> {
+    /// Calls `f(offset, draws)` for each run of `lanes` consecutive elements of a whole tile
+    /// `groups` (offset from the tile's start); in a loop of known bounds, so that the offsets
+    /// are constants where it is unrolled.
+    #[inline(always)]
+    pub fn runs(
+        s: S,
+        groups: &[[S::u32s; 4]; CALLS_PER_TILE as usize],
+        mut f: impl FnMut(usize, S::u32s),
+    ) {
+        let lanes = std::mem::size_of::<S::u32s>() / 4;
+        for (g, outputs) in groups[..CALLS_PER_TILE as usize / lanes].iter().enumerate() {
+            for (j, r) in outputs.iter().enumerate() {
+                f(16 * j + g * lanes, s.and_u32s(*r, s.splat_u32s(0xffff)));
+                f(
+                    16 * j + 8 + g * lanes,
+                    s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16)),
+                );
+            }
+        }
+    }
+}
+
+/// Calls `f(range, tile)` for each tile that elements `first_element .. first_element + len`
+/// touch, in order: `range` is the tile's part of `0..len`, and `tile` its draws, the first
+/// for element `first_element + range.start`.
 ///
-/// Whole tiles take eight calls side by side (two tiles at a time where there are two);
-/// a vector of more than eight lanes, and the partial tiles at either end, take one call at a
-/// time.
+/// A whole tile takes its eight calls side by side in vectors, two tiles at a time where there
+/// are two, so that their multiply chains overlap; a partial tile at either end, and any tile
+/// under a vector of more than eight lanes, takes one call at a time.
 #[inline(always)]
-pub fn for_each_draw_run<S: pulp::Simd>(
+pub fn for_each_tile<S: pulp::Simd>(
     s: S,
     key: &DropoutKey,
     first_element: u64,
     len: usize,
-    mut f: impl FnMut(std::ops::Range<usize>, S::u32s),
+    mut f: impl FnMut(std::ops::Range<usize>, Tile<'_, S>),
 ) {
-    const LANE_INDEX: [u32; MAX_LANES] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
     let lanes = std::mem::size_of::<S::u32s>() / 4;
-    assert!(lanes <= MAX_LANES, "a SIMD width beyond {MAX_LANES} lanes");
-    let lane_index = s.partial_load_u32s(&LANE_INDEX[..lanes]);
     let vector_tiles = lanes as u64 <= CALLS_PER_TILE && CALLS_PER_TILE % lanes as u64 == 0;
-    let groups_per_tile = CALLS_PER_TILE / lanes as u64;
+    let call_high = |element: u64| ((element / TILE * CALLS_PER_TILE) >> 32) as u32;
+    let mut vector_key = VectorKey::new(s, key, call_high(first_element));
     let end = first_element + len as u64;
+    let whole = TILE as usize;
     let mut element = first_element;
     while element < end {
         let tile = element / TILE;
         let tile_end = (tile + 1).saturating_mul(TILE);
+        let start = (element - first_element) as usize;
         if vector_tiles && element % TILE == 0 && tile_end <= end {
-            // One tile, or two where they are whole and share their calls' high word.
-            let tiles = if tile_end.checked_add(TILE).is_some_and(|e| e <= end)
+            if vector_key.high != call_high(element) {
+                vector_key = VectorKey::new(s, key, call_high(element));
+            }
+            // Two tiles where both are whole and their calls share the high word.
+            if tile_end.checked_add(TILE).is_some_and(|e| e <= end)
                 && ((tile + 1) * CALLS_PER_TILE) >> 32 == (tile * CALLS_PER_TILE) >> 32
             {
-                2
+                let [first, second] = vector_key.tiles::<2>(tile);
+                f(start..start + whole, Tile::Whole(&first));
+                f(start + whole..start + 2 * whole, Tile::Whole(&second));
+                element += 2 * TILE;
             } else {
-                1
-            };
-            let groups = tiles * groups_per_tile;
-            let mut g = 0;
-            while g < groups {
-                let call = tile * CALLS_PER_TILE + g * lanes as u64;
-                if g + 1 < groups {
-                    let pair = key.calls::<S, 2>(s, call, lane_index);
-                    emit_runs(s, first_element, call, &pair, &mut f);
-                    g += 2;
-                } else {
-                    let one = key.calls::<S, 1>(s, call, lane_index);
-                    emit_runs(s, first_element, call, &one, &mut f);
-                    g += 1;
-                }
+                let [only] = vector_key.tiles::<1>(tile);
+                f(start..start + whole, Tile::Whole(&only));
+                element += TILE;
             }
-            element += tiles * TILE;
             continue;
         }
-        // A partial tile, or lanes the layout does not fit: the tile's draws one call at a
-        // time, handed on in runs of `lanes` in element order.
-        let bits = key.tile(tile);
         let run_end = tile_end.min(end);
-        let mut e = element;
-        while e < run_end {
-            let n = ((run_end - e) as usize).min(lanes);
-            let w = (e % TILE) as usize;
-            let start = (e - first_element) as usize;
-            f(start..start + n, s.partial_load_u32s(&bits[w..w + n]));
-            e += n as u64;
-        }
+        let w = (element % TILE) as usize;
+        let n = (run_end - element) as usize;
+        f(start..start + n, Tile::Part(&key.tile(tile)[w..w + n]));
         element = run_end;
-    }
-}
-
-/// [`for_each_draw_run`]'s calls of `f` for the groups of consecutive calls from
-/// `first_call` (lanes of a vector, all in one tile): each output's low and high halves are
-/// `lanes` consecutive elements.
-#[inline(always)]
-fn emit_runs<S: pulp::Simd>(
-    s: S,
-    first_element: u64,
-    first_call: u64,
-    groups: &[[S::u32s; 4]],
-    f: &mut impl FnMut(std::ops::Range<usize>, S::u32s),
-) {
-    let lanes = std::mem::size_of::<S::u32s>() / 4;
-    for (g, outputs) in groups.iter().enumerate() {
-        let call = first_call + (g * lanes) as u64;
-        let run_start = call / CALLS_PER_TILE * TILE + call % CALLS_PER_TILE - first_element;
-        for (j, r) in outputs.iter().enumerate() {
-            let low = s.and_u32s(*r, s.splat_u32s(0xffff));
-            let high = s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16));
-            for (h, bits) in [low, high].into_iter().enumerate() {
-                let start = (run_start + (16 * j + 8 * h) as u64) as usize;
-                f(start..start + lanes, bits);
-            }
-        }
     }
 }
 
@@ -332,7 +370,7 @@ fn emit_runs<S: pulp::Simd>(
 /// calls at once as the CPU has SIMD lanes.
 #[inline]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
-    crate::backend::cpu::simd::run(FillUniform {
+    simd::run(FillUniform {
         key,
         first_element,
         out,
@@ -362,22 +400,38 @@ pub fn fill_uniform_with<S: pulp::Simd>(
     first_element: u64,
     out: &mut [f32],
 ) {
-    // The bits of 2^23 + n are 0x4B00_0000 | n: a 16-bit n becomes a float with an or and a
-    // subtraction (the SIMD layer has no integer-to-float conversion).
-    const TWO_23: f32 = 8_388_608.0;
-    for_each_draw_run(
+    let lanes = std::mem::size_of::<S::u32s>() / 4;
+    for_each_tile(
         s,
         key,
         first_element,
         out.len(),
         #[inline(always)]
-        |range, bits| {
-            let biased = s.transmute_f32s_u32s(s.or_u32s(bits, s.splat_u32s(TWO_23.to_bits())));
-            let u = s.mul_f32s(
-                s.sub_f32s(biased, s.splat_f32s(TWO_23)),
-                s.splat_f32s(INV_2_16),
-            );
-            s.partial_store_f32s(&mut out[range], u);
+        |range, tile| {
+            let out = &mut out[range];
+            match tile {
+                Tile::Whole(groups) => Tile::runs(
+                    s,
+                    groups,
+                    #[inline(always)]
+                    |at, bits| simd::store(s, &mut out[at..at + lanes], unit_floats(s, bits)),
+                ),
+                Tile::Part(draws) => {
+                    for (out, draws) in out.chunks_mut(lanes).zip(draws.chunks(lanes)) {
+                        simd::store(s, out, unit_floats(s, simd::load_u32(s, draws)));
+                    }
+                }
+            }
         },
     );
+}
+
+/// 16-bit draws as their floats `n·2^-16`. The bits of 2^23 + n are 0x4B00_0000 | n, so an or
+/// and a subtraction make the float (the SIMD layer has no integer-to-float conversion).
+#[inline(always)]
+fn unit_floats<S: pulp::Simd>(s: S, bits: S::u32s) -> S::f32s {
+    const TWO_23: f32 = 8_388_608.0;
+    let biased = s.or_u32s(bits, s.splat_u32s(TWO_23.to_bits()));
+    let n = s.sub_f32s(s.transmute_f32s_u32s(biased), s.splat_f32s(TWO_23));
+    s.mul_f32s(n, s.splat_f32s(INV_2_16))
 }

@@ -18,7 +18,7 @@ use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
-use crate::rng;
+use crate::rng::{self, Tile};
 use crate::tensor::{HostData, HostTensor, Tensor};
 
 /// Column sums (bias and layer norm gradients) add up partial sums over blocks of this many
@@ -238,28 +238,46 @@ impl WithSimd for DropoutChunk<'_> {
         let below = s.splat_u32s(rng::keep_threshold(p).wrapping_sub(1));
         let (scale, zero) = (s.splat_f32s(scale), s.splat_f32s(0.0));
         let lanes = std::mem::size_of::<S::f32s>() / 4;
-        rng::for_each_draw_run(
+        const TILE: usize = rng::TILE as usize;
+        rng::for_each_tile(
             s,
             key,
             first_element,
             out.len(),
             #[inline(always)]
-            |range, draws| {
-                let kept =
-                    s.greater_than_i32s(s.transmute_i32s_u32s(draws), s.transmute_i32s_u32s(below));
+            |range, tile| {
                 let (x, out) = (&x[range.clone()], &mut out[range]);
                 // A select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
-                if out.len() == lanes {
-                    // SAFETY: both slices hold exactly one vector of plain f32 lanes (pulp's
-                    // vectors are `Pod`); the accesses are unaligned.
-                    unsafe {
-                        let v = std::ptr::read_unaligned(x.as_ptr() as *const S::f32s);
-                        let y = s.select_f32s(kept, s.mul_f32s(v, scale), zero);
-                        std::ptr::write_unaligned(out.as_mut_ptr() as *mut S::f32s, y);
+                let apply = |out: &mut [f32], x: &[f32], draws: S::u32s| {
+                    let kept = s.greater_than_i32s(
+                        s.transmute_i32s_u32s(draws),
+                        s.transmute_i32s_u32s(below),
+                    );
+                    let kept_x = s.select_f32s(kept, s.mul_f32s(simd::load(s, x), scale), zero);
+                    simd::store(s, out, kept_x);
+                };
+                match tile {
+                    // As arrays, so that the runs' bounds are known.
+                    Tile::Whole(groups) => {
+                        let (Ok(out), Ok(x)) = (
+                            <&mut [f32; TILE]>::try_from(out),
+                            <&[f32; TILE]>::try_from(x),
+                        ) else {
+                            unreachable!("a whole tile is {TILE} elements")
+                        };
+                        Tile::runs(
+                            s,
+                            groups,
+                            #[inline(always)]
+                            |at, draws| apply(&mut out[at..at + lanes], &x[at..at + lanes], draws),
+                        );
                     }
-                } else {
-                    let v = s.partial_load_f32s(x);
-                    s.partial_store_f32s(out, s.select_f32s(kept, s.mul_f32s(v, scale), zero));
+                    Tile::Part(draws) => {
+                        let runs = out.chunks_mut(lanes).zip(x.chunks(lanes));
+                        for ((out, x), draws) in runs.zip(draws.chunks(lanes)) {
+                            apply(out, x, simd::load_u32(s, draws));
+                        }
+                    }
                 }
             },
         );

@@ -227,6 +227,40 @@ impl<S: Simd, const W: usize> Real for Block<S, W> {
     }
 }
 
+/// One vector from `x`: its first lanes, or all of a shorter `x` followed by zeros.
+#[inline(always)]
+pub(crate) fn load<S: Simd>(s: S, x: &[f32]) -> S::f32s {
+    if x.len() >= std::mem::size_of::<S::f32s>() / 4 {
+        // SAFETY: `x` holds at least one vector of plain f32 lanes (pulp's vectors are
+        // `Pod`); the read is unaligned.
+        unsafe { std::ptr::read_unaligned(x.as_ptr() as *const S::f32s) }
+    } else {
+        s.partial_load_f32s(x)
+    }
+}
+
+/// [`load`] for u32 lanes.
+#[inline(always)]
+pub(crate) fn load_u32<S: Simd>(s: S, x: &[u32]) -> S::u32s {
+    if x.len() >= std::mem::size_of::<S::u32s>() / 4 {
+        // SAFETY: as in `load`.
+        unsafe { std::ptr::read_unaligned(x.as_ptr() as *const S::u32s) }
+    } else {
+        s.partial_load_u32s(x)
+    }
+}
+
+/// Writes the first `out.len()` lanes of `v` (at most a vector's) to `out`.
+#[inline(always)]
+pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
+    if out.len() >= std::mem::size_of::<S::f32s>() / 4 {
+        // SAFETY: as in `load`, for a write.
+        unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut S::f32s, v) }
+    } else {
+        s.partial_store_f32s(out, v)
+    }
+}
+
 /// Asks the CPU to bring `x` into its L1 cache ahead of use. Layer norm's forward does this
 /// for the next row: a row of 1024 f32 is a 4 KiB page, hardware prefetchers stop at page
 /// boundaries, and so each row's first pass would stall on memory while the passes after it,
