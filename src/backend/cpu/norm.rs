@@ -58,11 +58,6 @@ impl WithSimd for Forward<'_> {
     }
 }
 
-/// The backward pass's blocks: two vectors, not four, so that its two sums, the row's
-/// statistics and a step's temporaries fit AVX2's sixteen registers (31% faster, medians of
-/// nine alternating rounds on two threads).
-type Narrow<S> = Block<S, 2>;
-
 /// The backward pass over whole rows: `dx`, and this block of rows' contribution to
 /// `[dw | db]` added into `acc`.
 pub(super) struct Backward<'a> {
@@ -91,46 +86,133 @@ impl WithSimd for Backward<'_> {
         } = self;
         let cols = w.len();
         let (acc_w, acc_b) = acc.split_at_mut(cols);
-        let rows = x
-            .chunks_exact(cols)
-            .zip(dy.chunks_exact(cols))
-            .zip(dx.chunks_exact_mut(cols));
-        for (((x, dy), dx), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-            let (m, r) = (Narrow::<S>::splat(s, m), Narrow::<S>::splat(s, r));
-            // With g = dy·w and xhat = (x − mean)·rstd: Σ g and Σ g·xhat for dx, and the
-            // parameter gradients dw += dy·xhat, db += dy. Padding past the row's end loads
-            // dy = 0, so that it adds nothing.
-            let (mut sum_g, mut sum_g_xhat) =
-                (Narrow::<S>::splat(s, 0.0), Narrow::<S>::splat(s, 0.0));
-            simd::for_each_block(
-                Narrow::<S>::len(),
-                cols,
-                #[inline(always)]
-                |c| {
-                    let dy = Block::load(s, &dy[c.clone()]);
-                    let xhat = (Block::load(s, &x[c.clone()]) - m) * r;
-                    let g = dy * Block::load(s, &w[c.clone()]);
-                    dy.mul_add(xhat, Block::load(s, &acc_w[c.clone()]))
-                        .store(&mut acc_w[c.clone()]);
-                    (Block::load(s, &acc_b[c.clone()]) + dy).store(&mut acc_b[c]);
-                    sum_g = sum_g + g;
-                    sum_g_xhat = g.mul_add(xhat, sum_g_xhat);
-                },
+        // Rows two at a time, so that the dw and db partials are read and written once per
+        // pair (an odd last row alone).
+        let pairs = x
+            .chunks(2 * cols)
+            .zip(dy.chunks(2 * cols))
+            .zip(mean.chunks(2).zip(rstd.chunks(2)))
+            .zip(dx.chunks_mut(2 * cols));
+        for (p, (((x_pair, dy_pair), (mean, rstd)), dx)) in pairs.enumerate() {
+            let next = (p + 1) * 2 * cols;
+            let (x_next, dy_next) = (
+                x.get(next..).unwrap_or_default(),
+                dy.get(next..).unwrap_or_default(),
             );
-            let mean_g = Narrow::<S>::splat(s, sum_g.reduce_sum() / cols as f32);
-            let mean_g_xhat = Narrow::<S>::splat(s, sum_g_xhat.reduce_sum() / cols as f32);
-            // dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), recomputing g and xhat from the
-            // row, which is still in the cache.
-            simd::for_each_block(
-                Narrow::<S>::len(),
-                cols,
-                #[inline(always)]
-                |c| {
-                    let xhat = (Block::load(s, &x[c.clone()]) - m) * r;
-                    let g = Block::load(s, &dy[c.clone()]) * Block::load(s, &w[c.clone()]);
-                    ((g - mean_g - xhat * mean_g_xhat) * r).store(&mut dx[c]);
-                },
-            );
+            let row = |i: usize| Row {
+                x: &x_pair[i * cols..(i + 1) * cols],
+                dy: &dy_pair[i * cols..(i + 1) * cols],
+                mean: mean[i],
+                rstd: rstd[i],
+            };
+            let mut sums = [(0.0, 0.0); 2];
+            if mean.len() == 2 {
+                sums = accumulate(s, [row(0), row(1)], w, acc_w, acc_b);
+            } else {
+                sums[0] = accumulate(s, [row(0)], w, acc_w, acc_b)[0];
+            }
+            for (i, (dx, (sum_g, sum_g_xhat))) in dx.chunks_exact_mut(cols).zip(sums).enumerate() {
+                let n = cols as f32;
+                // The next pair's row i, brought into the cache while this row's pass runs
+                // from it (a row is a page, and the hardware prefetcher stops at pages).
+                let ahead = [
+                    x_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),
+                    dy_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),
+                ];
+                input_gradient(s, row(i), w, sum_g / n, sum_g_xhat / n, dx, ahead);
+            }
         }
     }
+}
+
+/// One row of the backward pass: its input, output gradient and saved statistics.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    mean: f32,
+    rstd: f32,
+}
+
+/// The backward pass's sums run one vector at a time: two rows' sums, statistics and
+/// temporaries then fit AVX2's sixteen registers.
+type Lane<S> = Block<S, 1>;
+
+/// Σ g and Σ g·xhat of each of `R` rows (g = dy·w, xhat = (x − mean)·rstd); and the rows'
+/// dw += dy·xhat and db += dy added into `acc_w` and `acc_b`, row after row for each element
+/// (the same sums in the same order whatever `R`). Padding past a row's end loads dy = 0,
+/// so that it adds nothing.
+#[inline(always)]
+fn accumulate<S: Simd, const R: usize>(
+    s: S,
+    rows: [Row; R],
+    w: &[f32],
+    acc_w: &mut [f32],
+    acc_b: &mut [f32],
+) -> [(f32, f32); R] {
+    let zero = Lane::<S>::splat(s, 0.0);
+    let (mut sum_g, mut sum_g_xhat) = ([zero; R], [zero; R]);
+    let stats = rows.map(|r| (Lane::<S>::splat(s, r.mean), Lane::<S>::splat(s, r.rstd)));
+    simd::for_each_block(
+        Lane::<S>::len(),
+        w.len(),
+        #[inline(always)]
+        |c| {
+            let w = Lane::<S>::load(s, &w[c.clone()]);
+            let (mut dw, mut db) = (
+                Lane::load(s, &acc_w[c.clone()]),
+                Lane::load(s, &acc_b[c.clone()]),
+            );
+            for r in 0..R {
+                let dy = Lane::load(s, &rows[r].dy[c.clone()]);
+                let xhat = (Lane::load(s, &rows[r].x[c.clone()]) - stats[r].0) * stats[r].1;
+                let g = dy * w;
+                dw = dy.mul_add(xhat, dw);
+                db = db + dy;
+                sum_g[r] = sum_g[r] + g;
+                sum_g_xhat[r] = g.mul_add(xhat, sum_g_xhat[r]);
+            }
+            dw.store(&mut acc_w[c.clone()]);
+            db.store(&mut acc_b[c]);
+        },
+    );
+    std::array::from_fn(|r| (sum_g[r].reduce_sum(), sum_g_xhat[r].reduce_sum()))
+}
+
+/// The elementwise part of the backward pass, two vectors at a time:
+/// dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), recomputing g and xhat from the row, which is
+/// still in the cache.
+#[inline(always)]
+fn input_gradient<S: Simd>(
+    s: S,
+    row: Row,
+    w: &[f32],
+    mean_g: f32,
+    mean_g_xhat: f32,
+    dx: &mut [f32],
+    ahead: [&[f32]; 2],
+) {
+    type Pair<S> = Block<S, 2>;
+    let (m, r) = (Pair::<S>::splat(s, row.mean), Pair::<S>::splat(s, row.rstd));
+    let (mean_g, mean_g_xhat) = (
+        Pair::<S>::splat(s, mean_g),
+        Pair::<S>::splat(s, mean_g_xhat),
+    );
+    simd::for_each_block(
+        Pair::<S>::len(),
+        w.len(),
+        #[inline(always)]
+        |c| {
+            for ahead in ahead {
+                simd::prefetch(
+                    ahead
+                        .get(c.start..(c.start + 1).min(ahead.len()))
+                        .unwrap_or_default(),
+                );
+            }
+            let xhat = (Block::load(s, &row.x[c.clone()]) - m) * r;
+            let g = Block::load(s, &row.dy[c.clone()]) * Block::load(s, &w[c.clone()]);
+            ((g - mean_g - xhat * mean_g_xhat) * r).store(&mut dx[c]);
+        },
+    );
 }
