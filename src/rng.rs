@@ -202,7 +202,7 @@ impl<S: pulp::Simd> VectorKey<S> {
             let (lo1, hi1) = s.widening_mul_u32s(m1, s.xor_u32s(hi0, self.round1));
             *c = [s.xor_u32s(hi1, r2_0), lo1, s.xor_u32s(r2_2, lo0), r2_3];
         }
-        for [k0, k1] in self.keys {
+        for &[k0, k1] in &self.keys {
             for c in c.iter_mut() {
                 let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
                 let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
