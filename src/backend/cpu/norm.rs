@@ -194,9 +194,9 @@ fn input_gradient<S: Simd>(
 ) {
     type Pair<S> = Block<S, 2>;
     let (m, r) = (Pair::<S>::splat(s, row.mean), Pair::<S>::splat(s, row.rstd));
-    let (mean_g, mean_g_xhat) = (
+    let (mean_g, minus_mean_g_xhat) = (
         Pair::<S>::splat(s, mean_g),
-        Pair::<S>::splat(s, mean_g_xhat),
+        Pair::<S>::splat(s, -mean_g_xhat),
     );
     simd::for_each_block(
         Pair::<S>::len(),
@@ -204,15 +204,13 @@ fn input_gradient<S: Simd>(
         #[inline(always)]
         |c| {
             for ahead in ahead {
-                simd::prefetch(
-                    ahead
-                        .get(c.start..(c.start + 1).min(ahead.len()))
-                        .unwrap_or_default(),
-                );
+                if let Some(line) = ahead.get(c.start) {
+                    simd::prefetch_line(line);
+                }
             }
             let xhat = (Block::load(s, &row.x[c.clone()]) - m) * r;
             let g = Block::load(s, &row.dy[c.clone()]) * Block::load(s, &w[c.clone()]);
-            ((g - mean_g - xhat * mean_g_xhat) * r).store(&mut dx[c]);
+            (xhat.mul_add(minus_mean_g_xhat, g - mean_g) * r).store(&mut dx[c]);
         },
     );
 }

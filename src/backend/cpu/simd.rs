@@ -283,6 +283,20 @@ pub(super) fn prefetch(x: &[f32]) {
     let _ = x;
 }
 
+/// [`prefetch`] for the one cache line that holds `x`.
+#[inline(always)]
+pub(super) fn prefetch_line(x: &f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults, and the address is a reference's.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            x as *const f32 as *const i8,
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Calls `f` with the range of each block of `block` elements in `0..len`: the whole blocks,
 /// then the partial tail if any. Each call site of `f` is inlined on its own, so that in the
 /// loop over whole blocks the compiler knows every slice's length and drops the partial-block
