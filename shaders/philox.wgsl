@@ -60,13 +60,18 @@ fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
     return c;
 }
 
-// The dropout draw in [0, 1) of element under (seed, step, site); seed and step are u64s
-// split as vec2(low, high). Eight elements share one Philox call (see the layout above): a
-// kernel that handles several elements per invocation could call philox4x32_10 once itself.
+// The outputs of dropout's call `call` under (seed, step, site); seed and step are u64s split
+// as vec2(low, high). Its 16-bit halves are the draws of elements 64 * (call / 8) + 16 * j +
+// 8 * h + call % 8, j the output and h the half (the layout above).
+fn dropout_call(seed: vec2<u32>, step: vec2<u32>, site: u32, call: u32) -> vec4<u32> {
+    return philox4x32_10(vec4<u32>(call, site, step.x, step.y), seed);
+}
+
+// The dropout draw in [0, 1) of element under (seed, step, site). Eight elements share one
+// call: a kernel that handles all of a call's elements calls dropout_call once itself.
 fn dropout_uniform(seed: vec2<u32>, step: vec2<u32>, site: u32, element: u32) -> f32 {
     let w = element & 63u;
-    let call = ((element >> 6u) << 3u) | (w & 7u);
-    let r = philox4x32_10(vec4<u32>(call, site, step.x, step.y), seed);
+    let r = dropout_call(seed, step, site, ((element >> 6u) << 3u) | (w & 7u));
     let bits = (r[w >> 4u] >> (((w >> 3u) & 1u) * 16u)) & 0xFFFFu;
     return f32(bits) * PHILOX_INV_2_16;
 }

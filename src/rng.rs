@@ -98,7 +98,7 @@ pub struct DropoutKey {
 pub const TILE: u64 = 64;
 /// Philox calls per tile; also the most vector lanes that get a tile's draws in element
 /// order.
-const CALLS_PER_TILE: u64 = 8;
+pub const CALLS_PER_TILE: u64 = 8;
 
 /// The call that draws `element`, which of its four outputs, and the shift of its 16 bits.
 #[inline(always)]

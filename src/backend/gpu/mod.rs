@@ -1187,7 +1187,10 @@ impl Backend for GpuBackend {
         const OP: &str = "dropout";
         check::dropout_p(p)?;
         check::elementwise(OP, &[x], out)?;
-        let grid = self.grid(out.len());
+        // One invocation per Philox call, all the calls of every tile the elements touch.
+        let tiles = out.len().div_ceil(crate::rng::TILE as usize);
+        let calls = tiles * crate::rng::CALLS_PER_TILE as usize;
+        let grid = self.grid(calls);
         let params = DropoutParams {
             n: index_u32(OP, out.len())?,
             groups_x: grid[0],
