@@ -125,12 +125,16 @@ impl DropoutKey {
         philox4x32_10(counter, key)
     }
 
-    /// The draws of tile `tile`'s 64 elements, in element order, one call at a time.
+    /// The draws of tile `tile`'s 64 elements, in element order, one call at a time: lane `l`
+    /// of the tile's calls draws elements `16·j + 8·h + l` (module doc).
     fn tile(&self, tile: u64) -> [u32; TILE as usize] {
         let mut bits = [0; TILE as usize];
-        for (w, bits) in bits.iter_mut().enumerate() {
-            let (call, j, shift) = position(tile * TILE + w as u64);
-            *bits = (self.call(call)[j] >> shift) & 0xffff;
+        for lane in 0..CALLS_PER_TILE as usize {
+            let outputs = self.call(tile * CALLS_PER_TILE + lane as u64);
+            for (j, r) in outputs.into_iter().enumerate() {
+                bits[16 * j + lane] = r & 0xffff;
+                bits[16 * j + 8 + lane] = r >> 16;
+            }
         }
         bits
     }
