@@ -287,30 +287,41 @@ pub fn keep(key: &DropoutKey, element: u64, p: f32) -> bool {
 pub enum Tile<'a, S: pulp::Simd> {
     /// A whole tile as its calls' outputs: `8 / lanes` groups of `lanes` calls, where lane `b`
     /// of output `j` of group `g` holds, in its low and high halves (`h` = 0, 1), the draws of
-    /// elements `16·j + 8·h + g·lanes + b` ([`Tile::runs`]).
+    /// elements `16·j + 8·h + g·lanes + b` ([`Tile::for_each_run`]).
     Whole(&'a [[S::u32s; 4]; CALLS_PER_TILE as usize]),
     /// Part of a tile: the draws of its elements in order.
     Part(&'a [u32]),
 }
 
 impl<S: pulp::Simd> Tile<'_, S> {
-    /// Calls `f(offset, draws)` for each run of `lanes` consecutive elements of a whole tile
-    /// `groups` (offset from the tile's start); in a loop of known bounds, so that the offsets
-    /// are constants where it is unrolled.
+    /// Calls `f(range, draws)` for runs of at most `lanes` consecutive elements covering the
+    /// tile's (`range` counted from the tile's first element given, lane `i` of `draws` the
+    /// draw of its element `i`). A whole tile's runs come from its calls' halves in a loop of
+    /// known bounds, so that the ranges are constants where it is unrolled.
     #[inline(always)]
-    pub fn runs(
-        s: S,
-        groups: &[[S::u32s; 4]; CALLS_PER_TILE as usize],
-        mut f: impl FnMut(usize, S::u32s),
-    ) {
+    pub fn for_each_run(&self, s: S, mut f: impl FnMut(std::ops::Range<usize>, S::u32s)) {
         let lanes = std::mem::size_of::<S::u32s>() / 4;
-        for (g, outputs) in groups[..CALLS_PER_TILE as usize / lanes].iter().enumerate() {
-            for (j, r) in outputs.iter().enumerate() {
-                f(16 * j + g * lanes, s.and_u32s(*r, s.splat_u32s(0xffff)));
-                f(
-                    16 * j + 8 + g * lanes,
-                    s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16)),
-                );
+        match self {
+            Tile::Whole(groups) => {
+                for (g, outputs) in groups[..CALLS_PER_TILE as usize / lanes].iter().enumerate() {
+                    for (j, r) in outputs.iter().enumerate() {
+                        let at = 16 * j + g * lanes;
+                        f(at..at + lanes, s.and_u32s(*r, s.splat_u32s(0xffff)));
+                        let at = at + 8;
+                        f(
+                            at..at + lanes,
+                            s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16)),
+                        );
+                    }
+                }
+            }
+            Tile::Part(draws) => {
+                for (i, draws) in draws.chunks(lanes).enumerate() {
+                    f(
+                        i * lanes..i * lanes + draws.len(),
+                        s.partial_load_u32s(draws),
+                    );
+                }
             }
         }
     }
@@ -348,7 +359,7 @@ pub fn for_each_tile<S: pulp::Simd>(
             }
             // Two tiles where both are whole and their calls share the high word.
             if tile_end.checked_add(TILE).is_some_and(|e| e <= end)
-                && ((tile + 1) * CALLS_PER_TILE) >> 32 == (tile * CALLS_PER_TILE) >> 32
+                && call_high(tile_end) == vector_key.high
             {
                 let [first, second] = vector_key.tiles::<2>(tile);
                 f(start..start + whole, Tile::Whole(&first));
@@ -404,7 +415,6 @@ pub fn fill_uniform_with<S: pulp::Simd>(
     first_element: u64,
     out: &mut [f32],
 ) {
-    let lanes = std::mem::size_of::<S::u32s>() / 4;
     for_each_tile(
         s,
         key,
@@ -413,19 +423,11 @@ pub fn fill_uniform_with<S: pulp::Simd>(
         #[inline(always)]
         |range, tile| {
             let out = &mut out[range];
-            match tile {
-                Tile::Whole(groups) => Tile::runs(
-                    s,
-                    groups,
-                    #[inline(always)]
-                    |at, bits| simd::store(s, &mut out[at..at + lanes], unit_floats(s, bits)),
-                ),
-                Tile::Part(draws) => {
-                    for (out, draws) in out.chunks_mut(lanes).zip(draws.chunks(lanes)) {
-                        simd::store(s, out, unit_floats(s, simd::load_u32(s, draws)));
-                    }
-                }
-            }
+            tile.for_each_run(
+                s,
+                #[inline(always)]
+                |run, bits| simd::store(s, &mut out[run], unit_floats(s, bits)),
+            );
         },
     );
 }

@@ -18,7 +18,7 @@ use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::memory::{BlockAllocator, MemoryGuard, MemoryPool, MemoryStats, PooledBlock};
-use crate::rng::{self, Tile};
+use crate::rng;
 use crate::tensor::{HostData, HostTensor, Tensor};
 
 /// Column sums (bias and layer norm gradients) add up partial sums over blocks of this many
@@ -237,7 +237,6 @@ impl WithSimd for DropoutChunk<'_> {
         // are at most 2^16 (SSE and AVX2 compare only signed integers).
         let below = s.splat_u32s(rng::keep_threshold(p).wrapping_sub(1));
         let (scale, zero) = (s.splat_f32s(scale), s.splat_f32s(0.0));
-        let lanes = std::mem::size_of::<S::f32s>() / 4;
         const TILE: usize = rng::TILE as usize;
         rng::for_each_tile(
             s,
@@ -256,29 +255,23 @@ impl WithSimd for DropoutChunk<'_> {
                     let kept_x = s.select_f32s(kept, s.mul_f32s(simd::load(s, x), scale), zero);
                     simd::store(s, out, kept_x);
                 };
-                match tile {
-                    // As arrays, so that the runs' bounds are known.
-                    Tile::Whole(groups) => {
-                        let (Ok(out), Ok(x)) = (
-                            <&mut [f32; TILE]>::try_from(out),
-                            <&[f32; TILE]>::try_from(x),
-                        ) else {
-                            unreachable!("a whole tile is {TILE} elements")
-                        };
-                        Tile::runs(
-                            s,
-                            groups,
-                            #[inline(always)]
-                            |at, draws| apply(&mut out[at..at + lanes], &x[at..at + lanes], draws),
-                        );
-                    }
-                    Tile::Part(draws) => {
-                        let runs = out.chunks_mut(lanes).zip(x.chunks(lanes));
-                        for ((out, x), draws) in runs.zip(draws.chunks(lanes)) {
-                            apply(out, x, simd::load_u32(s, draws));
-                        }
-                    }
+                // A whole tile as arrays, so that the runs' bounds are known.
+                if let (Ok(out), Ok(x)) = (
+                    <&mut [f32; TILE]>::try_from(&mut *out),
+                    <&[f32; TILE]>::try_from(x),
+                ) {
+                    tile.for_each_run(
+                        s,
+                        #[inline(always)]
+                        |run, draws| apply(&mut out[run.clone()], &x[run], draws),
+                    );
+                    return;
                 }
+                tile.for_each_run(
+                    s,
+                    #[inline(always)]
+                    |run, draws| apply(&mut out[run.clone()], &x[run], draws),
+                );
             },
         );
     }

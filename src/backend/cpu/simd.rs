@@ -239,17 +239,6 @@ pub(crate) fn load<S: Simd>(s: S, x: &[f32]) -> S::f32s {
     }
 }
 
-/// [`load`] for u32 lanes.
-#[inline(always)]
-pub(crate) fn load_u32<S: Simd>(s: S, x: &[u32]) -> S::u32s {
-    if x.len() >= std::mem::size_of::<S::u32s>() / 4 {
-        // SAFETY: as in `load`.
-        unsafe { std::ptr::read_unaligned(x.as_ptr() as *const S::u32s) }
-    } else {
-        s.partial_load_u32s(x)
-    }
-}
-
 /// Writes the first `out.len()` lanes of `v` (at most a vector's) to `out`.
 #[inline(always)]
 pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
@@ -270,17 +259,9 @@ pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
 /// results, and none on other architectures.)
 #[inline(always)]
 pub(super) fn prefetch(x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
     for line in x.chunks(16) {
-        // SAFETY: prefetching is a hint that never faults, and the address is in `x`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr() as *const i8
-            )
-        };
+        prefetch_line(&line[0]);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
 }
 
 /// [`prefetch`] for the one cache line that holds `x`.
