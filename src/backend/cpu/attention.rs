@@ -3,6 +3,7 @@
 //! is copied out. A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
+use super::{simd, DropoutChunk};
 use crate::backend::{math, AttentionSpec, NO_KEYS_LSE};
 use crate::rng;
 
@@ -92,17 +93,22 @@ impl Head {
         );
     }
 
-    /// Dropout factors of query `query`: keep_scale or 0 (all 1 without dropout).
-    fn dropout(&self, spec: &AttentionSpec, query: usize, z: &mut [f32]) {
+    /// Dropout factors of query `query`: keep_scale or 0 (all 1 without dropout). They are the
+    /// dropout op applied to `ones` (a row of 1.0), so that attention and that op share one
+    /// keep rule and its integer compare.
+    fn dropout(&self, spec: &AttentionSpec, query: usize, ones: &[f32], z: &mut [f32]) {
         if spec.dropout == 0.0 {
             z.fill(1.0);
             return;
         }
-        rng::fill_uniform(&spec.key, self.first_element + (query * self.t) as u64, z);
-        let keep = rng::keep_scale(spec.dropout);
-        for u in z.iter_mut() {
-            *u = if *u >= spec.dropout { keep } else { 0.0 };
-        }
+        simd::run(DropoutChunk {
+            key: &spec.key,
+            first_element: self.first_element + (query * self.t) as u64,
+            p: spec.dropout,
+            scale: rng::keep_scale(spec.dropout),
+            x: ones,
+            out: z,
+        });
     }
 }
 
@@ -140,13 +146,13 @@ pub(super) fn forward(
     lse: &mut [f32],
 ) {
     let t = spec.seq;
-    let (mut probs, mut z) = (vec![0.0f32; t * t], vec![0.0f32; t]);
+    let (mut probs, mut z, ones) = (vec![0.0f32; t * t], vec![0.0f32; t], vec![1.0f32; t]);
     for h in 0..spec.heads {
         let head = Head::new(spec, b, h);
         head.scores(qkv, &mut probs);
         for (q, row) in probs.chunks_exact_mut(t).enumerate() {
             lse[h * t + q] = softmax_row(row, mask);
-            head.dropout(spec, q, &mut z);
+            head.dropout(spec, q, &ones, &mut z);
             row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
         }
         // out_h = P̃·V.
@@ -183,14 +189,14 @@ pub(super) fn backward(
         vec![0.0f32; t * t],
         vec![0.0f32; t * t],
     );
-    let mut z = vec![0.0f32; t];
+    let (mut z, ones) = (vec![0.0f32; t], vec![1.0f32; t]);
     for h in 0..spec.heads {
         let head = Head::new(spec, b, h);
         // P from the saved log-sum-exp (as the GPU recomputes it), and P̃ = P·Z.
         head.scores(qkv, &mut p);
         for q in 0..t {
             let row_lse = lse[h * t + q];
-            head.dropout(spec, q, &mut z);
+            head.dropout(spec, q, &ones, &mut z);
             for s in 0..t {
                 let i = q * t + s;
                 p[i] = if mask[s] != 0.0 && row_lse != NO_KEYS_LSE {

@@ -210,7 +210,8 @@ impl WithSimd for ElementwiseChunk<'_> {
     }
 }
 
-/// One chunk of dropout: `x · scale` where the element's draw is at least `p`, else 0.
+/// One chunk of dropout: `x · scale` where the element's draw is at least `p`, else 0 (also
+/// attention's dropout factors, as the dropout of a row of ones).
 struct DropoutChunk<'a> {
     key: &'a DropoutKey,
     /// The element index of `x[0]`, which keys its draw.
