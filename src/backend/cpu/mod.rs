@@ -7,6 +7,7 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 mod attention;
+mod half_convert;
 mod norm;
 pub(crate) mod simd;
 
@@ -1079,8 +1080,8 @@ fn parallel_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Converts `x` into `out`'s dtype, in parallel chunks. Conversions use `half`, which rounds to
-/// nearest even and uses the F16C instructions where the CPU has them.
+/// Converts `x` into `out`'s dtype, in parallel chunks, rounding to nearest even: f16 through
+/// [`half_convert`] (F16C where the CPU has it), bf16 through `half`.
 fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
     use DType::*;
     match (x.dtype(), out.dtype()) {
@@ -1091,7 +1092,7 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
             into.par_chunks_mut(CHUNK)
                 .zip(from.par_chunks(CHUNK))
                 .for_each(|(o, i)| match to {
-                    F16 => bytemuck::cast_slice_mut::<u16, f16>(o).convert_from_f32_slice(i),
+                    F16 => half_convert::f32_to_f16(i, bytemuck::cast_slice_mut(o)),
                     _ => bytemuck::cast_slice_mut::<u16, bf16>(o).convert_from_f32_slice(i),
                 });
         }
@@ -1100,7 +1101,7 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
             into.par_chunks_mut(CHUNK)
                 .zip(from.par_chunks(CHUNK))
                 .for_each(|(o, i)| match from_dtype {
-                    F16 => bytemuck::cast_slice::<u16, f16>(i).convert_to_f32_slice(o),
+                    F16 => half_convert::f16_to_f32(bytemuck::cast_slice(i), o),
                     _ => bytemuck::cast_slice::<u16, bf16>(i).convert_to_f32_slice(o),
                 });
         }
