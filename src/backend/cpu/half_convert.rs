@@ -10,11 +10,17 @@ use half::{f16, slice::HalfFloatSliceExt};
 #[cfg(target_arch = "x86_64")]
 const LANES: usize = 8;
 
+/// Whether this CPU (and its OS) run the F16C loops below. (std caches the detection.)
+#[cfg(target_arch = "x86_64")]
+fn has_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
+}
+
 /// `dst[i] = f16(src[i])`, rounding to nearest even (equal lengths).
 pub(super) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: F16C (which implies AVX) was just detected.
+    if has_f16c() {
+        // SAFETY: the loop's features were just detected.
         unsafe { f32_to_f16_f16c(src, dst) };
         return;
     }
@@ -24,7 +30,7 @@ pub(super) fn f32_to_f16(src: &[f32], dst: &mut [f16]) {
 /// `dst[i] = f32(src[i])`, exact (equal lengths).
 pub(super) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
+    if has_f16c() {
         // SAFETY: as in `f32_to_f16`.
         unsafe { f16_to_f32_f16c(src, dst) };
         return;
