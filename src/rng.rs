@@ -382,7 +382,9 @@ pub fn for_each_tile<S: pulp::Simd>(
 
 /// Writes the draws of elements `first_element .. first_element + out.len()` into `out`, equal
 /// to [`uniform`] element by element but with eight elements to a Philox call and as many
-/// calls at once as the CPU has SIMD lanes.
+/// calls at once as the CPU has SIMD lanes. The ops apply masks without materialising the
+/// draws; this is for seeing them (a mask's statistics, the layout under every instruction
+/// set in the tests).
 #[inline]
 pub fn fill_uniform(key: &DropoutKey, first_element: u64, out: &mut [f32]) {
     simd::run(FillUniform {

@@ -2,7 +2,8 @@
 //! the F16C instructions where the CPU has them. `half` calls a function per eight elements
 //! there, since its conversion cannot be inlined across the target-feature boundary, and that
 //! call made the f32 → f16 cast about twice as slow as a copy of the same bytes; here the
-//! whole loop is compiled for F16C. Without F16C (or off x86-64), `half` converts.
+//! whole loop is compiled for F16C. Without F16C and the OS's AVX support (or off x86-64),
+//! `half` converts.
 
 use half::{f16, slice::HalfFloatSliceExt};
 
@@ -73,8 +74,9 @@ unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
 }
 
 /// Converts `src` into `dst` (equal lengths) by `block`, [`LANES`] elements at a time, and the
-/// tail under that by `tail` (`half`, which uses the same instruction under F16C). Inlined into
-/// its callers, so that `block` is compiled for their instruction set.
+/// tail under that by `tail` (`half`, which uses the same instruction under F16C). The callers'
+/// closures inherit their target features (Rust 1.86); inlining this lets them be inlined
+/// into the loop.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn by_blocks<S, D>(

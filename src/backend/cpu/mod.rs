@@ -1080,8 +1080,8 @@ fn parallel_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Converts `x` into `out`'s dtype, in parallel chunks, rounding to nearest even: f16 through
-/// [`half_convert`] (F16C where the CPU has it), bf16 through `half`.
+/// Converts `x` into `out`'s dtype, in parallel chunks: f16 through [`half_convert`], bf16
+/// through `half` (both round to nearest even).
 fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
     use DType::*;
     match (x.dtype(), out.dtype()) {
