@@ -1129,9 +1129,10 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
 /// set the machine picks.
 #[cfg(test)]
 mod simd_paths {
-    use super::norm;
     use super::simd::{self, Simd, WithSimd};
+    use super::{attention, norm};
     use super::{Elementwise, ElementwiseChunk};
+    use crate::backend::NO_KEYS_LSE;
     use crate::dtype::DType;
     use crate::parity::{self, GeluValueErrors};
     use crate::reference;
@@ -1243,6 +1244,37 @@ mod simd_paths {
                 &want_rstd,
                 OpClass::Reduction,
             );
+
+            // A row of attention scores over a ragged key mask (about a quarter of the keys
+            // padding), and one whose keys are all padding.
+            let ragged = values(cols, 400 + i as u64)
+                .iter()
+                .map(|&v| if v > -2.0 { 1.0 } else { 0.0 })
+                .collect();
+            for mask in [ragged, vec![0.0f32; cols]] {
+                let mut p = x[..cols].to_vec();
+                let lse = attention::SoftmaxRow {
+                    row: &mut p,
+                    mask: &mask,
+                }
+                .with_simd(s);
+                let real: Vec<usize> = (0..cols).filter(|&k| mask[k] != 0.0).collect();
+                if real.is_empty() {
+                    assert!(lse == NO_KEYS_LSE && p.iter().all(|&v| v == 0.0), "{set}");
+                    continue;
+                }
+                let max = real.iter().map(|&k| x[k] as f64).fold(f64::MIN, f64::max);
+                let sum: f64 = real.iter().map(|&k| (x[k] as f64 - max).exp()).sum();
+                let want: Vec<f64> = (0..cols)
+                    .map(|k| match mask[k] {
+                        0.0 => 0.0,
+                        _ => (x[k] as f64 - max).exp() / sum,
+                    })
+                    .collect();
+                let what = format!("{set} softmax {cols}");
+                assert_close(&what, &p, &want, OpClass::Reduction);
+                assert_close(&what, &[lse], &[max + sum.ln()], OpClass::Reduction);
+            }
 
             let (mut dx, mut acc) = (vec![f32::NAN; n], vec![0.0f32; 2 * cols]);
             norm::Backward {

@@ -96,11 +96,53 @@ impl<S: Simd, const W: usize> Block<S, W> {
     #[inline(always)]
     pub fn reduce_sum(self) -> f32 {
         let s = self.simd;
+        s.reduce_sum_f32s(self.fold(
+            #[inline(always)]
+            |s, a, b| s.add_f32s(a, b),
+        ))
+    }
+
+    /// The largest of the block's elements (a NaN may or may not win).
+    #[inline(always)]
+    pub fn reduce_max(self) -> f32 {
+        let s = self.simd;
+        s.reduce_max_f32s(self.fold(
+            #[inline(always)]
+            |s, a, b| s.max_f32s(a, b),
+        ))
+    }
+
+    /// The block's vectors combined into one by `f`, first to last.
+    #[inline(always)]
+    fn fold(self, f: impl Fn(S, S::f32s, S::f32s) -> S::f32s) -> S::f32s {
         let mut acc = self.v[0];
         for v in &self.v[1..] {
-            acc = s.add_f32s(acc, *v);
+            acc = f(self.simd, acc, *v);
         }
-        s.reduce_sum_f32s(acc)
+        acc
+    }
+
+    /// The elementwise maximum of two blocks.
+    #[inline(always)]
+    pub fn max(self, other: Self) -> Self {
+        self.zip(
+            other,
+            #[inline(always)]
+            |s, a, b| s.max_f32s(a, b),
+        )
+    }
+
+    /// `if_nonzero` where this block's element is not 0 (a key mask's real frames, NaN
+    /// included, as `!= 0.0` has it), `otherwise` elsewhere.
+    #[inline(always)]
+    pub fn select_nonzero(self, if_nonzero: Self, otherwise: Self) -> Self {
+        let s = self.simd;
+        let mut v = if_nonzero.v;
+        for ((v, x), o) in v.iter_mut().zip(self.v).zip(otherwise.v) {
+            let zero = s.equal_f32s(x, s.splat_f32s(0.0));
+            *v = s.select_f32s(zero, o, *v);
+        }
+        Block { simd: s, v }
     }
 
     /// `f` applied to each vector.
