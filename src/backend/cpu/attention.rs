@@ -233,17 +233,23 @@ pub(super) fn backward(
         let head = Head::new(spec, b, h);
         // P from the saved log-sum-exp (as the GPU recomputes it), and P̃ = P·Z.
         head.scores(qkv, &mut p);
-        for q in 0..t {
+        for (q, (p, pz)) in p
+            .chunks_exact_mut(t)
+            .zip(pz.chunks_exact_mut(t))
+            .enumerate()
+        {
             let row_lse = lse[h * t + q];
             head.dropout(spec, q, &ones, &mut z);
-            for s in 0..t {
-                let i = q * t + s;
-                p[i] = if mask[s] != 0.0 && row_lse != NO_KEYS_LSE {
-                    math::exp(p[i] - row_lse)
+            // Zipped slices rather than indices, so that the loop has no bounds checks and
+            // the compiler vectorises it, exponentials included.
+            let real_row = row_lse != NO_KEYS_LSE;
+            for (((p, pz), &m), &z) in p.iter_mut().zip(pz.iter_mut()).zip(mask).zip(&z) {
+                *p = if m != 0.0 && real_row {
+                    math::exp(*p - row_lse)
                 } else {
                     0.0
                 };
-                pz[i] = p[i] * z[s];
+                *pz = *p * z;
             }
         }
         // dV = P̃ᵀ·dO.
