@@ -1266,9 +1266,9 @@ mod simd_paths {
                 let max = real.iter().map(|&k| x[k] as f64).fold(f64::MIN, f64::max);
                 let sum: f64 = real.iter().map(|&k| (x[k] as f64 - max).exp()).sum();
                 let want: Vec<f64> = (0..cols)
-                    .map(|k| match mask[k] {
-                        0.0 => 0.0,
-                        _ => (x[k] as f64 - max).exp() / sum,
+                    .map(|k| match mask[k] != 0.0 {
+                        true => (x[k] as f64 - max).exp() / sum,
+                        false => 0.0,
                     })
                     .collect();
                 let what = format!("{set} softmax {cols}");
