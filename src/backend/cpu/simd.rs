@@ -292,21 +292,12 @@ pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
     }
 }
 
-/// Asks the CPU to bring `x` into its L1 cache ahead of use. A row of 1024 f32 is a 4 KiB
-/// page, and hardware prefetchers stop at page boundaries, so that each row's first pass
-/// would stall on memory while the passes after it, reading from the cache, leave the memory
-/// idle. Layer norm's forward prefetches the next row before its row (12% faster, on one
-/// thread and on two); the backward, whose pass from the cache is longer, spreads the next
-/// rows' lines over it (a whole row at once measured slower there). (A hint: no effect on
-/// results, and none on other architectures.)
-#[inline(always)]
-pub(super) fn prefetch(x: &[f32]) {
-    for line in x.chunks(16) {
-        prefetch_line(&line[0]);
-    }
-}
-
-/// [`prefetch`] for the one cache line that holds `x`.
+/// Asks the CPU to bring the cache line that holds `x` into its L1 cache ahead of use. A row
+/// of 1024 f32 is a 4 KiB page, and hardware prefetchers stop at page boundaries, so that
+/// each row's first pass would stall on memory while the passes after it, reading from the
+/// cache, leave the memory idle. Layer norm's sweeps spread the lines of a row ahead over
+/// their loop (a whole row at once measured slower). (A hint: no effect on results, and none
+/// on other architectures.)
 #[inline(always)]
 pub(super) fn prefetch_line(x: &f32) {
     #[cfg(target_arch = "x86_64")]
@@ -382,20 +373,7 @@ pub(super) fn map2<S: Simd, const W: usize>(
 type Acc<S> = Block<S, SUM_WIDTH>;
 const SUM_WIDTH: usize = 8;
 
-/// Σ x, in [`Acc`] lanes added up at the end: a fixed order (the same bits on every run).
-#[inline(always)]
-pub(super) fn sum<S: Simd>(simd: S, x: &[f32]) -> f32 {
-    let mut acc = Acc::<S>::splat(simd, 0.0);
-    for_each_block(
-        Acc::<S>::len(),
-        x.len(),
-        #[inline(always)]
-        |r| acc = acc + Block::load(simd, &x[r]),
-    );
-    acc.reduce_sum()
-}
-
-/// Σ a·b, as [`sum`].
+/// Σ a·b, in [`Acc`] lanes added up at the end: a fixed order (the same bits on every run).
 #[inline(always)]
 pub(super) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let mut acc = Acc::<S>::splat(simd, 0.0);
@@ -408,7 +386,7 @@ pub(super) fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     acc.reduce_sum()
 }
 
-/// Σ (x − c)², as [`sum`] (the tail in scalar code: padding would add c² per missing lane).
+/// Σ (x − c)², as [`dot`] (the tail in scalar code: padding would add c² per missing lane).
 #[inline(always)]
 pub(super) fn sum_sq_dev<S: Simd>(simd: S, x: &[f32], c: f32) -> f32 {
     let whole = x.len() / Acc::<S>::len() * Acc::<S>::len();
