@@ -45,6 +45,16 @@ fn gelu_bias_grad_and_layernorm() {
 }
 
 #[test]
+fn layernorm_rows_alike() {
+    common::layernorm_rows_alike(&CpuBackend::default());
+}
+
+#[test]
+fn no_rows() {
+    common::no_rows(&CpuBackend::default());
+}
+
+#[test]
 fn gelu_value_by_value() {
     common::gelu_values(&CpuBackend::default());
 }

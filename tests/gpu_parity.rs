@@ -118,6 +118,16 @@ fn gelu_bias_grad_and_layernorm() {
 }
 
 #[test]
+fn layernorm_rows_alike() {
+    common::layernorm_rows_alike(&gpu());
+}
+
+#[test]
+fn no_rows() {
+    common::no_rows(&gpu());
+}
+
+#[test]
 fn gelu_value_by_value() {
     common::gelu_values(&gpu());
 }

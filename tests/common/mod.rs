@@ -93,6 +93,69 @@ pub fn row_ops_parity<B: Backend>(b: &B) {
     }
 }
 
+/// Layer norm gives every copy of one row the same bits, wherever it falls among the rows (the
+/// CPU sums a task's first row alone and each later one in the sweep over the row before it).
+pub fn layernorm_rows_alike<B: Backend>(b: &B) {
+    let seed = seed();
+    let mut inputs = Inputs::new(seed);
+    // 1024 columns: 32 rows to a CPU task, so 40 rows start two tasks.
+    for (rows, cols) in [(40, 1024), (9, 37)] {
+        let row = inputs.uniform(cols);
+        let x = HostTensor::from_f32(&[rows, cols], row.repeat(rows)).unwrap();
+        let (w, bias) = (inputs.uniform(cols), inputs.uniform(cols));
+        let param = |v: Vec<f32>| {
+            b.upload(&HostTensor::from_f32(&[cols], v).unwrap())
+                .unwrap()
+        };
+        let (w, bias) = (param(w), param(bias));
+        let y = b.alloc(&[rows, cols], DType::F32).unwrap();
+        let (mean, rstd) = (
+            b.alloc(&[rows], DType::F32).unwrap(),
+            b.alloc(&[rows], DType::F32).unwrap(),
+        );
+        b.layernorm(&b.upload(&x).unwrap(), &w, &bias, 1e-5, &y, &mean, &rstd)
+            .unwrap();
+        let bits = |t: &signflow::Tensor<B>| -> Vec<u32> {
+            t.to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let (y, mean, rstd) = (bits(&y), bits(&mean), bits(&rstd));
+        for r in 1..rows {
+            assert_eq!(
+                (&y[r * cols..(r + 1) * cols], mean[r], rstd[r]),
+                (&y[..cols], mean[0], rstd[0]),
+                "seed {seed}: row {r} of {rows} × {cols} differs from row 0"
+            );
+        }
+    }
+}
+
+/// Tensors with no rows: the parameter gradients are sums over nothing, zeros (not a panic,
+/// and not the output's old contents).
+pub fn no_rows<B: Backend>(b: &B) {
+    let cols = 5;
+    let empty = |shape: &[usize]| b.alloc(shape, DType::F32).unwrap();
+    let ones = b
+        .upload(&HostTensor::filled(&[cols], DType::F32, 1.0))
+        .unwrap();
+    let sevens = |t: &signflow::Tensor<B>| b.scale(&ones, 7.0, t).unwrap();
+    let (dw, db) = (empty(&[cols]), empty(&[cols]));
+    sevens(&db);
+    b.bias_grad(&empty(&[0, cols]), &db).unwrap();
+    assert_eq!(db.to_f32_vec().unwrap(), vec![0.0; cols], "bias_grad");
+    let (x, dy, dx) = (empty(&[0, cols]), empty(&[0, cols]), empty(&[0, cols]));
+    let (mean, rstd) = (empty(&[0]), empty(&[0]));
+    sevens(&dw);
+    sevens(&db);
+    b.layernorm_backward(&x, &ones, &mean, &rstd, &dy, &dx, &dw, &db)
+        .unwrap();
+    assert_eq!(dw.to_f32_vec().unwrap(), vec![0.0; cols], "layernorm dw");
+    assert_eq!(db.to_f32_vec().unwrap(), vec![0.0; cols], "layernorm db");
+}
+
 pub fn loss_pool_and_optimizer_parity<B: Backend>(b: &B) {
     let seed = seed();
     let mut inputs = Inputs::new(seed);

@@ -33,17 +33,16 @@ impl WithSimd for Forward<'_> {
             stats,
         } = self;
         let cols = w.len();
-        let n = cols as f32;
         // The statistics of a row whose sum is known: its variance from the cache.
         let stats_of = |x: &[f32], sum: f32| {
-            let mean = sum / n;
-            let var = simd::sum_sq_dev(s, x, mean) / n;
+            let mean = sum / cols as f32;
+            let var = simd::sum_sq_dev(s, x, mean) / cols as f32;
             (mean, 1.0 / (var + eps).sqrt())
         };
         let Some(first) = rows_x.get(..cols) else {
             return;
         };
-        let mut this = stats_of(first, row_sum(s, first));
+        let mut row_stats = stats_of(first, row_sum(s, first));
         let mut rows = rows_x
             .chunks_exact(cols)
             .zip(y.chunks_exact_mut(cols))
@@ -51,16 +50,19 @@ impl WithSimd for Forward<'_> {
             .enumerate()
             .peekable();
         while let Some((i, ((x, y), stat))) = rows.next() {
-            *stat = this;
+            *stat = row_stats;
+            let next: Option<&[f32]> = rows.peek().map(|(_, ((next, _), _))| *next);
             // The last row sums itself again (discarded), so that every row takes one loop.
-            let next: &[f32] = rows.peek().map_or(x, |(_, ((next, _), _))| next);
-            let next_sum = normalize(s, x, this, w, b, y, next, row(rows_x, i + 2, cols));
-            this = stats_of(next, next_sum);
+            let ahead = row(rows_x, i + 2, cols);
+            let next_sum = normalize(s, x, row_stats, w, b, y, next.unwrap_or(x), ahead);
+            if let Some(next) = next {
+                row_stats = stats_of(next, next_sum);
+            }
         }
     }
 }
 
-/// The forward pass's sweeps run a cache line (two AVX2 vectors) at a time.
+/// The forward pass's sweeps run two vectors at a time: a cache line under AVX2.
 type Line<S> = Block<S, 2>;
 
 /// Σ x, in the order [`normalize`] sums a row (so with the same bits).
@@ -170,7 +172,7 @@ impl WithSimd for Backward<'_> {
             for (i, (dx, (sum_g, sum_g_xhat))) in dx.chunks_exact_mut(cols).zip(sums).enumerate() {
                 let n = cols as f32;
                 // The next pair's row i, brought into the cache while this row's pass runs
-                // from it (a row is a page, and the hardware prefetcher stops at pages).
+                // from it (see `simd::prefetch_line`).
                 let ahead = [
                     x_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),
                     dy_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),

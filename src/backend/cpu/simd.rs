@@ -295,9 +295,9 @@ pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
 /// Asks the CPU to bring the cache line that holds `x` into its L1 cache ahead of use. A row
 /// of 1024 f32 is a 4 KiB page, and hardware prefetchers stop at page boundaries, so that
 /// each row's first pass would stall on memory while the passes after it, reading from the
-/// cache, leave the memory idle. Layer norm's sweeps spread the lines of a row ahead over
-/// their loop (a whole row at once measured slower). (A hint: no effect on results, and none
-/// on other architectures.)
+/// cache, leave the memory idle. Layer norm's passes spread the lines of a row ahead over
+/// their loop (in the backward, a whole row at once measured slower). (A hint: no effect on
+/// results, and none on other architectures.)
 #[inline(always)]
 pub(super) fn prefetch_line(x: &f32) {
     #[cfg(target_arch = "x86_64")]
@@ -369,7 +369,7 @@ pub(super) fn map2<S: Simd, const W: usize>(
 }
 
 /// The accumulators of the sums below: [`SUM_WIDTH`] vectors, so that as many add chains
-/// run side by side. Four left layer norm's row sums waiting on each add's latency.
+/// run side by side. Four left layer norm's variance sums waiting on each add's latency.
 type Acc<S> = Block<S, SUM_WIDTH>;
 const SUM_WIDTH: usize = 8;
 
