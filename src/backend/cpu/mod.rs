@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 mod attention;
@@ -1101,8 +1101,8 @@ fn parallel_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Converts `x` into `out`'s dtype, in parallel chunks: f16 through [`half_convert`], bf16
-/// through `half` (both round to nearest even).
+/// Converts `x` into `out`'s dtype, in parallel chunks, through [`half_convert`] (rounding to
+/// nearest even).
 fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Tensor<CpuBackend>) {
     use DType::*;
     match (x.dtype(), out.dtype()) {
@@ -1114,7 +1114,7 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
                 .zip(from.par_chunks(CHUNK))
                 .for_each(|(o, i)| match to {
                     F16 => half_convert::f32_to_f16(i, bytemuck::cast_slice_mut(o)),
-                    _ => bytemuck::cast_slice_mut::<u16, bf16>(o).convert_from_f32_slice(i),
+                    _ => half_convert::f32_to_bf16(i, bytemuck::cast_slice_mut(o)),
                 });
         }
         (from_dtype, F32) => {
@@ -1123,7 +1123,7 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
                 .zip(from.par_chunks(CHUNK))
                 .for_each(|(o, i)| match from_dtype {
                     F16 => half_convert::f16_to_f32(bytemuck::cast_slice(i), o),
-                    _ => bytemuck::cast_slice::<u16, bf16>(i).convert_to_f32_slice(o),
+                    _ => half_convert::bf16_to_f32(bytemuck::cast_slice(i), o),
                 });
         }
         (from_dtype, _) => {
