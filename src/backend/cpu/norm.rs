@@ -52,8 +52,8 @@ impl WithSimd for Forward<'_> {
         while let Some((i, ((x, y), stat))) = rows.next() {
             *stat = row_stats;
             let next: Option<&[f32]> = rows.peek().map(|(_, ((next, _), _))| *next);
-            // The last row sums itself again (discarded), so that every row takes one loop.
             let ahead = row(rows_x, i + 2, cols);
+            // The last row sums itself again (discarded), so that every row takes one loop.
             let next_sum = normalize(s, x, row_stats, w, b, y, next.unwrap_or(x), ahead);
             if let Some(next) = next {
                 row_stats = stats_of(next, next_sum);
