@@ -160,7 +160,8 @@ struct VectorKey<S: pulp::Simd> {
 impl<S: pulp::Simd> VectorKey<S> {
     #[inline(always)]
     fn new(s: S, key: &DropoutKey, high: u32) -> Self {
-        const LANE_INDEX: [u32; CALLS_PER_TILE as usize] = [0, 1, 2, 3, 4, 5, 6, 7];
+        const LANE_INDEX: [u32; PAIR_LANES] =
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
         let lanes = std::mem::size_of::<S::u32s>() / 4;
         let mut k = [key.seed as u32, ((key.seed >> 32) as u32) ^ high];
         let round1 = s.splat_u32s((key.step >> 32) as u32 ^ k[1]);
@@ -186,7 +187,7 @@ impl<S: pulp::Simd> VectorKey<S> {
     }
 
     /// [`DropoutKey::call`] for `G` groups of as many consecutive calls as `S` has u32
-    /// lanes (at most eight), lane by lane: output `j` of call `first_call + g·lanes + b` is
+    /// lanes (at most sixteen), lane by lane: output `j` of call `first_call + g·lanes + b` is
     /// lane `b` of vector `j` of group `g`. The calls' high word must be `self.high`. Each
     /// round is issued for every group before the next round, so that the groups' multiply
     /// chains overlap (one group waits on the multiplies' latency).
@@ -246,6 +247,14 @@ impl<S: pulp::Simd> VectorKey<S> {
         }
         out
     }
+
+    /// The calls of the `2·P` tiles from `tile` (whose calls share the high word
+    /// `self.high`), as [`Tile::Pair`] has them: a vector of [`PAIR_LANES`] lanes holds two
+    /// tiles' calls.
+    #[inline(always)]
+    fn pairs<const P: usize>(&self, tile: u64) -> [[S::u32s; 4]; P] {
+        self.calls::<P>(tile * CALLS_PER_TILE)
+    }
 }
 
 /// The 16-bit draw of `element` under `key` (module doc), as an integer.
@@ -289,6 +298,10 @@ pub enum Tile<'a, S: pulp::Simd> {
     /// of output `j` of group `g` holds, in its low and high halves (`h` = 0, 1), the draws of
     /// elements `16·j + 8·h + g·lanes + b` ([`Tile::for_each_run`]).
     Whole(&'a [[S::u32s; 4]; CALLS_PER_TILE as usize]),
+    /// Two whole tiles under a vector of [`PAIR_LANES`] lanes: lane `b` of output `j` holds
+    /// the draws of the first tile's elements `16·j + b` and `16·j + 8 + b` (low and high
+    /// halves) for `b < 8`, and of the second's for `b - 8`. `low` is true in lanes 0 to 7.
+    Pair(&'a [S::u32s; 4], S::m32s),
     /// Part of a tile: the draws of its elements in order.
     Part(&'a [u32]),
 }
@@ -315,6 +328,19 @@ impl<S: pulp::Simd> Tile<'_, S> {
                     }
                 }
             }
+            // Sixteen elements in order are one call's low halves then its high halves: half
+            // of one vector and half of the other, the right half brought over by a rotation.
+            Tile::Pair(outputs, low) => {
+                let half = PAIR_LANES / 2;
+                for (j, r) in outputs.iter().enumerate() {
+                    let lo = s.and_u32s(*r, s.splat_u32s(0xffff));
+                    let hi = s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16));
+                    let first = s.select_u32s(*low, lo, s.rotate_right_u32s(hi, half));
+                    let second = s.select_u32s(*low, s.rotate_right_u32s(lo, half), hi);
+                    f(16 * j..16 * j + 16, first);
+                    f(64 + 16 * j..64 + 16 * j + 16, second);
+                }
+            }
             Tile::Part(draws) => {
                 for (i, draws) in draws.chunks(lanes).enumerate() {
                     f(
@@ -327,13 +353,17 @@ impl<S: pulp::Simd> Tile<'_, S> {
     }
 }
 
+/// Lanes of a vector that takes two tiles' calls side by side ([`Tile::Pair`]).
+pub const PAIR_LANES: usize = 2 * CALLS_PER_TILE as usize;
+
 /// Calls `f(range, tile)` for each tile that elements `first_element .. first_element + len`
 /// touch, in order: `range` is the tile's part of `0..len`, and `tile` its draws, the first
-/// for element `first_element + range.start`.
+/// for element `first_element + range.start` (for a [`Tile::Pair`], two tiles and their range).
 ///
 /// A whole tile takes its eight calls side by side in vectors, two tiles at a time where there
-/// are two, so that their multiply chains overlap; a partial tile at either end, and any tile
-/// under a vector of more than eight lanes, takes one call at a time.
+/// are two, so that their multiply chains overlap; under a vector of sixteen lanes, two tiles
+/// share one vector, and four go at a time. A partial tile at either end, a lone whole tile
+/// under sixteen lanes, and any tile under a vector of more lanes, take one call at a time.
 #[inline(always)]
 pub fn for_each_tile<S: pulp::Simd>(
     s: S,
@@ -344,8 +374,10 @@ pub fn for_each_tile<S: pulp::Simd>(
 ) {
     let lanes = std::mem::size_of::<S::u32s>() / 4;
     let vector_tiles = lanes as u64 <= CALLS_PER_TILE && CALLS_PER_TILE % lanes as u64 == 0;
+    let pair_tiles = lanes == PAIR_LANES;
     let call_high = |element: u64| ((element / TILE * CALLS_PER_TILE) >> 32) as u32;
     let mut vector_key = VectorKey::new(s, key, call_high(first_element));
+    let low = s.less_than_u32s(vector_key.lane_index, s.splat_u32s(PAIR_LANES as u32 / 2));
     let end = first_element + len as u64;
     let whole = TILE as usize;
     let mut element = first_element;
@@ -369,6 +401,31 @@ pub fn for_each_tile<S: pulp::Simd>(
                 let [only] = vector_key.tiles::<1>(tile);
                 f(start..start + whole, Tile::Whole(&only));
                 element += TILE;
+            }
+            continue;
+        }
+        // Whole tiles from here to `element + n·TILE` whose calls share the high word.
+        let whole_tiles = |n: u64| {
+            n.checked_mul(TILE)
+                .and_then(|span| element.checked_add(span))
+                .is_some_and(|e| e <= end && call_high(e - 1) == call_high(element))
+        };
+        if pair_tiles && element % TILE == 0 && whole_tiles(2) {
+            if vector_key.high != call_high(element) {
+                vector_key = VectorKey::new(s, key, call_high(element));
+            }
+            if whole_tiles(4) {
+                let [first, second] = vector_key.pairs::<2>(tile);
+                f(start..start + 2 * whole, Tile::Pair(&first, low));
+                f(
+                    start + 2 * whole..start + 4 * whole,
+                    Tile::Pair(&second, low),
+                );
+                element += 4 * TILE;
+            } else {
+                let [only] = vector_key.pairs::<1>(tile);
+                f(start..start + 2 * whole, Tile::Pair(&only, low));
+                element += 2 * TILE;
             }
             continue;
         }

@@ -401,8 +401,8 @@ fn gpu_matches_cpu_bit_for_bit() {
     }
 }
 
-/// The SIMD Philox under every instruction set pulp has, including the emulated 4-, 8- and
-/// 16-lane ones this machine does not dispatch to, at offsets that cross the counter's and the
+/// The SIMD Philox under every instruction set pulp has (the emulated 4-, 8- and 16-lane ones,
+/// and AVX2 and AVX-512 where this machine has them), at offsets that cross the counter's and the
 /// key's boundaries (elements 2^35 and 2^37): the same bits as `uniform`.
 #[test]
 fn every_simd_width_draws_the_same_bits() {
@@ -424,4 +424,13 @@ fn every_simd_width_draws_the_same_bits() {
     check(pulp::Scalar128b, "4 lanes");
     check(pulp::Scalar256b, "8 lanes");
     check(pulp::Scalar512b, "16 lanes");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(avx2) = pulp::x86::V3::try_new() {
+            check(avx2, "AVX2");
+        }
+        if let Some(avx512) = pulp::x86::V4::try_new() {
+            check(avx512, "AVX-512");
+        }
+    }
 }

@@ -37,22 +37,50 @@ fn rows_per_task(cols: usize) -> usize {
 }
 
 /// Host memory in 32-bit words, so that f32 views are aligned and 16-bit views at even
-/// offsets are too.
+/// offsets are too, starting on a cache line: the allocator's own alignment (16 bytes past a
+/// page for large blocks) split every 512-bit access, and every other 256-bit one, across
+/// two lines.
 pub struct HostAllocator;
 
+/// One cache line of words: the unit a [`HostBlock`] is allocated in.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A host block: whole cache lines, seen as the first `words` of their words.
+pub struct HostBlock {
+    lines: Vec<Line>,
+    words: usize,
+}
+
+impl std::ops::Deref for HostBlock {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &bytemuck::cast_slice(&self.lines)[..self.words]
+    }
+}
+
+impl std::ops::DerefMut for HostBlock {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.words]
+    }
+}
+
 impl BlockAllocator for HostAllocator {
-    type Block = RwLock<Vec<u32>>;
+    type Block = RwLock<HostBlock>;
     fn allocate(&self, bytes: u64, what: &str) -> Result<Self::Block> {
         let words = bytes.div_ceil(4) as usize;
-        let mut v = Vec::new();
-        v.try_reserve_exact(words)
+        let line_words = std::mem::size_of::<Line>() / 4;
+        let mut lines = Vec::new();
+        lines
+            .try_reserve_exact(words.div_ceil(line_words))
             .map_err(|_| Error::AllocationRefused {
                 request: what.to_string(),
                 requested_bytes: bytes,
                 reason: "the host has not enough free memory".into(),
             })?;
-        v.resize(words, 0);
-        Ok(RwLock::new(v))
+        lines.resize(words.div_ceil(line_words), Line([0; 16]));
+        Ok(RwLock::new(HostBlock { lines, words }))
     }
 }
 
@@ -60,7 +88,7 @@ impl BlockAllocator for HostAllocator {
 pub struct CpuStorage(PooledBlock<HostAllocator>);
 
 impl CpuStorage {
-    fn words(&self) -> RwLockReadGuard<'_, Vec<u32>> {
+    fn words(&self) -> RwLockReadGuard<'_, HostBlock> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -257,10 +285,21 @@ impl WithSimd for DropoutChunk<'_> {
                     let kept_x = s.select_f32s(kept, s.mul_f32s(simd::load(s, x), scale), zero);
                     simd::store(s, out, kept_x);
                 };
-                // A whole tile as arrays, so that the runs' bounds are known.
+                // Whole tiles (one, or a pair) as arrays, so that the runs' bounds are known.
                 if let (Ok(out), Ok(x)) = (
                     <&mut [f32; TILE]>::try_from(&mut *out),
                     <&[f32; TILE]>::try_from(x),
+                ) {
+                    tile.for_each_run(
+                        s,
+                        #[inline(always)]
+                        |run, draws| apply(&mut out[run.clone()], &x[run], draws),
+                    );
+                    return;
+                }
+                if let (Ok(out), Ok(x)) = (
+                    <&mut [f32; 2 * TILE]>::try_from(&mut *out),
+                    <&[f32; 2 * TILE]>::try_from(x),
                 ) {
                     tile.for_each_run(
                         s,
@@ -383,8 +422,8 @@ fn copy_words(t: &Tensor<CpuBackend>) -> Vec<u32> {
 }
 
 enum Guard<'a> {
-    Read(RwLockReadGuard<'a, Vec<u32>>),
-    Write(RwLockWriteGuard<'a, Vec<u32>>),
+    Read(RwLockReadGuard<'a, HostBlock>),
+    Write(RwLockWriteGuard<'a, HostBlock>),
 }
 
 /// The words holding `t`'s elements (f32 tensors and 16-bit ones at even offsets start on a
@@ -433,14 +472,14 @@ fn with_io<R>(
     let mut out_words: Vec<Option<&mut [u32]>> = outputs.iter().map(|_| None).collect();
     for (ptr, guard) in guards.iter_mut() {
         match guard {
-            Guard::Read(r) => read.push((*ptr, r.as_slice())),
+            Guard::Read(r) => read.push((*ptr, &r[..])),
             Guard::Write(w) => {
                 // Hand each output in this storage its own words, in address order.
                 let mut mine: Vec<usize> = (0..outputs.len())
                     .filter(|&i| Arc::as_ptr(outputs[i].storage()) == *ptr)
                     .collect();
                 mine.sort_by_key(|&i| word_range(outputs[i]).start);
-                let mut rest: &mut [u32] = w.as_mut_slice();
+                let mut rest: &mut [u32] = &mut w[..];
                 let mut consumed = 0;
                 for i in mine {
                     let range = word_range(outputs[i]);
@@ -664,7 +703,7 @@ impl Backend for CpuBackend {
                     let rows = block * ROW_BLOCK..block * ROW_BLOCK + dx.len() / cols;
                     let elements = rows.start * cols..rows.end * cols;
                     let mut acc = vec![0.0f32; 2 * cols];
-                    simd::run(norm::Backward {
+                    simd::run_avx2(norm::Backward {
                         x: &x[elements.clone()],
                         dy: &dy[elements],
                         w,
@@ -1144,10 +1183,10 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
     }
 }
 
-/// The SIMD bodies under instruction sets this machine does not dispatch to: pulp's scalar
-/// one (CPUs without AVX2 + FMA) and its emulated 4-, 8- and 16-lane ones (the widths of
-/// SSE/NEON, AVX2 and AVX-512), each against the f64 reference. The parity tests cover the
-/// set the machine picks.
+/// The SIMD bodies under every instruction set: pulp's scalar one (CPUs without AVX2 + FMA),
+/// its emulated 4-, 8- and 16-lane ones (the widths of SSE/NEON, AVX2 and AVX-512), and the
+/// machine's own AVX2 and AVX-512 where it has them (it dispatches to one, and the layer norm
+/// backward to AVX2), each against the f64 reference.
 #[cfg(test)]
 mod simd_paths {
     use super::simd::{self, Simd, WithSimd};
@@ -1375,6 +1414,15 @@ mod simd_paths {
         check_gelu_sweep(pulp::Scalar128b, "4 lanes");
         check_gelu_sweep(pulp::Scalar256b, "8 lanes");
         check_gelu_sweep(pulp::Scalar512b, "16 lanes");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(avx2) = pulp::x86::V3::try_new() {
+                check_gelu_sweep(avx2, "AVX2");
+            }
+            if let Some(avx512) = pulp::x86::V4::try_new() {
+                check_gelu_sweep(avx512, "AVX-512");
+            }
+        }
     }
 
     #[test]
@@ -1383,6 +1431,15 @@ mod simd_paths {
         check_all(pulp::Scalar128b, "4 lanes");
         check_all(pulp::Scalar256b, "8 lanes");
         check_all(pulp::Scalar512b, "16 lanes");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(avx2) = pulp::x86::V3::try_new() {
+                check_all(avx2, "AVX2");
+            }
+            if let Some(avx512) = pulp::x86::V4::try_new() {
+                check_all(avx512, "AVX-512");
+            }
+        }
     }
 }
 

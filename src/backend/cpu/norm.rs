@@ -62,7 +62,8 @@ impl WithSimd for Forward<'_> {
     }
 }
 
-/// The forward pass's sweeps run two vectors at a time: a cache line under AVX2.
+/// The forward pass's sweeps run two vectors at a time: a cache line under AVX2, two under
+/// AVX-512.
 type Line<S> = Block<S, 2>;
 
 /// Σ x, in the order [`normalize`] sums a row (so with the same bits).
@@ -104,9 +105,7 @@ fn normalize<S: Simd>(
         n,
         #[inline(always)]
         |c| {
-            if let Some(line) = ahead.get(c.start) {
-                simd::prefetch_line(line);
-            }
+            simd::prefetch_lines(ahead, c.clone());
             sum = sum + Line::load(s, &next[c.clone()]);
             let xhat = (Line::load(s, &x[c.clone()]) - mean) * rstd;
             let (w, b) = (Line::load(s, &w[c.clone()]), Line::load(s, &b[c.clone()]));
@@ -172,7 +171,7 @@ impl WithSimd for Backward<'_> {
             for (i, (dx, (sum_g, sum_g_xhat))) in dx.chunks_exact_mut(cols).zip(sums).enumerate() {
                 let n = cols as f32;
                 // The next pair's row i, brought into the cache while this row's pass runs
-                // from it (see `simd::prefetch_line`).
+                // from it (see `simd::prefetch_lines`).
                 let ahead = [
                     x_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),
                     dy_next.get(i * cols..(i + 1) * cols).unwrap_or_default(),
@@ -273,9 +272,7 @@ fn input_gradient<S: Simd>(
         #[inline(always)]
         |c| {
             for ahead in ahead {
-                if let Some(line) = ahead.get(c.start) {
-                    simd::prefetch_line(line);
-                }
+                simd::prefetch_lines(ahead, c.clone());
             }
             let xhat = (Block::load(s, &x[c.clone()]) - m) * r;
             let g = Block::load(s, &dy[c.clone()]) * Block::load(s, &w[c.clone()]);
