@@ -140,6 +140,29 @@ impl DropoutKey {
     }
 }
 
+/// The low and high words of `m · c` in every lane (pulp's `widening_mul_u32s`). Under
+/// AVX-512 the low words come from one 32-bit multiply: from pulp's version, which takes them
+/// from the two 64-bit products, the compiler made a third, 64-bit multiply and an extra
+/// blend (dropout 0.170 → 0.160 ms at 2048 × 1024 on a Zen 5, four alternating rounds;
+/// masked shuffles instead of the blend measured 50% slower).
+#[inline(always)]
+fn widening_mul<S: pulp::Simd>(s: S, m: S::u32s, c: S::u32s) -> (S::u32s, S::u32s) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = (&s as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
+        use std::arch::x86_64::__m512i;
+        let f = v4.avx512f;
+        let (m, c): (__m512i, __m512i) = (bytemuck::cast(m), bytemuck::cast(c));
+        // The high words: each 64-bit lane's product of its even word (moved down a word)
+        // and of its odd word; the low words in one 32-bit multiply.
+        let even = f._mm512_srli_epi64::<32>(f._mm512_mul_epu32(m, c));
+        let odd = f._mm512_mul_epu32(m, f._mm512_srli_epi64::<32>(c));
+        let hi = f._mm512_mask_blend_epi32(0xaaaa, even, odd);
+        let lo = f._mm512_mullo_epi32(m, c);
+        return (bytemuck::cast(lo), bytemuck::cast(hi));
+    }
+    s.widening_mul_u32s(m, c)
+}
+
 /// What the vector calls of one key share for calls with the same high word: the products of
 /// the first two rounds that are the same in every lane, and the later rounds' keys, as
 /// vectors (made once, not once a round of every tile).
@@ -202,15 +225,15 @@ impl<S: pulp::Simd> VectorKey<S> {
             let call = (first_call as u32).wrapping_add((g * lanes) as u32);
             let counter = s.add_u32s(s.splat_u32s(call), self.lane_index);
             // Round 1: [hi1 ^ site ^ k0, lo1, hi0 ^ step_hi ^ k1, lo0], words 0 and 1 scalar.
-            let (lo0, hi0) = s.widening_mul_u32s(m0, counter);
+            let (lo0, hi0) = widening_mul(s, m0, counter);
             // Round 2: its product of word 0 is scalar.
-            let (lo1, hi1) = s.widening_mul_u32s(m1, s.xor_u32s(hi0, self.round1));
+            let (lo1, hi1) = widening_mul(s, m1, s.xor_u32s(hi0, self.round1));
             *c = [s.xor_u32s(hi1, r2_0), lo1, s.xor_u32s(r2_2, lo0), r2_3];
         }
         for &[k0, k1] in &self.keys {
             for c in c.iter_mut() {
-                let (lo0, hi0) = s.widening_mul_u32s(m0, c[0]);
-                let (lo1, hi1) = s.widening_mul_u32s(m1, c[2]);
+                let (lo0, hi0) = widening_mul(s, m0, c[0]);
+                let (lo1, hi1) = widening_mul(s, m1, c[2]);
                 *c = [
                     s.xor_u32s(s.xor_u32s(hi1, c[1]), k0),
                     lo1,

@@ -1386,6 +1386,41 @@ mod simd_paths {
         }
     }
 
+    /// Dropout element by element against `rng::keep`, over lengths and offsets that take
+    /// every path of `rng::for_each_tile`: partial tiles, lone whole tiles, and two or four
+    /// at a time (two to a vector under 16 lanes).
+    fn check_dropout<S: Simd>(s: S, set: &str) {
+        let key = crate::rng::DropoutKey {
+            seed: 7,
+            step: 3,
+            site: 2,
+        };
+        let p = 0.3;
+        let scale = crate::rng::keep_scale(p);
+        for (first, n) in [(0, 700), (3, 700), (64, 130), (0, 64)] {
+            let x = values(n, 500 + first);
+            let mut out = vec![f32::NAN; n];
+            super::DropoutChunk {
+                key: &key,
+                first_element: first,
+                p,
+                scale,
+                x: &x,
+                out: &mut out,
+            }
+            .with_simd(s);
+            for (i, (&x, &y)) in x.iter().zip(&out).enumerate() {
+                let e = first + i as u64;
+                let want = if crate::rng::keep(&key, e, p) {
+                    x * scale
+                } else {
+                    0.0
+                };
+                assert_eq!(y.to_bits(), want.to_bits(), "{set} dropout, element {e}");
+            }
+        }
+    }
+
     /// GELU and gelu' value by value under each instruction set (the native one is checked
     /// through the backend, by the parity tests).
     fn check_gelu_sweep<S: Simd>(s: S, set: &str) {
@@ -1421,6 +1456,23 @@ mod simd_paths {
             }
             if let Some(avx512) = pulp::x86::V4::try_new() {
                 check_gelu_sweep(avx512, "AVX-512");
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_drops_the_same_elements() {
+        check_dropout(pulp::Scalar, "scalar");
+        check_dropout(pulp::Scalar128b, "4 lanes");
+        check_dropout(pulp::Scalar256b, "8 lanes");
+        check_dropout(pulp::Scalar512b, "16 lanes");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(avx2) = pulp::x86::V3::try_new() {
+                check_dropout(avx2, "AVX2");
+            }
+            if let Some(avx512) = pulp::x86::V4::try_new() {
+                check_dropout(avx512, "AVX-512");
             }
         }
     }
