@@ -420,17 +420,5 @@ fn every_simd_width_draws_the_same_bits() {
             }
         }
     }
-    check(pulp::Scalar, "scalar");
-    check(pulp::Scalar128b, "4 lanes");
-    check(pulp::Scalar256b, "8 lanes");
-    check(pulp::Scalar512b, "16 lanes");
-    #[cfg(target_arch = "x86_64")]
-    {
-        if let Some(avx2) = pulp::x86::V3::try_new() {
-            check(avx2, "AVX2");
-        }
-        if let Some(avx512) = pulp::x86::V4::try_new() {
-            check(avx512, "AVX-512");
-        }
-    }
+    signflow::for_every_instruction_set!(check);
 }

@@ -1183,10 +1183,8 @@ fn cast_words(src: Input<'_>, x: &Tensor<CpuBackend>, dst: &mut [u32], out: &Ten
     }
 }
 
-/// The SIMD bodies under every instruction set: pulp's scalar one (CPUs without AVX2 + FMA),
-/// its emulated 4-, 8- and 16-lane ones (the widths of SSE/NEON, AVX2 and AVX-512), and the
-/// machine's own AVX2 and AVX-512 where it has them (it dispatches to one, and the layer norm
-/// backward to AVX2), each against the f64 reference.
+/// The SIMD bodies under every instruction set ([`crate::for_every_instruction_set`]), each
+/// against the f64 reference (dropout against the draws).
 #[cfg(test)]
 mod simd_paths {
     use super::simd::{self, Simd, WithSimd};
@@ -1445,53 +1443,17 @@ mod simd_paths {
 
     #[test]
     fn gelu_is_accurate_value_by_value() {
-        check_gelu_sweep(pulp::Scalar, "scalar");
-        check_gelu_sweep(pulp::Scalar128b, "4 lanes");
-        check_gelu_sweep(pulp::Scalar256b, "8 lanes");
-        check_gelu_sweep(pulp::Scalar512b, "16 lanes");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(avx2) = pulp::x86::V3::try_new() {
-                check_gelu_sweep(avx2, "AVX2");
-            }
-            if let Some(avx512) = pulp::x86::V4::try_new() {
-                check_gelu_sweep(avx512, "AVX-512");
-            }
-        }
+        crate::for_every_instruction_set!(check_gelu_sweep);
     }
 
     #[test]
     fn every_instruction_set_drops_the_same_elements() {
-        check_dropout(pulp::Scalar, "scalar");
-        check_dropout(pulp::Scalar128b, "4 lanes");
-        check_dropout(pulp::Scalar256b, "8 lanes");
-        check_dropout(pulp::Scalar512b, "16 lanes");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(avx2) = pulp::x86::V3::try_new() {
-                check_dropout(avx2, "AVX2");
-            }
-            if let Some(avx512) = pulp::x86::V4::try_new() {
-                check_dropout(avx512, "AVX-512");
-            }
-        }
+        crate::for_every_instruction_set!(check_dropout);
     }
 
     #[test]
     fn every_instruction_set_matches_the_reference() {
-        check_all(pulp::Scalar, "scalar");
-        check_all(pulp::Scalar128b, "4 lanes");
-        check_all(pulp::Scalar256b, "8 lanes");
-        check_all(pulp::Scalar512b, "16 lanes");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(avx2) = pulp::x86::V3::try_new() {
-                check_all(avx2, "AVX2");
-            }
-            if let Some(avx512) = pulp::x86::V4::try_new() {
-                check_all(avx512, "AVX-512");
-            }
-        }
+        crate::for_every_instruction_set!(check_all);
     }
 }
 

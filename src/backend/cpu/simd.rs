@@ -44,6 +44,30 @@ pub(crate) fn run_avx2<Op: WithSimd>(op: Op) -> Op::Output {
 #[cfg(target_arch = "x86_64")]
 static AVX2: LazyLock<Option<pulp::x86::V3>> = LazyLock::new(pulp::x86::V3::try_new);
 
+/// Calls `check(simd, name)` under every instruction set a SIMD body may run under: pulp's
+/// scalar one (CPUs without AVX2 + FMA), its emulated 4-, 8- and 16-lane ones (the widths of
+/// SSE/NEON, AVX2 and AVX-512), and this machine's own AVX2 and AVX-512 where it has them (it
+/// dispatches to one only). For tests, here and in `tests/`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! for_every_instruction_set {
+    ($check:ident) => {{
+        $check(::pulp::Scalar, "scalar");
+        $check(::pulp::Scalar128b, "4 lanes");
+        $check(::pulp::Scalar256b, "8 lanes");
+        $check(::pulp::Scalar512b, "16 lanes");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(avx2) = ::pulp::x86::V3::try_new() {
+                $check(avx2, "AVX2");
+            }
+            if let Some(avx512) = ::pulp::x86::V4::try_new() {
+                $check(avx512, "AVX-512");
+            }
+        }
+    }};
+}
+
 /// Vectors computed side by side by default: each operation is issued for all of them before
 /// the next, so that a dependency chain runs in [`WIDTH`] independent copies, and loop overhead
 /// is paid once per four vectors.
