@@ -140,13 +140,15 @@ impl DropoutKey {
     }
 }
 
-/// The low and high words of `m · c` in every lane (pulp's `widening_mul_u32s`). Under
+/// The low and high words of `m · c` in every lane, for a multiplier `m` the same in every
+/// lane (pulp's `widening_mul_u32s` of a splat; the AVX-512 path below relies on it). Under
 /// AVX-512 the low words come from one 32-bit multiply: from pulp's version, which takes them
 /// from the two 64-bit products, the compiler made a third, 64-bit multiply and an extra
 /// blend (dropout 0.170 → 0.160 ms at 2048 × 1024 on a Zen 5, four alternating rounds;
 /// masked shuffles instead of the blend measured 50% slower).
 #[inline(always)]
-fn widening_mul<S: pulp::Simd>(s: S, m: S::u32s, c: S::u32s) -> (S::u32s, S::u32s) {
+fn widening_mul<S: pulp::Simd>(s: S, m: u32, c: S::u32s) -> (S::u32s, S::u32s) {
+    let m = s.splat_u32s(m);
     #[cfg(target_arch = "x86_64")]
     if let Some(v4) = (&s as &dyn std::any::Any).downcast_ref::<pulp::x86::V4>() {
         use std::arch::x86_64::__m512i;
@@ -218,22 +220,21 @@ impl<S: pulp::Simd> VectorKey<S> {
     fn calls<const G: usize>(&self, first_call: u64) -> [[S::u32s; 4]; G] {
         let s = self.s;
         let lanes = std::mem::size_of::<S::u32s>() / 4;
-        let (m0, m1) = (s.splat_u32s(M0), s.splat_u32s(M1));
         let [r2_0, r2_2, r2_3] = self.round2;
         let mut c = [[r2_3; 4]; G];
         for (g, c) in c.iter_mut().enumerate() {
             let call = (first_call as u32).wrapping_add((g * lanes) as u32);
             let counter = s.add_u32s(s.splat_u32s(call), self.lane_index);
             // Round 1: [hi1 ^ site ^ k0, lo1, hi0 ^ step_hi ^ k1, lo0], words 0 and 1 scalar.
-            let (lo0, hi0) = widening_mul(s, m0, counter);
+            let (lo0, hi0) = widening_mul(s, M0, counter);
             // Round 2: its product of word 0 is scalar.
-            let (lo1, hi1) = widening_mul(s, m1, s.xor_u32s(hi0, self.round1));
+            let (lo1, hi1) = widening_mul(s, M1, s.xor_u32s(hi0, self.round1));
             *c = [s.xor_u32s(hi1, r2_0), lo1, s.xor_u32s(r2_2, lo0), r2_3];
         }
         for &[k0, k1] in &self.keys {
             for c in c.iter_mut() {
-                let (lo0, hi0) = widening_mul(s, m0, c[0]);
-                let (lo1, hi1) = widening_mul(s, m1, c[2]);
+                let (lo0, hi0) = widening_mul(s, M0, c[0]);
+                let (lo1, hi1) = widening_mul(s, M1, c[2]);
                 *c = [
                     s.xor_u32s(s.xor_u32s(hi1, c[1]), k0),
                     lo1,
@@ -321,18 +322,23 @@ pub enum Tile<'a, S: pulp::Simd> {
     /// of output `j` of group `g` holds, in its low and high halves (`h` = 0, 1), the draws of
     /// elements `16·j + 8·h + g·lanes + b` ([`Tile::for_each_run`]).
     Whole(&'a [[S::u32s; 4]; CALLS_PER_TILE as usize]),
-    /// Two whole tiles under a vector of [`PAIR_LANES`] lanes: lane `b` of output `j` holds
-    /// the draws of the first tile's elements `16·j + b` and `16·j + 8 + b` (low and high
-    /// halves) for `b < 8`, and of the second's for `b - 8`. `low` is true in lanes 0 to 7.
-    Pair(&'a [S::u32s; 4], S::m32s),
+    /// Two whole tiles (or one: `tiles`) under a vector of [`PAIR_LANES`] lanes: lane `b` of
+    /// output `j` holds the draws of the first tile's elements `16·j + b` and `16·j + 8 + b`
+    /// (low and high halves) for `b < 8`, and of the second's for `b - 8` (unused when there
+    /// is one). `low` is true in lanes 0 to 7.
+    Pair {
+        outputs: &'a [S::u32s; 4],
+        low: S::m32s,
+        tiles: usize,
+    },
     /// Part of a tile: the draws of its elements in order.
     Part(&'a [u32]),
 }
 
 impl<S: pulp::Simd> Tile<'_, S> {
     /// Calls `f(range, draws)` for runs of at most `lanes` consecutive elements covering the
-    /// tile's (`range` counted from the tile's first element given, lane `i` of `draws` the
-    /// draw of its element `i`). A whole tile's runs come from its calls' halves in a loop of
+    /// tile's (a pair's: both tiles', its runs not in element order; `range` counted from the
+    /// first tile's first element given, lane `i` of `draws` the draw of its element `i`). A whole tile's runs come from its calls' halves in a loop of
     /// known bounds, so that the ranges are constants where it is unrolled.
     #[inline(always)]
     pub fn for_each_run(&self, s: S, mut f: impl FnMut(std::ops::Range<usize>, S::u32s)) {
@@ -353,15 +359,21 @@ impl<S: pulp::Simd> Tile<'_, S> {
             }
             // Sixteen elements in order are one call's low halves then its high halves: half
             // of one vector and half of the other, the right half brought over by a rotation.
-            Tile::Pair(outputs, low) => {
+            Tile::Pair {
+                outputs,
+                low,
+                tiles,
+            } => {
                 let half = PAIR_LANES / 2;
                 for (j, r) in outputs.iter().enumerate() {
                     let lo = s.and_u32s(*r, s.splat_u32s(0xffff));
                     let hi = s.wrapping_dyn_shr_u32s(*r, s.splat_u32s(16));
                     let first = s.select_u32s(*low, lo, s.rotate_right_u32s(hi, half));
-                    let second = s.select_u32s(*low, s.rotate_right_u32s(lo, half), hi);
                     f(16 * j..16 * j + 16, first);
-                    f(64 + 16 * j..64 + 16 * j + 16, second);
+                    if *tiles == 2 {
+                        let second = s.select_u32s(*low, s.rotate_right_u32s(lo, half), hi);
+                        f(64 + 16 * j..64 + 16 * j + 16, second);
+                    }
                 }
             }
             Tile::Part(draws) => {
@@ -385,8 +397,8 @@ pub const PAIR_LANES: usize = 2 * CALLS_PER_TILE as usize;
 ///
 /// A whole tile takes its eight calls side by side in vectors, two tiles at a time where there
 /// are two, so that their multiply chains overlap; under a vector of sixteen lanes, two tiles
-/// share one vector, and four go at a time. A partial tile at either end, a lone whole tile
-/// under sixteen lanes, and any tile under a vector of more lanes, take one call at a time.
+/// share one vector (a lone one wastes half of it), and four go at a time. A partial tile at
+/// either end, and any tile under a vector of more lanes, take one call at a time.
 #[inline(always)]
 pub fn for_each_tile<S: pulp::Simd>(
     s: S,
@@ -433,22 +445,38 @@ pub fn for_each_tile<S: pulp::Simd>(
                 .and_then(|span| element.checked_add(span))
                 .is_some_and(|e| e <= end && call_high(e - 1) == call_high(element))
         };
-        if pair_tiles && element % TILE == 0 && whole_tiles(2) {
+        if pair_tiles && element % TILE == 0 && whole_tiles(1) {
             if vector_key.high != call_high(element) {
                 vector_key = VectorKey::new(s, key, call_high(element));
             }
             if whole_tiles(4) {
                 let [first, second] = vector_key.pairs::<2>(tile);
-                f(start..start + 2 * whole, Tile::Pair(&first, low));
-                f(
-                    start + 2 * whole..start + 4 * whole,
-                    Tile::Pair(&second, low),
-                );
+                for (i, outputs) in [&first, &second].into_iter().enumerate() {
+                    let at = start + 2 * i * whole;
+                    f(
+                        at..at + 2 * whole,
+                        Tile::Pair {
+                            outputs,
+                            low,
+                            tiles: 2,
+                        },
+                    );
+                }
                 element += 4 * TILE;
             } else {
-                let [only] = vector_key.pairs::<1>(tile);
-                f(start..start + 2 * whole, Tile::Pair(&only, low));
-                element += 2 * TILE;
+                // A lone whole tile (a row of 64 attention scores) still takes a vector of
+                // calls: the upper half's, for the tile after it, are discarded.
+                let [outputs] = vector_key.pairs::<1>(tile);
+                let tiles = if whole_tiles(2) { 2 } else { 1 };
+                f(
+                    start..start + tiles * whole,
+                    Tile::Pair {
+                        outputs: &outputs,
+                        low,
+                        tiles,
+                    },
+                );
+                element += tiles as u64 * TILE;
             }
             continue;
         }

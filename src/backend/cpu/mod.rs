@@ -359,7 +359,7 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
 /// order, whichever way the block is walked (so the same bits).
 struct ColumnSums<'a> {
     rows: &'a [f32],
-    /// One sum a column, zero on entry.
+    /// One sum a column, that the rows are added to.
     sums: &'a mut [f32],
 }
 
@@ -384,7 +384,7 @@ impl WithSimd for ColumnSums<'_> {
                 cols,
                 #[inline(always)]
                 |c| {
-                    let mut sum = Strip::<S>::splat(s, 0.0);
+                    let mut sum = Strip::<S>::load(s, &sums[c.clone()]);
                     for row in rows.chunks_exact(cols) {
                         sum = sum + Strip::load(s, &row[c.clone()]);
                     }
