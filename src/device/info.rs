@@ -50,8 +50,9 @@ impl DeviceInfo {
             software: false,
             driver: "signflow".into(),
             driver_info: format!(
-                "{} threads, f32 matrix products by the gemm crate",
-                rayon::current_num_threads()
+                "{} threads, {} kernels, f32 matrix products by the gemm crate",
+                rayon::current_num_threads(),
+                crate::backend::cpu::simd::instruction_set()
             ),
             vendor: 0,
             memory_bytes: host_memory_bytes(),

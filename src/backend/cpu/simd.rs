@@ -29,6 +29,17 @@ pub(crate) fn run<Op: WithSimd>(op: Op) -> Op::Output {
     ARCH.dispatch(op)
 }
 
+/// The instruction set [`run`] picks on this CPU, for people reading timings.
+pub(crate) fn instruction_set() -> &'static str {
+    match *ARCH {
+        #[cfg(target_arch = "x86_64")]
+        pulp::Arch::V4(_) => "AVX-512",
+        #[cfg(target_arch = "x86_64")]
+        pulp::Arch::V3(_) => "AVX2 + FMA",
+        _ => "baseline SIMD",
+    }
+}
+
 /// Runs `op` compiled for AVX2 + FMA where the CPU has them, even one with AVX-512: for a
 /// loop that measured slower with 512-bit vectors (the layer norm backward, 8% at 2048 × 1024
 /// on a Zen 5; it is bound by the cache, not by instructions).
