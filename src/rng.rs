@@ -338,8 +338,9 @@ pub enum Tile<'a, S: pulp::Simd> {
 impl<S: pulp::Simd> Tile<'_, S> {
     /// Calls `f(range, draws)` for runs of at most `lanes` consecutive elements covering the
     /// tile's (a pair's: both tiles', its runs not in element order; `range` counted from the
-    /// first tile's first element given, lane `i` of `draws` the draw of its element `i`). A whole tile's runs come from its calls' halves in a loop of
-    /// known bounds, so that the ranges are constants where it is unrolled.
+    /// first tile's first element given, lane `i` of `draws` the draw of its element `i`). A
+    /// whole tile's runs come from its calls' halves in a loop of known bounds, so that the
+    /// ranges are constants where it is unrolled.
     #[inline(always)]
     pub fn for_each_run(&self, s: S, mut f: impl FnMut(std::ops::Range<usize>, S::u32s)) {
         let lanes = std::mem::size_of::<S::u32s>() / 4;
