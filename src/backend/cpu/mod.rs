@@ -286,36 +286,39 @@ impl WithSimd for DropoutChunk<'_> {
                     simd::store(s, out, kept_x);
                 };
                 // Whole tiles (one, or a pair) as arrays, so that the runs' bounds are known.
-                if let (Ok(out), Ok(x)) = (
-                    <&mut [f32; TILE]>::try_from(&mut *out),
-                    <&[f32; TILE]>::try_from(x),
-                ) {
+                if !runs_over::<S, TILE>(s, &tile, out, x, apply)
+                    && !runs_over::<S, { 2 * TILE }>(s, &tile, out, x, apply)
+                {
                     tile.for_each_run(
                         s,
                         #[inline(always)]
                         |run, draws| apply(&mut out[run.clone()], &x[run], draws),
                     );
-                    return;
                 }
-                if let (Ok(out), Ok(x)) = (
-                    <&mut [f32; 2 * TILE]>::try_from(&mut *out),
-                    <&[f32; 2 * TILE]>::try_from(x),
-                ) {
-                    tile.for_each_run(
-                        s,
-                        #[inline(always)]
-                        |run, draws| apply(&mut out[run.clone()], &x[run], draws),
-                    );
-                    return;
-                }
-                tile.for_each_run(
-                    s,
-                    #[inline(always)]
-                    |run, draws| apply(&mut out[run.clone()], &x[run], draws),
-                );
             },
         );
     }
+}
+
+/// `apply(out, x, draws)` for each run of `tile` if `out` and `x` are `N` long, as arrays so
+/// that the runs' bounds are known where the loop is unrolled; false, doing nothing, if not.
+#[inline(always)]
+fn runs_over<S: Simd, const N: usize>(
+    s: S,
+    tile: &rng::Tile<'_, S>,
+    out: &mut [f32],
+    x: &[f32],
+    apply: impl Fn(&mut [f32], &[f32], S::u32s),
+) -> bool {
+    let (Ok(out), Ok(x)) = (<&mut [f32; N]>::try_from(out), <&[f32; N]>::try_from(x)) else {
+        return false;
+    };
+    tile.for_each_run(
+        s,
+        #[inline(always)]
+        |run, draws| apply(&mut out[run.clone()], &x[run], draws),
+    );
+    true
 }
 
 /// An elementwise op over f32 inputs as long as `out`, in parallel chunks.
