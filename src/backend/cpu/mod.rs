@@ -239,6 +239,10 @@ impl WithSimd for ElementwiseChunk<'_> {
     }
 }
 
+/// How far ahead of the elements it draws for dropout prefetches its input: four tiles, the
+/// most [`rng::for_each_tile`] draws at once.
+const PREFETCH_AHEAD: usize = 4 * rng::TILE as usize;
+
 /// One chunk of dropout: `x · scale` where the element's draw is at least `p`, else 0 (also
 /// attention's dropout factors, as the dropout of a row of ones).
 struct DropoutChunk<'a> {
@@ -275,6 +279,11 @@ impl WithSimd for DropoutChunk<'_> {
             out.len(),
             #[inline(always)]
             |range, tile| {
+                // The input a group of calls ahead, in the cache by the time Philox, which
+                // does not hide under the loads by itself, is done with the calls before it:
+                // 0.162 -> 0.151 ms at 2048 x 1024 on a Zen 5 (six alternating rounds; half or
+                // twice as far, no better).
+                simd::prefetch_lines(x, range.start + PREFETCH_AHEAD..range.end + PREFETCH_AHEAD);
                 let (x, out) = (&x[range.clone()], &mut out[range]);
                 // A select, not `x · 0`, so that a dropped NaN or infinity becomes 0.
                 let apply = |out: &mut [f32], x: &[f32], draws: S::u32s| {
