@@ -421,36 +421,26 @@ pub fn for_each_tile<S: pulp::Simd>(
         let tile = element / TILE;
         let tile_end = (tile + 1).saturating_mul(TILE);
         let start = (element - first_element) as usize;
-        if vector_tiles && element % TILE == 0 && tile_end <= end {
-            if vector_key.high != call_high(element) {
-                vector_key = VectorKey::new(s, key, call_high(element));
-            }
-            // Two tiles where both are whole and their calls share the high word.
-            if tile_end.checked_add(TILE).is_some_and(|e| e <= end)
-                && call_high(tile_end) == vector_key.high
-            {
-                let [first, second] = vector_key.tiles::<2>(tile);
-                f(start..start + whole, Tile::Whole(&first));
-                f(start + whole..start + 2 * whole, Tile::Whole(&second));
-                element += 2 * TILE;
-            } else {
-                let [only] = vector_key.tiles::<1>(tile);
-                f(start..start + whole, Tile::Whole(&only));
-                element += TILE;
-            }
-            continue;
-        }
         // Whole tiles from here to `element + n·TILE` whose calls share the high word.
         let whole_tiles = |n: u64| {
             n.checked_mul(TILE)
                 .and_then(|span| element.checked_add(span))
                 .is_some_and(|e| e <= end && call_high(e - 1) == call_high(element))
         };
-        if pair_tiles && element % TILE == 0 && whole_tiles(1) {
+        if (vector_tiles || pair_tiles) && element % TILE == 0 && whole_tiles(1) {
             if vector_key.high != call_high(element) {
                 vector_key = VectorKey::new(s, key, call_high(element));
             }
-            if whole_tiles(4) {
+            if vector_tiles && whole_tiles(2) {
+                let [first, second] = vector_key.tiles::<2>(tile);
+                f(start..start + whole, Tile::Whole(&first));
+                f(start + whole..start + 2 * whole, Tile::Whole(&second));
+                element += 2 * TILE;
+            } else if vector_tiles {
+                let [only] = vector_key.tiles::<1>(tile);
+                f(start..start + whole, Tile::Whole(&only));
+                element += TILE;
+            } else if whole_tiles(4) {
                 let [first, second] = vector_key.pairs::<2>(tile);
                 for (i, outputs) in [&first, &second].into_iter().enumerate() {
                     let at = start + 2 * i * whole;
