@@ -174,141 +174,171 @@ impl WithSimd for SoftmaxRow<'_> {
     }
 }
 
-/// Forward pass of clip `b`: `out` is its [t, d_model] output, `lse` its [heads, t].
-#[inline(always)]
-pub(super) fn forward(
-    spec: &AttentionSpec,
-    b: usize,
-    qkv: &[f32],
-    mask: &[f32],
-    out: &mut [f32],
-    lse: &mut [f32],
-) {
-    let t = spec.seq;
-    let (mut probs, mut z, ones) = (vec![0.0f32; t * t], vec![0.0f32; t], vec![1.0f32; t]);
-    for h in 0..spec.heads {
-        let head = Head::new(spec, b, h);
-        head.scores(qkv, &mut probs);
-        for (q, row) in probs.chunks_exact_mut(t).enumerate() {
-            lse[h * t + q] = simd::run(SoftmaxRow { row, mask });
-            head.dropout(spec, q, &ones, &mut z);
-            row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
+/// Forward pass of clip `b`: `out` is its [t, d_model] output, `lse` its [heads, t]. A
+/// [`WithSimd`] body, not a closure given to `simd::run`: a closure this large was compiled
+/// once, outside the AVX2 and AVX-512 copies, and its loops ran as baseline SSE2.
+pub(super) struct Forward<'a> {
+    pub spec: &'a AttentionSpec,
+    pub b: usize,
+    pub qkv: &'a [f32],
+    pub mask: &'a [f32],
+    pub out: &'a mut [f32],
+    pub lse: &'a mut [f32],
+}
+
+impl WithSimd for Forward<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Forward {
+            spec,
+            b,
+            qkv,
+            mask,
+            out,
+            lse,
+        } = self;
+        let t = spec.seq;
+        let (mut probs, mut z, ones) = (vec![0.0f32; t * t], vec![0.0f32; t], vec![1.0f32; t]);
+        for h in 0..spec.heads {
+            let head = Head::new(spec, b, h);
+            head.scores(qkv, &mut probs);
+            for (q, row) in probs.chunks_exact_mut(t).enumerate() {
+                lse[h * t + q] = simd::run(SoftmaxRow { row, mask });
+                head.dropout(spec, q, &ones, &mut z);
+                row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
+            }
+            // out_h = P̃·V.
+            product(
+                (t, head.d, t),
+                out[head.o..].as_mut_ptr(),
+                head.out_rs,
+                probs.as_ptr(),
+                (t, 1),
+                qkv[head.v..].as_ptr(),
+                (head.qkv_rs, 1),
+                1.0,
+            );
         }
-        // out_h = P̃·V.
-        product(
-            (t, head.d, t),
-            out[head.o..].as_mut_ptr(),
-            head.out_rs,
-            probs.as_ptr(),
-            (t, 1),
-            qkv[head.v..].as_ptr(),
-            (head.qkv_rs, 1),
-            1.0,
-        );
     }
 }
 
-/// Backward pass of clip `b`: `dqkv` is its [t, 3·d_model] gradient, written whole.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(super) fn backward(
-    spec: &AttentionSpec,
-    b: usize,
-    qkv: &[f32],
-    mask: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    dout: &[f32],
-    dqkv: &mut [f32],
-) {
-    let t = spec.seq;
-    let scale = 1.0 / (spec.head_dim as f32).sqrt();
-    let (mut p, mut pz, mut ds) = (
-        vec![0.0f32; t * t],
-        vec![0.0f32; t * t],
-        vec![0.0f32; t * t],
-    );
-    let (mut z, ones) = (vec![0.0f32; t], vec![1.0f32; t]);
-    for h in 0..spec.heads {
-        let head = Head::new(spec, b, h);
-        // P from the saved log-sum-exp (as the GPU recomputes it), and P̃ = P·Z.
-        head.scores(qkv, &mut p);
-        for (q, (p, pz)) in p
-            .chunks_exact_mut(t)
-            .zip(pz.chunks_exact_mut(t))
-            .enumerate()
-        {
-            let row_lse = lse[h * t + q];
-            head.dropout(spec, q, &ones, &mut z);
-            // Zipped slices rather than indices, so that the loop has no bounds checks and
-            // the compiler vectorises it, exponentials included.
-            let real_row = row_lse != NO_KEYS_LSE;
-            for (((p, pz), &m), &z) in p.iter_mut().zip(pz.iter_mut()).zip(mask).zip(&z) {
-                *p = if m != 0.0 && real_row {
-                    math::exp(*p - row_lse)
-                } else {
-                    0.0
-                };
-                *pz = *p * z;
+/// Backward pass of clip `b`: `dqkv` is its [t, 3·d_model] gradient, written whole. A
+/// [`WithSimd`] body, as [`Forward`] is.
+pub(super) struct Backward<'a> {
+    pub spec: &'a AttentionSpec,
+    pub b: usize,
+    pub qkv: &'a [f32],
+    pub mask: &'a [f32],
+    pub out: &'a [f32],
+    pub lse: &'a [f32],
+    pub dout: &'a [f32],
+    pub dqkv: &'a mut [f32],
+}
+
+impl WithSimd for Backward<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Backward {
+            spec,
+            b,
+            qkv,
+            mask,
+            out,
+            lse,
+            dout,
+            dqkv,
+        } = self;
+        let t = spec.seq;
+        let scale = 1.0 / (spec.head_dim as f32).sqrt();
+        let (mut p, mut pz, mut ds) = (
+            vec![0.0f32; t * t],
+            vec![0.0f32; t * t],
+            vec![0.0f32; t * t],
+        );
+        let (mut z, ones) = (vec![0.0f32; t], vec![1.0f32; t]);
+        for h in 0..spec.heads {
+            let head = Head::new(spec, b, h);
+            // P from the saved log-sum-exp (as the GPU recomputes it), and P̃ = P·Z.
+            head.scores(qkv, &mut p);
+            for (q, (p, pz)) in p
+                .chunks_exact_mut(t)
+                .zip(pz.chunks_exact_mut(t))
+                .enumerate()
+            {
+                let row_lse = lse[h * t + q];
+                head.dropout(spec, q, &ones, &mut z);
+                // Zipped slices rather than indices, so that the loop has no bounds checks and
+                // the compiler vectorises it, exponentials included.
+                let real_row = row_lse != NO_KEYS_LSE;
+                for (((p, pz), &m), &z) in p.iter_mut().zip(pz.iter_mut()).zip(mask).zip(&z) {
+                    *p = if m != 0.0 && real_row {
+                        math::exp(*p - row_lse)
+                    } else {
+                        0.0
+                    };
+                    *pz = *p * z;
+                }
             }
-        }
-        // dV = P̃ᵀ·dO.
-        product(
-            (t, head.d, t),
-            dqkv[head.v..].as_mut_ptr(),
-            head.qkv_rs,
-            pz.as_ptr(),
-            (1, t),
-            dout[head.o..].as_ptr(),
-            (head.out_rs, 1),
-            1.0,
-        );
-        // dP̃ = dO·Vᵀ, then dS = P·(dP̃·Z − rowsum(dO∘O))/√d (the scale folded in here).
-        product(
-            (t, t, head.d),
-            ds.as_mut_ptr(),
-            t,
-            dout[head.o..].as_ptr(),
-            (head.out_rs, 1),
-            qkv[head.v..].as_ptr(),
-            (1, head.qkv_rs),
-            1.0,
-        );
-        for q in 0..t {
-            let row = q * head.out_rs + head.o;
-            let delta: f32 = dout[row..row + head.d]
-                .iter()
-                .zip(&out[row..row + head.d])
-                .map(|(a, b)| a * b)
-                .sum();
-            // P·(dP̃·Z − delta) = P̃·dP̃ − P·delta: no second pass over the dropout mask.
-            let rows = ds[q * t..(q + 1) * t]
-                .iter_mut()
-                .zip(&p[q * t..(q + 1) * t]);
-            for ((ds, p), pz) in rows.zip(&pz[q * t..(q + 1) * t]) {
-                *ds = (pz * *ds - p * delta) * scale;
+            // dV = P̃ᵀ·dO.
+            product(
+                (t, head.d, t),
+                dqkv[head.v..].as_mut_ptr(),
+                head.qkv_rs,
+                pz.as_ptr(),
+                (1, t),
+                dout[head.o..].as_ptr(),
+                (head.out_rs, 1),
+                1.0,
+            );
+            // dP̃ = dO·Vᵀ, then dS = P·(dP̃·Z − rowsum(dO∘O))/√d (the scale folded in here).
+            product(
+                (t, t, head.d),
+                ds.as_mut_ptr(),
+                t,
+                dout[head.o..].as_ptr(),
+                (head.out_rs, 1),
+                qkv[head.v..].as_ptr(),
+                (1, head.qkv_rs),
+                1.0,
+            );
+            for q in 0..t {
+                let row = q * head.out_rs + head.o;
+                let delta: f32 = dout[row..row + head.d]
+                    .iter()
+                    .zip(&out[row..row + head.d])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                // P·(dP̃·Z − delta) = P̃·dP̃ − P·delta: no second pass over the dropout mask.
+                let rows = ds[q * t..(q + 1) * t]
+                    .iter_mut()
+                    .zip(&p[q * t..(q + 1) * t]);
+                for ((ds, p), pz) in rows.zip(&pz[q * t..(q + 1) * t]) {
+                    *ds = (pz * *ds - p * delta) * scale;
+                }
             }
+            // dQ = dS·K and dK = dSᵀ·Q.
+            product(
+                (t, head.d, t),
+                dqkv[head.q..].as_mut_ptr(),
+                head.qkv_rs,
+                ds.as_ptr(),
+                (t, 1),
+                qkv[head.k..].as_ptr(),
+                (head.qkv_rs, 1),
+                1.0,
+            );
+            product(
+                (t, head.d, t),
+                dqkv[head.k..].as_mut_ptr(),
+                head.qkv_rs,
+                ds.as_ptr(),
+                (1, t),
+                qkv[head.q..].as_ptr(),
+                (head.qkv_rs, 1),
+                1.0,
+            );
         }
-        // dQ = dS·K and dK = dSᵀ·Q.
-        product(
-            (t, head.d, t),
-            dqkv[head.q..].as_mut_ptr(),
-            head.qkv_rs,
-            ds.as_ptr(),
-            (t, 1),
-            qkv[head.k..].as_ptr(),
-            (head.qkv_rs, 1),
-            1.0,
-        );
-        product(
-            (t, head.d, t),
-            dqkv[head.k..].as_mut_ptr(),
-            head.qkv_rs,
-            ds.as_ptr(),
-            (1, t),
-            qkv[head.q..].as_ptr(),
-            (head.qkv_rs, 1),
-            1.0,
-        );
     }
 }

@@ -66,6 +66,23 @@ impl std::ops::DerefMut for HostBlock {
     }
 }
 
+impl HostBlock {
+    /// `words` zeros: scratch for a vector loop that loads and stores it over and over (the
+    /// column sums), which a plain `Vec<f32>`, 16 bytes past a line, would split across lines.
+    fn zeroed(words: usize) -> HostBlock {
+        let lines = vec![Line([0; 16]); words.div_ceil(std::mem::size_of::<Line>() / 4)];
+        HostBlock { lines, words }
+    }
+
+    fn f32s(&self) -> &[f32] {
+        bytemuck::cast_slice(self)
+    }
+
+    fn f32s_mut(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(self)
+    }
+}
+
 impl BlockAllocator for HostAllocator {
     type Block = RwLock<HostBlock>;
     fn allocate(&self, bytes: u64, what: &str) -> Result<Self::Block> {
@@ -356,10 +373,10 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
     let partials = m
         .par_chunks(ROW_BLOCK * cols)
         .map(|rows| {
-            let mut sums = vec![0.0f32; cols];
+            let mut sums = HostBlock::zeroed(cols);
             simd::run(ColumnSums {
                 rows,
-                sums: &mut sums,
+                sums: sums.f32s_mut(),
             });
             sums
         })
@@ -424,12 +441,17 @@ impl WithSimd for ColumnSums<'_> {
 
 /// Adds up per-block partial sums in block order: blocks of a fixed size (not one per
 /// thread), so that the result is the same on every run and any number of threads.
-fn sum_in_block_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+fn sum_in_block_order(partials: Vec<HostBlock>, len: usize) -> Vec<f32> {
     let mut partials = partials.into_iter();
     // No blocks (no rows): zeros.
-    let mut total = partials.next().unwrap_or_else(|| vec![0.0; len]);
+    let mut total = partials
+        .next()
+        .map_or_else(|| vec![0.0; len], |first| first.f32s().to_vec());
     for partial in partials {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+        total
+            .iter_mut()
+            .zip(partial.f32s())
+            .for_each(|(t, p)| *t += p);
     }
     total
 }
@@ -753,15 +775,15 @@ impl Backend for CpuBackend {
                 .map(|(block, dx)| {
                     let rows = block * ROW_BLOCK..block * ROW_BLOCK + dx.len() / cols;
                     let elements = rows.start * cols..rows.end * cols;
-                    let mut acc = vec![0.0f32; 2 * cols];
-                    simd::run_avx2(norm::Backward {
+                    let mut acc = HostBlock::zeroed(2 * cols);
+                    simd::run(norm::Backward {
                         x: &x[elements.clone()],
                         dy: &dy[elements],
                         w,
                         mean: &mean[rows.clone()],
                         rstd: &rstd[rows],
                         dx,
-                        acc: &mut acc,
+                        acc: acc.f32s_mut(),
                     });
                     acc
                 })
@@ -1069,9 +1091,13 @@ impl Backend for CpuBackend {
                 .zip(l.par_chunks_mut(heads * t))
                 .enumerate()
                 .for_each(|(b, (o, l))| {
-                    let clip_qkv = &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm];
-                    simd::run(|| {
-                        attention::forward(spec, b, clip_qkv, &mask[b * t..(b + 1) * t], o, l)
+                    simd::run(attention::Forward {
+                        spec,
+                        b,
+                        qkv: &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm],
+                        mask: &mask[b * t..(b + 1) * t],
+                        out: o,
+                        lse: l,
                     });
                 });
         })
@@ -1103,17 +1129,15 @@ impl Backend for CpuBackend {
                     fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
                         &x[b * rows..(b + 1) * rows]
                     }
-                    simd::run(|| {
-                        attention::backward(
-                            spec,
-                            b,
-                            clip(qkv, b, t * 3 * dm),
-                            clip(mask, b, t),
-                            clip(o, b, t * dm),
-                            clip(lse, b, heads * t),
-                            clip(dout, b, t * dm),
-                            d,
-                        )
+                    simd::run(attention::Backward {
+                        spec,
+                        b,
+                        qkv: clip(qkv, b, t * 3 * dm),
+                        mask: clip(mask, b, t),
+                        out: clip(o, b, t * dm),
+                        lse: clip(lse, b, heads * t),
+                        dout: clip(dout, b, t * dm),
+                        dqkv: d,
                     });
                 });
         })
@@ -1514,7 +1538,7 @@ mod column_sums_order {
 
     /// Matrices of 5, 37 and 300 columns (whole vectors, whole strips and tails) and rows
     /// that leave 0 to 3 over in a block, each with its blocks' row-by-row sums.
-    fn cases() -> Vec<(usize, Vec<f32>, Vec<Vec<f32>>)> {
+    fn cases() -> Vec<(usize, Vec<f32>, Vec<super::HostBlock>)> {
         [5, 37, 300]
             .into_iter()
             .flat_map(|c| [1, 3, 4, 6, 7, 64, 65, 66, 131].map(|r| (c, r)))
@@ -1525,9 +1549,12 @@ mod column_sums_order {
                 let want = m
                     .chunks(super::ROW_BLOCK * cols)
                     .map(|block| {
-                        let mut acc = vec![0.0f32; cols];
+                        let mut acc = super::HostBlock::zeroed(cols);
                         for row in block.chunks_exact(cols) {
-                            acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                            acc.f32s_mut()
+                                .iter_mut()
+                                .zip(row)
+                                .for_each(|(a, g)| *a += g);
                         }
                         acc
                     })
@@ -1570,7 +1597,7 @@ mod column_sums_order {
                     .with_simd(s);
                     assert_eq!(
                         bits(&sums),
-                        bits(want),
+                        bits(want.f32s()),
                         "{set}: {} rows of {cols}",
                         block.len() / cols
                     );

@@ -210,14 +210,16 @@ fn accumulate<S: Simd, const R: usize>(
     // All as long as `w`, so that the loop's slicing needs no bounds checks.
     let n = w.len();
     let (acc_w, acc_b) = (&mut acc_w[..n], &mut acc_b[..n]);
-    let rows = rows.map(|r| Row {
-        x: &r.x[..n],
-        dy: &r.dy[..n],
-        ..r
-    });
+    let mut rows = rows;
     let zero = Lane::<S>::splat(s, 0.0);
     let (mut sum_g, mut sum_g_xhat) = ([zero; R], [zero; R]);
-    let stats = rows.map(|r| (Lane::<S>::splat(s, r.mean), Lane::<S>::splat(s, r.rstd)));
+    let mut stats = [(zero, zero); R];
+    // Loops, not `array::map` or `from_fn`: their closures may be compiled outside the SIMD
+    // body, without its instruction set, and then call each vector instruction as a function.
+    for (r, stats) in rows.iter_mut().zip(&mut stats) {
+        (r.x, r.dy) = (&r.x[..n], &r.dy[..n]);
+        *stats = (Lane::<S>::splat(s, r.mean), Lane::<S>::splat(s, r.rstd));
+    }
     simd::for_each_block(
         Lane::<S>::len(),
         w.len(),
@@ -241,7 +243,11 @@ fn accumulate<S: Simd, const R: usize>(
             db.store(&mut acc_b[c]);
         },
     );
-    std::array::from_fn(|r| (sum_g[r].reduce_sum(), sum_g_xhat[r].reduce_sum()))
+    let mut sums = [(0.0, 0.0); R];
+    for (sums, (g, g_xhat)) in sums.iter_mut().zip(sum_g.into_iter().zip(sum_g_xhat)) {
+        *sums = (g.reduce_sum(), g_xhat.reduce_sum());
+    }
+    sums
 }
 
 /// The elementwise part of the backward pass, two vectors at a time:

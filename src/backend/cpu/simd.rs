@@ -23,7 +23,12 @@ static ARCH: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
 ///
 /// A closure given here must be `#[inline(always)]` (and what it calls too), or the compiler
 /// may keep it as one baseline function that the AVX2 copy merely calls; a [`WithSimd`]
-/// body's `with_simd` must be `#[inline(always)]` for the same reason.
+/// body's `with_simd` must be `#[inline(always)]` for the same reason. Closures only for
+/// short loops: one that held a whole attention head was kept out of line even so, and ran
+/// as SSE2 (a closure is one function, not one per instruction set as a generic body is).
+/// Inside a body, no `array::map` or `array::from_fn` over vectors either: their closures
+/// were compiled outside it, and each vector instruction became a call. (`perf record -e
+/// cpu-clock` shows both: time in `core_arch` functions, or in `FnOnce::call_once`.)
 #[inline(always)]
 pub(crate) fn run<Op: WithSimd>(op: Op) -> Op::Output {
     ARCH.dispatch(op)
@@ -39,21 +44,6 @@ pub(crate) fn instruction_set() -> &'static str {
         _ => "baseline SIMD",
     }
 }
-
-/// Runs `op` compiled for AVX2 + FMA where the CPU has them, even one with AVX-512: for a
-/// loop that measured slower with 512-bit vectors (the layer norm backward at 2048 × 1024 on
-/// a Zen 5: 2.71–3.08× a copy's time, against 2.51–2.70× under AVX2).
-#[inline(always)]
-pub(crate) fn run_avx2<Op: WithSimd>(op: Op) -> Op::Output {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = *AVX2 {
-        return Simd::vectorize(avx2, op);
-    }
-    run(op)
-}
-
-#[cfg(target_arch = "x86_64")]
-static AVX2: LazyLock<Option<pulp::x86::V3>> = LazyLock::new(pulp::x86::V3::try_new);
 
 /// Calls `check(simd, name)` under every instruction set a SIMD body may run under: pulp's
 /// scalar one (CPUs without AVX2 + FMA), its emulated 4-, 8- and 16-lane ones (the widths of
