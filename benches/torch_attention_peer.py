@@ -48,12 +48,22 @@ def memory_ops(rows=2048, cols=1024):
     x, y = torch.randn(rows, cols), torch.randn(rows, cols)
     out = torch.empty_like(x)
     ln = torch.nn.LayerNorm(cols)
+    # The backward alone, as signflow's layernorm_bwd: dx, dw and db from x, dy and the saved
+    # statistics.
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, [cols], ln.weight, ln.bias, 1e-5)
+
+    def layernorm_bwd():
+        torch.ops.aten.native_layer_norm_backward(
+            y, x, [cols], mean, rstd, ln.weight, ln.bias, [True, True, True]
+        )
+
     mb = x.numel() * 4
     for name, f, moved in (
         ("copy", lambda: out.copy_(x), 2 * mb),
         ("add", lambda: torch.add(x, y, out=out), 3 * mb),
         ("gelu_fwd", lambda: F.gelu(x), 2 * mb),
         ("layernorm_fwd", lambda: ln(x), 2 * mb),
+        ("layernorm_bwd", layernorm_bwd, 3 * mb),
     ):
         with torch.no_grad():
             ms = median_ms(f)
