@@ -97,23 +97,32 @@ impl Head {
     /// Dropout factors of query `query`: keep_scale or 0 (all 1 without dropout). They are the
     /// dropout op applied to `ones` (a row of 1.0), so that attention and that op share one
     /// keep rule and its integer compare.
-    fn dropout(&self, spec: &AttentionSpec, query: usize, ones: &[f32], z: &mut [f32]) {
+    #[inline(always)]
+    fn dropout<S: Simd>(
+        &self,
+        s: S,
+        spec: &AttentionSpec,
+        query: usize,
+        ones: &[f32],
+        z: &mut [f32],
+    ) {
         if spec.dropout == 0.0 {
             z.fill(1.0);
             return;
         }
-        simd::run(DropoutChunk {
+        DropoutChunk {
             key: &spec.key,
             first_element: self.first_element + (query * self.t) as u64,
             p: spec.dropout,
             scale: rng::keep_scale(spec.dropout),
             x: ones,
             out: z,
-        });
+        }
+        .with_simd(s);
     }
 }
 
-/// A row of scores to turn into probabilities over its real keys; `simd::run` of it returns
+/// A row of scores to turn into probabilities over its real keys; its SIMD body returns
 /// the row's log-sum-exp ([`NO_KEYS_LSE`], and a row of zeros, when no key is real). In
 /// explicit vectors: left to the compiler, the running sum (which it must keep in order) made
 /// the loop scalar, exponentials included, and they were 45% of the forward pass.
@@ -189,7 +198,7 @@ pub(super) struct Forward<'a> {
 impl WithSimd for Forward<'_> {
     type Output = ();
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) {
+    fn with_simd<S: Simd>(self, s: S) {
         let Forward {
             spec,
             b,
@@ -204,8 +213,9 @@ impl WithSimd for Forward<'_> {
             let head = Head::new(spec, b, h);
             head.scores(qkv, &mut probs);
             for (q, row) in probs.chunks_exact_mut(t).enumerate() {
-                lse[h * t + q] = simd::run(SoftmaxRow { row, mask });
-                head.dropout(spec, q, &ones, &mut z);
+                // In this body's instruction set, not dispatched again for each row.
+                lse[h * t + q] = SoftmaxRow { row, mask }.with_simd(s);
+                head.dropout(s, spec, q, &ones, &mut z);
                 row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
             }
             // out_h = P̃·V.
@@ -239,7 +249,7 @@ pub(super) struct Backward<'a> {
 impl WithSimd for Backward<'_> {
     type Output = ();
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) {
+    fn with_simd<S: Simd>(self, s: S) {
         let Backward {
             spec,
             b,
@@ -268,7 +278,7 @@ impl WithSimd for Backward<'_> {
                 .enumerate()
             {
                 let row_lse = lse[h * t + q];
-                head.dropout(spec, q, &ones, &mut z);
+                head.dropout(s, spec, q, &ones, &mut z);
                 // Zipped slices rather than indices, so that the loop has no bounds checks and
                 // the compiler vectorises it, exponentials included.
                 let real_row = row_lse != NO_KEYS_LSE;

@@ -67,18 +67,23 @@ impl std::ops::DerefMut for HostBlock {
 }
 
 impl HostBlock {
+    /// The lines that hold `words` words.
+    fn lines_for(words: usize) -> usize {
+        words.div_ceil(std::mem::size_of::<Line>() / 4)
+    }
+
     /// `words` zeros: scratch for a vector loop that loads and stores it over and over (the
     /// column sums), which a plain `Vec<f32>`, 16 bytes past a line, would split across lines.
     fn zeroed(words: usize) -> HostBlock {
-        let lines = vec![Line([0; 16]); words.div_ceil(std::mem::size_of::<Line>() / 4)];
+        let lines = vec![Line([0; 16]); HostBlock::lines_for(words)];
         HostBlock { lines, words }
     }
 
-    fn f32s(&self) -> &[f32] {
+    fn as_f32s(&self) -> &[f32] {
         bytemuck::cast_slice(self)
     }
 
-    fn f32s_mut(&mut self) -> &mut [f32] {
+    fn as_f32s_mut(&mut self) -> &mut [f32] {
         bytemuck::cast_slice_mut(self)
     }
 }
@@ -87,16 +92,15 @@ impl BlockAllocator for HostAllocator {
     type Block = RwLock<HostBlock>;
     fn allocate(&self, bytes: u64, what: &str) -> Result<Self::Block> {
         let words = bytes.div_ceil(4) as usize;
-        let line_words = std::mem::size_of::<Line>() / 4;
         let mut lines = Vec::new();
         lines
-            .try_reserve_exact(words.div_ceil(line_words))
+            .try_reserve_exact(HostBlock::lines_for(words))
             .map_err(|_| Error::AllocationRefused {
                 request: what.to_string(),
                 requested_bytes: bytes,
                 reason: "the host has not enough free memory".into(),
             })?;
-        lines.resize(words.div_ceil(line_words), Line([0; 16]));
+        lines.resize(HostBlock::lines_for(words), Line([0; 16]));
         Ok(RwLock::new(HostBlock { lines, words }))
     }
 }
@@ -376,7 +380,7 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
             let mut sums = HostBlock::zeroed(cols);
             simd::run(ColumnSums {
                 rows,
-                sums: sums.f32s_mut(),
+                sums: sums.as_f32s_mut(),
             });
             sums
         })
@@ -446,11 +450,11 @@ fn sum_in_block_order(partials: Vec<HostBlock>, len: usize) -> Vec<f32> {
     // No blocks (no rows): zeros.
     let mut total = partials
         .next()
-        .map_or_else(|| vec![0.0; len], |first| first.f32s().to_vec());
+        .map_or_else(|| vec![0.0; len], |first| first.as_f32s().to_vec());
     for partial in partials {
         total
             .iter_mut()
-            .zip(partial.f32s())
+            .zip(partial.as_f32s())
             .for_each(|(t, p)| *t += p);
     }
     total
@@ -783,7 +787,7 @@ impl Backend for CpuBackend {
                         mean: &mean[rows.clone()],
                         rstd: &rstd[rows],
                         dx,
-                        acc: acc.f32s_mut(),
+                        acc: acc.as_f32s_mut(),
                     });
                     acc
                 })
@@ -1551,7 +1555,7 @@ mod column_sums_order {
                     .map(|block| {
                         let mut acc = super::HostBlock::zeroed(cols);
                         for row in block.chunks_exact(cols) {
-                            acc.f32s_mut()
+                            acc.as_f32s_mut()
                                 .iter_mut()
                                 .zip(row)
                                 .for_each(|(a, g)| *a += g);
@@ -1597,7 +1601,7 @@ mod column_sums_order {
                     .with_simd(s);
                     assert_eq!(
                         bits(&sums),
-                        bits(want.f32s()),
+                        bits(want.as_f32s()),
                         "{set}: {} rows of {cols}",
                         block.len() / cols
                     );

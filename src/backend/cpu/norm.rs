@@ -142,7 +142,6 @@ impl WithSimd for Backward<'_> {
             acc,
         } = self;
         let cols = w.len();
-        let n = cols as f32;
         let (acc_w, acc_b) = acc.split_at_mut(cols);
         // Row after row, each read from memory once and then from the cache: x and dy are
         // then read in memory order, which the hardware prefetchers follow. (Rows two at a
@@ -156,6 +155,7 @@ impl WithSimd for Backward<'_> {
         for (((x, dy), (&mean, &rstd)), dx) in rows {
             let row = Row { x, dy, mean, rstd };
             let (sum_g, sum_g_xhat) = accumulate(s, row, w, acc_w, acc_b);
+            let n = cols as f32;
             input_gradient(s, row, w, sum_g / n, sum_g_xhat / n, dx);
         }
     }

@@ -335,11 +335,11 @@ pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::f32s) {
 }
 
 /// Asks the CPU to bring the cache lines that hold `x[range]` (where `x` has them) into its
-/// L1 cache ahead of use. A row of 1024 f32 is a 4 KiB page, and hardware prefetchers stop at
-/// page boundaries, so that each row's first pass would stall on memory while the passes after
-/// it, reading from the cache, leave the memory idle. Layer norm's passes spread the lines of a
-/// row ahead over their loop (in the backward, a whole row at once measured slower). (A hint:
-/// no effect on results, and none on other architectures.)
+/// L1 cache ahead of use: for a loop whose arithmetic would otherwise wait on each load (the
+/// layer norm forward's sweep reads the row after next; dropout its input a few tiles ahead,
+/// while Philox runs). Not a rule: the layer norm backward measured faster with none, leaving
+/// its rows, read in address order, to the hardware prefetchers. (A hint: no effect on
+/// results, and none on other architectures.)
 #[inline(always)]
 pub(super) fn prefetch_lines(x: &[f32], range: Range<usize>) {
     const LINE: usize = 64 / std::mem::size_of::<f32>();
