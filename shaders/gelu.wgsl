@@ -19,18 +19,12 @@ fn gelu_grad_inner(x: f32) -> f32 {
     return fma(x, p, 0.5);
 }
 
-// 1 − Φ(|x|) = φ(x)·R(|x|), for |x| beyond GELU_INNER, given φ(x).
-fn upper_tail(x: f32, pdf: f32) -> f32 {
+// Mills' ratio R(|x|), for |x| beyond GELU_INNER: 1 − Φ(|x|) = φ(x)·R(|x|).
+fn mills_ratio(x: f32) -> f32 {
     let t = clamp(abs(x), MILLS_LO, MILLS_HI);
     let p = MILLS_P[0] + t * (MILLS_P[1] + t * (MILLS_P[2] + t * MILLS_P[3]));
     let q = MILLS_Q[0] + t * (MILLS_Q[1] + t * (MILLS_Q[2] + t * (MILLS_Q[3] + t * MILLS_Q[4])));
-    return pdf * p / q;
-}
-
-// Φ(x) beyond GELU_INNER, given φ(x).
-fn cdf_outer(x: f32, pdf: f32) -> f32 {
-    let upper = upper_tail(x, pdf);
-    return select(upper, 1.0 - upper, x >= 0.0);
+    return p / q;
 }
 
 // φ(x) = e^(−x²/2)/√(2π). The rounding of x² is magnified by x²/2 in the exponential, and so
@@ -47,13 +41,17 @@ fn normal_pdf(x: f32) -> f32 {
     return ldexp(exp(r), i32(k)) * FRAC_1_SQRT_2PI;
 }
 
-// GELU, x·Φ(x). (A NaN takes the inner form and stays NaN.)
+// GELU, x·Φ(x). (A NaN takes the inner form and stays NaN.) Where x < 0 beyond GELU_INNER, x·φ
+// is formed first: below −12.95, Φ = φ·R is a subnormal f32, which this driver may flush to
+// zero (NVIDIA's does), while x·Φ is normal down to −13.1.
 fn gelu(x: f32) -> f32 {
     if !(abs(x) > GELU_INNER) {
         return x * cdf_inner(x);
     }
     let xc = clamp(x, -MILLS_HI, MILLS_HI);
-    return x * cdf_outer(xc, normal_pdf(xc));
+    let pdf = normal_pdf(xc);
+    let ratio = mills_ratio(xc);
+    return select(x * pdf * ratio, x * (1.0 - pdf * ratio), x >= 0.0);
 }
 
 // gelu'(x) = Φ(x) + x·φ(x).
@@ -63,5 +61,6 @@ fn gelu_grad(x: f32) -> f32 {
     }
     let xc = clamp(x, -MILLS_HI, MILLS_HI);
     let pdf = normal_pdf(xc);
-    return fma(xc, pdf, cdf_outer(xc, pdf));
+    let upper = pdf * mills_ratio(xc);
+    return fma(xc, pdf, select(upper, 1.0 - upper, xc >= 0.0));
 }

@@ -338,7 +338,7 @@ pub fn check_gelu_backward<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> 
     ))
 }
 
-/// The range of GELU's value-by-value check (Φ is a normal f32 down to −13.1), in steps of
+/// The range of GELU's value-by-value check (x·Φ(x) is a normal f32 down to −13.1), in steps of
 /// [`GELU_SWEEP_STEP`].
 pub const GELU_SWEEP: (f32, f32) = (-13.0, 11.0);
 pub const GELU_SWEEP_STEP: f32 = 1e-4;

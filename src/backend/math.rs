@@ -167,10 +167,10 @@ fn half_plus_odd<T: Real, const N: usize>(x: T, c: &[f32; N]) -> T {
     x.mul_add(p, x.constant(0.5))
 }
 
-/// The outer forms, for |x| > [`GELU_INNER`]: (Φ(x), φ(x)) with x clamped to ±[`MILLS_HI`].
+/// The outer forms' parts, for |x| > [`GELU_INNER`] and x already clamped to ±[`MILLS_HI`]:
+/// (φ(x), R(|x|)), so that 1 − Φ(|x|) = φ(x)·R(|x|).
 #[inline(always)]
-fn cdf_pdf_outer<T: Real>(x: T) -> (T, T) {
-    let x = x.clamp_to(-MILLS_HI, MILLS_HI);
+fn pdf_and_mills_ratio<T: Real>(x: T) -> (T, T) {
     // Elements of a vector that take the inner form pass through here too: the clamp keeps
     // them clear of Q's poles.
     let t = x.abs().clamp_to(MILLS_LO, MILLS_HI);
@@ -182,9 +182,7 @@ fn cdf_pdf_outer<T: Real>(x: T) -> (T, T) {
     let q01 = t.mul_add(x.constant(MILLS_Q[1]), x.constant(MILLS_Q[0]));
     let q23 = t.mul_add(x.constant(MILLS_Q[3]), x.constant(MILLS_Q[2]));
     let q = (t2 * t2).mul_add(x.constant(MILLS_Q[4]), t2.mul_add(q23, q01));
-    let pdf = normal_pdf(x);
-    let upper = pdf * p / q;
-    (x.select_nonneg(x.constant(1.0) - upper, upper), pdf)
+    (normal_pdf(x), p / q)
 }
 
 /// `inner` for the elements of magnitude up to [`GELU_INNER`], `outer()` for the others. The
@@ -216,11 +214,17 @@ fn normal_pdf<T: Real>(x: T) -> T {
 /// Exact GELU, `x·Φ(x)` = `0.5·x·(1 + erf(x/√2))`, to a few parts in 10⁶ of each value.
 #[inline(always)]
 pub fn gelu<T: Real>(x: T) -> T {
-    x * inner_or_outer(
+    inner_or_outer(
         x,
-        half_plus_odd(x, &CDF_ODD),
+        x * half_plus_odd(x, &CDF_ODD),
         #[inline(always)]
-        || cdf_pdf_outer(x).0,
+        || {
+            let xc = x.clamp_to(-MILLS_HI, MILLS_HI);
+            let (pdf, ratio) = pdf_and_mills_ratio(xc);
+            // x·φ first where x < 0: below −12.95, Φ = φ·R is a subnormal f32, which GPUs may
+            // flush to zero (NVIDIA's Vulkan driver does), while x·Φ is normal down to −13.1.
+            xc.select_nonneg(x * (x.constant(1.0) - pdf * ratio), x * pdf * ratio)
+        },
     )
 }
 
@@ -232,8 +236,10 @@ pub fn gelu_grad<T: Real>(x: T) -> T {
         half_plus_odd(x, &GELU_GRAD_ODD),
         #[inline(always)]
         || {
-            let (cdf, pdf) = cdf_pdf_outer(x);
-            x.clamp_to(-MILLS_HI, MILLS_HI).mul_add(pdf, cdf)
+            let xc = x.clamp_to(-MILLS_HI, MILLS_HI);
+            let (pdf, ratio) = pdf_and_mills_ratio(xc);
+            let upper = pdf * ratio;
+            xc.mul_add(pdf, xc.select_nonneg(x.constant(1.0) - upper, upper))
         },
     )
 }

@@ -1525,6 +1525,26 @@ mod simd_paths {
         crate::for_every_instruction_set!(check_gelu_sweep);
     }
 
+    /// The same with subnormal results and operands taken as zero, as NVIDIA's Vulkan driver
+    /// takes them (shaders/gelu.wgsl orders its operations as math.rs does): x86's
+    /// flush-to-zero and denormals-are-zero modes, on this thread.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[allow(deprecated)] // _mm_getcsr/_mm_setcsr: Rust has no other way to reach MXCSR.
+    fn gelu_is_accurate_with_subnormals_flushed() {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        const FTZ_DAZ: u32 = 0x8040;
+        // SAFETY: MXCSR's rounding and exception bits are kept; it is restored before return.
+        let saved = unsafe { _mm_getcsr() };
+        unsafe { _mm_setcsr(saved | FTZ_DAZ) };
+        let checked =
+            std::panic::catch_unwind(|| crate::for_every_instruction_set!(check_gelu_sweep));
+        unsafe { _mm_setcsr(saved) };
+        if let Err(panic) = checked {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     #[test]
     fn every_instruction_set_drops_the_same_elements() {
         crate::for_every_instruction_set!(check_dropout);
