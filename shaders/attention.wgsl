@@ -15,9 +15,13 @@
 //                    streaming through workgroup memory.
 // Every sum runs in a fixed order (no atomics): the same bits on every run.
 //
-// HEAD_DIM (16, 32, 64 or 128: the head size rounded up; the extra dimensions are zeros), BQ
-// (queries per workgroup) and BK (rows per tile, at most BQ) are generated per variant by src/backend/gpu/shaders.rs: per-thread arrays need const
-// sizes. Bindings are read_write so that operands may share an arena.
+// HEAD_DIM (16, 32, 64 or 128: the head size rounded up; the extra dimensions are zeros), HD4
+// (HEAD_DIM / 4), BQ (queries per workgroup) and BK (rows per tile, at most BQ) are generated
+// per variant by src/backend/gpu/shaders.rs. An invocation's own rows (q, the accumulators,
+// ...) are HD4 named vec4s, never an array: a line holding `$j` is repeated for j = 0 .. HD4 − 1
+// by the generator. A private array indexed by anything but a constant lives in local memory
+// on NVIDIA's driver, not in registers (attention ran at 0.5% of an H100's f32 rate so).
+// Bindings are read_write so that operands may share an arena.
 
 //!CONSTS
 
@@ -56,9 +60,10 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dqkv: array<f32>;
 
-// Tiles of BK rows of two operands (k and v, or q and dO), and per-row values of the tile.
-var<workgroup> tile_a: array<f32, BK * HEAD_DIM>;
-var<workgroup> tile_b: array<f32, BK * HEAD_DIM>;
+// Tiles of BK rows of two operands (k and v, or q and dO), as vec4s, and per-row values of the
+// tile.
+var<workgroup> tile_a: array<vec4<f32>, BK * HD4>;
+var<workgroup> tile_b: array<vec4<f32>, BK * HD4>;
 var<workgroup> tile_x: array<f32, BK>;
 var<workgroup> tile_y: array<f32, BK>;
 
@@ -95,6 +100,51 @@ fn stat_index(b: u32, h: u32, s: u32) -> u32 {
     return (b * p.heads + h) * p.t + s;
 }
 
+// Element `at` of qkv or dout (3 = dout), or 0 where `real` is false.
+fn element_or_zero(part: u32, at: u32, real: bool) -> f32 {
+    if !real {
+        return 0.0;
+    }
+    if part == 3u {
+        return dout[at];
+    }
+    return qkv[at];
+}
+
+// Elements 4j .. 4j + 3 of head h's part (0 = q, 1 = k, 2 = v; 3 = dout) of frame s of clip b:
+// 0 past the head size and for a frame or clip that does not exist.
+fn row4(b: u32, s: u32, part: u32, h: u32, j: u32) -> vec4<f32> {
+    let i = 4u * j;
+    let real = b < p.batch && s < p.t;
+    var at = 0u;
+    if real {
+        at = select(qkv_index(b, s, part, h, i), p.dout_offset + head_index(b, s, h, i), part == 3u);
+    }
+    return vec4<f32>(
+        element_or_zero(part, at, real && i < p.d),
+        element_or_zero(part, at + 1u, real && i + 1u < p.d),
+        element_or_zero(part, at + 2u, real && i + 2u < p.d),
+        element_or_zero(part, at + 3u, real && i + 3u < p.d),
+    );
+}
+
+// Writes the first d elements of a row four at a time: elements 4j .. of out at `at`.
+fn put_out4(at: u32, j: u32, v: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        if 4u * j + c < p.d {
+            out[at + 4u * j + c] = v[c];
+        }
+    }
+}
+
+fn put_dqkv4(at: u32, j: u32, v: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        if 4u * j + c < p.d {
+            dqkv[at + 4u * j + c] = v[c];
+        }
+    }
+}
+
 fn real_key(b: u32, s: u32) -> bool {
     return s < p.t && key_mask[p.mask_offset + b * p.t + s] != 0.0;
 }
@@ -108,37 +158,21 @@ fn dropout_factor(b: u32, h: u32, query: u32, key: u32) -> f32 {
     return select(0.0, p.keep_scale, dropout_uniform(p.seed, p.step, p.site, element) >= p.p);
 }
 
-// Loads rows s0 .. s0+BK of two qkv parts (or of dout when a part is 3) into the tiles.
+// Loads rows s0 .. s0+BK of two parts (see row4) into the tiles.
 fn load_tiles(b: u32, h: u32, s0: u32, part_a: u32, part_b: u32, lid: u32) {
-    for (var idx = lid; idx < BK * HEAD_DIM; idx += BQ) {
-        let r = idx / HEAD_DIM;
-        let i = idx % HEAD_DIM;
-        let s = s0 + r;
-        var a = 0.0;
-        var c = 0.0;
-        if b < p.batch && s < p.t && i < p.d {
-            a = qkv[qkv_index(b, s, part_a, h, i)];
-            if part_b == 3u {
-                c = dout[p.dout_offset + head_index(b, s, h, i)];
-            } else {
-                c = qkv[qkv_index(b, s, part_b, h, i)];
-            }
-        }
-        tile_a[idx] = a;
-        tile_b[idx] = c;
+    for (var idx = lid; idx < BK * HD4; idx += BQ) {
+        let r = idx / HD4;
+        let j = idx % HD4;
+        tile_a[idx] = row4(b, s0 + r, part_a, h, j);
+        tile_b[idx] = row4(b, s0 + r, part_b, h, j);
     }
 }
 
 @compute @workgroup_size(BQ)
 fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = owned_row(wg, lid);
-    var q: array<f32, HEAD_DIM>;
-    var acc: array<f32, HEAD_DIM>;
-    if row.valid {
-        for (var i = 0u; i < p.d; i++) {
-            q[i] = qkv[qkv_index(row.b, row.s, 0u, row.h, i)] * p.scale;
-        }
-    }
+    let q$j = row4(row.b, row.s, 0u, row.h, $j) * p.scale;
+    var acc$j = vec4<f32>(0.0);
     var m = -NO_KEYS;
     var l = 0.0;
     for (var s0 = 0u; s0 < p.t; s0 += BK) {
@@ -152,18 +186,15 @@ fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
                 if tile_x[r] == 0.0 {
                     continue;
                 }
+                let at = r * HD4;
                 var score = 0.0;
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    score += q[i] * tile_a[r * HEAD_DIM + i];
-                }
+                score += dot(q$j, tile_a[at + $j]);
                 let m_new = max(m, score);
                 let rescale = exp(m - m_new);
                 let prob = exp(score - m_new);
                 l = l * rescale + prob;
                 let weight = prob * dropout_factor(row.b, row.h, row.s, s0 + r);
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    acc[i] = acc[i] * rescale + weight * tile_b[r * HEAD_DIM + i];
-                }
+                acc$j = acc$j * rescale + weight * tile_b[at + $j];
                 m = m_new;
             }
         }
@@ -171,9 +202,8 @@ fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
     if row.valid {
         let inv = select(0.0, 1.0 / l, l > 0.0);
-        for (var i = 0u; i < p.d; i++) {
-            out[p.out_offset + head_index(row.b, row.s, row.h, i)] = acc[i] * inv;
-        }
+        let at = p.out_offset + head_index(row.b, row.s, row.h, 0u);
+        put_out4(at, $j, acc$j * inv);
         lse[p.lse_offset + stat_index(row.b, row.h, row.s)] = select(NO_KEYS, m + log(l), l > 0.0);
     }
 }
@@ -195,16 +225,12 @@ fn attention_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 @compute @workgroup_size(BQ)
 fn attention_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = owned_row(wg, lid);
-    var q: array<f32, HEAD_DIM>;
-    var d_o: array<f32, HEAD_DIM>;
-    var dq: array<f32, HEAD_DIM>;
+    let q$j = row4(row.b, row.s, 0u, row.h, $j) * p.scale;
+    let d_o$j = row4(row.b, row.s, 3u, row.h, $j);
+    var dq$j = vec4<f32>(0.0);
     var row_lse = NO_KEYS;
     var row_delta = 0.0;
     if row.valid {
-        for (var i = 0u; i < p.d; i++) {
-            q[i] = qkv[qkv_index(row.b, row.s, 0u, row.h, i)] * p.scale;
-            d_o[i] = dout[p.dout_offset + head_index(row.b, row.s, row.h, i)];
-        }
         row_lse = lse[p.lse_offset + stat_index(row.b, row.h, row.s)];
         row_delta = delta[stat_index(row.b, row.h, row.s)];
     }
@@ -219,42 +245,32 @@ fn attention_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 if tile_x[r] == 0.0 {
                     continue;
                 }
+                let at = r * HD4;
                 var score = 0.0;
                 var dp = 0.0;
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    score += q[i] * tile_a[r * HEAD_DIM + i];
-                    dp += d_o[i] * tile_b[r * HEAD_DIM + i];
-                }
+                score += dot(q$j, tile_a[at + $j]);
+                dp += dot(d_o$j, tile_b[at + $j]);
                 let prob = exp(score - row_lse);
                 let ds = prob * (dp * dropout_factor(row.b, row.h, row.s, s0 + r) - row_delta);
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    dq[i] += ds * tile_a[r * HEAD_DIM + i];
-                }
+                dq$j += ds * tile_a[at + $j];
             }
         }
         workgroupBarrier();
     }
     if row.valid {
-        for (var i = 0u; i < p.d; i++) {
-            dqkv[p.dqkv_offset + qkv_index(row.b, row.s, 0u, row.h, i) - p.qkv_offset] = dq[i] * p.scale;
-        }
+        let at = p.dqkv_offset + qkv_index(row.b, row.s, 0u, row.h, 0u) - p.qkv_offset;
+        put_dqkv4(at, $j, dq$j * p.scale);
     }
 }
 
 @compute @workgroup_size(BQ)
 fn attention_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = owned_row(wg, lid);
-    var k: array<f32, HEAD_DIM>;
-    var v: array<f32, HEAD_DIM>;
-    var dk: array<f32, HEAD_DIM>;
-    var dv: array<f32, HEAD_DIM>;
     let key_is_real = row.valid && real_key(row.b, row.s);
-    if key_is_real {
-        for (var i = 0u; i < p.d; i++) {
-            k[i] = qkv[qkv_index(row.b, row.s, 1u, row.h, i)] * p.scale;
-            v[i] = qkv[qkv_index(row.b, row.s, 2u, row.h, i)];
-        }
-    }
+    let k$j = row4(row.b, row.s, 1u, row.h, $j) * p.scale;
+    let v$j = row4(row.b, row.s, 2u, row.h, $j);
+    var dk$j = vec4<f32>(0.0);
+    var dv$j = vec4<f32>(0.0);
     for (var t0 = 0u; t0 < p.t; t0 += BK) {
         // Queries t0 .. t0+BK: q and dO rows, and their lse and delta.
         load_tiles(row.b, row.h, t0, 0u, 3u, lid);
@@ -275,28 +291,24 @@ fn attention_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
                 if tile_x[r] == NO_KEYS {
                     continue;
                 }
+                let at = r * HD4;
                 var score = 0.0;
                 var dp = 0.0;
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    score += k[i] * tile_a[r * HEAD_DIM + i];
-                    dp += v[i] * tile_b[r * HEAD_DIM + i];
-                }
+                score += dot(k$j, tile_a[at + $j]);
+                dp += dot(v$j, tile_b[at + $j]);
                 let prob = exp(score - tile_x[r]);
                 let z = dropout_factor(row.b, row.h, t0 + r, row.s);
                 let ds = prob * (dp * z - tile_y[r]);
-                for (var i = 0u; i < HEAD_DIM; i++) {
-                    dv[i] += prob * z * tile_b[r * HEAD_DIM + i];
-                    dk[i] += ds * tile_a[r * HEAD_DIM + i];
-                }
+                let pz = prob * z;
+                dv$j += pz * tile_b[at + $j];
+                dk$j += ds * tile_a[at + $j];
             }
         }
         workgroupBarrier();
     }
     if row.valid {
-        for (var i = 0u; i < p.d; i++) {
-            let at = qkv_index(row.b, row.s, 1u, row.h, i) - p.qkv_offset;
-            dqkv[p.dqkv_offset + at] = dk[i] * p.scale;
-            dqkv[p.dqkv_offset + at + p.heads * p.d] = dv[i];
-        }
+        let at = p.dqkv_offset + qkv_index(row.b, row.s, 1u, row.h, 0u) - p.qkv_offset;
+        put_dqkv4(at, $j, dk$j * p.scale);
+        put_dqkv4(at + p.heads * p.d, $j, dv$j);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec};
+use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec};
 use crate::data::Batch;
 use crate::dtype::DType;
 use crate::error::Result;
@@ -52,6 +52,10 @@ pub struct BenchRow {
     /// of the ratios of samples taken in alternation with a copy (1 is the memory's speed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_copy: Option<f64>,
+    /// Device time by kernel for one call, largest first, where [`BenchBudget::kernel_times`]
+    /// asked for it and the device can time its kernels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelTime>,
     /// Peak memory allocated while the case ran, in MiB.
     pub peak_mb: f64,
     pub timer: Timer,
@@ -66,6 +70,9 @@ pub struct BenchBudget {
     pub min_sample: Duration,
     /// Stop taking samples (after at least three) once a case has run this long.
     pub max_case: Duration,
+    /// Also time each kernel by the device's clock ([`BenchRow::kernels`]); the rows' own
+    /// times are then taken with that timing on.
+    pub kernel_times: bool,
 }
 
 impl Default for BenchBudget {
@@ -74,6 +81,7 @@ impl Default for BenchBudget {
             samples: 9,
             min_sample: Duration::from_millis(20),
             max_case: Duration::from_secs(4),
+            kernel_times: false,
         }
     }
 }
@@ -88,6 +96,13 @@ pub enum Timer {
     WallClock,
 }
 
+/// One case's samples: per-call times in ms, how they were timed, and the kernels of one call.
+struct Samples {
+    times: Vec<f64>,
+    timer: Timer,
+    kernels: Vec<KernelTime>,
+}
+
 /// Per-call times in ms of `f`: one warm-up call, then samples of as many calls as make a
 /// sample last `min_sample`, each timed by the device's clock where it has one, else by the
 /// wall clock up to the end of a wait for the device.
@@ -95,9 +110,9 @@ fn time<B: Backend>(
     b: &B,
     budget: &BenchBudget,
     mut f: impl FnMut() -> Result<()>,
-) -> Result<(Vec<f64>, Timer)> {
-    let [times] = time_alternating(b, budget, [&mut f])?;
-    Ok(times)
+) -> Result<Samples> {
+    let [samples] = time_alternating(b, budget, [&mut f])?;
+    Ok(samples)
 }
 
 /// [`time`] for several functions at once, their samples taken in turn (one of each, then
@@ -107,7 +122,7 @@ fn time_alternating<B: Backend, const N: usize>(
     b: &B,
     budget: &BenchBudget,
     mut fs: [&mut dyn FnMut() -> Result<()>; N],
-) -> Result<[(Vec<f64>, Timer); N]> {
+) -> Result<[Samples; N]> {
     let mut reps = [0usize; N];
     for (f, reps) in fs.iter_mut().zip(&mut reps) {
         let start = Instant::now();
@@ -118,26 +133,61 @@ fn time_alternating<B: Backend, const N: usize>(
             .ceil()
             .clamp(1.0, 1000.0) as usize;
     }
-    let mut out: [(Vec<f64>, Timer); N] = std::array::from_fn(|_| (Vec::new(), Timer::WallClock));
+    let timing_kernels = budget.kernel_times && b.time_kernels(true);
+    let mut out: [Samples; N] = std::array::from_fn(|_| Samples {
+        times: Vec::new(),
+        timer: Timer::WallClock,
+        kernels: Vec::new(),
+    });
+    let mut calls = [0usize; N];
     let case_start = Instant::now();
     let mut taken = 0;
     while taken < budget.samples.max(1) && (taken < 3 || case_start.elapsed() < budget.max_case) {
-        for ((f, &reps), (times, timer)) in fs.iter_mut().zip(&reps).zip(&mut out) {
+        for (i, (f, &reps)) in fs.iter_mut().zip(&reps).enumerate() {
+            if timing_kernels {
+                b.take_kernel_times()?; // the warm-up's, or another function's
+            }
             let t = Instant::now();
             let device_ms = b.device_time_ms(&mut || (0..reps).try_for_each(|_| f()))?;
             b.synchronize()?;
             let ms = match device_ms {
                 Some(ms) => {
-                    *timer = Timer::DeviceTimestamps;
+                    out[i].timer = Timer::DeviceTimestamps;
                     ms
                 }
                 None => t.elapsed().as_secs_f64() * 1e3,
             };
-            times.push(ms / reps as f64);
+            out[i].times.push(ms / reps as f64);
+            if timing_kernels {
+                add_kernel_times(&mut out[i].kernels, b.take_kernel_times()?);
+                calls[i] += reps;
+            }
         }
         taken += 1;
     }
+    if timing_kernels {
+        b.time_kernels(false);
+        for (samples, &calls) in out.iter_mut().zip(&calls) {
+            for k in &mut samples.kernels {
+                k.calls /= calls as f64;
+                k.ms /= calls as f64;
+            }
+            samples.kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        }
+    }
     Ok(out)
+}
+
+fn add_kernel_times(sums: &mut Vec<KernelTime>, more: Vec<KernelTime>) {
+    for k in more {
+        match sums.iter_mut().find(|s| s.kernel == k.kernel) {
+            Some(s) => {
+                s.calls += k.calls;
+                s.ms += k.ms;
+            }
+            None => sums.push(k),
+        }
+    }
 }
 
 /// The median of `values` (not empty).
@@ -147,7 +197,16 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
-fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer)) -> BenchRow {
+fn row<B: Backend>(
+    b: &B,
+    op: Op,
+    dtype: DType,
+    Samples {
+        times,
+        timer,
+        kernels,
+    }: Samples,
+) -> BenchRow {
     BenchRow {
         op,
         dtype,
@@ -169,6 +228,7 @@ fn row<B: Backend>(b: &B, op: Op, dtype: DType, (times, timer): (Vec<f64>, Timer
         vs_copy: None,
         peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
         timer,
+        kernels,
     }
 }
 
@@ -390,9 +450,9 @@ pub fn bench_memory_ops<B: Backend>(
     for (op, dtype, bytes, f) in cases.into_iter().filter(|case| wanted(case.0)) {
         let [times, copies] = time_alternating(b, budget, [&mut || f(), &mut copy])?;
         let ratios: Vec<f64> = times
-            .0
+            .times
             .iter()
-            .zip(&copies.0)
+            .zip(&copies.times)
             .map(|(t, c)| (t / bytes as f64) / (c / copy_bytes as f64))
             .collect();
         let mut r = memory_row(b, op, dtype, bytes, times);
@@ -403,13 +463,7 @@ pub fn bench_memory_ops<B: Backend>(
 }
 
 /// A memory-bound op's row: its times, and its bytes per second.
-fn memory_row<B: Backend>(
-    b: &B,
-    op: Op,
-    dtype: DType,
-    bytes: u64,
-    times: (Vec<f64>, Timer),
-) -> BenchRow {
+fn memory_row<B: Backend>(b: &B, op: Op, dtype: DType, bytes: u64, times: Samples) -> BenchRow {
     let mut r = row(b, op, dtype, times);
     r.bytes = Some(bytes);
     r.gbps = Some(bytes as f64 / (r.median_ms * 1e-3) / 1e9);

@@ -51,6 +51,9 @@ enum Command {
         /// `matmul`, `2048x`, `copy,gelu`).
         #[arg(long)]
         filter: Option<String>,
+        /// Also time each kernel by the GPU's clock, and print where each case's time goes.
+        #[arg(long)]
+        kernel_times: bool,
         #[arg(long)]
         json: bool,
     },
@@ -156,11 +159,13 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             device,
             samples,
             filter,
+            kernel_times,
             json,
         } => {
             let device = device.open()?;
             let budget = BenchBudget {
                 samples: samples.max(1),
+                kernel_times,
                 ..BenchBudget::default()
             };
             let bar = spinner(json);
@@ -257,6 +262,40 @@ fn print_selftest(rows: &[ParityRow]) {
     }
 }
 
+/// The kernels that took most of a row's time: per call, and their share of it.
+fn print_kernel_times(r: &BenchRow) {
+    const SHOWN: usize = 12;
+    for k in r.kernels.iter().take(SHOWN) {
+        println!(
+            "    {:<56} {:>7.1} calls {:>10.4} ms {:>5.1}%",
+            k.kernel,
+            k.calls,
+            k.ms,
+            100.0 * k.ms / r.median_ms
+        );
+    }
+    if r.kernels.len() > SHOWN {
+        let rest: f64 = r.kernels[SHOWN..].iter().map(|k| k.ms).sum();
+        println!(
+            "    {:<56} {:>13} {:>10.4} ms {:>5.1}%",
+            format!("{} more kernels", r.kernels.len() - SHOWN),
+            "",
+            rest,
+            100.0 * rest / r.median_ms
+        );
+    }
+    if !r.kernels.is_empty() {
+        let busy: f64 = r.kernels.iter().map(|k| k.ms).sum();
+        println!(
+            "    {:<56} {:>13} {:>10.4} ms {:>5.1}%",
+            "all kernels (the rest: between passes)",
+            "",
+            busy,
+            100.0 * busy / r.median_ms
+        );
+    }
+}
+
 fn print_bench(rows: &[BenchRow]) {
     if let Some(first) = rows.first() {
         println!("device: {} ({})", first.device, first.backend);
@@ -300,5 +339,6 @@ fn print_bench(rows: &[BenchRow]) {
                 Timer::WallClock => "wall clock",
             }
         );
+        print_kernel_times(r);
     }
 }

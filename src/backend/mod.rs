@@ -323,6 +323,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(None)
     }
 
+    /// Starts or stops timing each kernel by the device's own clock (slows every op a
+    /// little); false where there is nothing to time that way (the CPU backend).
+    fn time_kernels(&self, _on: bool) -> bool {
+        false
+    }
+
+    /// Device time by kernel since the last call while timing is on, largest first; waits for
+    /// the recorded work.
+    fn take_kernel_times(&self) -> Result<Vec<KernelTime>> {
+        Ok(Vec::new())
+    }
+
     fn memory_stats(&self) -> MemoryStats;
     fn reset_peak_memory_stats(&self);
     /// Frees cached blocks that no tensor holds.
@@ -768,6 +780,15 @@ pub(crate) mod check {
         }
         in_place_or_apart(op, x, out)
     }
+}
+
+/// The device time one kernel took (all its dispatches), from [`Backend::take_kernel_times`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    /// `variant::entry point`, as the pipeline is labelled.
+    pub kernel: String,
+    pub calls: f64,
+    pub ms: f64,
 }
 
 /// A backend chosen at run time: the CPU or a wgpu adapter.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use wgpu::util::DeviceExt;
 
 use super::shaders::Kernel;
+use crate::backend::KernelTime;
 use crate::error::{Error, Result};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -19,7 +20,9 @@ pub(crate) struct GpuContext {
     pub queue: wgpu::Queue,
     pub adapter_name: String,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
-    pipelines: Mutex<HashMap<(Kernel, &'static str), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(Kernel, &'static str), Pipeline>>,
+    /// Device time per kernel, while a caller asks for it (`time_kernels`).
+    kernel_clock: Mutex<Option<KernelClock>>,
     /// Bound where a kernel's optional operand is absent.
     pub placeholder: wgpu::Buffer,
     /// Timestamp queries between ops, where the adapter can write them inside an encoder.
@@ -33,6 +36,27 @@ struct Timestamps {
     resolved: wgpu::Buffer,
     /// Nanoseconds per timestamp tick.
     period_ns: f64,
+}
+
+/// A compiled entry point, and the name the kernel times give it (`variant::entry`).
+#[derive(Clone)]
+pub struct Pipeline {
+    raw: wgpu::ComputePipeline,
+    name: Arc<str>,
+}
+
+/// Compute passes (one per dispatch) timed between two readbacks: wgpu's largest query set
+/// holds 4096 timestamps, two per pass.
+const CLOCKED_PASSES: u32 = 2048;
+
+/// Timestamps written at the start and end of every compute pass, and their sums by kernel.
+struct KernelClock {
+    set: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    period_ns: f64,
+    /// The kernel of each pass recorded since the last drain: pass i wrote queries 2i, 2i + 1.
+    pending: Vec<Arc<str>>,
+    totals: HashMap<Arc<str>, KernelTime>,
 }
 
 /// A storage buffer bound at a binding index.
@@ -81,6 +105,7 @@ impl GpuContext {
             adapter_name,
             encoder: Mutex::new(None),
             pipelines: Mutex::new(HashMap::new()),
+            kernel_clock: Mutex::new(None),
             placeholder,
         })
     }
@@ -146,7 +171,7 @@ impl GpuContext {
     }
 
     /// The pipeline of `entry` in `kernel`, compiled on first use.
-    pub fn pipeline(&self, kernel: Kernel, entry: &'static str) -> Result<wgpu::ComputePipeline> {
+    pub fn pipeline(&self, kernel: Kernel, entry: &'static str) -> Result<Pipeline> {
         if let Some(p) = lock(&self.pipelines).get(&(kernel, entry)) {
             return Ok(p.clone());
         }
@@ -175,14 +200,91 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(self.gpu_error(&format!("compiling {name}"), e));
         }
+        let pipeline = Pipeline {
+            raw: pipeline,
+            name: name.into(),
+        };
         lock(&self.pipelines).insert((kernel, entry), pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Starts or stops timing every dispatch by the device's clock (a timestamp at the start
+    /// and end of its pass); false where the device cannot write timestamps.
+    pub fn time_kernels(&self, on: bool) -> bool {
+        let mut clock = lock(&self.kernel_clock);
+        if !on {
+            *clock = None;
+            return true;
+        }
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return false;
+        }
+        clock.get_or_insert_with(|| KernelClock {
+            set: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernel times"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * CLOCKED_PASSES,
+            }),
+            resolved: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernel times"),
+                size: 16 * CLOCKED_PASSES as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period_ns: self.queue.get_timestamp_period() as f64,
+            pending: Vec::new(),
+            totals: HashMap::new(),
+        });
+        true
+    }
+
+    /// Device time by kernel since the last call (empty when timing is off), largest first.
+    /// Waits for the work recorded so far.
+    pub fn take_kernel_times(&self) -> Result<Vec<KernelTime>> {
+        let mut slot = lock(&self.kernel_clock);
+        let Some(clock) = slot.as_mut() else {
+            return Ok(Vec::new());
+        };
+        self.drain(clock)?;
+        let mut times: Vec<KernelTime> = clock.totals.drain().map(|(_, t)| t).collect();
+        times.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(times)
+    }
+
+    /// Reads back the pending passes' timestamps and adds them to the totals.
+    fn drain(&self, clock: &mut KernelClock) -> Result<()> {
+        let passes = clock.pending.len() as u32;
+        if passes == 0 {
+            return Ok(());
+        }
+        self.record(|encoder| {
+            encoder.resolve_query_set(&clock.set, 0..2 * passes, &clock.resolved, 0)
+        });
+        let ticks: Vec<u64> =
+            bytemuck::pod_collect_to_vec(&self.read(&clock.resolved, 0, 16 * passes as u64)?);
+        for (name, pair) in clock.pending.drain(..).zip(ticks.chunks_exact(2)) {
+            let total = clock
+                .totals
+                .entry(name.clone())
+                .or_insert_with(|| KernelTime {
+                    kernel: name.to_string(),
+                    calls: 0.0,
+                    ms: 0.0,
+                });
+            total.calls += 1.0;
+            total.ms += pair[1].wrapping_sub(pair[0]) as f64 * clock.period_ns / 1e6;
+        }
+        Ok(())
     }
 
     /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0.
     pub fn dispatch(
         &self,
-        pipeline: &wgpu::ComputePipeline,
+        pipeline: &Pipeline,
         params: &[u8],
         buffers: &[Binding<'_>],
         workgroups: [u32; 3],
@@ -208,15 +310,34 @@ impl GpuContext {
         );
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &pipeline.raw.get_bind_group_layout(0),
             entries: &entries,
+        });
+        let mut clock = lock(&self.kernel_clock);
+        if let Some(c) = clock.as_mut() {
+            if c.pending.len() as u32 == CLOCKED_PASSES {
+                // A failed readback loses these samples, not the op: its error comes back at
+                // the next wait.
+                if self.drain(c).is_err() {
+                    c.pending.clear();
+                }
+            }
+            c.pending.push(pipeline.name.clone());
+        }
+        let timestamp_writes = clock.as_ref().map(|c| {
+            let pass = c.pending.len() as u32 - 1;
+            wgpu::ComputePassTimestampWrites {
+                query_set: &c.set,
+                beginning_of_pass_write_index: Some(2 * pass),
+                end_of_pass_write_index: Some(2 * pass + 1),
+            }
         });
         self.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes,
             });
-            pass.set_pipeline(pipeline);
+            pass.set_pipeline(&pipeline.raw);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         });

@@ -10,7 +10,7 @@ use context::{Binding, GpuContext};
 use kernel_config::KernelConfig;
 use shaders::Kernel;
 
-use super::{check, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
+use super::{check, AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -1287,6 +1287,14 @@ impl Backend for GpuBackend {
 
     fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
         self.ctx.device_time_ms(f)
+    }
+
+    fn time_kernels(&self, on: bool) -> bool {
+        self.ctx.time_kernels(on)
+    }
+
+    fn take_kernel_times(&self) -> Result<Vec<KernelTime>> {
+        self.ctx.take_kernel_times()
     }
 
     fn memory_stats(&self) -> MemoryStats {

@@ -65,6 +65,36 @@ pub enum Kernel {
 }
 
 /// gelu.wgsl with the constants of `math`'s GELU in front, so that both backends use one fit.
+/// Each code line (not a comment) that holds `$m` (m = `marker`), `count` times, with `$m`
+/// replaced by 0, 1, ..., `$m4` by the value / 4 and `$mc` by x, y, z or w (the value % 4: a
+/// vec4's component): straight-line code over an invocation's named registers. A private
+/// array indexed by anything but a constant lives in local memory on NVIDIA's driver, and
+/// WGSL has no way to ask for a loop to be unrolled.
+fn repeat_marked_lines(src: &str, marker: char, count: u32) -> String {
+    let (value, quarter, component) = (
+        format!("${marker}"),
+        format!("${marker}4"),
+        format!("${marker}c"),
+    );
+    let mut out = String::with_capacity(src.len() * 2);
+    for line in src.lines() {
+        if line.contains(&value) && !line.trim_start().starts_with("//") {
+            for v in 0..count {
+                let line = line
+                    .replace(&quarter, &(v / 4).to_string())
+                    .replace(&component, ["x", "y", "z", "w"][v as usize % 4])
+                    .replace(&value, &v.to_string());
+                out.push_str(&line);
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn gelu_source() -> String {
     fn array(name: &str, c: &[f32]) -> String {
         let items: Vec<String> = c.iter().map(|v| format!("{v:?}")).collect();
@@ -183,8 +213,15 @@ impl Kernel {
                 let body = MATMUL
                     .replace("//!CONSTS", &consts)
                     .replace("//!LOADER", loader);
+                let body = repeat_marked_lines(&body, 'a', tm / 4);
+                let body = repeat_marked_lines(&body, 'i', tm);
+                let body = repeat_marked_lines(&body, 'j', tn / 4);
                 if gelu {
-                    format!("{}\n{}", gelu_source(), body.replace("//!EPILOGUE", MATMUL_STORE_GELU))
+                    format!(
+                        "{}\n{}",
+                        gelu_source(),
+                        body.replace("//!EPILOGUE", MATMUL_STORE_GELU)
+                    )
                 } else {
                     body.replace("//!EPILOGUE", MATMUL_STORE)
                 }
@@ -198,14 +235,20 @@ impl Kernel {
             Kernel::Dropout { .. } => format!("{PHILOX}\n{DROPOUT}"),
             Kernel::Attention { head_dim, bk } => format!(
                 "{PHILOX}\n{}",
-                ATTENTION.replace(
-                    "//!CONSTS",
-                    &format!(
-                        "const HEAD_DIM: u32 = {head_dim}u;\nconst BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
-                         const NO_KEYS: f32 = {:e};",
-                        super::kernel_config::ATTENTION_QUERIES,
-                        crate::backend::NO_KEYS_LSE
-                    )
+                repeat_marked_lines(
+                    &ATTENTION.replace(
+                        "//!CONSTS",
+                        &format!(
+                            "const HEAD_DIM: u32 = {head_dim}u;\nconst HD4: u32 = {}u;\n\
+                             const BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
+                             const NO_KEYS: f32 = {:e};",
+                            head_dim / 4,
+                            super::kernel_config::ATTENTION_QUERIES,
+                            crate::backend::NO_KEYS_LSE
+                        )
+                    ),
+                    'j',
+                    head_dim / 4
                 )
             ),
             Kernel::Cast { from, to, .. } => CAST.replace(
