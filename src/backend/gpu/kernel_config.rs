@@ -136,20 +136,24 @@ impl KernelConfig {
         }
     }
 
-    /// The tile for an M×N product: the largest tile that still gives the adapter at least a
-    /// few dozen workgroups to spread, so that small products are not left to a handful of
-    /// oversized workgroups.
+    /// The tile for an M×N product: the largest (the fewest operand loads per multiply-add)
+    /// where its grid fills a large GPU, else the second: 64×64, as many invocations with a
+    /// quarter of the work each (the two need the same limits, so 32×32 is taken only where it
+    /// alone fits). On an H200 the 64×64 tile was faster wherever the 128×128 one had 64 to 128
+    /// workgroups, slower at 256, and faster than 32×32 at every size measured (256³ and the
+    /// batch-1 products of a prediction included).
     pub fn matmul_tile(&self, m: usize, n: usize, batch: usize) -> MatmulTile {
-        const MIN_WORKGROUPS: usize = 64;
+        /// Workgroups that keep a large GPU busy: about two per multiprocessor of an H100.
+        const FULL_GRID: usize = 256;
         if let Some(tile) = self.forced_matmul_tile {
             return tile;
         }
         let workgroups =
             |t: &MatmulTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch.max(1);
-        self.matmul_tiles
-            .iter()
-            .copied()
-            .find(|t| workgroups(t) >= MIN_WORKGROUPS)
-            .unwrap_or(*self.matmul_tiles.last().expect("never empty"))
+        match self.matmul_tiles[..] {
+            [largest, next, ..] if workgroups(&largest) < FULL_GRID => next,
+            [largest, ..] => largest,
+            [] => unreachable!("for_limits always keeps a tile"),
+        }
     }
 }
