@@ -470,12 +470,14 @@ fn memory_row<B: Backend>(b: &B, op: Op, dtype: DType, bytes: u64, times: Sample
     r
 }
 
-/// Elements of the memory-bound cases: a 2048×1024 f32 tensor (8 MiB), an activation of the
-/// model's size.
-pub const MEMORY_ELEMENTS: usize = 2048 * 1024;
+/// Rows of the memory-bound cases by default: 2048 × [`MODEL_WIDTH`] f32, 8 MiB a tensor.
+/// The ratio to a copy depends on the size through the caches: on a CPU with a 32 MiB L3 a
+/// copy of this size (16 MiB) runs from the L3, at several times the memory's speed, while an
+/// op that touches 24 MiB does not fit beside it (BENCHMARKS.md, ninth session).
+pub const MEMORY_ROWS: usize = 2048;
 
-/// Row width of the row-wise memory-bound cases (layer norm, bias gradient).
-const MODEL_WIDTH: usize = 1024;
+/// Row width of the memory-bound cases (the row-wise ones: layer norm, bias gradient).
+pub const MODEL_WIDTH: usize = 1024;
 
 /// The attention shapes: the model's (batch 32, 8 heads, 64 frames, heads of 32) and a long
 /// one (batch 8, 16 heads, 1024 frames, heads of 64); the long one only where it takes
@@ -533,11 +535,13 @@ pub fn bench_attention<B: Backend>(
 }
 
 /// Every case whose name contains `filter`, or one of its comma-separated parts (all when
-/// None), as `signflow bench` runs them; `progress` hears of each case before it runs.
+/// None), as `signflow bench` runs them, the memory-bound ones on `memory_rows` rows of
+/// [`MODEL_WIDTH`]; `progress` hears of each case before it runs.
 pub fn run_all<B: Backend>(
     b: &B,
     budget: &BenchBudget,
     filter: Option<&str>,
+    memory_rows: usize,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<BenchRow>> {
     let wanted = |name: &str| filter.is_none_or(|f| f.split(',').any(|f| name.contains(f)));
@@ -584,7 +588,7 @@ pub fn run_all<B: Backend>(
         progress("memory-bound ops");
         rows.extend(bench_memory_ops(
             b,
-            MEMORY_ELEMENTS,
+            memory_rows.max(1) * MODEL_WIDTH,
             budget,
             &mut inputs,
             |op| wanted(op.name()),

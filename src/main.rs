@@ -54,6 +54,11 @@ enum Command {
         /// Also time each kernel by the GPU's clock, and print where each case's time goes.
         #[arg(long)]
         kernel_times: bool,
+        /// Rows of 1024 f32 values in each tensor of the memory-bound cases (copy, layer norm,
+        /// GELU, ...).
+        #[arg(long, default_value_t = signflow::bench::MEMORY_ROWS as u64,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        memory_rows: u64,
         #[arg(long)]
         json: bool,
     },
@@ -160,6 +165,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             samples,
             filter,
             kernel_times,
+            memory_rows,
             json,
         } => {
             let device = device.open()?;
@@ -169,7 +175,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
                 ..BenchBudget::default()
             };
             let bar = spinner(json);
-            let rows = with_backend!(&device, b => signflow::bench::run_all(b, &budget, filter.as_deref(), |case| {
+            let rows = with_backend!(&device, b => signflow::bench::run_all(b, &budget, filter.as_deref(), memory_rows as usize, |case| {
                 bar.set_message(case.to_string());
                 bar.inc(1);
             }))?;

@@ -83,6 +83,55 @@ fn unknown_device_is_a_readable_error_listing_the_adapters() {
     }
 }
 
+/// `--memory-rows` sizes the memory-bound cases; `--kernel-times` breaks a GPU case down by
+/// kernel (the software adapter writes timestamps too).
+#[test]
+fn bench_memory_rows_and_kernel_times() {
+    let out = signflow(&[
+        "bench",
+        "--device",
+        "software",
+        "--memory-rows",
+        "3",
+        "--filter",
+        "copy,layernorm_bwd",
+        "--samples",
+        "1",
+        "--kernel-times",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is JSON alone");
+    let row = |op: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["op"] == op)
+            .unwrap_or_else(|| panic!("{op} missing: {rows}"))
+            .clone()
+    };
+    // 3 × 1024 f32 read and written.
+    assert_eq!(row("copy")["bytes"], 2 * 3 * 1024 * 4);
+    let kernels = row("layernorm_bwd")["kernels"].clone();
+    let kernels = kernels.as_array().expect("a kernel breakdown");
+    assert!(
+        kernels.iter().any(|k| {
+            k["kernel"].as_str().unwrap().ends_with("::layernorm_bwd") && k["calls"] == 1.0
+        }),
+        "{kernels:?}"
+    );
+    assert!(kernels.iter().all(|k| k["ms"].as_f64().unwrap() > 0.0));
+
+    let out = signflow(&["bench", "--device", "cpu", "--memory-rows", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-rows"));
+}
+
 #[test]
 fn bad_memory_fraction_is_a_readable_error() {
     let out = signflow(&["selftest", "--device", "cpu", "--memory-fraction", "1.5"]);
