@@ -1,6 +1,6 @@
 //! Attention on the CPU, one clip at a time: per head, the scores Q·Kᵀ, the probabilities and
-//! the products with V come from `gemm` on strided views of the packed q | k | v, so no head
-//! is copied out. A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
+//! the products with V come from `gemm` on strided views of the packed q | k | v (Kᵀ and Vᵀ,
+//! right-hand sides stored by columns, are copied into rows first: `gemm_by_rows`). A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
 use super::simd::{self, Block, Simd, WithSimd};
@@ -22,25 +22,12 @@ fn product(
 ) {
     // SAFETY: callers pass views that lie inside their clip's slices (see each call).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            alpha,
-            false,
-            false,
-            false,
+        super::gemm_by_rows(
+            (m, n, k),
+            (dst, dst_rs, false),
+            (lhs, lhs_rs, lhs_cs),
+            (rhs, rhs_rs, rhs_cs),
+            (0.0, alpha),
             gemm::Parallelism::None,
         );
     }

@@ -1164,9 +1164,8 @@ impl Backend for CpuBackend {
     }
 }
 
-/// One item of a matrix product through `gemm`, which takes any row and column strides, so
-/// the transposed layouts cost nothing extra. The bias is written to C first and accumulated
-/// onto (`read_dst`).
+/// One item of a matrix product through [`gemm_by_rows`], which takes any row and column
+/// strides. The bias is written to C first and accumulated onto (`read_dst`).
 fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &MatmulSpec) {
     let MatmulSpec { m, n, k, .. } = *spec;
     if m == 0 || n == 0 {
@@ -1178,16 +1177,7 @@ fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &M
         }
     }
     let (a_rs, a_cs) = if spec.trans_a { (1, m) } else { (k, 1) };
-    // gemm packs a right-hand side with a column stride (a linear layer's Wᵀ) one element at a
-    // time: under its AVX-512 kernels that cost more than the product (64 × 1024 × 256: 540–591
-    // against 78–80 µs). Such a B is handed over transposed into rows instead.
-    let mut scratch = RHS_SCRATCH.take();
-    let (b, b_rs, b_cs) = if spec.trans_b {
-        transpose_into(&b[..n * k], n, k, &mut scratch);
-        (&scratch[..k * n], n, 1)
-    } else {
-        (b, n, 1)
-    };
+    let (b_rs, b_cs) = if spec.trans_b { (1, k) } else { (n, 1) };
     let threads = rayon::current_num_threads();
     // Small products lose more to thread hand-off than they gain.
     let parallelism = if (m * n * k) < 64 * 64 * 64 || threads == 1 {
@@ -1197,22 +1187,65 @@ fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &M
     };
     // SAFETY: `spec.check` proved that A holds m·k, B k·n and C m·n elements at these strides.
     unsafe {
+        gemm_by_rows(
+            (m, n, k),
+            (c.as_mut_ptr(), n, bias.is_some()),
+            (a.as_ptr(), a_rs, a_cs),
+            (b.as_ptr(), b_rs, b_cs),
+            (1.0, 1.0),
+            parallelism,
+        );
+    }
+}
+
+/// `gemm::gemm`: dst (m×n, row stride dst.1) = alpha·dst (where dst.2 says to read it) +
+/// beta·lhs·rhs, each operand a (pointer, row stride, column stride) view. A right-hand side
+/// stored by columns (a linear layer's Wᵀ, attention's Kᵀ and Vᵀ) is first copied into rows:
+/// gemm packs such an operand one element at a time, which under its AVX-512 kernels cost more
+/// than the product (64 × 1024 × 256: 540–591 against 78–80 µs).
+///
+/// # Safety
+/// As `gemm::gemm`: each view's elements lie inside one allocation, and dst overlaps no other.
+#[allow(clippy::type_complexity)]
+unsafe fn gemm_by_rows(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, read_dst): (*mut f32, usize, bool),
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    (alpha, beta): (f32, f32),
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mut scratch = RHS_SCRATCH.take();
+    let (rhs, rhs_rs, rhs_cs) = if rhs_rs == 1 && rhs_cs != 1 && k > 0 {
+        // Column j of the k×n right-hand side is row j of an n×k matrix of row stride rhs_cs.
+        // SAFETY: those n rows are the view the caller vouches for.
+        let columns = unsafe { std::slice::from_raw_parts(rhs, (n - 1) * rhs_cs + k) };
+        transpose_into(columns, n, k, rhs_cs, &mut scratch);
+        (scratch.as_ptr(), n, 1)
+    } else {
+        (rhs, rhs_rs, rhs_cs)
+    };
+    // SAFETY: the caller's views, or the scratch's k×n rows.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
-            bias.is_some(),
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
+            dst_rs as isize,
+            read_dst,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            alpha,
+            beta,
             false,
             false,
             false,
@@ -1233,9 +1266,10 @@ thread_local! {
     static RHS_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// `src` [rows, cols] into `dst` [cols, rows]: 8×8 blocks transposed in AVX registers where the
-/// CPU has AVX, in blocks of rows that stay in L1; the edges one element at a time.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
+/// `src` [rows, cols] (row stride `src_rs`) into `dst` [cols, rows]: 8×8 blocks transposed in
+/// AVX registers where the CPU has AVX, in blocks of rows that stay in L1; the edges one
+/// element at a time.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, src_rs: usize, dst: &mut Vec<f32>) {
     if dst.len() < rows * cols {
         dst.resize(rows * cols, 0.0);
     }
@@ -1244,45 +1278,47 @@ fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU has AVX; transpose_8x8_blocks stays inside rows8 × cols8.
-        unsafe { transpose_8x8_blocks(src, rows, cols, rows8, cols8, dst) };
+        unsafe { transpose_8x8_blocks(src, rows, cols, src_rs, rows8, cols8, dst) };
     } else {
-        transpose_scalar(src, rows, cols, 0..rows8, 0..cols8, dst);
+        transpose_scalar(src, rows, src_rs, 0..rows8, 0..cols8, dst);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    transpose_scalar(src, rows, cols, 0..rows8, 0..cols8, dst);
-    transpose_scalar(src, rows, cols, rows8..rows, 0..cols, dst);
-    transpose_scalar(src, rows, cols, 0..rows8, cols8..cols, dst);
+    transpose_scalar(src, rows, src_rs, 0..rows8, 0..cols8, dst);
+    transpose_scalar(src, rows, src_rs, rows8..rows, 0..cols, dst);
+    transpose_scalar(src, rows, src_rs, 0..rows8, cols8..cols, dst);
 }
 
 fn transpose_scalar(
     src: &[f32],
     rows: usize,
-    cols: usize,
+    src_rs: usize,
     row_range: std::ops::Range<usize>,
     col_range: std::ops::Range<usize>,
     dst: &mut [f32],
 ) {
     for r in row_range {
         for c in col_range.clone() {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * rows + r] = src[r * src_rs + c];
         }
     }
 }
 
-/// The 8×8 blocks of `src` [.., cols] within rows8 × cols8 (multiples of 8), transposed into
-/// `dst` [cols, rows].
+/// The 8×8 blocks of `src` [.., cols] (row stride `src_rs`) within rows8 × cols8 (multiples of
+/// 8), transposed into `dst` [cols, rows].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn transpose_8x8_blocks(
     src: &[f32],
     rows: usize,
     cols: usize,
+    src_rs: usize,
     rows8: usize,
     cols8: usize,
     dst: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(rows8 <= rows && cols8 <= cols && src.len() >= rows * cols);
+    assert!(rows8 <= rows && cols8 <= cols && cols <= src_rs);
+    assert!(rows == 0 || src.len() >= (rows - 1) * src_rs + cols);
     assert!(dst.len() >= rows * cols);
     // Rows of `src` a sweep covers: their 8-column strips stay in L1 while the sweep moves
     // right, and `dst` is written 32 bytes at a time.
@@ -1292,12 +1328,12 @@ unsafe fn transpose_8x8_blocks(
         for c in (0..cols8).step_by(8) {
             for r in (r0..r_end).step_by(8) {
                 // SAFETY (all loads and stores): r + 7 < rows8 ≤ rows and c + 7 < cols8 ≤
-                // cols, so rows r .. r + 8 of `src` hold columns c .. c + 8, and rows c .. c + 8
-                // of `dst` hold columns r .. r + 8 (lengths asserted above).
+                // cols ≤ src_rs, so rows r .. r + 8 of `src` hold columns c .. c + 8, and rows
+                // c .. c + 8 of `dst` hold columns r .. r + 8 (lengths asserted above).
                 // (A macro, not a closure: a closure would be compiled without AVX.)
                 macro_rules! load {
                     ($i:expr) => {
-                        _mm256_loadu_ps(src.as_ptr().add((r + $i) * cols + c))
+                        _mm256_loadu_ps(src.as_ptr().add((r + $i) * src_rs + c))
                     };
                 }
                 let (r0v, r1, r2, r3) = (load!(0), load!(1), load!(2), load!(3));
@@ -1650,7 +1686,7 @@ mod simd_paths {
 
     #[test]
     fn transpose_into_every_block_and_edge() {
-        for (rows, cols) in [
+        let sizes = [
             (1, 1),
             (1, 9),
             (9, 1),
@@ -1658,18 +1694,18 @@ mod simd_paths {
             (13, 21),
             (16, 24),
             (67, 130),
-        ] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        ];
+        for ((rows, cols), pad) in sizes.into_iter().zip([0, 3, 0, 8, 1, 0, 29]) {
+            // Rows `pad` elements apart beyond their width, as a head's columns of qkv are.
+            let src_rs = cols + pad;
+            let src: Vec<f32> = (0..rows * src_rs).map(|i| i as f32).collect();
             // A longer, dirty scratch: only its first rows·cols elements are the answer.
             let mut dst = vec![f32::NAN; rows * cols + 5];
-            super::transpose_into(&src, rows, cols, &mut dst);
+            super::transpose_into(&src, rows, cols, src_rs, &mut dst);
             for r in 0..rows {
                 for c in 0..cols {
-                    assert_eq!(
-                        dst[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} at {r},{c}"
-                    );
+                    let want = src[r * src_rs + c];
+                    assert_eq!(dst[c * rows + r], want, "{rows}x{cols}+{pad} at {r},{c}");
                 }
             }
         }
