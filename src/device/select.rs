@@ -193,9 +193,10 @@ pub fn resolve(request: &DeviceRequest, ranked: &[AdapterSummary]) -> Result<Sel
             .map(Selection::Adapter)
             .ok_or_else(|| {
                 not_found(
-                "there is no hardware GPU adapter (use `cpu`, or `software` for a software one)"
-                    .into(),
-            )
+                    "there is no hardware GPU adapter (use `cpu`, or `software` for a software \
+                     one; on Linux, an NVIDIA driver's Vulkan also needs glvnd: libglvnd0)"
+                        .into(),
+                )
             }),
         DeviceRequest::GpuIndex(n) => {
             if *n < ranked.len() {
