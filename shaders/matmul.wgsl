@@ -4,6 +4,10 @@
 // [M,N]. Item z of the dispatch is item `batch_base + z` and starts `stride_*` elements after
 // the operand's offset.
 //
+// Split over K (k_split > 0, one item): z is the slice, which takes K from z·k_split (a
+// multiple of BK) up to k_split further and stores its partial product, without bias, to C's
+// slice z (C is then the [slices, M, N] partials that matmul_splits.wgsl adds up).
+//
 // Each workgroup computes a BM×BN tile of C, walking K in steps of BK: the workgroup copies
 // the BK-deep slices of op(A) and op(B) into workgroup memory (k-major, so that each thread
 // reads its TM rows and TN columns as vec4s), then every thread accumulates a TM×TN block of
@@ -38,7 +42,8 @@ struct Params {
     batch_base: u32,
     // Where the GELU epilogue writes the pre-activation (element c_offset of C maps to it).
     pre_offset: u32,
-    _pad0: u32,
+    // The K extent of each slice of a split product; 0 when not split.
+    k_split: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -71,16 +76,19 @@ fn matmul(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    let item = p.batch_base + wg.z;
+    let split = p.k_split != 0u;
+    let item = select(p.batch_base + wg.z, p.batch_base, split);
+    let k_begin = select(0u, wg.z * p.k_split, split);
+    let k_end = select(p.k, min(p.k, k_begin + p.k_split), split);
     let m0 = wg.y * BM;
     let n0 = wg.x * BN;
     let a_base = p.a_offset + item * p.stride_a;
     let b_base = p.b_offset + item * p.stride_b;
-    let c_base = p.c_offset + item * p.stride_c;
+    let c_base = select(p.c_offset + item * p.stride_c, p.c_offset + wg.z * p.m * p.n, split);
 
     var acc$i_$j = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        load_tiles(tid, m0, n0, k0, a_base, b_base);
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+        load_tiles(tid, m0, n0, k0, k_end, a_base, b_base);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let a$a = a_tile[(kk * BM + lid.y * TM) / 4u + $a];

@@ -4,7 +4,7 @@
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 
-fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, a_base: u32, b_base: u32) {
+fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, k_end: u32, a_base: u32, b_base: u32) {
     for (var i = tid; i < BM * BK / 4u; i += THREADS) {
         if TRANS_A {
             // Stored [K, M]: four consecutive m of one k, stored as they are.
@@ -13,7 +13,7 @@ fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, a_base: u32, b_base: u32) {
             let gk = k0 + kk;
             let gm = m0 + mm;
             var v = vec4<f32>(0.0);
-            if gk < p.k && gm < p.m {
+            if gk < k_end && gm < p.m {
                 v = a[(a_base + gk * p.m + gm) / 4u];
             }
             a_tile[(kk * BM + mm) / 4u] = v;
@@ -24,7 +24,7 @@ fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, a_base: u32, b_base: u32) {
             let gm = m0 + mm;
             let gk = k0 + kk;
             var v = vec4<f32>(0.0);
-            if gm < p.m && gk < p.k {
+            if gm < p.m && gk < k_end {
                 v = a[(a_base + gm * p.k + gk) / 4u];
             }
             for (var t = 0u; t < 4u; t++) {
@@ -40,7 +40,7 @@ fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, a_base: u32, b_base: u32) {
             let gn = n0 + nn;
             let gk = k0 + kk;
             var v = vec4<f32>(0.0);
-            if gn < p.n && gk < p.k {
+            if gn < p.n && gk < k_end {
                 v = b[(b_base + gn * p.k + gk) / 4u];
             }
             for (var t = 0u; t < 4u; t++) {
@@ -53,7 +53,7 @@ fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, a_base: u32, b_base: u32) {
             let gk = k0 + kk;
             let gn = n0 + nn;
             var v = vec4<f32>(0.0);
-            if gk < p.k && gn < p.n {
+            if gk < k_end && gn < p.n {
                 v = b[(b_base + gk * p.n + gn) / 4u];
             }
             b_tile[(kk * BN + nn) / 4u] = v;

@@ -1045,6 +1045,9 @@ pub fn matmul_cases() -> Vec<(MatmulSpec, bool)> {
         (64, 64, 64),
         (127, 63, 128),
         (260, 300, 20),
+        // Small grids with a long K: split over K on the GPU (kernel_config::matmul_k_split).
+        (7, 33, 1100),
+        (64, 96, 600),
     ];
     let mut cases = Vec::new();
     for (i, &(m, n, k)) in sizes.iter().enumerate() {

@@ -143,17 +143,49 @@ impl KernelConfig {
     /// workgroups, slower at 256, and faster than 32×32 at every size measured (256³ and the
     /// batch-1 products of a prediction included).
     pub fn matmul_tile(&self, m: usize, n: usize, batch: usize) -> MatmulTile {
-        /// Workgroups that keep a large GPU busy: about two per multiprocessor of an H100.
-        const FULL_GRID: usize = 256;
         if let Some(tile) = self.forced_matmul_tile {
             return tile;
         }
-        let workgroups =
-            |t: &MatmulTile| m.div_ceil(t.bm as usize) * n.div_ceil(t.bn as usize) * batch.max(1);
         match self.matmul_tiles[..] {
-            [largest, next, ..] if workgroups(&largest) < FULL_GRID => next,
+            [largest, next, ..] if matmul_workgroups(&largest, m, n, batch) < FULL_GRID => next,
             [largest, ..] => largest,
             [] => unreachable!("for_limits always keeps a tile"),
         }
     }
 }
+
+/// Workgroups that keep a large GPU busy: about two per multiprocessor of an H100 (132).
+pub const FULL_GRID: usize = 256;
+
+/// The least K a slice of a product split over K takes: below it, the partial products' extra
+/// pass costs more than the idle multiprocessors it puts to work.
+const MIN_SPLIT_K: usize = 256;
+
+/// A slice's K extent is a multiple of this: of every tile's BK, and of 4 (vec4 loads).
+const SPLIT_K_ALIGN: usize = 16;
+
+/// The workgroups of an M×N product of `batch` items in tiles of `tile`.
+pub fn matmul_workgroups(tile: &MatmulTile, m: usize, n: usize, batch: usize) -> usize {
+    m.div_ceil(tile.bm as usize) * n.div_ceil(tile.bn as usize) * batch.max(1)
+}
+
+/// For one product of K = `k` whose grid has `workgroups`: the K extent of each slice when
+/// splitting over K fills the device better (weight gradients: small M×N, K = every frame of
+/// the batch), None when it does not pay.
+pub fn matmul_k_split(workgroups: usize, k: usize) -> Option<usize> {
+    if workgroups >= FULL_GRID || k < 2 * MIN_SPLIT_K {
+        return None;
+    }
+    let slices = FULL_GRID.div_ceil(workgroups).min(k / MIN_SPLIT_K);
+    let slice = k.div_ceil(slices).next_multiple_of(SPLIT_K_ALIGN);
+    (slice < k).then_some(slice)
+}
+
+// Every tile's BK divides a slice's K extent, so that no tile straddles two slices.
+const _: () = {
+    let mut i = 0;
+    while i < MatmulTile::CANDIDATES.len() {
+        assert!(SPLIT_K_ALIGN % MatmulTile::CANDIDATES[i].bk as usize == 0);
+        i += 1;
+    }
+};

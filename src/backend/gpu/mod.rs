@@ -6,7 +6,7 @@ pub mod shaders;
 
 use std::sync::Arc;
 
-use context::{Binding, GpuContext};
+use context::{Binding, GpuContext, Pipeline};
 use kernel_config::KernelConfig;
 use shaders::Kernel;
 
@@ -117,7 +117,21 @@ struct MatmulParams {
     stride_c: u32,
     batch_base: u32,
     pre_offset: u32,
-    _pad: [u32; 3],
+    k_split: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulSplitsParams {
+    m: u32,
+    n: u32,
+    slices: u32,
+    has_bias: u32,
+    c_offset: u32,
+    bias_offset: u32,
+    groups_x: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -615,7 +629,8 @@ impl GpuBackend {
             stride_c: index_u32(OP, spec.stride_c)?,
             batch_base: 0,
             pre_offset: index_u32(OP, pre.map_or(0, |t| t.offset()))?,
-            _pad: [0; 3],
+            k_split: 0,
+            _pad: [0; 2],
         };
         // Every index a kernel computes must fit its 32-bit arithmetic.
         index_u32(OP, a.offset().saturating_add(spec.a_len()))?;
@@ -623,6 +638,24 @@ impl GpuBackend {
         index_u32(OP, out.offset().saturating_add(spec.c_len()))?;
         if let Some(pre) = pre {
             index_u32(OP, pre.offset().saturating_add(spec.c_len()))?;
+        }
+        let workgroups = kernel_config::matmul_workgroups(&tile, spec.m, spec.n, spec.batch);
+        if spec.batch == 1 && pre.is_none() {
+            if let Some(k_split) = kernel_config::matmul_k_split(workgroups, spec.k) {
+                params.k_split = index_u32(OP, k_split)?;
+                return self.record_split_matmul(
+                    &pipeline,
+                    params,
+                    [&a, &b],
+                    bias.as_ref(),
+                    out,
+                    [
+                        groups_x as u32,
+                        groups_y as u32,
+                        spec.k.div_ceil(k_split) as u32,
+                    ],
+                );
+            }
         }
         // Batches beyond the per-dimension limit go in several dispatches.
         for base in (0..spec.batch).step_by(max) {
@@ -644,6 +677,70 @@ impl GpuBackend {
                 [groups_x as u32, groups_y as u32, items],
             );
         }
+        Ok(())
+    }
+
+    /// One product split over K (`params.k_split`): each of the grid's z slices stores its
+    /// partial product into a scratch tensor, then `sum_slices` adds them in slice order, and
+    /// the bias, into `out`.
+    fn record_split_matmul(
+        &self,
+        pipeline: &Pipeline,
+        mut params: MatmulParams,
+        [a, b]: [&Tensor<Self>; 2],
+        bias: Option<&Tensor<Self>>,
+        out: &Tensor<Self>,
+        grid: [u32; 3],
+    ) -> Result<()> {
+        const OP: &str = "matmul";
+        let len = params.m as usize * params.n as usize;
+        let slices = grid[2];
+        let partials = self.alloc(&[slices as usize * len], DType::F32)?;
+        index_u32(OP, partials.offset().saturating_add(slices as usize * len))?;
+        let (has_bias, bias_offset) = (params.has_bias, params.bias_offset);
+        params.c_offset = index_u32(OP, partials.offset())?;
+        params.has_bias = 0;
+        self.ctx.dispatch(
+            pipeline,
+            bytemuck::bytes_of(&params),
+            &[
+                (1, a.storage().buffer()),
+                (2, b.storage().buffer()),
+                (3, &self.ctx.placeholder),
+                (4, partials.storage().buffer()),
+            ],
+            grid,
+        );
+        let sum_grid = self.grid(len);
+        let sum = MatmulSplitsParams {
+            m: params.m,
+            n: params.n,
+            slices,
+            has_bias,
+            c_offset: index_u32(OP, out.offset())?,
+            bias_offset,
+            groups_x: sum_grid[0],
+            _pad: 0,
+        };
+        let sum_pipeline = self.ctx.pipeline(
+            Kernel::MatmulSplits {
+                workgroup: self.kernels.elementwise_workgroup,
+            },
+            "sum_slices",
+        )?;
+        self.ctx.dispatch(
+            &sum_pipeline,
+            bytemuck::bytes_of(&sum),
+            &[
+                (1, partials.storage().buffer()),
+                (
+                    2,
+                    bias.map_or(&self.ctx.placeholder, |t| t.storage().buffer()),
+                ),
+                (3, out.storage().buffer()),
+            ],
+            sum_grid,
+        );
         Ok(())
     }
 

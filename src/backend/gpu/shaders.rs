@@ -11,6 +11,7 @@ const MATMUL_LOAD_SCALAR: &str = include_str!("../../../shaders/matmul_load_scal
 const MATMUL_LOAD_VEC4: &str = include_str!("../../../shaders/matmul_load_vec4.wgsl");
 const MATMUL_STORE: &str = include_str!("../../../shaders/matmul_store.wgsl");
 const MATMUL_STORE_GELU: &str = include_str!("../../../shaders/matmul_store_gelu.wgsl");
+const MATMUL_SPLITS: &str = include_str!("../../../shaders/matmul_splits.wgsl");
 const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
 const WORKGROUP_REDUCE: &str = include_str!("../../../shaders/workgroup_reduce.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
@@ -36,6 +37,8 @@ pub enum Kernel {
         vec4: bool,
         gelu: bool,
     },
+    /// matmul_splits.wgsl: `sum_slices`, the second pass of a product split over K.
+    MatmulSplits { workgroup: u32 },
     /// elementwise.wgsl with `workgroup` invocations per workgroup: entry points `add`,
     /// `scale`, `gelu_fwd`, `gelu_bwd`.
     Elementwise { workgroup: u32 },
@@ -150,6 +153,7 @@ impl Kernel {
                 if vec4 { "vec4" } else { "scalar" },
                 if gelu { "_gelu" } else { "" }
             ),
+            Kernel::MatmulSplits { workgroup } => format!("matmul_splits_wg{workgroup}"),
             Kernel::Elementwise { workgroup } => format!("elementwise_wg{workgroup}"),
             Kernel::LayerNorm { workgroup } => format!("layernorm_wg{workgroup}"),
             Kernel::ColumnSums {
@@ -174,6 +178,7 @@ impl Kernel {
         match *self {
             Kernel::Matmul { .. } => Vec::new(),
             Kernel::Elementwise { workgroup }
+            | Kernel::MatmulSplits { workgroup }
             | Kernel::Cast { workgroup, .. }
             | Kernel::LayerNorm { workgroup }
             | Kernel::Pool { workgroup }
@@ -226,6 +231,7 @@ impl Kernel {
                     body.replace("//!EPILOGUE", MATMUL_STORE)
                 }
             }
+            Kernel::MatmulSplits { .. } => MATMUL_SPLITS.into(),
             Kernel::Elementwise { .. } => format!("{}\n{ELEMENTWISE}", gelu_source()),
             Kernel::LayerNorm { .. } => format!("{WORKGROUP_REDUCE}\n{LAYERNORM}"),
             Kernel::ColumnSums { .. } => COLUMN_SUMS.into(),
@@ -267,6 +273,9 @@ impl Kernel {
     pub fn all() -> Vec<Kernel> {
         const WORKGROUP: u32 = 256;
         let mut all = vec![
+            Kernel::MatmulSplits {
+                workgroup: WORKGROUP,
+            },
             Kernel::Elementwise {
                 workgroup: WORKGROUP,
             },
