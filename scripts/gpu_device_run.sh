@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device side of scripts/gpu_stage.sh, in one call: the shared run.sh (devices, selftest,
-# bench, the PyTorch peer), the GPU test binaries, the kernel breakdown of a training step and
-# a prediction, and every other staged binary (.gpu/bin/signflow_*) against this build in
-# alternating rounds. Everything lands in $OUT (seven files at most: the tool returns eight).
+# bench, the PyTorch peer), the GPU test binaries, and for this build and every other staged
+# one (.gpu/bin/signflow_*) its selftest and the kernel breakdown of attention, a training
+# step and a prediction, then all of them in alternating rounds. Everything lands in $OUT
+# (seven files at most: the tool returns eight).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -24,11 +25,16 @@ for t in gpu_parity model_parity; do
 done
 grep -E "^test result|FAILED|panicked" "$OUT/tests.txt"
 
-timeout 120 .gpu/bin/signflow bench --device gpu --kernel-times --filter train_step,predict \
-    > "$OUT/kernels.txt" 2>&1
-grep -v INFO "$OUT/kernels.txt"
-
 others=$(ls .gpu/bin/signflow_* 2>/dev/null)
+# Every build's own check on this card, and where its GPU time goes.
+for bin in .gpu/bin/signflow $others; do
+    echo "== $bin"
+    timeout 120 "$bin" selftest --device gpu 2>&1 | grep -E "checks|FAIL"
+    timeout 120 "$bin" bench --device gpu --kernel-times --filter attention,train_step,predict \
+        2>&1 | grep -v -E "INFO|^device|^op"
+done > "$OUT/kernels.txt"
+cat "$OUT/kernels.txt"
+
 if [ -n "$others" ]; then
     for round in 1 2; do
         for bin in .gpu/bin/signflow $others; do
