@@ -25,6 +25,7 @@ for t in gpu_parity model_parity; do
 done
 grep -E "^test result|FAILED|panicked" "$OUT/tests.txt"
 
+for gz in .gpu/bin/signflow_*.gz; do [ -e "$gz" ] && gunzip -f "$gz" && chmod +x "${gz%.gz}"; done
 others=$(ls .gpu/bin/signflow_* 2>/dev/null)
 # Every build's own check on this card, and where its GPU time goes.
 for bin in .gpu/bin/signflow $others; do

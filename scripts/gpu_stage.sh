@@ -9,7 +9,7 @@
 # Adds to .gpu/:
 #   debs/       glvnd, without which NVIDIA's Vulkan driver creates no instance there
 #   tests/      the GPU test binaries (gpu_parity, model_parity) and the path they were built at
-#   bin/signflow_BRANCH   each BRANCH built too, for before/after on the same card in one call
+#   bin/signflow_BRANCH.gz   each BRANCH built too, for before/after on the same card in one call
 #   gpu_device_run.sh     the device side (see that file)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -33,8 +33,10 @@ for branch in "$@"; do
     tree=$(mktemp -d)
     git worktree add --detach "$tree" "$branch" >/dev/null
     (cd "$tree" && CARGO_TARGET_DIR="$root/target/gpu_stage" cargo build --release --bin signflow)
-    cp "$root/target/gpu_stage/release/signflow" ".gpu/bin/signflow_${branch//\//_}"
-    strip ".gpu/bin/signflow_${branch//\//_}"
+    bin=".gpu/bin/signflow_${branch//\//_}"
+    cp "$root/target/gpu_stage/release/signflow" "$bin"
+    # Compressed: the device tool carries 64 MiB at most.
+    strip "$bin" && gzip -f "$bin"
     git worktree remove --force "$tree"
 done
 
