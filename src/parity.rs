@@ -557,16 +557,23 @@ pub fn check_layernorm_backward<B: Backend>(
         &widen(&rstd32),
         &widen(&dy),
     );
+    // dx = rstd·(dy·w − mean(dy·w) − x̂·mean(dy·w·x̂)) cancels to exactly 0 in a one-column
+    // row, and nearly so in very short ones, so dx is judged against the size of the terms
+    // that cancel. A fused multiply-add leaves an f32 rounding of them: NVIDIA's driver
+    // contracts dy·w − mean(dy·w), which gave 1.9e-5 · rstd·|dy·w| at 1×1 on an H100.
+    let dx_terms = (0..rows * cols)
+        .map(|i| rstd[i / cols] * (dy[i] as f64 * w[i % cols] as f64).abs())
+        .fold(0.0, f64::max);
     let got = [dx.to_f32_vec()?, dw.to_f32_vec()?, db.to_f32_vec()?];
-    Ok(ParityRow::of_parts(
+    Ok(ParityRow::of_scaled_parts(
         Op::LayernormBwd,
         DType::F32,
         format!("{rows}x{cols}"),
         OpClass::Elementwise,
         &[
-            (&got[0], &want_dx),
-            (&got[1], &want_dw),
-            (&got[2], &want_db),
+            (&got[0], &want_dx, dx_terms),
+            (&got[1], &want_dw, 0.0),
+            (&got[2], &want_db, 0.0),
         ],
     ))
 }
