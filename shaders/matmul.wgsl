@@ -12,6 +12,9 @@
 // the BK-deep slices of op(A) and op(B) into workgroup memory (k-major, so that each thread
 // reads its TM rows and TN columns as vec4s), then every thread accumulates a TM×TN block of
 // C in registers. Out-of-range elements load as 0 and are never stored, so any size works.
+// Each thread holds its share of the next slice in registers (the loader's slots, fetched
+// before the multiply-adds, stashed into workgroup memory after them), so that the loads'
+// latency overlaps arithmetic even with one workgroup per multiprocessor.
 //
 // The constants BM, BN, BK, TM, TN, TRANS_A, TRANS_B, the tile loader (scalar, or vec4
 // loads when the contiguous dimensions and offsets are multiples of 4) and the epilogue
@@ -19,9 +22,10 @@
 // generated per variant by src/backend/gpu/shaders.rs. So is the straight-line code over a
 // thread's registers: a code line holding `$i` is repeated for each of its TM rows, `$j` for
 // each vec4 of its TN columns, `$a` for each vec4 of its TM rows (`$i4` and `$ic` are row i's
-// vec4 and component). The accumulators are named variables, never an array: a private array
-// indexed in a loop lives in local memory on NVIDIA's driver, not in registers (this kernel
-// ran at 3% of an H100's f32 rate so).
+// vec4 and component), `$u` and `$w` for each of its loader slots of op(A) and op(B). The
+// accumulators and slots are named variables, never an array: a private array indexed in a
+// loop lives in local memory on NVIDIA's driver, not in registers (this kernel ran at 3% of
+// an H100's f32 rate so).
 
 //!CONSTS
 
@@ -87,15 +91,22 @@ fn matmul(
     let c_base = select(p.c_offset + item * p.stride_c, p.c_offset + wg.z * p.m * p.n, split);
 
     var acc$i_$j = vec4<f32>(0.0);
+    var staged_a$u = fetch_a(tid + $u * THREADS, m0, k_begin, k_end, a_base);
+    var staged_b$w = fetch_b(tid + $w * THREADS, n0, k_begin, k_end, b_base);
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        load_tiles(tid, m0, n0, k0, k_end, a_base, b_base);
         workgroupBarrier();
+        stash_a(tid + $u * THREADS, staged_a$u);
+        stash_b(tid + $w * THREADS, staged_b$w);
+        workgroupBarrier();
+        // The next slice's loads are in flight while this one is multiplied (past k_end they
+        // are zeros and touch no memory).
+        staged_a$u = fetch_a(tid + $u * THREADS, m0, k0 + BK, k_end, a_base);
+        staged_b$w = fetch_b(tid + $w * THREADS, n0, k0 + BK, k_end, b_base);
         for (var kk = 0u; kk < BK; kk++) {
             let a$a = a_tile[(kk * BM + lid.y * TM) / 4u + $a];
             let b$j = b_tile[(kk * BN + lid.x * TN) / 4u + $j];
             acc$i_$j = fma(vec4<f32>(a$i4.$ic), b$j, acc$i_$j);
         }
-        workgroupBarrier();
     }
     store4(m0 + lid.y * TM + $i, n0 + lid.x * TN + 4u * $j, c_base, acc$i_$j);
 }

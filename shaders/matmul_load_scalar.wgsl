@@ -1,51 +1,64 @@
-// Tile loader for any sizes and offsets: one element per load.
+// Tile loader for any sizes and offsets: one element per load. A slot is one element of a
+// slice: BM·BK of op(A), BK·BN of op(B).
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 
-fn load_tiles(tid: u32, m0: u32, n0: u32, k0: u32, k_end: u32, a_base: u32, b_base: u32) {
-    // Consecutive threads read consecutive addresses in A's storage order.
-    for (var i = tid; i < BM * BK; i += THREADS) {
-        var mm: u32;
-        var kk: u32;
-        if TRANS_A {
-            kk = i / BM;
-            mm = i % BM;
-        } else {
-            mm = i / BK;
-            kk = i % BK;
-        }
-        let gm = m0 + mm;
-        let gk = k0 + kk;
-        var v = 0.0;
-        if gm < p.m && gk < k_end {
-            if TRANS_A {
-                v = a[a_base + gk * p.m + gm];
-            } else {
-                v = a[a_base + gm * p.k + gk];
-            }
-        }
-        put_a(kk, mm, v);
+alias Staged = f32;
+const A_SLOTS: u32 = BM * BK;
+const B_SLOTS: u32 = BK * BN;
+
+// (k, m) of A-slot i within the slice; consecutive slots are consecutive in A's storage.
+fn a_slot(i: u32) -> vec2<u32> {
+    if TRANS_A {
+        return vec2<u32>(i / BM, i % BM);
     }
-    for (var i = tid; i < BK * BN; i += THREADS) {
-        var kk: u32;
-        var nn: u32;
-        if TRANS_B {
-            nn = i / BK;
-            kk = i % BK;
-        } else {
-            kk = i / BN;
-            nn = i % BN;
-        }
-        let gk = k0 + kk;
-        let gn = n0 + nn;
-        var v = 0.0;
-        if gk < k_end && gn < p.n {
-            if TRANS_B {
-                v = b[b_base + gn * p.k + gk];
-            } else {
-                v = b[b_base + gk * p.n + gn];
-            }
-        }
-        put_b(kk, nn, v);
+    return vec2<u32>(i % BK, i / BK);
+}
+
+// (k, n) of B-slot i; consecutive slots are consecutive in B's storage.
+fn b_slot(i: u32) -> vec2<u32> {
+    if TRANS_B {
+        return vec2<u32>(i % BK, i / BK);
+    }
+    return vec2<u32>(i / BN, i % BN);
+}
+
+fn fetch_a(i: u32, m0: u32, k0: u32, k_end: u32, a_base: u32) -> Staged {
+    let s = a_slot(i);
+    let gk = k0 + s.x;
+    let gm = m0 + s.y;
+    if i >= A_SLOTS || gk >= k_end || gm >= p.m {
+        return 0.0;
+    }
+    if TRANS_A {
+        return a[a_base + gk * p.m + gm];
+    }
+    return a[a_base + gm * p.k + gk];
+}
+
+fn fetch_b(i: u32, n0: u32, k0: u32, k_end: u32, b_base: u32) -> Staged {
+    let s = b_slot(i);
+    let gk = k0 + s.x;
+    let gn = n0 + s.y;
+    if i >= B_SLOTS || gk >= k_end || gn >= p.n {
+        return 0.0;
+    }
+    if TRANS_B {
+        return b[b_base + gn * p.k + gk];
+    }
+    return b[b_base + gk * p.n + gn];
+}
+
+fn stash_a(i: u32, v: Staged) {
+    if i < A_SLOTS {
+        let s = a_slot(i);
+        put_a(s.x, s.y, v);
+    }
+}
+
+fn stash_b(i: u32, v: Staged) {
+    if i < B_SLOTS {
+        let s = b_slot(i);
+        put_b(s.x, s.y, v);
     }
 }

@@ -218,6 +218,12 @@ impl Kernel {
                 let body = MATMUL
                     .replace("//!CONSTS", &consts)
                     .replace("//!LOADER", loader);
+                // A thread's share of a slice's loader slots (a vec4 or one element each).
+                let slot_width = if vec4 { 4 } else { 1 };
+                let threads = (bm / tm) * (bn / tn);
+                let slots = |elements: u32| (elements / slot_width).div_ceil(threads);
+                let body = repeat_marked_lines(&body, 'u', slots(bm * bk));
+                let body = repeat_marked_lines(&body, 'w', slots(bk * bn));
                 let body = repeat_marked_lines(&body, 'a', tm / 4);
                 let body = repeat_marked_lines(&body, 'i', tm);
                 let body = repeat_marked_lines(&body, 'j', tn / 4);
