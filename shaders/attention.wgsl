@@ -16,12 +16,17 @@
 // Every sum runs in a fixed order (no atomics): the same bits on every run.
 //
 // HEAD_DIM (16, 32, 64 or 128: the head size rounded up; the extra dimensions are zeros), HD4
-// (HEAD_DIM / 4), BQ (queries per workgroup) and BK (rows per tile, at most BQ) are generated
-// per variant by src/backend/gpu/shaders.rs. An invocation's own rows (q, the accumulators,
-// ...) are HD4 named vec4s, never an array: a line holding `$j` is repeated for j = 0 .. HD4 − 1
-// by the generator. A private array indexed by anything but a constant lives in local memory
-// on NVIDIA's driver, not in registers (attention ran at 0.5% of an H100's f32 rate so).
-// Bindings are read_write so that operands may share an arena.
+// (HEAD_DIM / 4), BQ (queries per workgroup), BK (rows per tile, at most BQ), FWD_KEYS and
+// DQ_KEYS (keys of a tile attention_fwd and attention_dq take at once, dividing BK) are
+// generated per variant by src/backend/gpu/shaders.rs. An invocation's own rows (q, the
+// accumulators, ...) are HD4 named vec4s, never an array: a line holding `$j` is repeated for
+// j = 0 .. HD4 − 1 by the generator, one holding `$f` for f = 0 .. FWD_KEYS − 1, one holding
+// `$q` for q = 0 .. DQ_KEYS − 1. A private array indexed by anything but a constant lives in
+// local memory on NVIDIA's driver, not in registers (attention ran at 0.5% of an H100's f32
+// rate so). Keys taken at once are independent dot products in flight, and the forward
+// rescales its accumulators once per FWD_KEYS keys instead of once per key; but each costs
+// registers, and attention_dkv, which holds four head rows (k, v, dk, dv), is fastest one
+// query at a time (kernel_config.rs has the measurements).
 
 //!CONSTS
 
@@ -182,19 +187,19 @@ fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         }
         workgroupBarrier();
         if row.valid {
-            for (var r = 0u; r < BK; r++) {
-                if tile_x[r] == 0.0 {
-                    continue;
-                }
-                let at = r * HD4;
-                var score = 0.0;
-                score += dot(q$j, tile_a[at + $j]);
-                let m_new = max(m, score);
+            for (var r = 0u; r < BK; r += FWD_KEYS) {
+                let real$f = tile_x[r + $f] != 0.0;
+                var score$f = 0.0;
+                score$f += dot(q$j, tile_a[(r + $f) * HD4 + $j]);
+                var m_new = m;
+                m_new = select(m_new, max(m_new, score$f), real$f);
                 let rescale = exp(m - m_new);
-                let prob = exp(score - m_new);
-                l = l * rescale + prob;
-                let weight = prob * dropout_factor(row.b, row.h, row.s, s0 + r);
-                acc$j = acc$j * rescale + weight * tile_b[at + $j];
+                let prob$f = select(0.0, exp(score$f - m_new), real$f);
+                l *= rescale;
+                l += prob$f;
+                let weight$f = prob$f * dropout_factor(row.b, row.h, row.s, s0 + r + $f);
+                acc$j *= rescale;
+                acc$j += weight$f * tile_b[(r + $f) * HD4 + $j];
                 m = m_new;
             }
         }
@@ -241,18 +246,16 @@ fn attention_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         workgroupBarrier();
         if row.valid && row_lse != NO_KEYS {
-            for (var r = 0u; r < BK; r++) {
-                if tile_x[r] == 0.0 {
-                    continue;
-                }
-                let at = r * HD4;
-                var score = 0.0;
-                var dp = 0.0;
-                score += dot(q$j, tile_a[at + $j]);
-                dp += dot(d_o$j, tile_b[at + $j]);
-                let prob = exp(score - row_lse);
-                let ds = prob * (dp * dropout_factor(row.b, row.h, row.s, s0 + r) - row_delta);
-                dq$j += ds * tile_a[at + $j];
+            for (var r = 0u; r < BK; r += DQ_KEYS) {
+                let real$q = tile_x[r + $q] != 0.0;
+                var score$q = 0.0;
+                var dp$q = 0.0;
+                score$q += dot(q$j, tile_a[(r + $q) * HD4 + $j]);
+                dp$q += dot(d_o$j, tile_b[(r + $q) * HD4 + $j]);
+                let prob$q = select(0.0, exp(score$q - row_lse), real$q);
+                let z$q = dropout_factor(row.b, row.h, row.s, s0 + r + $q);
+                let ds$q = prob$q * (dp$q * z$q - row_delta);
+                dq$j += ds$q * tile_a[(r + $q) * HD4 + $j];
             }
         }
         workgroupBarrier();

@@ -91,16 +91,28 @@ pub const ATTENTION_HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
 /// Queries per attention workgroup (BQ in attention.wgsl); key tiles never exceed it.
 pub const ATTENTION_QUERIES: u32 = 64;
 
+/// Keys of a tile that attention_fwd and attention_dq take at once (FWD_KEYS, DQ_KEYS in
+/// attention.wgsl): independent dot products in flight, and for the forward one rescale of
+/// its accumulators per that many keys, against the registers each costs. On an H100
+/// (kernel times, forward B8 T1024 H16 d64 | B32 T64 H8 d32) the forward took 7.99 | 0.0335
+/// ms one key at a time, 6.75 | 0.0294 two, 6.32 | 0.0299 four, 8.34 | 0.0346 eight;
+/// attention_dq 9.08 | 0.0357, 9.12 | 0.0314, 11.18 | 0.0333, 14.0 | 0.0513; attention_dkv,
+/// which holds twice the rows, 14.72 | 0.0455 one query at a time and slower with more.
+pub const ATTENTION_FORWARD_KEYS: u32 = 4;
+pub const ATTENTION_DQ_KEYS: u32 = 2;
+
 /// The attention variant for `head_dim`: the smallest generated head size that holds it, and
-/// the largest power-of-two key tile (up to BQ) whose two tiles of rows and two per-row arrays
-/// fit the adapter's workgroup memory.
+/// the largest power-of-two key tile (up to BQ, at least the keys taken at once) whose two
+/// tiles of rows and two per-row arrays fit the adapter's workgroup memory. WebGPU's minimum
+/// of 16 KiB holds the smallest tile at every head size.
 pub fn attention_variant(head_dim: usize, workgroup_bytes: u32) -> (u32, u32) {
     let dim = ATTENTION_HEAD_DIMS
         .into_iter()
         .find(|&d| d as usize >= head_dim)
         .unwrap_or(ATTENTION_HEAD_DIMS[3]);
     let mut bk = ATTENTION_QUERIES;
-    while bk > 1 && 4 * (2 * bk * dim + 2 * bk) > workgroup_bytes {
+    let min_bk = ATTENTION_FORWARD_KEYS.max(ATTENTION_DQ_KEYS);
+    while bk > min_bk && 4 * (2 * bk * dim + 2 * bk) > workgroup_bytes {
         bk /= 2;
     }
     (dim, bk)

@@ -245,24 +245,23 @@ impl Kernel {
             Kernel::CrossEntropy { .. } => format!("{WORKGROUP_REDUCE}\n{CROSS_ENTROPY}"),
             Kernel::Optim { .. } => format!("{WORKGROUP_REDUCE}\n{OPTIM}"),
             Kernel::Dropout { .. } => format!("{PHILOX}\n{DROPOUT}"),
-            Kernel::Attention { head_dim, bk } => format!(
-                "{PHILOX}\n{}",
-                repeat_marked_lines(
-                    &ATTENTION.replace(
-                        "//!CONSTS",
-                        &format!(
-                            "const HEAD_DIM: u32 = {head_dim}u;\nconst HD4: u32 = {}u;\n\
-                             const BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
-                             const NO_KEYS: f32 = {:e};",
-                            head_dim / 4,
-                            super::kernel_config::ATTENTION_QUERIES,
-                            crate::backend::NO_KEYS_LSE
-                        )
-                    ),
-                    'j',
-                    head_dim / 4
-                )
-            ),
+            Kernel::Attention { head_dim, bk } => {
+                use super::kernel_config::{ATTENTION_DQ_KEYS, ATTENTION_FORWARD_KEYS};
+                let consts = format!(
+                    "const HEAD_DIM: u32 = {head_dim}u;\nconst HD4: u32 = {}u;\n\
+                     const BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
+                     const FWD_KEYS: u32 = {ATTENTION_FORWARD_KEYS}u;\n\
+                     const DQ_KEYS: u32 = {ATTENTION_DQ_KEYS}u;\nconst NO_KEYS: f32 = {:e};",
+                    head_dim / 4,
+                    super::kernel_config::ATTENTION_QUERIES,
+                    crate::backend::NO_KEYS_LSE
+                );
+                let body = ATTENTION.replace("//!CONSTS", &consts);
+                let body = repeat_marked_lines(&body, 'j', head_dim / 4);
+                let body = repeat_marked_lines(&body, 'f', ATTENTION_FORWARD_KEYS);
+                let body = repeat_marked_lines(&body, 'q', ATTENTION_DQ_KEYS);
+                format!("{PHILOX}\n{body}")
+            }
             Kernel::Cast { from, to, .. } => CAST.replace(
                 "//!CONSTS",
                 &format!(
