@@ -40,7 +40,7 @@ if [ -n "$others" ]; then
     for round in 1 2; do
         for bin in .gpu/bin/signflow $others; do
             echo "== $bin, round $round"
-            timeout 120 "$bin" bench --device gpu --filter matmul,attention,train_step,predict 2>&1 \
+            timeout 120 "$bin" bench --device gpu 2>&1 \
                 | grep -v -E "INFO|^device|^op"
         done
     done > "$OUT/compare.txt"
