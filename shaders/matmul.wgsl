@@ -104,11 +104,11 @@ fn matmul(
         staged_b$w = fetch_b(tid + $w * THREADS, n0, k0 + BK, k_end, b_base);
         for (var kk = 0u; kk < BK; kk++) {
             let a$a = a_tile[(kk * BM + lid.y * TM) / 4u + $a];
-            let b$j = b_tile[(kk * BN + lid.x * TN) / 4u + $j];
+            let b$j = b_tile[kk * BN / 4u + $j * (BN / TN) + lid.x];
             acc$i_$j = fma(vec4<f32>(a$i4.$ic), b$j, acc$i_$j);
         }
     }
-    store4(m0 + lid.y * TM + $i, n0 + lid.x * TN + 4u * $j, c_base, acc$i_$j);
+    store4(m0 + lid.y * TM + $i, n0 + 4u * ($j * (BN / TN) + lid.x), c_base, acc$i_$j);
 }
 
 // Stores the elements of v that fall inside C: columns gn .. gn + 3 of row gm, bias added.
