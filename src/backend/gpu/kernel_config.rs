@@ -19,7 +19,7 @@ impl MatmulTile {
         MatmulTile {
             bm: 128,
             bn: 128,
-            bk: 8,
+            bk: 16,
             tm: 8,
             tn: 8,
         },
