@@ -12,6 +12,9 @@
 // the BK-deep slices of op(A) and op(B) into workgroup memory (k-major, so that each thread
 // reads its TM rows and TN columns as vec4s), then every thread accumulates a TM×TN block of
 // C in registers. Out-of-range elements load as 0 and are never stored, so any size works.
+// A thread's TN columns are TN/4 vec4s interleaved with its neighbours' (vec4 j of thread x is
+// column vec4 j·(BN/TN) + x), so that neighbouring threads read one contiguous run of workgroup
+// memory and store contiguous runs of C.
 // Each thread holds its share of the next slice in registers (the loader's slots, fetched
 // before the multiply-adds, stashed into workgroup memory after them), so that the loads'
 // latency overlaps arithmetic even with one workgroup per multiprocessor.
