@@ -755,9 +755,12 @@ impl GpuBackend {
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
     ) -> Result<(Kernel, AttentionParams, [u32; 3])> {
-        let (head_dim, bk) =
-            kernel_config::attention_variant(spec.head_dim, self.kernels.workgroup_storage_bytes);
-        let blocks = spec.seq.div_ceil(kernel_config::ATTENTION_QUERIES as usize);
+        let variant = kernel_config::attention_variant(
+            spec.head_dim,
+            spec.seq,
+            self.kernels.workgroup_storage_bytes,
+        );
+        let blocks = spec.seq.div_ceil(variant.bq as usize);
         let grid = self.workgroup_grid(spec.batch * spec.heads * blocks);
         let params = AttentionParams {
             batch: index_u32(op, spec.batch)?,
@@ -777,7 +780,7 @@ impl GpuBackend {
             lse_offset: index_u32(op, lse.offset())?,
             ..AttentionParams::default()
         };
-        Ok((Kernel::Attention { head_dim, bk }, params, grid))
+        Ok((Kernel::Attention(variant), params, grid))
     }
 
     /// The kernel, the parameters both cross-entropy passes share, and the grid of one

@@ -2,7 +2,7 @@
 //! so the matrix product's tile sizes, transposes and loader are substituted into the source
 //! before compiling; each variant is a [`Kernel`] value, under which its pipeline is cached.
 
-use super::kernel_config::MatmulTile;
+use super::kernel_config::{AttentionVariant, MatmulTile};
 use crate::backend::math;
 use crate::dtype::DType;
 
@@ -55,10 +55,9 @@ pub enum Kernel {
     Optim { workgroup: u32, items: u32 },
     /// philox.wgsl + dropout.wgsl: `dropout`.
     Dropout { workgroup: u32 },
-    /// philox.wgsl + attention.wgsl for heads of up to `head_dim` (16, 32, 64 or 128), keys
-    /// streamed in tiles of `bk`: `attention_fwd`, `attention_delta`, `attention_dq`,
-    /// `attention_dkv`.
-    Attention { head_dim: u32, bk: u32 },
+    /// philox.wgsl + attention.wgsl for one variant (head size, queries per workgroup, key
+    /// tile): `attention_fwd`, `attention_delta`, `attention_dq`, `attention_dkv`.
+    Attention(AttentionVariant),
     /// cast.wgsl from one dtype to another: entry point `convert`.
     Cast {
         from: DType,
@@ -164,7 +163,9 @@ impl Kernel {
             Kernel::CrossEntropy { workgroup } => format!("cross_entropy_wg{workgroup}"),
             Kernel::Optim { workgroup, items } => format!("optim_wg{workgroup}_items{items}"),
             Kernel::Dropout { workgroup } => format!("dropout_wg{workgroup}"),
-            Kernel::Attention { head_dim, bk } => format!("attention_d{head_dim}_bk{bk}"),
+            Kernel::Attention(AttentionVariant { head_dim, bq, bk }) => {
+                format!("attention_d{head_dim}_bq{bq}_bk{bk}")
+            }
             Kernel::Cast {
                 from,
                 to,
@@ -184,7 +185,7 @@ impl Kernel {
             | Kernel::Pool { workgroup }
             | Kernel::CrossEntropy { workgroup }
             | Kernel::Dropout { workgroup } => vec![("WG", workgroup as f64)],
-            Kernel::Attention { .. } => Vec::new(),
+            Kernel::Attention(_) => Vec::new(),
             Kernel::Optim { workgroup, items } => {
                 vec![("WG", workgroup as f64), ("ITEMS", items as f64)]
             }
@@ -245,15 +246,14 @@ impl Kernel {
             Kernel::CrossEntropy { .. } => format!("{WORKGROUP_REDUCE}\n{CROSS_ENTROPY}"),
             Kernel::Optim { .. } => format!("{WORKGROUP_REDUCE}\n{OPTIM}"),
             Kernel::Dropout { .. } => format!("{PHILOX}\n{DROPOUT}"),
-            Kernel::Attention { head_dim, bk } => {
+            Kernel::Attention(AttentionVariant { head_dim, bq, bk }) => {
                 use super::kernel_config::{ATTENTION_DQ_KEYS, ATTENTION_FORWARD_KEYS};
                 let consts = format!(
                     "const HEAD_DIM: u32 = {head_dim}u;\nconst HD4: u32 = {}u;\n\
-                     const BK: u32 = {bk}u;\nconst BQ: u32 = {}u;\n\
+                     const BK: u32 = {bk}u;\nconst BQ: u32 = {bq}u;\n\
                      const FWD_KEYS: u32 = {ATTENTION_FORWARD_KEYS}u;\n\
                      const DQ_KEYS: u32 = {ATTENTION_DQ_KEYS}u;\nconst NO_KEYS: f32 = {:e};",
                     head_dim / 4,
-                    super::kernel_config::ATTENTION_QUERIES,
                     crate::backend::NO_KEYS_LSE
                 );
                 let body = ATTENTION.replace("//!CONSTS", &consts);
@@ -306,7 +306,13 @@ impl Kernel {
             },
         ];
         for head_dim in super::kernel_config::ATTENTION_HEAD_DIMS {
-            all.push(Kernel::Attention { head_dim, bk: 8 });
+            for bq in super::kernel_config::ATTENTION_QUERY_BLOCKS {
+                all.push(Kernel::Attention(AttentionVariant {
+                    head_dim,
+                    bq,
+                    bk: 8,
+                }));
+            }
         }
         for tile in MatmulTile::CANDIDATES {
             for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
