@@ -1009,9 +1009,10 @@ pub fn check_attention_backward<B: Backend>(
 /// (batch, t, heads, head_dim, dropout) of an attention check.
 pub type AttentionCase = (usize, usize, usize, usize, f32);
 
-/// Attention checks: sequence lengths that cut the tiles (1, 2, 7, 63, 64, 65, 200), the
-/// head sizes the model uses and odd ones, ragged masks, with and without dropout.
-pub const ATTENTION_CASES: [AttentionCase; 9] = [
+/// Attention checks: sequence lengths that cut the tiles (1, 2, 7, 63, 64, 65, 200, 300) and
+/// take every GPU query block (64, 128, 256), the head sizes the model uses and odd ones,
+/// ragged masks, with and without dropout.
+pub const ATTENTION_CASES: [AttentionCase; 10] = [
     (1, 1, 1, 16, 0.0),
     (2, 2, 2, 32, 0.0),
     (3, 7, 2, 64, 0.1),
@@ -1021,6 +1022,7 @@ pub const ATTENTION_CASES: [AttentionCase; 9] = [
     (1, 200, 1, 24, 0.1),
     (1, 17, 2, 128, 0.0),
     (2, 33, 3, 5, 0.5),
+    (2, 300, 2, 64, 0.1),
 ];
 
 /// (batch, t, d) of the pooling checks.

@@ -88,12 +88,12 @@ pub const COLUMN_ROW_BLOCK: u32 = 64;
 /// holds it (its extra dimensions are zeros).
 pub const ATTENTION_HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
 
-/// Queries per attention workgroup (BQ in attention.wgsl): the larger where the sequence
-/// fills it, since every query of a workgroup shares each tile of keys it loads. On an H100,
-/// forward + backward at B8 T1024 H16 d64 took 30.5 ms with 64 and 14.3 ms with 128 (39.9 with
-/// 32), while at the model's B32 T64 H8 d32, where 128 leaves half the invocations idle, 0.132
-/// ms with 64 against 0.206 with 128. Key tiles never exceed it.
-pub const ATTENTION_QUERY_BLOCKS: [u32; 2] = [64, 128];
+/// Queries per attention workgroup (BQ in attention.wgsl): the largest the sequence fills,
+/// since every query of a workgroup shares each tile of keys it loads. On an H100, forward +
+/// backward at B8 T1024 H16 d64 took 39.9 ms with 32, 30.5 with 64, 14.3 with 128 and 10.0
+/// with 256; at the model's B32 T64 H8 d32, where a larger block leaves invocations idle,
+/// 0.142 ms with 32, 0.132 with 64 and 0.206 with 128. Key tiles never exceed it.
+pub const ATTENTION_QUERY_BLOCKS: [u32; 3] = [64, 128, 256];
 
 /// Keys of a tile that attention_fwd and attention_dq take at once (FWD_KEYS, DQ_KEYS in
 /// attention.wgsl): independent dot products in flight, and for the forward one rescale of
@@ -238,9 +238,9 @@ mod tests {
         // The model's shape, and a sequence shorter than any block.
         assert_eq!(v(32, 64, 49152), (32, 64, 64));
         assert_eq!(v(5, 1, 49152), (16, 64, 64));
-        // Long sequences take the large block; its key tile shrinks to fit 48 KiB at d 64.
-        assert_eq!(v(64, 1024, 49152), (64, 128, 64));
-        assert_eq!(v(32, 1024, 49152), (32, 128, 128));
+        // Longer sequences take larger blocks; the key tile shrinks to fit 48 KiB at d 64.
+        assert_eq!(v(64, 1024, 49152), (64, 256, 64));
+        assert_eq!(v(32, 255, 49152), (32, 128, 128));
         assert_eq!(v(33, 127, 49152), (64, 64, 64));
         // WebGPU's minimum workgroup memory still holds a tile at every head size.
         assert_eq!(v(128, 200, 16384), (128, 128, 8));
