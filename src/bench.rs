@@ -333,7 +333,7 @@ type Timed<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 type MemoryCase<'a> = (Op, DType, u64, Timed<'a>);
 
 /// Memory-bound ops on `elements` f32 values, those that `wanted`: copy (the ceiling), then
-/// each op timed in alternation with a copy ([`BenchRow::vs_copy`]).
+/// each op timed in alternation with a copy of as many bytes ([`BenchRow::vs_copy`]).
 pub fn bench_memory_ops<B: Backend>(
     b: &B,
     elements: usize,
@@ -440,15 +440,29 @@ pub fn bench_memory_ops<B: Backend>(
             Box::new(|| b.grad_norm(&y, &norm)),
         ),
     ];
-    let copy_bytes = 2 * f32_bytes;
-    let mut copy = || b.copy(&x, &out);
     let mut rows = Vec::new();
     if wanted(Op::Copy) {
-        let times = time(b, budget, &mut copy)?;
-        rows.push(memory_row(b, Op::Copy, DType::F32, copy_bytes, times));
+        let times = time(b, budget, &mut || b.copy(&x, &out))?;
+        rows.push(memory_row(b, Op::Copy, DType::F32, 2 * f32_bytes, times));
     }
-    for (op, dtype, bytes, f) in cases.into_iter().filter(|case| wanted(case.0)) {
-        let [times, copies] = time_alternating(b, budget, [&mut || f(), &mut copy])?;
+    let cases: Vec<MemoryCase> = cases.into_iter().filter(|case| wanted(case.0)).collect();
+    // Each op's yardstick is a copy that moves as many bytes as the op reads and writes (for
+    // an op whose outputs are not its inputs, the same working set too). Against a copy of
+    // another size the ratio would measure the caches: on a CPU with a 32 MiB L3, 8 MiB
+    // copied runs from the L3 while an op over three 8 MiB tensors does not fit beside it
+    // (BENCHMARKS.md, ninth and eleventh sessions).
+    let copy_len = |bytes: u64| (bytes / 8) as usize; // f32 values each way
+    let longest = cases.iter().map(|c| copy_len(c.2)).max().unwrap_or(0);
+    let (copy_src, copy_dst) = (
+        random(b, inputs, &[longest])?,
+        b.alloc(&[longest], DType::F32)?,
+    );
+    for (op, dtype, bytes, f) in cases {
+        let n = copy_len(bytes);
+        let (src, dst) = (copy_src.view(0, &[n])?, copy_dst.view(0, &[n])?);
+        let copy_bytes = 8 * n as u64;
+        let [times, copies] =
+            time_alternating(b, budget, [&mut || f(), &mut || b.copy(&src, &dst)])?;
         let ratios: Vec<f64> = times
             .times
             .iter()
@@ -471,9 +485,8 @@ fn memory_row<B: Backend>(b: &B, op: Op, dtype: DType, bytes: u64, times: Sample
 }
 
 /// Rows of the memory-bound cases by default: 2048 × [`MODEL_WIDTH`] f32, 8 MiB a tensor.
-/// The ratio to a copy depends on the size through the caches: on a CPU with a 32 MiB L3 a
-/// copy of this size (16 MiB) runs from the L3, at several times the memory's speed, while an
-/// op that touches 24 MiB does not fit beside it (BENCHMARKS.md, ninth session).
+/// Speeds depend on the size through the caches: on a CPU with a 32 MiB L3, 16 or 24 MiB
+/// moved runs from the L3, at several times the memory's speed (BENCHMARKS.md, ninth session).
 pub const MEMORY_ROWS: usize = 2048;
 
 /// Row width of the memory-bound cases (the row-wise ones: layer norm, bias gradient).
