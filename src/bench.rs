@@ -448,8 +448,7 @@ pub fn bench_memory_ops<B: Backend>(
     let cases: Vec<MemoryCase> = cases.into_iter().filter(|case| wanted(case.0)).collect();
     // Each op's yardstick is a copy that moves as many bytes as the op reads and writes (for
     // an op whose outputs are not its inputs, the same working set too). Against a copy of
-    // another size the ratio would measure the caches: on a CPU with a 32 MiB L3, 8 MiB
-    // copied runs from the L3 while an op over three 8 MiB tensors does not fit beside it
+    // another size the ratio would also measure where each size sits in the caches
     // (BENCHMARKS.md, ninth and eleventh sessions).
     let copy_len = |bytes: u64| (bytes / 8) as usize; // f32 values each way
     let longest = cases.iter().map(|c| copy_len(c.2)).max().unwrap_or(0);
@@ -486,7 +485,7 @@ fn memory_row<B: Backend>(b: &B, op: Op, dtype: DType, bytes: u64, times: Sample
 
 /// Rows of the memory-bound cases by default: 2048 × [`MODEL_WIDTH`] f32, 8 MiB a tensor.
 /// Speeds depend on the size through the caches: on a CPU with a 32 MiB L3, 16 or 24 MiB
-/// moved runs from the L3, at several times the memory's speed (BENCHMARKS.md, ninth session).
+/// moved runs from the L3, faster than from memory (BENCHMARKS.md, ninth session).
 pub const MEMORY_ROWS: usize = 2048;
 
 /// Row width of the memory-bound cases (the row-wise ones: layer norm, bias gradient).
