@@ -6,7 +6,8 @@
 # (seven files at most: the tool returns eight).
 #
 #   bash .gpu/gpu_device_run.sh           all of the above
-#   bash .gpu/gpu_device_run.sh --quick   only each build's selftest and alternating rounds of
+#   bash .gpu/gpu_device_run.sh --quick   no run.sh: the GPU tests, each build's selftest and
+#                                         attention kernel breakdown, and alternating rounds of
 #                                         the compute-bound cases: many builds in a short lease
 set -u
 OUT=${OUT:-/tmp/out}
@@ -28,17 +29,15 @@ for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.
     [ -e "$icd" ] && { export VK_DRIVER_FILES=$icd; break; }
 done
 
-if ! $quick; then
-    build_root=$(cat .gpu/tests/build_root)
-    if [ ! -e "$build_root" ]; then
-        mkdir -p "$(dirname "$build_root")" && ln -s "$PWD" "$build_root"
-    fi
-    for t in gpu_parity model_parity; do
-        (cd "$build_root" && timeout 150 .gpu/tests/$t --test-threads 4) >> "$OUT/tests.txt" 2>&1
-        echo "test $t: exit $?"
-    done
-    grep -E "^test result|FAILED|panicked" "$OUT/tests.txt"
+build_root=$(cat .gpu/tests/build_root)
+if [ ! -e "$build_root" ]; then
+    mkdir -p "$(dirname "$build_root")" && ln -s "$PWD" "$build_root"
 fi
+for t in gpu_parity model_parity; do
+    (cd "$build_root" && timeout 150 .gpu/tests/$t --test-threads 4) >> "$OUT/tests.txt" 2>&1
+    echo "test $t: exit $?"
+done
+grep -E "^test result|FAILED|panicked" "$OUT/tests.txt"
 
 for gz in .gpu/bin/signflow_*.gz; do [ -e "$gz" ] && gunzip -f "$gz" && chmod +x "${gz%.gz}"; done
 others=$(ls .gpu/bin/signflow_* 2>/dev/null)
@@ -46,8 +45,10 @@ others=$(ls .gpu/bin/signflow_* 2>/dev/null)
 for bin in .gpu/bin/signflow $others; do
     echo "== $bin"
     timeout 120 "$bin" selftest --device gpu 2>&1 | grep -E "checks|FAIL"
-    $quick || timeout 120 "$bin" bench --device gpu --kernel-times \
-        --filter attention,train_step,predict 2>&1 | grep -v -E "INFO|^device|^op"
+    cases=attention,train_step,predict
+    $quick && cases=attention
+    timeout 120 "$bin" bench --device gpu --kernel-times --filter $cases 2>&1 \
+        | grep -v -E "INFO|^device|^op"
 done > "$OUT/kernels.txt"
 cat "$OUT/kernels.txt"
 
