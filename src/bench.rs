@@ -289,8 +289,12 @@ pub fn bench_model<B: Backend>(
     };
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let model = SignTransformer::new(b, cfg.clone(), 0)?;
+    let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
     let training = op == Op::TrainStep;
+    if !training {
+        // As InferencePipeline predicts.
+        model.keep_weight_rows(b)?;
+    }
     let ws = Workspace::new(b, &cfg, batch, seq, training)?;
     let input = Batch {
         features: inputs.uniform(batch * seq * cfg.num_features),

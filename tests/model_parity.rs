@@ -273,3 +273,63 @@ fn model_rejects_bad_input() {
     assert!(Workspace::new(&b, &cfg, 2, cfg.max_seq_len + 1, false).is_err());
     let _ = SignTransformer::new(&b, cfg, 0).unwrap();
 }
+
+/// A model that keeps its weights in rows for inference (the CPU's prediction path) gives the
+/// same logits, bit for bit, as one that reads them transposed at each product, and refuses
+/// to be trained; on the GPU keeping them is a no-op.
+#[test]
+fn kept_weight_rows_predict_the_same_and_refuse_training() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    assert!(b.copies_transposed_rhs());
+    let ckpt = Checkpoint::load(&fixture("model.safetensors")).unwrap();
+    let batch = golden_batch();
+    let ids: Vec<usize> = (0..batch.batch).collect();
+    let logits = |model: &SignTransformer<CpuBackend>| {
+        let cfg = model.config();
+        let ws = Workspace::new(&b, cfg, batch.batch, batch.seq, true).unwrap();
+        ws.load(&b, cfg, &batch, &ids).unwrap();
+        model.forward(&b, &ws, None).unwrap();
+        (ws.logits().to_f32_vec().unwrap(), ws)
+    };
+    let plain = ckpt.to_model(&b).unwrap();
+    let mut rows = ckpt.to_model(&b).unwrap();
+    rows.keep_weight_rows(&b).unwrap();
+    let (want, ws) = logits(&plain);
+    let (got, _) = logits(&rows);
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    plain.backward(&b, &ws, 0.0, 1.0, None).unwrap();
+    let err = rows.backward(&b, &ws, 0.0, 1.0, None).unwrap_err();
+    assert!(err.to_string().contains("keep_weight_rows"), "{err}");
+    // The forward reads the copies, taken when they were kept: zeroing the classifier's weight
+    // afterwards changes the plain model's logits, not the other's.
+    for model in [&plain, &rows] {
+        let i = model
+            .layout()
+            .entries
+            .iter()
+            .position(|e| e.name == "classifier.weight")
+            .unwrap();
+        let view = &model.weights().views[i];
+        let zeros = signflow::HostTensor::from_f32(view.shape(), vec![0.0; view.len()]).unwrap();
+        b.write(view, &zeros).unwrap();
+    }
+    assert_ne!(logits(&plain).0, want);
+    assert_eq!(logits(&rows).0, want);
+
+    let adapters = Adapters::discover();
+    let (adapter, info) = adapters
+        .adapter(0)
+        .expect("no GPU adapter: install mesa-vulkan-drivers for the software one");
+    let gpu = GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap();
+    assert!(!gpu.copies_transposed_rhs());
+    let mut model = ckpt.to_model(&gpu).unwrap();
+    model.keep_weight_rows(&gpu).unwrap();
+    let cfg = model.config().clone();
+    let ws = Workspace::new(&gpu, &cfg, batch.batch, batch.seq, true).unwrap();
+    ws.load(&gpu, &cfg, &batch, &ids).unwrap();
+    model.forward(&gpu, &ws, None).unwrap();
+    model.backward(&gpu, &ws, 0.0, 1.0, None).unwrap();
+}

@@ -120,6 +120,14 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The device this backend runs on.
     fn info(&self) -> &DeviceInfo;
 
+    /// Whether a product whose right-hand side is stored transposed (a linear layer's `Wᵀ`)
+    /// costs this backend a copy of that operand into rows at every call, so that an operand of
+    /// many products is better kept in rows ([`crate::model::SignTransformer::keep_weight_rows`]).
+    /// The CPU copies it; the GPU's kernels read either layout.
+    fn copies_transposed_rhs(&self) -> bool {
+        false
+    }
+
     /// A tensor whose contents are unspecified.
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
 

@@ -445,7 +445,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     check_classes(&args.model, &ckpt, &args.data, data.classes())?;
     let device = super::open_device(&args.device)?;
     let loader = super::inference_loader(data, ckpt.preprocessing.seq_len, args.batch_size)?;
-    let report = with_backend!(&device, b => evaluate(b, &ckpt.to_model(b)?, &loader))?;
+    let report = with_backend!(&device, b => {
+        let mut model = ckpt.to_model(b)?;
+        model.keep_weight_rows(b)?;
+        evaluate(b, &model, &loader)
+    })?;
     if args.json {
         super::print_json(&serde_json::json!({
             "clips": report.clips, "loss": report.loss, "top1": report.top1,

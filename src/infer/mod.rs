@@ -44,9 +44,11 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     }
 
     pub fn from_checkpoint(backend: &'b B, ckpt: &Checkpoint) -> Result<InferencePipeline<'b, B>> {
+        let mut model = ckpt.to_model(backend)?;
+        model.keep_weight_rows(backend)?;
         Ok(InferencePipeline {
             backend,
-            model: ckpt.to_model(backend)?,
+            model,
             classes: ckpt.classes.clone(),
             preprocessing: ckpt.preprocessing.clone(),
         })

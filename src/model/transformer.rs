@@ -7,7 +7,7 @@ use super::params::{Arena, ParamLayout};
 use super::workspace::Workspace;
 use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{HostTensor, Tensor};
 
 /// A parameter (or its gradient) on the host: name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -85,6 +85,58 @@ impl<B: Backend> Views<B> {
     }
 }
 
+impl<B: Backend> Views<B> {
+    fn linear(&self, id: LinearId) -> &Linear<B> {
+        match id {
+            LinearId::InputProj => &self.input_proj,
+            LinearId::InProj(l) => &self.layers[l].in_proj,
+            LinearId::OutProj(l) => &self.layers[l].out_proj,
+            LinearId::Linear1(l) => &self.layers[l].linear1,
+            LinearId::Linear2(l) => &self.layers[l].linear2,
+            LinearId::Classifier => &self.classifier,
+        }
+    }
+}
+
+/// The model's linear layers, numbered for [`SignTransformer::keep_weight_rows`]'s copies.
+#[derive(Debug, Clone, Copy)]
+enum LinearId {
+    InputProj,
+    InProj(usize),
+    OutProj(usize),
+    Linear1(usize),
+    Linear2(usize),
+    Classifier,
+}
+
+impl LinearId {
+    /// Every linear layer of a model of `layers` layers, in the order of [`LinearId::index`].
+    fn all(layers: usize) -> impl Iterator<Item = LinearId> {
+        let per_layer = (0..layers).flat_map(|l| {
+            [
+                LinearId::InProj(l),
+                LinearId::OutProj(l),
+                LinearId::Linear1(l),
+                LinearId::Linear2(l),
+            ]
+        });
+        std::iter::once(LinearId::InputProj)
+            .chain(per_layer)
+            .chain(std::iter::once(LinearId::Classifier))
+    }
+
+    fn index(self, layers: usize) -> usize {
+        match self {
+            LinearId::InputProj => 0,
+            LinearId::InProj(l) => 1 + 4 * l,
+            LinearId::OutProj(l) => 2 + 4 * l,
+            LinearId::Linear1(l) => 3 + 4 * l,
+            LinearId::Linear2(l) => 4 + 4 * l,
+            LinearId::Classifier => 1 + 4 * layers,
+        }
+    }
+}
+
 /// Where dropout draws: the run's seed and the update step. Each dropout site of the model
 /// has its own stream, so that backward regenerates exactly forward's masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +176,9 @@ pub struct SignTransformer<B: Backend> {
     grads: Arena<B>,
     w: Views<B>,
     g: Views<B>,
+    /// Each linear layer's weight copied into `[in, out]` rows, by [`LinearId::index`]
+    /// ([`SignTransformer::keep_weight_rows`]).
+    weight_rows: Option<Vec<Tensor<B>>>,
 }
 
 /// `y[m, out] = x[m, in] · Wᵀ + b`.
@@ -159,7 +214,47 @@ impl<B: Backend> SignTransformer<B> {
             grads,
             w,
             g,
+            weight_rows: None,
         })
+    }
+
+    /// Keeps a copy of each linear layer's weight in `[in, out]` rows where the backend would
+    /// otherwise copy `Wᵀ` into rows at every product ([`Backend::copies_transposed_rhs`]: the
+    /// CPU, where those copies took half of a clip's prediction). For a model whose weights no
+    /// longer change, as in inference: the copies are taken now, and
+    /// [`SignTransformer::backward`] refuses a model that keeps them. Costs the linear weights'
+    /// memory once more.
+    pub fn keep_weight_rows(&mut self, backend: &B) -> Result<()> {
+        if !backend.copies_transposed_rhs() {
+            return Ok(());
+        }
+        let rows = LinearId::all(self.config.num_layers)
+            .map(|id| {
+                let w = &self.w.linear(id).w;
+                let (outs, ins) = (w.shape()[0], w.shape()[1]);
+                let values = w.to_f32_vec()?;
+                let rows: Vec<f32> = (0..ins * outs)
+                    .map(|i| values[(i % outs) * ins + i / outs])
+                    .collect();
+                backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)
+            })
+            .collect::<Result<_>>()?;
+        self.weight_rows = Some(rows);
+        Ok(())
+    }
+
+    /// Linear layer `id`'s weight as the right-hand side of `x[m, in]·Wᵀ`, and the product's
+    /// spec: the kept rows where there are some, else W read transposed.
+    fn linear_rhs(&self, id: LinearId, m: usize) -> (&Tensor<B>, MatmulSpec) {
+        let w = &self.w.linear(id).w;
+        let (outs, ins) = (w.shape()[0], w.shape()[1]);
+        match &self.weight_rows {
+            Some(rows) => (
+                &rows[id.index(self.config.num_layers)],
+                MatmulSpec::new(m, outs, ins),
+            ),
+            None => (w, linear_spec(m, ins, outs)),
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -199,7 +294,7 @@ impl<B: Backend> SignTransformer<B> {
         dropout: Option<DropoutStep>,
     ) -> Result<()> {
         let cfg = &self.config;
-        let (batch, seq, d, ff) = (ws.batch, ws.seq, cfg.d_model, cfg.ff_dim);
+        let (batch, seq, d) = (ws.batch, ws.seq, cfg.d_model);
         let bt = batch * seq;
         let p = if dropout.is_some() { cfg.dropout } else { 0.0 };
         let key = |site: Site| dropout_key(dropout, site);
@@ -207,13 +302,8 @@ impl<B: Backend> SignTransformer<B> {
         // Embedding: input projection, learned positions, dropout.
         let h0 = &ws.hin[0];
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
-        backend.matmul(
-            &x,
-            &self.w.input_proj.w,
-            Some(&self.w.input_proj.b),
-            h0,
-            &linear_spec(bt, cfg.num_features, d),
-        )?;
+        let (w, spec) = self.linear_rhs(LinearId::InputProj, bt);
+        backend.matmul(&x, w, Some(&self.w.input_proj.b), h0, &spec)?;
         let pos = self.w.pos.view(0, &[seq * d])?;
         for b in 0..batch {
             let item = h0.view(b * seq * d, &[seq * d])?;
@@ -233,22 +323,12 @@ impl<B: Backend> SignTransformer<B> {
                 &acts.mean1,
                 &acts.rstd1,
             )?;
-            backend.matmul(
-                &acts.a1,
-                &layer.in_proj.w,
-                Some(&layer.in_proj.b),
-                &acts.qkv,
-                &linear_spec(bt, d, 3 * d),
-            )?;
+            let (w, spec) = self.linear_rhs(LinearId::InProj(l), bt);
+            backend.matmul(&acts.a1, w, Some(&layer.in_proj.b), &acts.qkv, &spec)?;
             let spec = self.attention_spec(ws, p, key(Site::AttentionProbs(l)));
             backend.attention(&acts.qkv, &ws.mask, &spec, &acts.attn, &acts.lse)?;
-            backend.matmul(
-                &acts.attn,
-                &layer.out_proj.w,
-                Some(&layer.out_proj.b),
-                &ws.o,
-                &linear_spec(bt, d, d),
-            )?;
+            let (w, spec) = self.linear_rhs(LinearId::OutProj(l), bt);
+            backend.matmul(&acts.attn, w, Some(&layer.out_proj.b), &ws.o, &spec)?;
             self.dropout(backend, &ws.o, p, key(Site::AttentionOut(l)))?;
             backend.add(hin, &ws.o, &acts.hmid)?;
 
@@ -262,22 +342,11 @@ impl<B: Backend> SignTransformer<B> {
                 &acts.mean2,
                 &acts.rstd2,
             )?;
-            backend.matmul_bias_gelu(
-                &acts.a2,
-                &layer.linear1.w,
-                &layer.linear1.b,
-                &linear_spec(bt, d, ff),
-                &acts.fpre,
-                &acts.f,
-            )?;
+            let (w, spec) = self.linear_rhs(LinearId::Linear1(l), bt);
+            backend.matmul_bias_gelu(&acts.a2, w, &layer.linear1.b, &spec, &acts.fpre, &acts.f)?;
             self.dropout(backend, &acts.f, p, key(Site::FeedForwardHidden(l)))?;
-            backend.matmul(
-                &acts.f,
-                &layer.linear2.w,
-                Some(&layer.linear2.b),
-                &ws.o,
-                &linear_spec(bt, ff, d),
-            )?;
+            let (w, spec) = self.linear_rhs(LinearId::Linear2(l), bt);
+            backend.matmul(&acts.f, w, Some(&layer.linear2.b), &ws.o, &spec)?;
             self.dropout(backend, &ws.o, p, key(Site::FeedForwardOut(l)))?;
             backend.add(&acts.hmid, &ws.o, hout)?;
         }
@@ -293,13 +362,8 @@ impl<B: Backend> SignTransformer<B> {
             &ws.rstdf,
         )?;
         backend.mean_pool(&ws.hf.reshape(&[batch, seq, d])?, &ws.mask, &ws.pooled)?;
-        backend.matmul(
-            &ws.pooled,
-            &self.w.classifier.w,
-            Some(&self.w.classifier.b),
-            &ws.logits,
-            &linear_spec(batch, d, cfg.num_classes),
-        )
+        let (w, spec) = self.linear_rhs(LinearId::Classifier, batch);
+        backend.matmul(&ws.pooled, w, Some(&self.w.classifier.b), &ws.logits, &spec)
     }
 
     /// Records the mean cross-entropy of the last forward's logits against the loaded labels
@@ -333,6 +397,14 @@ impl<B: Backend> SignTransformer<B> {
                 "this workspace was planned for inference; plan it with training = true",
             )
         })?;
+        if self.weight_rows.is_some() {
+            // Training would change the weights under their kept copies.
+            return Err(Error::shape(
+                "backward",
+                "this model keeps its weights' rows for inference (keep_weight_rows); train a \
+                 model loaded without them",
+            ));
+        }
         let cfg = &self.config;
         let (batch, seq, d, ff) = (ws.batch, ws.seq, cfg.d_model, cfg.ff_dim);
         let bt = batch * seq;

@@ -601,6 +601,11 @@ impl Backend for CpuBackend {
         &self.info
     }
 
+    /// gemm_by_rows copies a right-hand side stored by columns into rows first.
+    fn copies_transposed_rhs(&self) -> bool {
+        true
+    }
+
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
         let bytes = crate::tensor::byte_len(shape, dtype);
         let block = self
