@@ -2,6 +2,8 @@
 //! forward keeping what backward needs, and backward written by hand from the op set, layer
 //! by layer. Generic over the backend; it never sees wgpu.
 
+use std::collections::HashMap;
+
 use super::config::ModelConfig;
 use super::params::{Arena, ParamLayout};
 use super::workspace::Workspace;
@@ -83,9 +85,7 @@ impl<B: Backend> Views<B> {
             classifier: linear("classifier"),
         }
     }
-}
 
-impl<B: Backend> Views<B> {
     fn linear(&self, id: LinearId) -> &Linear<B> {
         match id {
             LinearId::InputProj => &self.input_proj,
@@ -98,8 +98,8 @@ impl<B: Backend> Views<B> {
     }
 }
 
-/// The model's linear layers, numbered for [`SignTransformer::keep_weight_rows`]'s copies.
-#[derive(Debug, Clone, Copy)]
+/// The model's linear layers, by which [`SignTransformer::keep_weight_rows`]' copies are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LinearId {
     InputProj,
     InProj(usize),
@@ -110,7 +110,7 @@ enum LinearId {
 }
 
 impl LinearId {
-    /// Every linear layer of a model of `layers` layers, in the order of [`LinearId::index`].
+    /// Every linear layer of a model of `layers` layers.
     fn all(layers: usize) -> impl Iterator<Item = LinearId> {
         let per_layer = (0..layers).flat_map(|l| {
             [
@@ -123,17 +123,6 @@ impl LinearId {
         std::iter::once(LinearId::InputProj)
             .chain(per_layer)
             .chain(std::iter::once(LinearId::Classifier))
-    }
-
-    fn index(self, layers: usize) -> usize {
-        match self {
-            LinearId::InputProj => 0,
-            LinearId::InProj(l) => 1 + 4 * l,
-            LinearId::OutProj(l) => 2 + 4 * l,
-            LinearId::Linear1(l) => 3 + 4 * l,
-            LinearId::Linear2(l) => 4 + 4 * l,
-            LinearId::Classifier => 1 + 4 * layers,
-        }
     }
 }
 
@@ -176,9 +165,9 @@ pub struct SignTransformer<B: Backend> {
     grads: Arena<B>,
     w: Views<B>,
     g: Views<B>,
-    /// Each linear layer's weight copied into `[in, out]` rows, by [`LinearId::index`]
+    /// Each linear layer's weight copied into `[in, out]` rows
     /// ([`SignTransformer::keep_weight_rows`]).
-    weight_rows: Option<Vec<Tensor<B>>>,
+    weight_rows: Option<HashMap<LinearId, Tensor<B>>>,
 }
 
 /// `y[m, out] = x[m, in] · Wᵀ + b`.
@@ -236,7 +225,10 @@ impl<B: Backend> SignTransformer<B> {
                 let rows: Vec<f32> = (0..ins * outs)
                     .map(|i| values[(i % outs) * ins + i / outs])
                     .collect();
-                backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)
+                Ok((
+                    id,
+                    backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)?,
+                ))
             })
             .collect::<Result<_>>()?;
         self.weight_rows = Some(rows);
@@ -249,10 +241,7 @@ impl<B: Backend> SignTransformer<B> {
         let w = &self.w.linear(id).w;
         let (outs, ins) = (w.shape()[0], w.shape()[1]);
         match &self.weight_rows {
-            Some(rows) => (
-                &rows[id.index(self.config.num_layers)],
-                MatmulSpec::new(m, outs, ins),
-            ),
+            Some(rows) => (&rows[&id], MatmulSpec::new(m, outs, ins)),
             None => (w, linear_spec(m, ins, outs)),
         }
     }
