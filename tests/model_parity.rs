@@ -193,14 +193,18 @@ fn golden_small_on_cpu() {
     golden_parity(&CpuBackend::new(&GpuConfig::default()).unwrap());
 }
 
-#[test]
-fn golden_small_on_gpu() {
+/// The best GPU adapter (lavapipe on a machine without a GPU).
+fn gpu() -> GpuBackend {
     let adapters = Adapters::discover();
     let (adapter, info) = adapters
         .adapter(0)
         .expect("no GPU adapter: install mesa-vulkan-drivers for the software one");
-    let b = GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap();
-    golden_parity(&b);
+    GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap()
+}
+
+#[test]
+fn golden_small_on_gpu() {
+    golden_parity(&gpu());
 }
 
 /// The model checkpoint round-trips through our writer, and a file whose tensors do not fit
@@ -319,11 +323,7 @@ fn kept_weight_rows_predict_the_same_and_refuse_training() {
     assert_ne!(logits(&plain).0, want);
     assert_eq!(logits(&rows).0, want);
 
-    let adapters = Adapters::discover();
-    let (adapter, info) = adapters
-        .adapter(0)
-        .expect("no GPU adapter: install mesa-vulkan-drivers for the software one");
-    let gpu = GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap();
+    let gpu = gpu();
     assert!(!gpu.copies_transposed_rhs());
     let mut model = ckpt.to_model(&gpu).unwrap();
     model.keep_weight_rows(&gpu).unwrap();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use signflow::data::{split, Dataset, Source, SplitSpec};
+use signflow::infer::InferencePipeline;
 use signflow::model::{Checkpoint, ModelConfig};
 use signflow::train::state::TrainingState;
 use signflow::train::trainer::STATE_FILE;
@@ -446,9 +447,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let device = super::open_device(&args.device)?;
     let loader = super::inference_loader(data, ckpt.preprocessing.seq_len, args.batch_size)?;
     let report = with_backend!(&device, b => {
-        let mut model = ckpt.to_model(b)?;
-        model.keep_weight_rows(b)?;
-        evaluate(b, &model, &loader)
+        evaluate(b, InferencePipeline::from_checkpoint(b, &ckpt)?.model(), &loader)
     })?;
     if args.json {
         super::print_json(&serde_json::json!({

@@ -222,8 +222,10 @@ impl<B: Backend> SignTransformer<B> {
                 let w = &self.w.linear(id).w;
                 let (outs, ins) = (w.shape()[0], w.shape()[1]);
                 let values = w.to_f32_vec()?;
-                let rows: Vec<f32> = (0..ins * outs)
-                    .map(|i| values[(i % outs) * ins + i / outs])
+                // Row i of the copy is column i of W.
+                let rows: Vec<f32> = (0..ins)
+                    .flat_map(|i| (0..outs).map(move |o| (o, i)))
+                    .map(|(o, i)| values[o * ins + i])
                     .collect();
                 Ok((
                     id,
