@@ -716,7 +716,7 @@ fn good_frame(k: usize) -> Vec<f64> {
 #[test]
 fn import_handles_widths_dtypes_gaps_and_broken_clips() {
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("Session 2");
+    let dir = root.path().join("Signer 2");
     // a/0: float32 frames 0, 1 and 5 (a gap), one of them 1662 wide.
     let wide: Vec<f64> = good_frame(1)[..132]
         .iter()
@@ -758,7 +758,7 @@ fn import_handles_widths_dtypes_gaps_and_broken_clips() {
         (pack.lengths.clone(), pack.labels.clone(), pack.t_max),
         (vec![3, 1], vec![0, 1], 3)
     );
-    assert_eq!(pack.group_names, ["Session 2"]);
+    assert_eq!(pack.group_names, ["Signer 2"]);
     let want: Vec<f32> = [0, 1, 5]
         .iter()
         .flat_map(|&k| good_frame(k))
