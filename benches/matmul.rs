@@ -2,7 +2,7 @@
 //! `signflow bench` reports the same cases as a table or JSON.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use signflow::parity::Inputs;
+use signflow::selftest::Inputs;
 use signflow::{
     Adapters, Backend, CpuBackend, DType, GpuBackend, GpuConfig, HostTensor, MatmulSpec,
 };

@@ -10,7 +10,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::model::{DropoutStep, ModelConfig, SignTransformer, Workspace};
 use crate::ops::Op;
-use crate::parity::Inputs;
+use crate::selftest::Inputs;
 use crate::tensor::{HostTensor, Tensor};
 use crate::train::Optimizer;
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use signflow::bench::{BenchBudget, BenchRow, Timer};
-use signflow::parity::{Inputs, ParityRow};
+use signflow::selftest::{Inputs, ParityRow};
 use signflow::{with_backend, Adapters, AnyBackend, DeviceInfo, GpuConfig};
 
 #[derive(Parser)]
@@ -137,7 +137,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             let seed = seed.unwrap_or_else(Inputs::fresh_seed);
             eprintln!("selftest on {} with seed {seed}", device.info().name);
             let bar = spinner(json);
-            let rows = with_backend!(&device, b => signflow::parity::run_all(b, seed, |row| {
+            let rows = with_backend!(&device, b => signflow::selftest::run_all(b, seed, |row| {
                 bar.set_message(format!("{} {}", row.op, row.shape));
                 bar.inc(1);
             }))?;

@@ -5,7 +5,7 @@
 mod common;
 
 use signflow::backend::gpu::kernel_config::MatmulTile;
-use signflow::parity::{self, Inputs};
+use signflow::selftest::{self, Inputs};
 use signflow::{Adapters, GpuBackend, GpuConfig, MatmulSpec};
 
 fn gpu() -> GpuBackend {
@@ -18,10 +18,7 @@ fn gpu() -> GpuBackend {
     GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).expect("the adapter opens")
 }
 
-#[test]
-fn matmul() {
-    common::matmul_parity(&gpu());
-}
+common::backend_suite!(gpu());
 
 /// Every tile the adapter supports, in every layout, with scalar and vec4 loads, at sizes
 /// that cut the tiles' edges.
@@ -41,41 +38,11 @@ fn matmul_every_tile_layout_and_loader() {
         ] {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let spec = MatmulSpec::new(m, n, k).transpose(ta, tb);
-                let row = parity::check_matmul(&b, &spec, ta, &mut inputs).unwrap();
+                let row = selftest::check_matmul(&b, &spec, ta, &mut inputs).unwrap();
                 assert!(row.pass, "seed {seed}, tile {tile:?}: {row:?}");
             }
         }
     }
-}
-
-#[test]
-fn elementwise_casts_and_copies() {
-    common::elementwise_parity(&gpu());
-}
-
-#[test]
-fn casts_are_exact_at_special_values() {
-    common::casts_are_exact_at_special_values(&gpu());
-}
-
-#[test]
-fn views_keep_their_neighbours() {
-    common::views_keep_their_neighbours(&gpu());
-}
-
-#[test]
-fn ops_on_views_of_one_arena() {
-    common::ops_on_views_of_one_arena(&gpu());
-}
-
-#[test]
-fn deterministic() {
-    common::deterministic(&gpu());
-}
-
-#[test]
-fn bad_operands_are_errors() {
-    common::bad_operands_are_errors(&gpu());
 }
 
 #[test]
@@ -110,44 +77,4 @@ fn memory_budget_is_an_error_not_a_crash() {
         0,
         "the guard emptied the cache"
     );
-}
-
-#[test]
-fn gelu_bias_grad_and_layernorm() {
-    common::row_ops_parity(&gpu());
-}
-
-#[test]
-fn layernorm_rows_alike() {
-    common::layernorm_rows_alike(&gpu());
-}
-
-#[test]
-fn no_rows() {
-    common::no_rows(&gpu());
-}
-
-#[test]
-fn gelu_value_by_value() {
-    common::gelu_values(&gpu());
-}
-
-#[test]
-fn reductions_are_deterministic() {
-    common::reductions_are_deterministic(&gpu());
-}
-
-#[test]
-fn loss_pool_and_optimizer() {
-    common::loss_pool_and_optimizer_parity(&gpu());
-}
-
-#[test]
-fn dropout_and_attention() {
-    common::dropout_and_attention_parity(&gpu());
-}
-
-#[test]
-fn matmul_bias_gelu() {
-    common::matmul_bias_gelu_parity(&gpu());
 }

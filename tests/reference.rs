@@ -1,7 +1,7 @@
 //! The f64 reference against hand-computed cases: the oracle must be right before it judges.
 
-use signflow::parity::Inputs;
 use signflow::reference;
+use signflow::selftest::Inputs;
 
 /// Central difference of `f` at `x` along element `i`.
 fn numeric_grad(f: &dyn Fn(&[f64]) -> f64, x: &[f64], i: usize) -> f64 {

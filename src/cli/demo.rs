@@ -48,7 +48,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         }
     );
     if !args.skip_selftest {
-        let rows = with_backend!(&device, b => signflow::parity::run_all(b, args.seed, |_| {}))?;
+        let rows = with_backend!(&device, b => signflow::selftest::run_all(b, args.seed, |_| {}))?;
         let failed: Vec<String> = rows
             .iter()
             .filter(|r| !r.pass)

@@ -1,11 +1,71 @@
-//! Backend checks shared by the CPU and GPU parity tests: each runs on whatever backend it is
-//! given, against the f64 reference, with fresh random inputs (the seed is in every message).
-
-#![allow(dead_code)] // each test binary uses a subset
+//! The parity suite, generated for one backend by [`backend_suite!`]: every self-test family
+//! against the f64 reference with the tests' further cases, and the checks beyond parity.
+//! Inputs are fresh on every run; the seed is printed, and named in every failure.
 
 use half::{bf16, f16};
-use signflow::parity::{self, Inputs, ParityRow};
+use signflow::selftest::{self, Family, Inputs, ParityRow, Scope};
 use signflow::{Backend, DType, HostTensor, MatmulSpec};
+
+/// Every test of the suite for the backend that `$backend` makes (evaluated afresh in each
+/// test): one per self-test family, then the checks beyond parity.
+macro_rules! backend_suite {
+    ($backend:expr) => {
+        $crate::common::backend_suite!(@families $backend;
+            Matmul => matmul,
+            MatmulBiasGelu => matmul_bias_gelu,
+            Elementwise => elementwise,
+            Gelu => gelu,
+            BiasGradAndLayernorm => bias_grad_and_layernorm,
+            MeanPool => mean_pool,
+            CrossEntropy => cross_entropy,
+            Dropout => dropout,
+            Attention => attention,
+            Optimizer => optimizer,
+        );
+        $crate::common::backend_suite!(@checks $backend;
+            casts_are_exact_at_special_values,
+            views_keep_their_neighbours,
+            ops_on_views_of_one_arena,
+            deterministic,
+            bad_operands_are_errors,
+            layernorm_rows_alike,
+            no_rows,
+            reductions_are_deterministic,
+            out_of_range_label_is_nan,
+            attention_edge_cases,
+        );
+    };
+    (@families $backend:expr; $($family:ident => $test:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::common::family_passes(&$backend, signflow::selftest::Family::$family);
+            }
+        )*
+
+        /// The families above are the self-test's, all of them (a family missing above does
+        /// not compile) and in its order.
+        #[test]
+        fn every_family_is_tested() {
+            use signflow::selftest::Family;
+            for family in Family::ALL {
+                match family {
+                    $(Family::$family)|* => {}
+                }
+            }
+            assert_eq!(Family::ALL, [$(Family::$family),*]);
+        }
+    };
+    (@checks $backend:expr; $($check:ident,)*) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::common::$check(&$backend);
+            }
+        )*
+    };
+}
+pub(crate) use backend_suite;
 
 pub fn seed() -> u64 {
     let seed = Inputs::fresh_seed();
@@ -17,80 +77,102 @@ pub fn assert_pass(row: &ParityRow, seed: u64) {
     assert!(row.pass, "seed {seed}: {row:?}");
 }
 
-pub fn matmul_parity<B: Backend>(b: &B) {
+/// Every check of `family` passes, on the self-test's cases and the tests' further ones.
+pub fn family_passes<B: Backend>(b: &B, family: Family) {
     let seed = seed();
     let mut inputs = Inputs::new(seed);
-    for (spec, bias) in parity::matmul_cases() {
-        assert_pass(
-            &parity::check_matmul(b, &spec, bias, &mut inputs).unwrap(),
-            seed,
-        );
-    }
+    family
+        .run(b, Scope::Tests, &mut inputs, &mut |row| {
+            assert_pass(&row, seed)
+        })
+        .unwrap();
 }
 
-pub fn matmul_bias_gelu_parity<B: Backend>(b: &B) {
-    let seed = seed();
-    let mut inputs = Inputs::new(seed);
-    for (spec, _) in parity::matmul_cases() {
-        assert_pass(
-            &parity::check_matmul_bias_gelu(b, &spec, &mut inputs).unwrap(),
-            seed,
-        );
-    }
+/// A label that is not a class index makes the loss NaN rather than reading out of bounds.
+pub fn out_of_range_label_is_nan<B: Backend>(b: &B) {
+    let up = |data: Vec<f32>, shape: &[usize]| {
+        b.upload(&HostTensor::from_f32(shape, data).unwrap())
+            .unwrap()
+    };
+    let (loss, hits, lse) = (
+        selftest::poisoned(b, &[1], DType::F32).unwrap(),
+        selftest::poisoned(b, &[2], DType::F32).unwrap(),
+        selftest::poisoned(b, &[2], DType::F32).unwrap(),
+    );
+    b.cross_entropy(
+        &up(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]),
+        &up(vec![0.0, 7.0], &[2]),
+        None,
+        0.0,
+        &loss,
+        &hits,
+        &lse,
+    )
+    .unwrap();
+    assert!(loss.to_f32_vec().unwrap()[0].is_nan());
+    assert!(lse.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
 }
 
-pub fn elementwise_parity<B: Backend>(b: &B) {
-    let seed = seed();
-    let mut inputs = Inputs::new(seed);
-    for n in parity::ELEMENTWISE_SIZES.into_iter().chain([2, 3, 1000]) {
-        assert_pass(&parity::check_add(b, n, &mut inputs).unwrap(), seed);
-        assert_pass(&parity::check_scale(b, n, &mut inputs).unwrap(), seed);
-        for dtype in DType::ALL {
-            assert_pass(&parity::check_copy(b, n, dtype, &mut inputs).unwrap(), seed);
-        }
-        for from in DType::ALL {
-            for to in DType::ALL {
-                assert_pass(
-                    &parity::check_cast(b, n, from, to, &mut inputs).unwrap(),
-                    seed,
-                );
-            }
-        }
+/// Attention over a clip whose keys are all padding, over empty batches and clips, and with
+/// bad head sizes; dropout with a bad probability.
+pub fn attention_edge_cases<B: Backend>(b: &B) {
+    let mut inputs = Inputs::new(seed());
+    // A clip whose keys are all padding gives zeros, never NaN.
+    let spec = signflow::AttentionSpec::new(1, 3, 1, 4);
+    let qkv = b
+        .upload(&HostTensor::from_f32(&[1, 3, 12], inputs.uniform(36)).unwrap())
+        .unwrap();
+    let mask = b
+        .upload(&HostTensor::from_f32(&[1, 3], vec![0.0; 3]).unwrap())
+        .unwrap();
+    let (out, lse) = (
+        selftest::poisoned(b, &[1, 3, 4], DType::F32).unwrap(),
+        selftest::poisoned(b, &[1, 1, 3], DType::F32).unwrap(),
+    );
+    b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
+    assert!(out.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    assert!(lse
+        .to_f32_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == signflow::backend::NO_KEYS_LSE));
+    let dqkv = selftest::poisoned(b, &[1, 3, 12], DType::F32).unwrap();
+    b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &dqkv)
+        .unwrap();
+    assert!(dqkv.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
+    // Empty batches and clips do nothing, and say nothing.
+    for (batch, t) in [(0, 5), (2, 0)] {
+        let spec = signflow::AttentionSpec::new(batch, t, 2, 8);
+        let f = |shape: &[usize]| b.alloc(shape, DType::F32).unwrap();
+        let (qkv, mask, out, lse) = (
+            f(&[batch, t, 48]),
+            f(&[batch, t]),
+            f(&[batch, t, 16]),
+            f(&[batch, 2, t]),
+        );
+        b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
+        b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &f(&[batch, t, 48]))
+            .unwrap();
+        let pooled = f(&[batch, 16]);
+        b.mean_pool(&f(&[batch, t, 16]), &mask, &pooled).unwrap();
+        b.mean_pool_backward(&pooled, &mask, &f(&[batch, t, 16]))
+            .unwrap();
     }
-}
-
-pub fn gelu_values<B: Backend>(b: &B) {
-    let errors = parity::check_gelu_values(b).unwrap();
-    assert!(errors.within(), "{errors:?}");
-}
-
-pub fn row_ops_parity<B: Backend>(b: &B) {
-    let seed = seed();
-    let mut inputs = Inputs::new(seed);
-    for n in parity::ELEMENTWISE_SIZES.into_iter().chain([2, 1000]) {
-        assert_pass(&parity::check_gelu(b, n, &mut inputs).unwrap(), seed);
-        assert_pass(
-            &parity::check_gelu_backward(b, n, &mut inputs).unwrap(),
-            seed,
-        );
-    }
-    for (rows, cols) in parity::ROW_SHAPES
-        .into_iter()
-        .chain([(64, 64), (129, 65), (1000, 7)])
-    {
-        assert_pass(
-            &parity::check_bias_grad(b, rows, cols, &mut inputs).unwrap(),
-            seed,
-        );
-        assert_pass(
-            &parity::check_layernorm(b, rows, cols, &mut inputs).unwrap(),
-            seed,
-        );
-        assert_pass(
-            &parity::check_layernorm_backward(b, rows, cols, &mut inputs).unwrap(),
-            seed,
-        );
-    }
+    // Bad head sizes and probabilities are errors.
+    let too_big = signflow::AttentionSpec::new(1, 3, 1, 129);
+    assert!(b.attention(&qkv, &mask, &too_big, &out, &lse).is_err());
+    assert!(b
+        .dropout(
+            &qkv,
+            1.5,
+            &signflow::DropoutKey {
+                seed: 0,
+                step: 0,
+                site: 0
+            },
+            &qkv
+        )
+        .is_err());
 }
 
 /// Layer norm gives every copy of one row the same bits, wherever it falls among the rows (the
@@ -156,161 +238,6 @@ pub fn no_rows<B: Backend>(b: &B) {
     assert_eq!(db.to_f32_vec().unwrap(), vec![0.0; cols], "layernorm db");
 }
 
-pub fn loss_pool_and_optimizer_parity<B: Backend>(b: &B) {
-    let seed = seed();
-    let mut inputs = Inputs::new(seed);
-    for shape in parity::POOL_SHAPES
-        .into_iter()
-        .chain([(4, 65, 33), (7, 1, 5)])
-    {
-        assert_pass(
-            &parity::check_mean_pool(b, shape, &mut inputs).unwrap(),
-            seed,
-        );
-        assert_pass(
-            &parity::check_mean_pool_backward(b, shape, &mut inputs).unwrap(),
-            seed,
-        );
-    }
-    for (batch, classes, smoothing, weighted) in parity::XENT_CASES
-        .into_iter()
-        .chain([(300, 5, 0.1, true), (2, 1000, 0.0, false)])
-    {
-        assert_pass(
-            &parity::check_cross_entropy(b, batch, classes, smoothing, weighted, &mut inputs)
-                .unwrap(),
-            seed,
-        );
-        assert_pass(
-            &parity::check_cross_entropy_backward(
-                b,
-                batch,
-                classes,
-                smoothing,
-                weighted,
-                &mut inputs,
-            )
-            .unwrap(),
-            seed,
-        );
-    }
-    for (i, n) in parity::OPTIM_SIZES
-        .into_iter()
-        .chain([4096, 4097, 300_000])
-        .enumerate()
-    {
-        assert_pass(&parity::check_adamw(b, n, &mut inputs).unwrap(), seed);
-        assert_pass(&parity::check_grad_norm(b, n, &mut inputs).unwrap(), seed);
-        assert_pass(
-            &parity::check_unscale(b, n, i % 2 == 0, &mut inputs).unwrap(),
-            seed,
-        );
-    }
-    // A label that is not a class index makes the loss NaN rather than reading out of bounds.
-    let up = |data: Vec<f32>, shape: &[usize]| {
-        b.upload(&HostTensor::from_f32(shape, data).unwrap())
-            .unwrap()
-    };
-    let (loss, hits, lse) = (
-        parity::poisoned(b, &[1], DType::F32).unwrap(),
-        parity::poisoned(b, &[2], DType::F32).unwrap(),
-        parity::poisoned(b, &[2], DType::F32).unwrap(),
-    );
-    b.cross_entropy(
-        &up(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]),
-        &up(vec![0.0, 7.0], &[2]),
-        None,
-        0.0,
-        &loss,
-        &hits,
-        &lse,
-    )
-    .unwrap();
-    assert!(loss.to_f32_vec().unwrap()[0].is_nan());
-    assert!(lse.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
-}
-
-pub fn dropout_and_attention_parity<B: Backend>(b: &B) {
-    let seed = seed();
-    let mut inputs = Inputs::new(seed);
-    for (n, p) in [(1, 0.0), (17, 0.5), (4099, 0.1), (65_537, 0.9), (10, 1.0)] {
-        assert_pass(&parity::check_dropout(b, n, p, &mut inputs).unwrap(), seed);
-    }
-    // Beyond the cases selftest runs: a long clip (T past 1024, cutting the tiles) and more
-    // round sizes.
-    let more = [
-        (2, 64, 2, 64, 0.0),
-        (1, 130, 2, 32, 0.1),
-        (1, 1030, 1, 16, 0.1),
-    ];
-    for case in parity::ATTENTION_CASES.into_iter().chain(more) {
-        assert_pass(
-            &parity::check_attention(b, case, &mut inputs).unwrap(),
-            seed,
-        );
-        assert_pass(
-            &parity::check_attention_backward(b, case, &mut inputs).unwrap(),
-            seed,
-        );
-    }
-    // A clip whose keys are all padding gives zeros, never NaN.
-    let spec = signflow::AttentionSpec::new(1, 3, 1, 4);
-    let qkv = b
-        .upload(&HostTensor::from_f32(&[1, 3, 12], inputs.uniform(36)).unwrap())
-        .unwrap();
-    let mask = b
-        .upload(&HostTensor::from_f32(&[1, 3], vec![0.0; 3]).unwrap())
-        .unwrap();
-    let (out, lse) = (
-        parity::poisoned(b, &[1, 3, 4], DType::F32).unwrap(),
-        parity::poisoned(b, &[1, 1, 3], DType::F32).unwrap(),
-    );
-    b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
-    assert!(out.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
-    assert!(lse
-        .to_f32_vec()
-        .unwrap()
-        .iter()
-        .all(|&v| v == signflow::backend::NO_KEYS_LSE));
-    let dqkv = parity::poisoned(b, &[1, 3, 12], DType::F32).unwrap();
-    b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &dqkv)
-        .unwrap();
-    assert!(dqkv.to_f32_vec().unwrap().iter().all(|&v| v == 0.0));
-    // Empty batches and clips do nothing, and say nothing.
-    for (batch, t) in [(0, 5), (2, 0)] {
-        let spec = signflow::AttentionSpec::new(batch, t, 2, 8);
-        let f = |shape: &[usize]| b.alloc(shape, DType::F32).unwrap();
-        let (qkv, mask, out, lse) = (
-            f(&[batch, t, 48]),
-            f(&[batch, t]),
-            f(&[batch, t, 16]),
-            f(&[batch, 2, t]),
-        );
-        b.attention(&qkv, &mask, &spec, &out, &lse).unwrap();
-        b.attention_backward(&qkv, &mask, &spec, &out, &lse, &out, &f(&[batch, t, 48]))
-            .unwrap();
-        let pooled = f(&[batch, 16]);
-        b.mean_pool(&f(&[batch, t, 16]), &mask, &pooled).unwrap();
-        b.mean_pool_backward(&pooled, &mask, &f(&[batch, t, 16]))
-            .unwrap();
-    }
-    // Bad head sizes and probabilities are errors.
-    let too_big = signflow::AttentionSpec::new(1, 3, 1, 129);
-    assert!(b.attention(&qkv, &mask, &too_big, &out, &lse).is_err());
-    assert!(b
-        .dropout(
-            &qkv,
-            1.5,
-            &signflow::DropoutKey {
-                seed: 0,
-                step: 0,
-                site: 0
-            },
-            &qkv
-        )
-        .is_err());
-}
-
 /// Reductions give the same bits on two runs.
 pub fn reductions_are_deterministic<B: Backend>(b: &B) {
     let mut inputs = Inputs::new(seed());
@@ -323,7 +250,7 @@ pub fn reductions_are_deterministic<B: Backend>(b: &B) {
     let dy = up(inputs.uniform(rows * cols), &[rows, cols]);
     let w = up(inputs.uniform(cols), &[cols]);
     let run = || {
-        let f = |shape: &[usize]| parity::poisoned(b, shape, DType::F32).unwrap();
+        let f = |shape: &[usize]| selftest::poisoned(b, shape, DType::F32).unwrap();
         let (y, mean, rstd, dx, dw, db, bias) = (
             f(&[rows, cols]),
             f(&[rows]),
@@ -356,7 +283,7 @@ pub fn reductions_are_deterministic<B: Backend>(b: &B) {
             .upload(&HostTensor::from_f32(&[2, 75, 192], qkv_data).unwrap())
             .unwrap();
         let mask = b
-            .upload(&HostTensor::from_f32(&[2, 75], parity::ragged_mask(2, 75, false)).unwrap())
+            .upload(&HostTensor::from_f32(&[2, 75], selftest::ragged_mask(2, 75, false)).unwrap())
             .unwrap();
         let (att, att_lse, dqkv) = (f(&[2, 75, 64]), f(&[2, 2, 75]), f(&[2, 75, 192]));
         b.attention(&qkv, &mask, &spec, &att, &att_lse).unwrap();
@@ -412,8 +339,8 @@ pub fn casts_are_exact_at_special_values<B: Backend>(b: &B) {
     let x = b
         .upload(&HostTensor::from_f32(&[n], specials.clone()).unwrap())
         .unwrap();
-    let to_f16 = parity::poisoned(b, &[n], DType::F16).unwrap();
-    let to_bf16 = parity::poisoned(b, &[n], DType::Bf16).unwrap();
+    let to_f16 = selftest::poisoned(b, &[n], DType::F16).unwrap();
+    let to_bf16 = selftest::poisoned(b, &[n], DType::Bf16).unwrap();
     b.cast(&x, &to_f16).unwrap();
     b.cast(&x, &to_bf16).unwrap();
     let got_f16 = to_f16.to_host().unwrap();
@@ -456,7 +383,7 @@ pub fn casts_are_exact_at_special_values<B: Backend>(b: &B) {
             }
         };
         let src = HostTensor::new(&[all.len()], data).unwrap();
-        let wide = parity::poisoned(b, &[all.len()], DType::F32).unwrap();
+        let wide = selftest::poisoned(b, &[all.len()], DType::F32).unwrap();
         b.cast(&b.upload(&src).unwrap(), &wide).unwrap();
         let got = wide.to_f32_vec().unwrap();
         for (g, w) in got.iter().zip(src.to_f32_vec()) {
@@ -472,7 +399,7 @@ pub fn casts_are_exact_at_special_values<B: Backend>(b: &B) {
 /// other half of a shared 32-bit word.
 pub fn views_keep_their_neighbours<B: Backend>(b: &B) {
     for dtype in DType::ALL {
-        let arena = parity::poisoned(b, &[16], dtype).unwrap();
+        let arena = selftest::poisoned(b, &[16], dtype).unwrap();
         let view = arena.view(2, &[5]).unwrap();
         let values = [1.0, 2.0, 3.0, 4.0, 5.0];
         b.write(
@@ -522,7 +449,7 @@ pub fn ops_on_views_of_one_arena<B: Backend>(b: &B) {
             .unwrap();
         let a = arena.view(offset_a, &[m * k]).unwrap();
         let w = arena.view(offset_b, &[k * n]).unwrap();
-        let out = parity::poisoned(b, &[m * n], DType::F32).unwrap();
+        let out = selftest::poisoned(b, &[m * n], DType::F32).unwrap();
         b.matmul(&a, &w, None, &out, &spec).unwrap();
         let widen = |s: &[f32]| s.iter().map(|&x| x as f64).collect::<Vec<_>>();
         let want = signflow::reference::matmul(
@@ -577,7 +504,7 @@ pub fn deterministic<B: Backend>(b: &B) {
         .upload(&HostTensor::from_f32(&[90], inputs.uniform(90)).unwrap())
         .unwrap();
     let run = || {
-        let out = parity::poisoned(b, &[spec.c_len()], DType::F32).unwrap();
+        let out = selftest::poisoned(b, &[spec.c_len()], DType::F32).unwrap();
         b.matmul(&a, &w, Some(&bias), &out, &spec).unwrap();
         out.to_f32_vec()
             .unwrap()

@@ -1440,8 +1440,8 @@ mod simd_paths {
     use super::{Elementwise, ElementwiseChunk};
     use crate::backend::NO_KEYS_LSE;
     use crate::dtype::DType;
-    use crate::parity::{self, GeluValueErrors};
     use crate::reference;
+    use crate::selftest::{self, GeluValueErrors};
     use crate::tolerance::{tolerance, Deviation, OpClass};
 
     /// Awkward lengths: whole blocks of every width, and tails.
@@ -1670,7 +1670,7 @@ mod simd_paths {
     /// GELU and gelu' value by value under each instruction set (the native one is checked
     /// through the backend, by the parity tests).
     fn check_gelu_sweep<S: Simd>(s: S, set: &str) {
-        let x = parity::gelu_sweep();
+        let x = selftest::gelu_sweep();
         let ones = vec![1.0f32; x.len()];
         let (mut y, mut grad) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
         ElementwiseChunk {
