@@ -18,6 +18,10 @@ pub const DEVICE_HELP: &str =
     "Device: auto, cpu, gpu, gpu:N, vulkan, metal, dx12, gl, BACKEND:N, software, or part of an \
      adapter's name (`signflow devices` lists them)";
 
+/// The help line of every `--json` flag.
+pub const JSON_HELP: &str =
+    "Print JSON to standard output, alone (logs and progress go to standard error)";
+
 /// JSON on standard output, alone (logs and progress go to standard error).
 pub fn print_json<T: serde::Serialize>(value: &T) {
     let mut out = std::io::stdout().lock();
