@@ -101,7 +101,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         group_counts(&pack),
         pack_path.display()
     );
-    let data = Arc::new(Dataset::Clips(pack));
+    let data = Arc::new(Dataset::Clips(pack.clone()));
     let spec = SplitSpec::Group {
         name: args.hold_out.clone(),
     };
@@ -142,9 +142,9 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         "5/5 the final model on the held-out signer's {} clips, and one prediction of each sign:",
         s.val.len()
     );
-    print_held_out(&report, &args.hold_out, data.classes());
+    print_held_out(&report, &args.hold_out, &pack.classes);
     let model = Checkpoint::load(&run_dir.join(FINAL_FILE))?;
-    with_backend!(&device, b => predict_some(b, &model, &data, &s.val))?;
+    with_backend!(&device, b => predict_some(b, &model, &pack, &s.val))?;
     eprintln!(
         "demo done in {:.0} s; curves in {}; train on the sample yourself with\n    signflow \
          train --data {} --split {spec} --out runs/demo",
@@ -205,12 +205,9 @@ fn print_held_out(report: &EvalReport, signer: &str, classes: &[String]) {
 fn predict_some<B: Backend>(
     b: &B,
     ckpt: &Checkpoint,
-    data: &Dataset,
+    pack: &ClipPack,
     held_out: &[usize],
 ) -> Result<()> {
-    let Dataset::Clips(pack) = data else {
-        return Ok(());
-    };
     let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
     for class in 0..pack.classes.len() {
         let clips: Vec<usize> = held_out
