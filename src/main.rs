@@ -5,7 +5,7 @@ mod cli;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use signflow::bench::{BenchBudget, BenchRow, Timer};
 use signflow::selftest::{Inputs, ParityRow};
@@ -26,18 +26,17 @@ struct Cli {
 enum Command {
     /// List the CPU backend and every GPU adapter, and which one `auto` takes.
     Devices {
-        /// Print JSON to standard output.
-        #[arg(long)]
+        #[arg(long, help = cli::JSON_HELP)]
         json: bool,
     },
     /// Check every op on a device against the f64 reference, on fresh random inputs.
     Selftest {
         #[command(flatten)]
         device: DeviceArgs,
-        /// Seed of the random inputs (default: a fresh one, printed).
+        /// Seed of the random inputs; default: a fresh one, printed.
         #[arg(long)]
         seed: Option<u64>,
-        #[arg(long)]
+        #[arg(long, help = cli::JSON_HELP)]
         json: bool,
     },
     /// Time the ops on a device: median ms, GFLOP/s or GB/s.
@@ -59,13 +58,13 @@ enum Command {
         #[arg(long, default_value_t = signflow::bench::MEMORY_ROWS as u64,
               value_parser = clap::value_parser!(u64).range(1..))]
         memory_rows: u64,
-        #[arg(long)]
+        #[arg(long, help = cli::JSON_HELP)]
         json: bool,
     },
-    /// A one-command tour: device, self-test, a generated clip pack, a short training run,
-    /// evaluation and predictions.
+    /// A one-command tour: device, self-test, a short training run on a sample of real signing,
+    /// evaluation on a signer it did not train on, and predictions.
     Demo(cli::demo::DemoArgs),
-    /// Build clip packs: import an MP_Data folder, or generate one.
+    /// Build clip packs: import an MP_Data folder, take a subset of a pack, or generate one.
     #[command(subcommand)]
     Data(cli::data::DataCommand),
     /// Train a model on a clip pack or a feature pack.
@@ -78,8 +77,7 @@ enum Command {
 
 #[derive(Args)]
 struct DeviceArgs {
-    /// auto, cpu, gpu, gpu:N, vulkan, metal, dx12, gl, BACKEND:N, software, or part of a name.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help = cli::DEVICE_HELP)]
     device: String,
     /// Share of the device's memory the buffer pool may hold, in (0, 1].
     #[arg(long, default_value_t = 0.9)]
@@ -112,13 +110,30 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,signflow=info".into()),
         )
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line as `main` parses it: clap's tree from [`Cli`], with the defaults of
+/// `train`'s flags written into their help lines (clap cannot show them itself, see
+/// [`cli::train::flag_defaults`]).
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("train", |train| {
+        cli::train::flag_defaults()
+            .into_iter()
+            .fold(train, |train, (id, default)| {
+                train.mut_arg(id, |arg| {
+                    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                    arg.help(format!("{help} [default: {default}]"))
+                })
+            })
+    })
 }
 
 fn run(cli: Cli) -> signflow::Result<ExitCode> {
@@ -346,5 +361,68 @@ fn print_bench(rows: &[BenchRow]) {
             }
         );
         print_kernel_times(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        command().debug_assert();
+    }
+
+    /// Each subcommand without an about line and each argument without a help line,
+    /// flattened groups and nested subcommands included, named by its path (`path` names
+    /// `cmd`).
+    fn without_help(cmd: &clap::Command, path: &str) -> Vec<String> {
+        let mut missing = Vec::new();
+        for arg in cmd.get_arguments() {
+            if arg
+                .get_help()
+                .is_none_or(|h| h.to_string().trim().is_empty())
+            {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+            }
+            missing.extend(without_help(sub, &format!("{path} {}", sub.get_name())));
+        }
+        missing
+    }
+
+    /// `--help` documents every flag of every command.
+    #[test]
+    fn every_argument_has_a_help_line() {
+        let missing = without_help(&command(), "signflow");
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+        let bare = clap::Command::new("x").subcommand(
+            clap::Command::new("y")
+                .about("has an about")
+                .arg(clap::Arg::new("quiet").long("quiet")),
+        );
+        assert_eq!(without_help(&bare, "x"), ["x y quiet"]);
+    }
+
+    /// `train`'s options show the configuration's defaults, which clap cannot fill in itself.
+    #[test]
+    fn train_help_shows_the_configuration_defaults() {
+        let help = command()
+            .find_subcommand_mut("train")
+            .expect("a train command")
+            .render_long_help()
+            .to_string();
+        for shown in [
+            "[default: 30]",
+            "[default: cosine]",
+            "[default: 256]",
+            "[default: auto]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
     }
 }

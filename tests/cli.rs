@@ -1,6 +1,9 @@
-//! The command line: JSON outputs and readable errors for bad devices.
+//! The command line: JSON outputs, readable errors for bad devices, the demo and its sample.
 
+use std::path::Path;
 use std::process::Command;
+
+use signflow::data::ClipPack;
 
 fn signflow(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_signflow"))
@@ -179,4 +182,178 @@ fn selftest_on_the_software_adapter() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The demo trains on the sample of real signing it carries and reports on the held-out signer.
+#[test]
+fn demo_trains_on_real_signing_and_reports_the_held_out_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = signflow(&[
+        "demo",
+        "--device",
+        "cpu",
+        "--skip-selftest",
+        "--epochs",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("real signing: 320 clips of 8 signs"), "{err}");
+    assert!(err.contains("`TheCamNelson` held out"), "{err}");
+    assert!(!err.contains("GENERATED"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("held-out signer TheCamNelson: top-1 ")
+            && lines[0].contains("top-5")
+            && lines[0].contains("on 160 clips"),
+        "{stdout}"
+    );
+    let predictions = lines
+        .iter()
+        .filter(|l| l.starts_with("held-out clip "))
+        .count();
+    assert_eq!(predictions, 8, "one held-out clip of each sign: {stdout}");
+    assert!(
+        lines[2..]
+            .iter()
+            .all(|l| l.contains("TheCamNelson signing")),
+        "{stdout}"
+    );
+    // The sample is left beside the run, to train on with `signflow train`.
+    let sample = ClipPack::load(out_dir.join("real-clips.safetensors")).unwrap();
+    assert_eq!(sample.group_names, ["dmohazab", "TheCamNelson"]);
+    let license = std::fs::read_to_string(out_dir.join("LICENSE")).unwrap();
+    assert!(
+        license.contains("Copyright (c) 2022 traduttore"),
+        "{license}"
+    );
+
+    let out = signflow(&[
+        "demo",
+        "--device",
+        "cpu",
+        "--skip-selftest",
+        "--hold-out",
+        "Alex",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no group `Alex`") && err.contains("TheCamNelson"),
+        "{err}"
+    );
+}
+
+/// The command that data/demo/README.md gives re-makes data/demo/clips.safetensors.
+#[test]
+fn demo_sample_is_remade_by_the_command_its_readme_gives() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("data/demo/README.md")).unwrap();
+    let command = readme
+        .lines()
+        .find(|l| l.starts_with("signflow data subset "))
+        .expect("the README gives the command");
+    let mut args = shell_words(command);
+    assert_eq!(args.remove(0), "signflow");
+    let dir = tempfile::tempdir().unwrap();
+    let remade = dir.path().join("clips.safetensors");
+    let o = args.iter().position(|a| a == "-o").expect("an -o argument") + 1;
+    assert_eq!(args[o], "data/demo/clips.safetensors");
+    args[o] = remade.to_str().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_signflow"))
+        .current_dir(root)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = ClipPack::load(root.join("data/demo/clips.safetensors")).unwrap();
+    assert!(
+        ClipPack::load(&remade).unwrap() == shipped,
+        "the remade pack differs"
+    );
+}
+
+/// Splits a command line at spaces, keeping double-quoted words whole (enough for the README).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn data_subset_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("synth.safetensors");
+    let out = signflow(&[
+        "data",
+        "synth",
+        "--classes",
+        "2",
+        "--clips",
+        "4",
+        "-o",
+        pack.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sub = dir.path().join("sub.safetensors");
+    let subset = |extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "subset",
+            pack.to_str().unwrap(),
+            "-o",
+            sub.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        signflow(&args)
+    };
+    let out = subset(&["--classes", "sign-01", "--clips", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = ClipPack::load(&sub).unwrap();
+    assert_eq!(
+        (written.len(), written.classes.len()),
+        (2, 1),
+        "one clip from each signer"
+    );
+    let out = subset(&["--classes", "hello"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("sign-00, sign-01"),
+        "{err}"
+    );
+    let out = subset(&["--classes", "sign-00", "--clips", "0"]);
+    assert!(!out.status.success());
 }

@@ -308,28 +308,3 @@ fn bad_requests_are_explained() {
     ]);
     assert!(err.contains("checkpoint"), "{err}");
 }
-
-#[test]
-fn demo_runs_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("demo");
-    let out = signflow(&[
-        "demo",
-        "--device",
-        "cpu",
-        "--skip-selftest",
-        "--epochs",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("GENERATED"), "{err}");
-    assert!(err.contains("5/5"), "{err}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        3,
-        "three predictions"
-    );
-}

@@ -1,4 +1,4 @@
-//! `signflow data import | synth`: building clip packs.
+//! `signflow data import | subset | synth`: building clip packs.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,10 @@ use signflow::data::{import_mp_data, synth_clips, ImportOptions};
 pub enum DataCommand {
     /// Import a MediaPipe tutorial folder (MP_Data/<class>/<sequence>/<frame>.npy) as a clip pack.
     Import(ImportArgs),
-    /// Write a generated clip pack of the real shape (for benchmarks and the demo only: not real
+    /// Write some classes and groups of a clip pack, a seeded draw of clips from each, as a new
+    /// pack (how the demo's sample of real signing is made).
+    Subset(super::subset::SubsetArgs),
+    /// Write a generated clip pack of the real shape (for benchmarks and tests only: not real
     /// signing).
     Synth(SynthArgs),
 }
@@ -41,9 +44,10 @@ pub struct SynthArgs {
     /// Clips per class.
     #[arg(long, default_value_t = 40)]
     pub clips: usize,
-    /// Frames of the longest clip.
+    /// Length of the longest clip, in frames.
     #[arg(long, default_value_t = 30)]
     pub frames: usize,
+    /// Seed of the generator: the same seed writes the same pack.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// The clip pack to write.
@@ -82,6 +86,7 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
             }
             Ok(())
         }
+        DataCommand::Subset(a) => super::subset::run(a),
         DataCommand::Synth(a) => {
             if a.classes == 0 || a.clips == 0 || a.frames < 2 {
                 return Err(signflow::Error::InvalidConfig {
@@ -96,7 +101,7 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
             let pack = synth_clips(a.classes, a.clips, a.frames, a.seed);
             pack.save(&a.output)?;
             eprintln!(
-                "wrote {} GENERATED clips ({} classes; not real signing, for benchmarks and demos) to {}",
+                "wrote {} GENERATED clips ({} classes; not real signing, for benchmarks and tests) to {}",
                 pack.len(),
                 a.classes,
                 a.output.display()

@@ -1,6 +1,7 @@
 //! `signflow demo`: a one-command tour on a fresh machine. Picks the device, runs the
-//! self-test, generates a small clip pack (saying so), trains a small model for a minute or
-//! two, evaluates it and predicts a few clips.
+//! self-test, trains a small model on a sample of real signing that ships inside the binary
+//! (`data/demo/`), evaluates it on a signer it never trained on and predicts some of that
+//! signer's clips.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,22 +9,39 @@ use std::time::Instant;
 
 use clap::Args;
 use signflow::data::packs::FRAME_WIDTH;
-use signflow::data::{split, synth_clips, Dataset, Loader, LoaderConfig, Source, SplitSpec};
+use signflow::data::{split, ClipPack, Dataset, Loader, LoaderConfig, Source, SplitSpec};
 use signflow::infer::InferencePipeline;
 use signflow::model::{Checkpoint, ModelConfig};
-use signflow::train::trainer::BEST_FILE;
-use signflow::train::{evaluate, initial_model, Trainer, TrainingConfig};
+use signflow::train::trainer::FINAL_FILE;
+use signflow::train::{evaluate, initial_model, EvalReport, Trainer, TrainingConfig};
 use signflow::{with_backend, AnyBackend, Backend, GpuConfig, Result};
+
+use super::subset::group_counts;
+
+/// The sample of real signing: a `signflow-clips/1` pack drawn from the traduttore recordings
+/// (MIT; `data/demo/README.md` says what it holds and the command that made it).
+const SAMPLE: &[u8] = include_bytes!("../../data/demo/clips.safetensors");
+/// The recordings' licence, which goes wherever a copy of the sample goes.
+const SAMPLE_LICENSE: &str = include_str!("../../data/demo/LICENSE");
+/// Where the demo writes the sample (its licence beside it as `LICENSE`), so that it can be
+/// trained on again with `signflow train`.
+const SAMPLE_FILE: &str = "real-clips.safetensors";
 
 #[derive(Args)]
 pub struct DemoArgs {
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
-    /// Where the generated pack and the run's files go.
+    /// Where the sample pack and the run's files go.
     #[arg(long, default_value = "signflow-demo")]
     pub out: PathBuf,
+    /// Passes over the training clips.
     #[arg(long, default_value_t = 15)]
     pub epochs: usize,
+    /// The signer (group of the sample) whose clips are held out: trained on never, evaluated
+    /// and predicted on.
+    #[arg(long, default_value = "TheCamNelson")]
+    pub hold_out: String,
+    /// Seed of the self-test's inputs, the model's initialisation, the shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Skip the self-test step.
@@ -66,21 +84,33 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.out).map_err(|e| signflow::Error::io(&args.out, e))?;
-    let pack_path = args.out.join("generated-clips.safetensors");
-    let pack = synth_clips(8, 50, 30, args.seed);
-    pack.save(&pack_path)?;
+    let pack_path = args.out.join(SAMPLE_FILE);
+    for (path, bytes) in [
+        (pack_path.clone(), SAMPLE),
+        (args.out.join("LICENSE"), SAMPLE_LICENSE.as_bytes()),
+    ] {
+        std::fs::write(&path, bytes).map_err(|e| signflow::Error::io(&path, e))?;
+    }
+    let pack = ClipPack::load(&pack_path)?;
     eprintln!(
-        "3/5 wrote {} GENERATED clips of {} classes to {} (synthetic motion, not real signing)",
+        "3/5 real signing: {} clips of {} signs ({}) by signers {}, recorded for the \
+         traduttore project (github.com/traduttore/traduttore-model, MIT licence); written to {}",
         pack.len(),
         pack.classes.len(),
+        pack.classes.join(", "),
+        group_counts(&pack),
         pack_path.display()
     );
-    let data = Arc::new(Dataset::Clips(pack));
-    let s = split(&data, &SplitSpec::Random { fraction: 0.2 }, args.seed)?;
+    let data = Arc::new(Dataset::Clips(pack.clone()));
+    let spec = SplitSpec::Group {
+        name: args.hold_out.clone(),
+    };
+    let s = split(&data, &spec, args.seed)?;
+    eprintln!("    {}", s.note);
     let classes = data.classes().to_vec();
-    let (train, val) = (
+    let (train, held_out) = (
         Source::new(data.clone(), s.train)?,
-        Source::new(data.clone(), s.val)?,
+        Source::new(data.clone(), s.val.clone())?,
     );
     let model_cfg = ModelConfig {
         d_model: 128,
@@ -103,34 +133,42 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         ..TrainingConfig::default()
     };
     eprintln!(
-        "4/5 training a small model ({} epochs) into {} ...",
+        "4/5 training a small model ({} epochs) on the other signers' clips, into {} ...",
         config.num_epochs,
         run_dir.display()
     );
-    with_backend!(&device, b => tour(b, &model_cfg, config, classes, train, val))?;
-    let best = Checkpoint::load(&run_dir.join(BEST_FILE))?;
-    with_backend!(&device, b => predict_some(b, &best, &data))?;
+    let report = with_backend!(&device, b => train_and_evaluate(b, &model_cfg, config, classes, train, held_out))?;
     eprintln!(
-        "demo done in {:.0} s; curves in {}",
+        "5/5 the final model on the held-out signer's {} clips, and one prediction of each sign:",
+        s.val.len()
+    );
+    print_held_out(&report, &args.hold_out, &pack.classes);
+    let model = Checkpoint::load(&run_dir.join(FINAL_FILE))?;
+    with_backend!(&device, b => predict_some(b, &model, &pack, &s.val))?;
+    eprintln!(
+        "demo done in {:.0} s; curves in {}; train on the sample yourself with\n    signflow \
+         train --data {} --split {spec} --out runs/demo",
         started.elapsed().as_secs_f64(),
-        run_dir.join("curves.svg").display()
+        run_dir.join("curves.svg").display(),
+        pack_path.display()
     );
     Ok(())
 }
 
-fn tour<B: Backend>(
+/// Trains on `train` and evaluates the final model on `held_out`.
+fn train_and_evaluate<B: Backend>(
     b: &B,
     model_cfg: &ModelConfig,
     config: TrainingConfig,
     classes: Vec<String>,
     train: Source,
-    val: Source,
-) -> Result<()> {
+    held_out: Source,
+) -> Result<EvalReport> {
     let (model, _) = initial_model(b, model_cfg, &classes, None, config.seed)?;
     let mut trainer = Trainer::new(b, model, config, classes)?;
-    let epochs = trainer.fit(train, Some(val.clone()))?;
+    trainer.fit(train, None)?;
     let loader = Loader::new(
-        val,
+        held_out,
         LoaderConfig {
             batch_size: 32,
             seq_len: model_cfg.max_seq_len,
@@ -138,25 +176,48 @@ fn tour<B: Backend>(
             ..LoaderConfig::default()
         },
     )?;
-    let report = evaluate(b, trainer.model(), &loader)?;
-    eprintln!(
-        "5/5 after {} epochs: validation loss {:.4}, top-1 {:.1}%, top-{} {:.1}% on {} held-out generated clips",
-        epochs.len(),
-        report.loss,
-        100.0 * report.top1,
-        report.k,
-        100.0 * report.topk,
-        report.clips
-    );
-    Ok(())
+    evaluate(b, trainer.model(), &loader)
 }
 
-fn predict_some<B: Backend>(b: &B, ckpt: &Checkpoint, data: &Dataset) -> Result<()> {
-    let Dataset::Clips(pack) = data else {
-        return Ok(());
+fn print_held_out(report: &EvalReport, signer: &str, classes: &[String]) {
+    // Top-k says something only where k is below the number of signs.
+    let topk = if report.k < classes.len() {
+        format!(", top-{} {:.1}%", report.k, 100.0 * report.topk)
+    } else {
+        String::new()
     };
+    println!(
+        "held-out signer {signer}: top-1 {:.1}%{topk} on {} clips it never trained on (loss {:.4})",
+        100.0 * report.top1,
+        report.clips,
+        report.loss
+    );
+    let per_sign: Vec<String> = classes
+        .iter()
+        .zip(&report.per_class)
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(c, (ok, n))| format!("{c} {ok}/{n}"))
+        .collect();
+    println!("  per sign, right at top-1: {}", per_sign.join(", "));
+}
+
+/// Predicts one held-out clip of each sign (the middle one of that sign's held-out clips).
+fn predict_some<B: Backend>(
+    b: &B,
+    ckpt: &Checkpoint,
+    pack: &ClipPack,
+    held_out: &[usize],
+) -> Result<()> {
     let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
-    for i in [0, pack.len() / 2, pack.len() - 1] {
+    for class in 0..pack.classes.len() {
+        let clips: Vec<usize> = held_out
+            .iter()
+            .copied()
+            .filter(|&i| pack.labels[i] == class)
+            .collect();
+        let Some(&i) = clips.get(clips.len() / 2) else {
+            continue;
+        };
         let p = pipeline.predict_frames(pack.clip(i), FRAME_WIDTH, 3)?;
         let top: Vec<String> = p
             .top
@@ -164,8 +225,9 @@ fn predict_some<B: Backend>(b: &B, ckpt: &Checkpoint, data: &Dataset) -> Result<
             .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.probability))
             .collect();
         println!(
-            "clip {i} (true class {}): {}",
-            pack.classes[pack.labels[i]],
+            "held-out clip {i} ({} signing {}): {}",
+            pack.group_names[pack.groups[i]],
+            pack.classes[class],
             top.join(", ")
         );
     }

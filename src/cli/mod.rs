@@ -4,6 +4,7 @@
 pub mod data;
 pub mod demo;
 pub mod predict;
+pub mod subset;
 pub mod train;
 
 use std::io::Write;
@@ -11,6 +12,15 @@ use std::sync::Arc;
 
 use signflow::data::{Dataset, Loader, LoaderConfig, Source};
 use signflow::{AnyBackend, GpuConfig, Result};
+
+/// The help line of every `--device` flag.
+pub const DEVICE_HELP: &str =
+    "Device: auto, cpu, gpu, gpu:N, vulkan, metal, dx12, gl, BACKEND:N, software, or part of an \
+     adapter's name (`signflow devices` lists them)";
+
+/// The help line of every `--json` flag.
+pub const JSON_HELP: &str =
+    "Print JSON to standard output, alone (logs and progress go to standard error)";
 
 /// JSON on standard output, alone (logs and progress go to standard error).
 pub fn print_json<T: serde::Serialize>(value: &T) {

@@ -27,11 +27,12 @@ pub struct PredictArgs {
     /// Classes to print per clip.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
+    /// Clips per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 

@@ -21,13 +21,15 @@ pub struct TrainArgs {
     /// run's own).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Validation data (a pack with the same classes).
+    /// Validation data (a pack with the same classes); default: none, or --split.
     #[arg(long, conflicts_with = "split")]
     pub val: Option<PathBuf>,
-    /// Hold out part of --data: `random:0.2` (stratified by class) or `group:NAME`.
+    /// Hold out part of --data for validation: `random:0.2` (that share of each class) or
+    /// `group:NAME` (one signer's clips); default: no validation.
     #[arg(long)]
     pub split: Option<SplitSpec>,
-    /// Output directory: best/final checkpoints, training state, metrics.jsonl, curves.svg.
+    /// Output directory: best/final checkpoints, training state, metrics.jsonl, curves.svg;
+    /// default: none, and nothing is saved.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Start from this model checkpoint (fine-tuning).
@@ -39,28 +41,36 @@ pub struct TrainArgs {
     /// A JSON file of TrainingConfig fields (and an optional `model` object); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, help = super::DEVICE_HELP)]
     pub device: Option<String>,
+    /// Passes over the training data.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Clips per micro-batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Micro-batches per update.
+    /// Micro-batches whose gradients are summed into one optimizer update.
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Loader threads preparing batches beside training.
     #[arg(long)]
     pub num_workers: Option<usize>,
+    /// Peak learning rate of AdamW, reached after the warmup.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// AdamW's decoupled weight decay, applied to every parameter.
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// Linear warmup from 0, in update steps; above 0 it takes precedence over --warmup-ratio.
     #[arg(long)]
     pub warmup_steps: Option<usize>,
+    /// Linear warmup from 0, as a share of all update steps (when --warmup-steps is 0).
     #[arg(long)]
     pub warmup_ratio: Option<f64>,
-    /// cosine | constant
+    /// The learning rate after warmup: `cosine` (down to 0 at the last step) or `constant`.
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Cross-entropy label smoothing, in [0, 1).
     #[arg(long)]
     pub label_smoothing: Option<f64>,
     /// Clip gradients to this global norm (0 = off).
@@ -69,9 +79,12 @@ pub struct TrainArgs {
     /// Stop after this many epochs without a better validation top-1 (0 = off).
     #[arg(long)]
     pub patience: Option<usize>,
+    /// The smallest rise of the validation top-1, as a fraction, that counts as better (for
+    /// --patience).
     #[arg(long)]
     pub min_delta: Option<f64>,
-    /// none | default
+    /// Augmentation of raw training clips: `none`, or `default` (a random time stretch,
+    /// scale, rotation, shift and frozen spans per clip).
     #[arg(long)]
     pub augment: Option<String>,
     /// With --augment default: also mirror clips (left/right swap) at random.
@@ -80,6 +93,7 @@ pub struct TrainArgs {
     /// Keep the data's order (no shuffling).
     #[arg(long)]
     pub no_shuffle: bool,
+    /// Seed of the initialisation, shuffling, augmentation and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Write a step record to metrics.jsonl every this many updates.
@@ -88,8 +102,10 @@ pub struct TrainArgs {
     /// Mixed precision: only `none` until it lands.
     #[arg(long)]
     pub amp: Option<String>,
+    /// Share of the device's memory the buffer pool may hold, in (0, 1].
     #[arg(long)]
     pub memory_fraction: Option<f64>,
+    /// Absolute memory budget in MiB (overrides --memory-fraction); default: none.
     #[arg(long)]
     pub memory_limit_mb: Option<u64>,
     #[command(flatten)]
@@ -99,18 +115,63 @@ pub struct TrainArgs {
 /// The model's size (ignored with --init and --resume, whose checkpoint fixes it, except dropout).
 #[derive(Args)]
 pub struct ModelArgs {
+    /// Width of the model: the size of each frame's embedding.
     #[arg(long)]
     pub d_model: Option<usize>,
+    /// Attention heads per layer (they split --d-model evenly).
     #[arg(long)]
     pub num_heads: Option<usize>,
+    /// Transformer encoder layers.
     #[arg(long)]
     pub num_layers: Option<usize>,
+    /// Width of each layer's feed-forward block.
     #[arg(long)]
     pub ff_dim: Option<usize>,
+    /// Length of the model's input, in frames: clips are resampled to it.
     #[arg(long)]
     pub max_seq_len: Option<usize>,
+    /// Dropout probability, in [0, 1).
     #[arg(long)]
     pub dropout: Option<f32>,
+}
+
+/// The default of each `train` flag that has one, by argument id, for `--help`. These flags
+/// are options rather than clap defaults because a `--config` file sits between a flag and
+/// the default; the values are `TrainingConfig::default()`'s and `ModelConfig::default()`'s.
+pub fn flag_defaults() -> Vec<(&'static str, String)> {
+    let t = TrainingConfig::default();
+    let m = ModelConfig::default();
+    let name = |v: serde_json::Result<serde_json::Value>| match v {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    };
+    vec![
+        ("device", t.device),
+        ("epochs", t.num_epochs.to_string()),
+        ("batch_size", t.batch_size.to_string()),
+        ("grad_accum", t.gradient_accumulation_steps.to_string()),
+        ("num_workers", t.num_workers.to_string()),
+        ("lr", t.learning_rate.to_string()),
+        ("weight_decay", t.weight_decay.to_string()),
+        ("warmup_steps", t.warmup_steps.to_string()),
+        ("warmup_ratio", t.warmup_ratio.to_string()),
+        ("schedule", name(serde_json::to_value(t.schedule))),
+        ("label_smoothing", t.label_smoothing.to_string()),
+        ("grad_clip", t.grad_clip.to_string()),
+        ("patience", t.patience.to_string()),
+        ("min_delta", t.min_delta.to_string()),
+        ("augment", name(serde_json::to_value(t.augment))),
+        ("seed", t.seed.to_string()),
+        ("log_every", t.log_every.to_string()),
+        ("amp", t.amp),
+        ("memory_fraction", t.memory_fraction.to_string()),
+        ("d_model", m.d_model.to_string()),
+        ("num_heads", m.num_heads.to_string()),
+        ("num_layers", m.num_layers.to_string()),
+        ("ff_dim", m.ff_dim.to_string()),
+        ("max_seq_len", m.max_seq_len.to_string()),
+        ("dropout", m.dropout.to_string()),
+    ]
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(
@@ -431,11 +492,12 @@ pub struct EvalArgs {
     /// A clip pack or feature pack whose classes are the model's.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
+    /// Clips per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long)]
+    #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
@@ -461,7 +523,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Generated packs are for benchmarks and demos; a result on one says nothing about signing.
+/// Generated packs are for benchmarks and tests; a result on one says nothing about signing.
 pub fn say_if_generated(path: &Path, data: &Dataset) {
     if let Dataset::Clips(p) = data {
         if p.source.contains("generated") {
