@@ -13,7 +13,7 @@ pub(crate) mod simd;
 
 use simd::{Simd, WithSimd};
 
-use super::{check, math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
+use super::{math, AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec, Storage};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -618,8 +618,7 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
-        check::write(dst, src)?;
+    fn write_unchecked(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
         with_io(&[], &[dst], |_, outs| match src.data() {
             HostData::F32(v) => f32s_mut(outs[0], dst).copy_from_slice(v),
             HostData::F16(v) => halves_mut(outs[0], dst).copy_from_slice(bytemuck::cast_slice(v)),
@@ -628,7 +627,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn matmul(
+    fn matmul_unchecked(
         &self,
         a: &Tensor<Self>,
         b: &Tensor<Self>,
@@ -636,7 +635,6 @@ impl Backend for CpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
-        spec.check(a, b, bias, out)?;
         let mut inputs = vec![a, b];
         inputs.extend(bias);
         with_io(&inputs, &[out], |ins, outs| {
@@ -654,7 +652,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn matmul_bias_gelu(
+    fn matmul_bias_gelu_unchecked(
         &self,
         a: &Tensor<Self>,
         b: &Tensor<Self>,
@@ -663,7 +661,6 @@ impl Backend for CpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        check::matmul_bias_gelu(a, b, bias, spec, pre, out)?;
         self.matmul(a, b, Some(bias), pre, spec)?;
         // Only the items' elements: strided items leave gaps that the product does not write.
         for item in 0..spec.batch {
@@ -674,18 +671,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("add", &[a, b], out)?;
+    fn add_unchecked(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         map_chunks(Elementwise::Add, &[a, b], out)
     }
 
-    fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("scale", &[x], out)?;
+    fn scale_unchecked(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
         map_chunks(Elementwise::Scale(alpha), &[x], out)
     }
 
-    fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::conversion("cast", x, out)?;
+    fn cast_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         with_io(&[x], &[out], |ins, outs| {
             let words = &mut *outs[0];
             cast_words(ins[0], x, words, out);
@@ -693,27 +687,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()> {
-        check::copy(src, dst)?;
-        self.cast(src, dst)
-    }
-
-    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("gelu", &[x], out)?;
+    fn gelu_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         map_chunks(Elementwise::Gelu, &[x], out)
     }
 
-    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
-        check::elementwise("gelu_backward", &[x, dy], dx)?;
+    fn gelu_backward_unchecked(
+        &self,
+        x: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+    ) -> Result<()> {
         map_chunks(Elementwise::GeluBackward, &[x, dy], dx)
     }
 
-    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
-        const OP: &str = "bias_grad";
+    fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, _: usize) -> Result<()> {
         let cols = db.len();
-        check::rows(OP, dy, cols)?;
-        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
-        check::outputs_apart(OP, &[dy], &[db])?;
         with_io(&[dy], &[db], |ins, outs| {
             let words = &mut *outs[0];
             let sums = column_sums(f32s(ins[0], dy), cols);
@@ -722,7 +710,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn layernorm(
+    fn layernorm_unchecked(
         &self,
         x: &Tensor<Self>,
         w: &Tensor<Self>,
@@ -731,8 +719,8 @@ impl Backend for CpuBackend {
         y: &Tensor<Self>,
         mean: &Tensor<Self>,
         rstd: &Tensor<Self>,
+        rows: usize,
     ) -> Result<()> {
-        let rows = check::layernorm(x, w, b, y, mean, rstd)?;
         let cols = w.len();
         let mut stats = vec![(0.0f32, 0.0f32); rows];
         with_io(&[x, w, b], &[y], |ins, outs| {
@@ -758,7 +746,7 @@ impl Backend for CpuBackend {
         self.store(rstd, stats.iter().map(|s| s.1))
     }
 
-    fn layernorm_backward(
+    fn layernorm_backward_unchecked(
         &self,
         x: &Tensor<Self>,
         w: &Tensor<Self>,
@@ -768,8 +756,8 @@ impl Backend for CpuBackend {
         dx: &Tensor<Self>,
         dw: &Tensor<Self>,
         db: &Tensor<Self>,
+        _: usize,
     ) -> Result<()> {
-        check::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db)?;
         let cols = w.len();
         let mut param_grads = Vec::new();
         with_io(&[x, w, mean, rstd, dy], &[dx], |ins, outs| {
@@ -803,9 +791,13 @@ impl Backend for CpuBackend {
         self.store(db, param_grads[cols..].iter().copied())
     }
 
-    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        let (_, t, d) = check::mean_pool("mean_pool", h, mask, out)?;
-        check::outputs_apart("mean_pool", &[h, mask], &[out])?;
+    fn mean_pool_unchecked(
+        &self,
+        h: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        out: &Tensor<Self>,
+        (_, t, d): (usize, usize, usize),
+    ) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -831,14 +823,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn mean_pool_backward(
+    fn mean_pool_backward_unchecked(
         &self,
         dout: &Tensor<Self>,
         mask: &Tensor<Self>,
         dh: &Tensor<Self>,
+        (_, t, d): (usize, usize, usize),
     ) -> Result<()> {
-        let (_, t, d) = check::mean_pool("mean_pool_backward", dh, mask, dout)?;
-        check::outputs_apart("mean_pool_backward", &[dout, mask], &[dh])?;
         if dh.is_empty() {
             return Ok(());
         }
@@ -860,7 +851,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn cross_entropy(
+    fn cross_entropy_unchecked(
         &self,
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
@@ -869,13 +860,10 @@ impl Backend for CpuBackend {
         loss: &Tensor<Self>,
         hits: &Tensor<Self>,
         lse: &Tensor<Self>,
+        (_, classes): (usize, usize),
     ) -> Result<()> {
-        const OP: &str = "cross_entropy";
-        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
         let mut inputs = vec![logits, labels];
         inputs.extend(weights);
-        check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
         with_io(&inputs, &[loss, hits, lse], |ins, outs| {
             let (z, y) = (f32s(ins[0], logits), f32s(ins[1], labels));
             let w = weights.map(|t| f32s(ins[2], t));
@@ -901,7 +889,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn cross_entropy_backward(
+    fn cross_entropy_backward_unchecked(
         &self,
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
@@ -910,18 +898,8 @@ impl Backend for CpuBackend {
         lse: &Tensor<Self>,
         scale: f32,
         dlogits: &Tensor<Self>,
+        (_, classes): (usize, usize),
     ) -> Result<()> {
-        const OP: &str = "cross_entropy_backward";
-        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::cross_entropy_backward_outputs(
-            OP,
-            logits,
-            labels,
-            weights,
-            lse,
-            dlogits,
-            batch * classes,
-        )?;
         let mut inputs = vec![logits, labels, lse];
         inputs.extend(weights);
         with_io(&inputs, &[dlogits], |ins, outs| {
@@ -956,7 +934,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn adamw(
+    fn adamw_unchecked(
         &self,
         params: &Tensor<Self>,
         grads: &Tensor<Self>,
@@ -965,8 +943,6 @@ impl Backend for CpuBackend {
         hp: &AdamW,
         step: u64,
     ) -> Result<()> {
-        check::optimizer("adamw", &[params, grads, m, v])?;
-        check::optimizer_step(step)?;
         let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
         with_io(&[grads], &[params, m, v], |ins, outs| {
             let g = f32s(ins[0], grads);
@@ -999,9 +975,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
-        check::f32_lens("grad_norm", &[(grads, grads.len()), (norm, 1)])?;
-        check::outputs_apart("grad_norm", &[grads], &[norm])?;
+    fn grad_norm_unchecked(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
         with_io(&[grads], &[norm], |ins, outs| {
             let g = f32s(ins[0], grads);
             let partials: Vec<f32> = g
@@ -1012,9 +986,12 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
-        check::f32_lens("clip_grads", &[(grads, grads.len()), (norm, 1)])?;
-        check::outputs_apart("clip_grads", &[norm], &[grads])?;
+    fn clip_grads_unchecked(
+        &self,
+        grads: &Tensor<Self>,
+        norm: &Tensor<Self>,
+        max_norm: f32,
+    ) -> Result<()> {
         let coef = max_norm / (norm.to_f32_vec()?[0] + 1e-6);
         // A NaN norm makes the gradients NaN, as PyTorch's clip_grad_norm_ does.
         if coef < 1.0 || coef.is_nan() {
@@ -1023,14 +1000,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn unscale_check(
+    fn unscale_check_unchecked(
         &self,
         grads: &Tensor<Self>,
         inv_scale: f32,
         found_inf: &Tensor<Self>,
     ) -> Result<()> {
-        check::f32_lens("unscale_check", &[(grads, grads.len()), (found_inf, 1)])?;
-        check::outputs_apart("unscale_check", &[], &[grads, found_inf])?;
         with_io(&[], &[grads, found_inf], |_, outs| {
             let [g_words, flag_words] = outs else {
                 unreachable!("two outputs")
@@ -1047,15 +1022,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn dropout(
+    fn dropout_unchecked(
         &self,
         x: &Tensor<Self>,
         p: f32,
         key: &DropoutKey,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        check::dropout_p(p)?;
-        check::elementwise("dropout", &[x], out)?;
         let scale = rng::keep_scale(p);
         with_io(&[x], &[out], |ins, outs| {
             let x = f32s(ins[0], x);
@@ -1076,7 +1049,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn attention(
+    fn attention_unchecked(
         &self,
         qkv: &Tensor<Self>,
         key_mask: &Tensor<Self>,
@@ -1086,7 +1059,6 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let AttentionSpec { seq: t, heads, .. } = *spec;
         let dm = spec.d_model();
-        check::attention_forward(spec, qkv, key_mask, out, lse)?;
         if out.is_empty() {
             return Ok(());
         }
@@ -1112,7 +1084,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn attention_backward(
+    fn attention_backward_unchecked(
         &self,
         qkv: &Tensor<Self>,
         key_mask: &Tensor<Self>,
@@ -1124,7 +1096,6 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let AttentionSpec { seq: t, heads, .. } = *spec;
         let dm = spec.d_model();
-        check::attention_backward(spec, qkv, key_mask, out, lse, dout, dqkv)?;
         if dqkv.is_empty() {
             return Ok(());
         }
