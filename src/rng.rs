@@ -144,8 +144,7 @@ impl DropoutKey {
 /// lane (pulp's `widening_mul_u32s` of a splat; the AVX-512 path below relies on it). Under
 /// AVX-512 the low words come from one 32-bit multiply: from pulp's version, which takes them
 /// from the two 64-bit products, the compiler made a third, 64-bit multiply and an extra
-/// blend (dropout 0.170 → 0.160 ms at 2048 × 1024 on a Zen 5, four alternating rounds;
-/// masked shuffles instead of the blend measured 50% slower).
+/// blend; masked shuffles instead of the blend were slower still (BENCHMARKS.md).
 #[inline(always)]
 fn widening_mul<S: pulp::Simd>(s: S, m: u32, c: S::u32s) -> (S::u32s, S::u32s) {
     let m = s.splat_u32s(m);
