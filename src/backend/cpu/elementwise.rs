@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::philox::{for_each_tile, Tile};
 use super::simd::{self, Simd, WithSimd};
 use super::storage::{f32s, f32s_mut, with_io};
 use super::{CpuBackend, CHUNK};
@@ -73,7 +74,7 @@ impl WithSimd for ElementwiseChunk<'_> {
 }
 
 /// How far ahead of the elements it draws for dropout prefetches its input: four tiles, the
-/// most [`rng::for_each_tile`] draws at once.
+/// most [`for_each_tile`] draws at once.
 const PREFETCH_AHEAD: usize = 4 * rng::TILE as usize;
 
 /// One chunk of dropout: `x · scale` where the element's draw is at least `p`, else 0 (also
@@ -105,7 +106,7 @@ impl WithSimd for DropoutChunk<'_> {
         let below = s.splat_u32s(rng::keep_threshold(p).wrapping_sub(1));
         let (scale, zero) = (s.splat_f32s(scale), s.splat_f32s(0.0));
         const TILE: usize = rng::TILE as usize;
-        rng::for_each_tile(
+        for_each_tile(
             s,
             key,
             first_element,
@@ -146,7 +147,7 @@ impl WithSimd for DropoutChunk<'_> {
 #[inline(always)]
 fn runs_over<S: Simd, const N: usize>(
     s: S,
-    tile: &rng::Tile<'_, S>,
+    tile: &Tile<'_, S>,
     out: &mut [f32],
     x: &[f32],
     apply: impl Fn(&mut [f32], &[f32], S::u32s),

@@ -4,7 +4,8 @@
 //! This file holds the backend and its `Backend` implementation, which hands each op to the
 //! file of its job: `storage` (host memory and locking), `elementwise`, `reductions`,
 //! `norm`, `attention`, `cross_entropy`, `optim`, `gemm` (products and transposes) and
-//! `cast`; `simd` and `half_convert` are the vector layers they share.
+//! `cast`; `simd`, `philox` (dropout's draws) and `half_convert` are the vector layers they
+//! share.
 
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ mod gemm;
 mod half_convert;
 mod norm;
 mod optim;
+mod philox;
 mod reductions;
-pub(crate) mod simd;
+mod simd;
 mod storage;
 #[cfg(test)]
 mod tests;

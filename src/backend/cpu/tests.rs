@@ -1,4 +1,5 @@
-//! The CPU kernels' SIMD bodies under every instruction set, and the order of their sums.
+//! The CPU kernels' SIMD bodies under every instruction set, the order of their sums, and
+//! the dropout draws.
 
 /// The SIMD bodies under every instruction set ([`crate::for_every_instruction_set`]), each
 /// against the f64 reference (dropout against the draws).
@@ -202,7 +203,7 @@ mod simd_paths {
     }
 
     /// Dropout element by element against `rng::keep`, over lengths and offsets that take
-    /// every path of `rng::for_each_tile`: partial tiles, lone whole tiles, and two or four
+    /// every path of `for_each_tile`: partial tiles, lone whole tiles, and two or four
     /// at a time (two to a vector under 16 lanes).
     fn check_dropout<S: Simd>(s: S, set: &str) {
         let key = crate::rng::DropoutKey {
@@ -394,6 +395,87 @@ mod column_sums_order {
                 }
             }
         }
+        crate::for_every_instruction_set!(check);
+    }
+}
+
+/// The vector Philox against [`crate::rng::draw`], element by element, under every instruction
+/// set: runs that start on every lane of a call's outputs and halves, whole tiles one, two and
+/// four at a time, and runs that cross the counter's and the key's boundaries (elements 2^35
+/// and 2^37, calls 2^32 and 2^34) or end at 2^64.
+mod philox_draws {
+    use super::super::philox::for_each_tile;
+    use super::super::simd::Simd;
+    use crate::rng::{draw, DropoutKey};
+
+    /// Every word's high half nonzero, so that a dropped or swapped high word shows.
+    const KEY: DropoutKey = DropoutKey {
+        seed: 0x1234_5678_9abc_def0,
+        step: 0xfedc_ba98_7654_3210,
+        site: 0xdead_beef,
+    };
+
+    /// The draws of elements `first .. first + len`, as `for_each_tile` hands them out.
+    fn draws<S: Simd>(s: S, key: &DropoutKey, first: u64, len: usize) -> Vec<u32> {
+        let mut out = vec![u32::MAX; len];
+        for_each_tile(s, key, first, len, |range, tile| {
+            let out = &mut out[range];
+            tile.for_each_run(s, |run, bits| s.partial_store_u32s(&mut out[run], bits));
+        });
+        out
+    }
+
+    fn check_run<S: Simd>(s: S, set: &str, key: &DropoutKey, first: u64, len: usize) {
+        for (i, &bits) in draws(s, key, first, len).iter().enumerate() {
+            let e = first + i as u64;
+            assert_eq!(
+                bits,
+                draw(key, e),
+                "{set}: first {first}, len {len}, element {e}"
+            );
+        }
+    }
+
+    fn check<S: Simd>(s: S, set: &str) {
+        let other = DropoutKey {
+            seed: 0x0123_4567_89ab_cdef,
+            step: 0x1_0000_0002,
+            site: 9,
+        };
+        let long = [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            8,
+            63,
+            64,
+            65,
+            (1 << 35) - 129,
+            (1 << 37) - 40,
+        ];
+        for first in long {
+            for len in [31, 32, 33, 64, 100, 128, 257, 300] {
+                check_run(s, set, &other, first, len);
+            }
+        }
+        for first in [0u64, 3, 64, (1 << 35) - 29, (1 << 35) - 128, (1 << 37) - 70] {
+            check_run(s, set, &KEY, first, 300);
+        }
+        for base in [0u64, (1 << 35) - 8, (1 << 37) - 8, u64::MAX - 20] {
+            for first in base..base + 17 {
+                for len in 0..13usize {
+                    if first.checked_add(len as u64).is_some() {
+                        check_run(s, set, &KEY, first, len);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_draws_the_same_bits() {
         crate::for_every_instruction_set!(check);
     }
 }
