@@ -30,6 +30,7 @@ pub mod dtype;
 pub mod error;
 pub mod fsio;
 pub mod infer;
+mod isa;
 pub mod memory;
 pub mod model;
 pub mod ops;

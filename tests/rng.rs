@@ -1,9 +1,10 @@
-//! The dropout RNG: Philox4x32-10 against Random123's known answers, the fast fill against the
-//! per-element draw, the draws' statistics, the WGSL port through naga, and the WGSL port on
-//! the first GPU adapter bit for bit against the CPU (on a machine without a GPU, Mesa's
-//! software Vulkan driver; as in gpu_parity.rs, no adapter at all is a failure, not a skip).
+//! The dropout RNG: Philox4x32-10 against Random123's known answers, the draws' layout and
+//! statistics, the WGSL port through naga, and the WGSL port on the first GPU adapter bit for
+//! bit against the CPU (on a machine without a GPU, Mesa's software Vulkan driver; as in
+//! gpu_parity.rs, no adapter at all is a failure, not a skip). The CPU backend's vector
+//! Philox is checked against the same draws in its own unit tests.
 
-use signflow::rng::{fill_uniform, keep, philox4x32_10, uniform, DropoutKey};
+use signflow::rng::{keep, philox4x32_10, uniform, DropoutKey};
 use wgpu::util::DeviceExt;
 
 /// Random123's kat_vectors for philox4x32_10: (counter, key, expected output).
@@ -31,41 +32,6 @@ const KEY: DropoutKey = DropoutKey {
     step: 0xfedc_ba98_7654_3210,
     site: 0xdead_beef,
 };
-
-/// Long runs take the lane-parallel path; they must match element by element too.
-#[test]
-fn long_fills_match_uniform() {
-    let key = DropoutKey {
-        seed: 0x0123_4567_89ab_cdef,
-        step: 0x1_0000_0002,
-        site: 9,
-    };
-    for offset in [
-        0u64,
-        1,
-        3,
-        4,
-        5,
-        8,
-        63,
-        64,
-        65,
-        (1 << 35) - 129,
-        (1 << 37) - 40,
-    ] {
-        for len in [31, 32, 33, 64, 100, 128, 257, 300] {
-            let mut out = vec![0.0f32; len];
-            fill_uniform(&key, offset, &mut out);
-            for (i, v) in out.iter().enumerate() {
-                assert_eq!(
-                    v.to_bits(),
-                    uniform(&key, offset + i as u64).to_bits(),
-                    "offset {offset}, element {i}"
-                );
-            }
-        }
-    }
-}
 
 #[test]
 fn philox_known_answers() {
@@ -101,39 +67,14 @@ fn draws_follow_the_documented_layout() {
     }
 }
 
-#[test]
-fn fill_uniform_equals_uniform() {
-    // Offsets 0..17 start on every lane of a Philox call's outputs and halves; the large
-    // ones cross the 2^35 and 2^37 boundaries of the counter and key layout (calls 2^32 and
-    // 2^34), and the last ends exactly at 2^64.
-    let bases = [0u64, (1 << 35) - 8, (1 << 37) - 8, u64::MAX - 20];
-    for base in bases {
-        for offset in 0..17u64 {
-            for len in 0..13usize {
-                let first = base + offset;
-                if first.checked_add(len as u64).is_none() {
-                    continue;
-                }
-                let mut out = vec![f32::NAN; len];
-                fill_uniform(&KEY, first, &mut out);
-                for (i, &x) in out.iter().enumerate() {
-                    let e = first + i as u64;
-                    assert_eq!(
-                        x.to_bits(),
-                        uniform(&KEY, e).to_bits(),
-                        "first {first}, len {len}, element {e}"
-                    );
-                }
-            }
-        }
-    }
+/// The draws of elements `first .. first + n` under `key`.
+fn draws(key: &DropoutKey, first: u64, n: usize) -> Vec<f32> {
+    (first..first + n as u64).map(|e| uniform(key, e)).collect()
 }
 
 #[test]
 fn draws_are_exact_16_bit_fractions_in_unit_interval() {
-    let mut out = vec![0.0; 10_000];
-    fill_uniform(&KEY, 0, &mut out);
-    for x in out {
+    for x in draws(&KEY, 0, 10_000) {
         assert!((0.0..1.0).contains(&x), "{x}");
         let scaled = x * 65_536.0;
         assert_eq!(scaled, scaled.trunc(), "{x} is not a multiple of 2^-16");
@@ -143,8 +84,7 @@ fn draws_are_exact_16_bit_fractions_in_unit_interval() {
 #[test]
 fn statistics_and_keep_rate() {
     let n = 100_000;
-    let mut out = vec![0.0f32; n];
-    fill_uniform(&KEY, 0, &mut out);
+    let out = draws(&KEY, 0, n);
     let mean = out.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
     assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
     // Each quarter of [0, 1) gets its share: a lane or bit-slicing mistake would skew these.
@@ -166,9 +106,7 @@ fn statistics_and_keep_rate() {
 /// How many of the first `n` draws of `a` and `b` are equal (two independent streams of 16-bit
 /// draws match by chance about once in 65,536).
 fn equal_draws(a: &DropoutKey, a_first: u64, b: &DropoutKey, b_first: u64, n: usize) -> usize {
-    let (mut x, mut y) = (vec![0.0; n], vec![0.0; n]);
-    fill_uniform(a, a_first, &mut x);
-    fill_uniform(b, b_first, &mut y);
+    let (x, y) = (draws(a, a_first, n), draws(b, b_first, n));
     x.iter().zip(&y).filter(|(p, q)| p == q).count()
 }
 
@@ -399,27 +337,4 @@ fn gpu_matches_cpu_bit_for_bit() {
     if let Some(e) = pollster::block_on(scope.pop()) {
         panic!("wgpu validation error: {e}");
     }
-}
-
-/// The SIMD Philox under every instruction set pulp has (the emulated 4-, 8- and 16-lane ones,
-/// and AVX2 and AVX-512 where this machine has them), at offsets that cross the counter's and the
-/// key's boundaries (elements 2^35 and 2^37, one of them two whole tiles after the start):
-/// the same bits as `uniform`.
-#[test]
-fn every_simd_width_draws_the_same_bits() {
-    fn check<S: pulp::Simd>(s: S, set: &str) {
-        for first in [0u64, 3, 64, (1 << 35) - 29, (1 << 35) - 128, (1 << 37) - 70] {
-            let mut out = vec![f32::NAN; 300];
-            signflow::rng::fill_uniform_with(s, &KEY, first, &mut out);
-            for (i, x) in out.iter().enumerate() {
-                let e = first + i as u64;
-                assert_eq!(
-                    x.to_bits(),
-                    uniform(&KEY, e).to_bits(),
-                    "{set}, element {e}"
-                );
-            }
-        }
-    }
-    signflow::for_every_instruction_set!(check);
 }

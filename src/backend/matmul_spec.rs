@@ -6,8 +6,9 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// `C[M,N] = op(A)·op(B) (+ bias[N])` for `batch` items. Matrices are row-major and
-/// contiguous within an item: A is [M,K] (or [K,M] when `trans_a`), B is [K,N] (or [N,K] when
-/// `trans_b`), C is [M,N]. Item `i` starts `i·stride` elements into each operand.
+/// contiguous within an item: A is `[M,K]` (or `[K,M]` when `trans_a`), B is `[K,N]` (or
+/// `[N,K]` when `trans_b`), C is `[M,N]`. Item `i` starts `i·stride` elements into each
+/// operand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatmulSpec {
     pub m: usize,

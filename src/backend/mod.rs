@@ -3,6 +3,7 @@
 //! Model code is written once against [`Backend`]; the CPU backend and the wgpu backend
 //! implement it, and `crate::reference` is the f64 oracle both are checked against.
 
+mod check;
 pub mod cpu;
 pub mod gpu;
 pub mod math;
@@ -15,7 +16,7 @@ pub use matmul_spec::MatmulSpec;
 use crate::config::GpuConfig;
 use crate::device::{Adapters, DeviceInfo, DeviceRequest, Selection};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::memory::MemoryStats;
 pub use crate::rng::DropoutKey;
 use crate::tensor::{HostTensor, Tensor};
@@ -114,6 +115,11 @@ pub trait Storage: Send + Sync + 'static {
 
 /// The op set. Output tensors are written in place; ops may be recorded and run later, so
 /// results are only certain to be there when read back or after [`Backend::synchronize`].
+///
+/// Every op is a provided method that checks its operands (dtypes, lengths, overlaps, specs)
+/// and then calls the backend's `<op>_unchecked` implementation with what the checks derived,
+/// so that no backend skips a check and all reject the same inputs with the same messages.
+/// An implementation checks only its own limits (such as the GPU's 32-bit indices).
 pub trait Backend: Send + Sync + Sized + 'static {
     type Storage: Storage;
 
@@ -132,7 +138,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
 
     /// Writes host data into an existing tensor (or view) of the same shape and dtype.
-    fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()>;
+    fn write(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
+        check::write(dst, src)?;
+        self.write_unchecked(dst, src)
+    }
 
     /// A new tensor holding `src`.
     fn upload(&self, src: &HostTensor) -> Result<Tensor<Self>> {
@@ -149,7 +158,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
         bias: Option<&Tensor<Self>>,
         out: &Tensor<Self>,
         spec: &MatmulSpec,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        spec.check(a, b, bias, out)?;
+        self.matmul_unchecked(a, b, bias, out, spec)
+    }
 
     /// The feed-forward layer's first product in one pass: `pre = a·b + bias` (as
     /// [`Backend::matmul`]) and `out = gelu(pre)`; `pre` is kept for the backward pass.
@@ -161,29 +173,58 @@ pub trait Backend: Send + Sync + Sized + 'static {
         spec: &MatmulSpec,
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        check::matmul_bias_gelu(a, b, bias, spec, pre, out)?;
+        self.matmul_bias_gelu_unchecked(a, b, bias, spec, pre, out)
+    }
 
     /// `out = a + b`, elementwise, f32.
-    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        check::elementwise("add", &[a, b], out)?;
+        self.add_unchecked(a, b, out)
+    }
 
     /// `out = alpha · x`, elementwise, f32.
-    fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()>;
+    fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
+        check::elementwise("scale", &[x], out)?;
+        self.scale_unchecked(x, alpha, out)
+    }
 
     /// `out = x` converted to `out`'s dtype (round to nearest even), any pair of dtypes.
-    fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+    fn cast(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        check::conversion("cast", x, out)?;
+        self.cast_unchecked(x, out)
+    }
 
-    /// `dst = src`, same shape and dtype.
-    fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()>;
+    /// `dst = src`, same shape and dtype: the backend's cast between equal dtypes (on the GPU
+    /// the cast kernel outruns the copy engine; BENCHMARKS.md).
+    fn copy(&self, src: &Tensor<Self>, dst: &Tensor<Self>) -> Result<()> {
+        check::copy(src, dst)?;
+        self.cast_unchecked(src, dst)
+    }
 
     /// `out = gelu(x)`, the exact (erf) GELU, f32.
-    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+    fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu", &[x], out)?;
+        self.gelu_unchecked(x, out)
+    }
 
     /// `dx = dy · gelu'(x)`, f32.
-    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()>;
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
+        check::elementwise("gelu_backward", &[x, dy], dx)?;
+        self.gelu_backward_unchecked(x, dy, dx)
+    }
 
     /// `db[j] = Σ_i dy[i, j]` over the rows of `dy` viewed as `[rows, db.len()]`, summed in a
     /// fixed order (the same bits on every run).
-    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()>;
+    fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "bias_grad";
+        let cols = db.len();
+        let rows = check::rows(OP, dy, cols)?;
+        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
+        check::outputs_apart(OP, &[dy], &[db])?;
+        self.bias_grad_unchecked(dy, db, rows)
+    }
 
     /// Layer norm over the last dimension: `x` is `[rows, w.len()]`;
     /// `y = (x − mean)·rstd·w + b`, and the per-row `mean` and `rstd = 1/√(var + eps)` are
@@ -198,7 +239,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
         y: &Tensor<Self>,
         mean: &Tensor<Self>,
         rstd: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let rows = check::layernorm(x, w, b, y, mean, rstd)?;
+        self.layernorm_unchecked(x, w, b, eps, y, mean, rstd, rows)
+    }
 
     /// Gradients of [`Backend::layernorm`] from its saved statistics: `dx`, and `dw`, `db`
     /// (overwritten, summed over rows in a fixed order).
@@ -213,11 +257,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dx: &Tensor<Self>,
         dw: &Tensor<Self>,
         db: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let rows = check::layernorm_backward(x, w, mean, rstd, dy, dx, dw, db)?;
+        self.layernorm_backward_unchecked(x, w, mean, rstd, dy, dx, dw, db, rows)
+    }
 
     /// Mean over real frames: `h` is `[batch, t, d]`, `mask` `[batch, t]` (1.0 = real frame,
     /// 0.0 = padding), `out` `[batch, d]`. A clip without real frames pools to zeros.
-    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+    fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "mean_pool";
+        let dims = check::mean_pool(OP, h, mask, out)?;
+        check::outputs_apart(OP, &[h, mask], &[out])?;
+        self.mean_pool_unchecked(h, mask, out, dims)
+    }
 
     /// Gradient of [`Backend::mean_pool`]: `dh[b, s, :] = mask[b, s]·dout[b, :]/count[b]`.
     fn mean_pool_backward(
@@ -225,7 +277,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dout: &Tensor<Self>,
         mask: &Tensor<Self>,
         dh: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        const OP: &str = "mean_pool_backward";
+        let dims = check::mean_pool(OP, dh, mask, dout)?;
+        check::outputs_apart(OP, &[dout, mask], &[dh])?;
+        self.mean_pool_backward_unchecked(dout, mask, dh, dims)
+    }
 
     /// Cross-entropy of `logits` `[batch, classes]` against `labels` `[batch]` (class
     /// indices stored as f32), as `torch.nn.functional.cross_entropy` with optional class
@@ -243,7 +300,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
         loss: &Tensor<Self>,
         hits: &Tensor<Self>,
         lse: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy";
+        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
+        let mut inputs = vec![logits, labels];
+        inputs.extend(weights);
+        check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
+        self.cross_entropy_unchecked(
+            logits,
+            labels,
+            weights,
+            label_smoothing,
+            loss,
+            hits,
+            lse,
+            (batch, classes),
+        )
+    }
 
     /// `dlogits = scale · d(loss)/d(logits)` from the forward pass's `lse`.
     #[allow(clippy::too_many_arguments)]
@@ -256,7 +330,29 @@ pub trait Backend: Send + Sync + Sized + 'static {
         lse: &Tensor<Self>,
         scale: f32,
         dlogits: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        const OP: &str = "cross_entropy_backward";
+        let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
+        check::cross_entropy_backward_outputs(
+            OP,
+            logits,
+            labels,
+            weights,
+            lse,
+            dlogits,
+            batch * classes,
+        )?;
+        self.cross_entropy_backward_unchecked(
+            logits,
+            labels,
+            weights,
+            label_smoothing,
+            lse,
+            scale,
+            dlogits,
+            (batch, classes),
+        )
+    }
 
     /// One fused AdamW step over every parameter (all four tensors of one length, typically
     /// whole arenas); `step` counts from 1.
@@ -268,14 +364,28 @@ pub trait Backend: Send + Sync + Sized + 'static {
         v: &Tensor<Self>,
         hp: &AdamW,
         step: u64,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        check::optimizer("adamw", &[params, grads, m, v])?;
+        check::optimizer_step(step)?;
+        self.adamw_unchecked(params, grads, m, v, hp, step)
+    }
 
     /// `norm[0] = ‖grads‖₂`, summed in a fixed order.
-    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()>;
+    fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
+        const OP: &str = "grad_norm";
+        check::f32_lens(OP, &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart(OP, &[grads], &[norm])?;
+        self.grad_norm_unchecked(grads, norm)
+    }
 
     /// `grads *= min(1, max_norm / (norm[0] + 1e-6))`, with `norm` from
     /// [`Backend::grad_norm`] (read on the device: no wait).
-    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()>;
+    fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
+        const OP: &str = "clip_grads";
+        check::f32_lens(OP, &[(grads, grads.len()), (norm, 1)])?;
+        check::outputs_apart(OP, &[norm], &[grads])?;
+        self.clip_grads_unchecked(grads, norm, max_norm)
+    }
 
     /// `grads *= inv_scale`, and `found_inf[0]` = 1.0 if any gradient was not finite, else
     /// 0.0 (for dynamic loss scaling).
@@ -284,13 +394,27 @@ pub trait Backend: Send + Sync + Sized + 'static {
         grads: &Tensor<Self>,
         inv_scale: f32,
         found_inf: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        const OP: &str = "unscale_check";
+        check::f32_lens(OP, &[(grads, grads.len()), (found_inf, 1)])?;
+        check::outputs_apart(OP, &[], &[grads, found_inf])?;
+        self.unscale_check_unchecked(grads, inv_scale, found_inf)
+    }
 
     /// `out = x · keep / (1 − p)` with the counter-based mask of [`crate::rng`] (element e of
     /// the tensor draws element e of `key`'s stream); all zeros when p = 1. The backward pass
     /// is the same op on the gradient with the same key.
-    fn dropout(&self, x: &Tensor<Self>, p: f32, key: &DropoutKey, out: &Tensor<Self>)
-        -> Result<()>;
+    fn dropout(
+        &self,
+        x: &Tensor<Self>,
+        p: f32,
+        key: &DropoutKey,
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        check::dropout_p(p)?;
+        check::elementwise("dropout", &[x], out)?;
+        self.dropout_unchecked(x, p, key, out)
+    }
 
     /// Fused multi-head self-attention (see [`AttentionSpec`]): `qkv` `[batch, t, 3·d_model]`
     /// packed q | k | v, `key_mask` `[batch, t]` (1.0 = real frame), `out`
@@ -304,12 +428,233 @@ pub trait Backend: Send + Sync + Sized + 'static {
         spec: &AttentionSpec,
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        check::attention_forward(spec, qkv, key_mask, out, lse)?;
+        self.attention_unchecked(qkv, key_mask, spec, out, lse)
+    }
 
     /// Gradient of [`Backend::attention`] with respect to `qkv`, recomputing the scores from
     /// `qkv` and the saved `lse` (and `out`, for rowsum(dO∘O)); writes all of `dqkv`.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dqkv: &Tensor<Self>,
+    ) -> Result<()> {
+        check::attention_backward(spec, qkv, key_mask, out, lse, dout, dqkv)?;
+        self.attention_backward_unchecked(qkv, key_mask, spec, out, lse, dout, dqkv)
+    }
+
+    // The implementations. Each is called by the provided method of the same name after its
+    // checks, and receives what they derived; never call one directly.
+
+    /// [`Backend::write`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn write_unchecked(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()>;
+
+    /// [`Backend::matmul`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn matmul_unchecked(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        out: &Tensor<Self>,
+        spec: &MatmulSpec,
+    ) -> Result<()>;
+
+    /// [`Backend::matmul_bias_gelu`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn matmul_bias_gelu_unchecked(
+        &self,
+        a: &Tensor<Self>,
+        b: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        spec: &MatmulSpec,
+        pre: &Tensor<Self>,
+        out: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// [`Backend::add`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn add_unchecked(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::scale`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn scale_unchecked(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::cast`] and [`Backend::copy`] after their checks; never call it directly.
+    #[doc(hidden)]
+    fn cast_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::gelu`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn gelu_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::gelu_backward`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn gelu_backward_unchecked(
+        &self,
+        x: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// [`Backend::bias_grad`] after its checks (`dy` holds `rows` rows); never call it
+    /// directly.
+    #[doc(hidden)]
+    fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, rows: usize) -> Result<()>;
+
+    /// [`Backend::layernorm`] after its checks (`x` holds `rows` rows); never call it
+    /// directly.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_unchecked(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        b: &Tensor<Self>,
+        eps: f32,
+        y: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        rows: usize,
+    ) -> Result<()>;
+
+    /// [`Backend::layernorm_backward`] after its checks (`x` holds `rows` rows); never call it
+    /// directly.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward_unchecked(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dy: &Tensor<Self>,
+        dx: &Tensor<Self>,
+        dw: &Tensor<Self>,
+        db: &Tensor<Self>,
+        rows: usize,
+    ) -> Result<()>;
+
+    /// [`Backend::mean_pool`] after its checks, with `(batch, t, d)`; never call it directly.
+    #[doc(hidden)]
+    fn mean_pool_unchecked(
+        &self,
+        h: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        out: &Tensor<Self>,
+        dims: (usize, usize, usize),
+    ) -> Result<()>;
+
+    /// [`Backend::mean_pool_backward`] after its checks, with `(batch, t, d)`; never call it
+    /// directly.
+    #[doc(hidden)]
+    fn mean_pool_backward_unchecked(
+        &self,
+        dout: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        dh: &Tensor<Self>,
+        dims: (usize, usize, usize),
+    ) -> Result<()>;
+
+    /// [`Backend::cross_entropy`] after its checks, with `(batch, classes)`; never call it
+    /// directly.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_unchecked(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        loss: &Tensor<Self>,
+        hits: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        shape: (usize, usize),
+    ) -> Result<()>;
+
+    /// [`Backend::cross_entropy_backward`] after its checks, with `(batch, classes)`; never
+    /// call it directly.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_backward_unchecked(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+        weights: Option<&Tensor<Self>>,
+        label_smoothing: f32,
+        lse: &Tensor<Self>,
+        scale: f32,
+        dlogits: &Tensor<Self>,
+        shape: (usize, usize),
+    ) -> Result<()>;
+
+    /// [`Backend::adamw`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn adamw_unchecked(
+        &self,
+        params: &Tensor<Self>,
+        grads: &Tensor<Self>,
+        m: &Tensor<Self>,
+        v: &Tensor<Self>,
+        hp: &AdamW,
+        step: u64,
+    ) -> Result<()>;
+
+    /// [`Backend::grad_norm`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn grad_norm_unchecked(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()>;
+
+    /// [`Backend::clip_grads`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn clip_grads_unchecked(
+        &self,
+        grads: &Tensor<Self>,
+        norm: &Tensor<Self>,
+        max_norm: f32,
+    ) -> Result<()>;
+
+    /// [`Backend::unscale_check`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn unscale_check_unchecked(
+        &self,
+        grads: &Tensor<Self>,
+        inv_scale: f32,
+        found_inf: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// [`Backend::dropout`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn dropout_unchecked(
+        &self,
+        x: &Tensor<Self>,
+        p: f32,
+        key: &DropoutKey,
+        out: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// [`Backend::attention`] after its checks; never call it directly.
+    #[doc(hidden)]
+    fn attention_unchecked(
+        &self,
+        qkv: &Tensor<Self>,
+        key_mask: &Tensor<Self>,
+        spec: &AttentionSpec,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
+    ) -> Result<()>;
+
+    /// [`Backend::attention_backward`] after its checks; never call it directly.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_unchecked(
         &self,
         qkv: &Tensor<Self>,
         key_mask: &Tensor<Self>,
@@ -347,447 +692,6 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn reset_peak_memory_stats(&self);
     /// Frees cached blocks that no tensor holds.
     fn empty_cache(&self);
-}
-
-/// Shape and dtype rules shared by both backends, so that they reject the same inputs with
-/// the same messages.
-pub(crate) mod check {
-    use super::*;
-
-    pub fn dtype<B: Backend>(op: &'static str, t: &Tensor<B>, want: DType) -> Result<()> {
-        if t.dtype() != want {
-            return Err(Error::UnsupportedDtype {
-                op,
-                dtype: t.dtype(),
-                hint: "this op computes in f32; cast the operands first (f16/bf16 operands arrive \
-                       with mixed precision)",
-            });
-        }
-        Ok(())
-    }
-
-    pub fn same_len<B: Backend>(op: &'static str, a: &Tensor<B>, b: &Tensor<B>) -> Result<()> {
-        if a.len() != b.len() {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "operands have {} ({:?}) and {} ({:?}) elements",
-                    a.len(),
-                    a.shape(),
-                    b.len(),
-                    b.shape()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn matmul_bias_gelu<B: Backend>(
-        a: &Tensor<B>,
-        b: &Tensor<B>,
-        bias: &Tensor<B>,
-        spec: &MatmulSpec,
-        pre: &Tensor<B>,
-        out: &Tensor<B>,
-    ) -> Result<()> {
-        spec.check(a, b, Some(bias), out)?;
-        spec.check(a, b, Some(bias), pre)?;
-        outputs_apart("matmul_bias_gelu", &[a, b, bias], &[pre, out])
-    }
-
-    /// True when two tensors share storage and some of their elements.
-    pub fn overlap<B: Backend>(x: &Tensor<B>, y: &Tensor<B>) -> bool {
-        x.shares_storage(y)
-            && x.offset() < y.offset() + y.len()
-            && y.offset() < x.offset() + x.len()
-    }
-
-    /// An elementwise op may write in place (an input and the output the same elements) but
-    /// not into an input shifted against the output, whose result would depend on the order
-    /// in which elements are written.
-    pub fn in_place_or_apart<B: Backend>(
-        op: &'static str,
-        input: &Tensor<B>,
-        out: &Tensor<B>,
-    ) -> Result<()> {
-        if overlap(input, out) && input.offset() != out.offset() {
-            return Err(Error::shape(
-                op,
-                "the output partly overlaps an input; write in place (the same view) or to separate elements",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Elementwise ops on f32: every operand as long as the output.
-    pub fn elementwise<B: Backend>(
-        op: &'static str,
-        inputs: &[&Tensor<B>],
-        out: &Tensor<B>,
-    ) -> Result<()> {
-        dtype(op, out, DType::F32)?;
-        for t in inputs {
-            dtype(op, t, DType::F32)?;
-            same_len(op, t, out)?;
-            in_place_or_apart(op, t, out)?;
-        }
-        Ok(())
-    }
-
-    /// Host data written into a tensor: the same dtype and number of elements.
-    pub fn write<B: Backend>(dst: &Tensor<B>, src: &HostTensor) -> Result<()> {
-        if src.dtype() != dst.dtype() || src.len() != dst.len() {
-            return Err(Error::shape(
-                "write",
-                format!(
-                    "cannot write {} {:?} into {} {:?}",
-                    src.dtype(),
-                    src.shape(),
-                    dst.dtype(),
-                    dst.shape()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Copies: a conversion between equal dtypes.
-    pub fn copy<B: Backend>(src: &Tensor<B>, dst: &Tensor<B>) -> Result<()> {
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(
-                "copy",
-                format!(
-                    "dtypes differ ({} to {}); use cast",
-                    src.dtype(),
-                    dst.dtype()
-                ),
-            ));
-        }
-        conversion("copy", src, dst)
-    }
-
-    /// `x` viewed as rows of `cols`: the number of rows.
-    pub fn rows<B: Backend>(op: &'static str, x: &Tensor<B>, cols: usize) -> Result<usize> {
-        if cols == 0 || x.len() % cols != 0 {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{} elements ({:?}) are not rows of {cols}",
-                    x.len(),
-                    x.shape()
-                ),
-            ));
-        }
-        Ok(x.len() / cols)
-    }
-
-    /// Every tensor f32 and of the given length.
-    pub fn f32_lens<B: Backend>(op: &'static str, tensors: &[(&Tensor<B>, usize)]) -> Result<()> {
-        for (t, len) in tensors {
-            dtype(op, t, DType::F32)?;
-            if t.len() != *len {
-                return Err(Error::shape(
-                    op,
-                    format!(
-                        "an operand has {} elements ({:?}), {len} expected",
-                        t.len(),
-                        t.shape()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Outputs must not overlap any input or each other.
-    pub fn outputs_apart<B: Backend>(
-        op: &'static str,
-        inputs: &[&Tensor<B>],
-        outputs: &[&Tensor<B>],
-    ) -> Result<()> {
-        for (i, out) in outputs.iter().enumerate() {
-            if inputs.iter().chain(&outputs[..i]).any(|t| overlap(t, out)) {
-                return Err(Error::shape(
-                    op,
-                    "an output overlaps an input or another output",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn layernorm<B: Backend>(
-        x: &Tensor<B>,
-        w: &Tensor<B>,
-        b: &Tensor<B>,
-        y: &Tensor<B>,
-        mean: &Tensor<B>,
-        rstd: &Tensor<B>,
-    ) -> Result<usize> {
-        const OP: &str = "layernorm";
-        let cols = w.len();
-        let rows = rows(OP, x, cols)?;
-        f32_lens(
-            OP,
-            &[
-                (x, x.len()),
-                (w, cols),
-                (b, cols),
-                (y, x.len()),
-                (mean, rows),
-                (rstd, rows),
-            ],
-        )?;
-        outputs_apart(OP, &[x, w, b], &[y, mean, rstd])?;
-        Ok(rows)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_backward<B: Backend>(
-        x: &Tensor<B>,
-        w: &Tensor<B>,
-        mean: &Tensor<B>,
-        rstd: &Tensor<B>,
-        dy: &Tensor<B>,
-        dx: &Tensor<B>,
-        dw: &Tensor<B>,
-        db: &Tensor<B>,
-    ) -> Result<usize> {
-        const OP: &str = "layernorm_backward";
-        let cols = w.len();
-        let rows = rows(OP, x, cols)?;
-        f32_lens(
-            OP,
-            &[
-                (x, x.len()),
-                (w, cols),
-                (mean, rows),
-                (rstd, rows),
-                (dy, x.len()),
-                (dx, x.len()),
-                (dw, cols),
-                (db, cols),
-            ],
-        )?;
-        outputs_apart(OP, &[x, w, mean, rstd, dy], &[dx, dw, db])?;
-        Ok(rows)
-    }
-
-    /// (batch, t, d) of a mean pool's operands: `h` `[batch, t, d]`, `mask` `[batch, t]`,
-    /// `pooled` `[batch, d]`.
-    pub fn mean_pool<B: Backend>(
-        op: &'static str,
-        h: &Tensor<B>,
-        mask: &Tensor<B>,
-        pooled: &Tensor<B>,
-    ) -> Result<(usize, usize, usize)> {
-        let (&[batch, t, d], &[mb, mt], &[pb, pd]) = (h.shape(), mask.shape(), pooled.shape())
-        else {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "expected h [batch, t, d], mask [batch, t], pooled [batch, d]; got {:?}, {:?}, {:?}",
-                    h.shape(),
-                    mask.shape(),
-                    pooled.shape()
-                ),
-            ));
-        };
-        if (mb, mt, pb, pd) != (batch, t, batch, d) {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "h {:?}, mask {:?} and pooled {:?} disagree",
-                    h.shape(),
-                    mask.shape(),
-                    pooled.shape()
-                ),
-            ));
-        }
-        f32_lens(
-            op,
-            &[(h, h.len()), (mask, mask.len()), (pooled, pooled.len())],
-        )?;
-        Ok((batch, t, d))
-    }
-
-    /// (batch, classes) of a cross-entropy's operands.
-    pub fn cross_entropy<B: Backend>(
-        op: &'static str,
-        logits: &Tensor<B>,
-        labels: &Tensor<B>,
-        weights: Option<&Tensor<B>>,
-        label_smoothing: f32,
-    ) -> Result<(usize, usize)> {
-        let &[batch, classes] = logits.shape() else {
-            return Err(Error::shape(
-                op,
-                format!("logits must be [batch, classes], not {:?}", logits.shape()),
-            ));
-        };
-        if batch == 0 || classes == 0 {
-            return Err(Error::shape(op, "an empty batch has no mean loss"));
-        }
-        if !(0.0..=1.0).contains(&label_smoothing) {
-            return Err(Error::InvalidConfig {
-                field: "label_smoothing",
-                value: label_smoothing.to_string(),
-                allowed: "from 0 to 1",
-            });
-        }
-        f32_lens(op, &[(logits, batch * classes), (labels, batch)])?;
-        if let Some(w) = weights {
-            f32_lens(op, &[(w, classes)])?;
-        }
-        Ok((batch, classes))
-    }
-
-    /// The gradient of a cross-entropy may overwrite the logits (each row reads only its own
-    /// logits before writing them) but nothing else: every row reads all labels.
-    pub fn cross_entropy_backward_outputs<B: Backend>(
-        op: &'static str,
-        logits: &Tensor<B>,
-        labels: &Tensor<B>,
-        weights: Option<&Tensor<B>>,
-        lse: &Tensor<B>,
-        dlogits: &Tensor<B>,
-        len: usize,
-    ) -> Result<()> {
-        f32_lens(op, &[(lse, labels.len()), (dlogits, len)])?;
-        in_place_or_apart(op, logits, dlogits)?;
-        let mut others = vec![labels, lse];
-        others.extend(weights);
-        outputs_apart(op, &others, &[dlogits])
-    }
-
-    /// Adam's bias corrections divide by 1 − β^step: steps count from 1.
-    pub fn optimizer_step(step: u64) -> Result<()> {
-        if step == 0 {
-            return Err(Error::InvalidConfig {
-                field: "step",
-                value: "0".into(),
-                allowed: "1 or more (steps count from 1)",
-            });
-        }
-        Ok(())
-    }
-
-    /// The four tensors of an optimizer step: f32, one length, none overlapping another.
-    pub fn optimizer<B: Backend>(op: &'static str, tensors: &[&Tensor<B>]) -> Result<()> {
-        let n = tensors[0].len();
-        for (i, t) in tensors.iter().enumerate() {
-            f32_lens(op, &[(t, n)])?;
-            if tensors[..i].iter().any(|u| overlap(t, u)) {
-                return Err(Error::shape(op, "optimizer tensors overlap"));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn dropout_p(p: f32) -> Result<()> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(Error::InvalidConfig {
-                field: "dropout",
-                value: p.to_string(),
-                allowed: "a probability from 0 to 1",
-            });
-        }
-        Ok(())
-    }
-
-    /// The operands of an attention: shapes from the spec, f32, outputs apart from inputs.
-    pub fn attention<B: Backend>(
-        op: &'static str,
-        spec: &AttentionSpec,
-        inputs: &[(&Tensor<B>, usize)],
-        outputs: &[(&Tensor<B>, usize)],
-    ) -> Result<()> {
-        if spec.head_dim == 0 || spec.head_dim > AttentionSpec::MAX_HEAD_DIM || spec.heads == 0 {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{} heads of size {}: sizes from 1 to {} are supported",
-                    spec.heads,
-                    spec.head_dim,
-                    AttentionSpec::MAX_HEAD_DIM
-                ),
-            ));
-        }
-        let elements = spec
-            .batch
-            .saturating_mul(spec.heads)
-            .saturating_mul(spec.seq)
-            .saturating_mul(spec.seq);
-        if elements > u32::MAX as usize {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "batch·heads·seq² = {elements} exceeds the dropout mask's 32-bit element index"
-                ),
-            ));
-        }
-        dropout_p(spec.dropout)?;
-        f32_lens(op, inputs)?;
-        f32_lens(op, outputs)?;
-        let ins: Vec<&Tensor<B>> = inputs.iter().map(|(t, _)| *t).collect();
-        let outs: Vec<&Tensor<B>> = outputs.iter().map(|(t, _)| *t).collect();
-        outputs_apart(op, &ins, &outs)
-    }
-
-    /// The operands of [`Backend::attention`].
-    pub fn attention_forward<B: Backend>(
-        spec: &AttentionSpec,
-        qkv: &Tensor<B>,
-        key_mask: &Tensor<B>,
-        out: &Tensor<B>,
-        lse: &Tensor<B>,
-    ) -> Result<()> {
-        let (b, t, h, dm) = (spec.batch, spec.seq, spec.heads, spec.d_model());
-        attention(
-            "attention",
-            spec,
-            &[(qkv, b * t * 3 * dm), (key_mask, b * t)],
-            &[(out, b * t * dm), (lse, b * h * t)],
-        )
-    }
-
-    /// The operands of [`Backend::attention_backward`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward<B: Backend>(
-        spec: &AttentionSpec,
-        qkv: &Tensor<B>,
-        key_mask: &Tensor<B>,
-        out: &Tensor<B>,
-        lse: &Tensor<B>,
-        dout: &Tensor<B>,
-        dqkv: &Tensor<B>,
-    ) -> Result<()> {
-        let (b, t, h, dm) = (spec.batch, spec.seq, spec.heads, spec.d_model());
-        attention(
-            "attention_backward",
-            spec,
-            &[
-                (qkv, b * t * 3 * dm),
-                (key_mask, b * t),
-                (out, b * t * dm),
-                (lse, b * h * t),
-                (dout, b * t * dm),
-            ],
-            &[(dqkv, b * t * 3 * dm)],
-        )
-    }
-
-    /// Casts and copies: the same length; in place only between equal dtypes.
-    pub fn conversion<B: Backend>(op: &'static str, x: &Tensor<B>, out: &Tensor<B>) -> Result<()> {
-        same_len(op, x, out)?;
-        if x.dtype() != out.dtype() && overlap(x, out) {
-            return Err(Error::shape(
-                op,
-                "a conversion between dtypes cannot write over its input",
-            ));
-        }
-        in_place_or_apart(op, x, out)
-    }
 }
 
 /// The device time one kernel took (all its dispatches), from [`Backend::take_kernel_times`].

@@ -52,7 +52,7 @@ impl DeviceInfo {
             driver_info: format!(
                 "{} threads, {} kernels, f32 matrix products by the gemm crate",
                 rayon::current_num_threads(),
-                crate::backend::cpu::simd::instruction_set()
+                crate::isa::instruction_set()
             ),
             vendor: 0,
             memory_bytes: host_memory_bytes(),

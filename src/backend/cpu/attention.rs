@@ -3,14 +3,27 @@
 //! right-hand sides stored by columns, are copied into rows first: `gemm_by_rows`). A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
-use super::simd::{self, Block, Simd, WithSimd};
-use super::DropoutChunk;
-use crate::backend::{math, AttentionSpec, NO_KEYS_LSE};
-use crate::rng;
+use rayon::prelude::*;
 
-/// `dst (m×n, row stride dst_rs) = alpha·lhs·rhs`, every operand a strided view.
+use super::elementwise::DropoutChunk;
+use super::simd::{self, Block, Simd, WithSimd};
+use super::storage::{f32s, f32s_mut, with_io};
+use super::CpuBackend;
+use crate::backend::{math, AttentionSpec, NO_KEYS_LSE};
+use crate::error::Result;
+use crate::rng;
+use crate::tensor::Tensor;
+
+/// `dst (m×n, row stride dst_rs) = alpha·lhs·rhs`, every operand a strided view: element
+/// (i, j) of dst is `dst[i·dst_rs + j]`, (i, p) of lhs `lhs[i·lhs_rs + p·lhs_cs]`, and (p, j)
+/// of rhs `rhs[p·rhs_rs + j·rhs_cs]`.
+///
+/// # Safety
+/// For every i < m, j < n and p < k, those elements of lhs and rhs must lie inside one
+/// allocation each and be readable, and those of dst inside one allocation and writable, with
+/// no reference to them alive elsewhere; dst's elements must not overlap lhs's or rhs's.
 #[allow(clippy::too_many_arguments)]
-fn product(
+unsafe fn product(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
@@ -20,9 +33,9 @@ fn product(
     (rhs_rs, rhs_cs): (usize, usize),
     alpha: f32,
 ) {
-    // SAFETY: callers pass views that lie inside their clip's slices (see each call).
+    // SAFETY: gemm_by_rows asks what this function's caller vouches for.
     unsafe {
-        super::gemm_by_rows(
+        super::gemm::gemm_by_rows(
             (m, n, k),
             (dst, dst_rs, false),
             (lhs, lhs_rs, lhs_cs),
@@ -34,6 +47,11 @@ fn product(
 }
 
 /// One head of one clip: where its q, k, v columns start in the clip's packed qkv.
+///
+/// Each of its column blocks (d wide, from q, k, v or o) lies inside a row: q + d ≤ d_model,
+/// k + d ≤ 2·d_model, v + d ≤ 3·d_model = qkv_rs, o + d ≤ d_model = out_rs. So t rows of one
+/// block, as the products read and write them, lie inside the clip's t rows of qkv (or of
+/// out, dout, dqkv): the invariant that the `product` calls below rely on.
 struct Head {
     t: usize,
     d: usize,
@@ -67,18 +85,23 @@ impl Head {
 
     /// scores = (Q·Kᵀ)/√d into a t×t matrix.
     fn scores(&self, qkv: &[f32], scores: &mut [f32]) {
+        assert!(qkv.len() >= self.t * self.qkv_rs && scores.len() >= self.t * self.t);
         let scale = 1.0 / (self.d as f32).sqrt();
         // Q: rows of qkv at column q; Kᵀ: element (i, key) = qkv[key, k + i].
-        product(
-            (self.t, self.t, self.d),
-            scores.as_mut_ptr(),
-            self.t,
-            qkv[self.q..].as_ptr(),
-            (self.qkv_rs, 1),
-            qkv[self.k..].as_ptr(),
-            (1, self.qkv_rs),
-            scale,
-        );
+        // SAFETY: asserted above: scores holds t×t, and qkv t rows, of which Q and K are this
+        // head's blocks (Head); scores is a buffer of its own.
+        unsafe {
+            product(
+                (self.t, self.t, self.d),
+                scores.as_mut_ptr(),
+                self.t,
+                qkv[self.q..].as_ptr(),
+                (self.qkv_rs, 1),
+                qkv[self.k..].as_ptr(),
+                (1, self.qkv_rs),
+                scale,
+            );
+        }
     }
 
     /// Dropout factors of query `query`: keep_scale or 0 (all 1 without dropout). They are the
@@ -112,7 +135,7 @@ impl Head {
 /// A row of scores to turn into probabilities over its real keys; its SIMD body returns
 /// the row's log-sum-exp ([`NO_KEYS_LSE`], and a row of zeros, when no key is real). In
 /// explicit vectors: left to the compiler, the running sum (which it must keep in order) made
-/// the loop scalar, exponentials included, and they were 45% of the forward pass.
+/// the loop scalar, exponentials included (what that cost: BENCHMARKS.md).
 pub(super) struct SoftmaxRow<'a> {
     pub row: &'a mut [f32],
     pub mask: &'a [f32],
@@ -195,6 +218,8 @@ impl WithSimd for Forward<'_> {
             lse,
         } = self;
         let t = spec.seq;
+        // The lengths the products' safety rests on.
+        assert!(qkv.len() == t * 3 * spec.d_model() && out.len() == t * spec.d_model());
         let (mut probs, mut z, ones) = (vec![0.0f32; t * t], vec![0.0f32; t], vec![1.0f32; t]);
         for h in 0..spec.heads {
             let head = Head::new(spec, b, h);
@@ -206,16 +231,20 @@ impl WithSimd for Forward<'_> {
                 row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
             }
             // out_h = P̃·V.
-            product(
-                (t, head.d, t),
-                out[head.o..].as_mut_ptr(),
-                head.out_rs,
-                probs.as_ptr(),
-                (t, 1),
-                qkv[head.v..].as_ptr(),
-                (head.qkv_rs, 1),
-                1.0,
-            );
+            // SAFETY: probs is t×t; V and out_h are this head's blocks of the clip's qkv and out,
+            // whose lengths were asserted above (Head); out is borrowed mutably, apart from both.
+            unsafe {
+                product(
+                    (t, head.d, t),
+                    out[head.o..].as_mut_ptr(),
+                    head.out_rs,
+                    probs.as_ptr(),
+                    (t, 1),
+                    qkv[head.v..].as_ptr(),
+                    (head.qkv_rs, 1),
+                    1.0,
+                );
+            }
         }
     }
 }
@@ -248,6 +277,10 @@ impl WithSimd for Backward<'_> {
             dqkv,
         } = self;
         let t = spec.seq;
+        // The lengths the products' safety rests on.
+        let (rows3, rows1) = (t * 3 * spec.d_model(), t * spec.d_model());
+        assert!(qkv.len() == rows3 && dqkv.len() == rows3);
+        assert!(out.len() == rows1 && dout.len() == rows1);
         let scale = 1.0 / (spec.head_dim as f32).sqrt();
         let (mut p, mut pz, mut ds) = (
             vec![0.0f32; t * t],
@@ -279,27 +312,35 @@ impl WithSimd for Backward<'_> {
                 }
             }
             // dV = P̃ᵀ·dO.
-            product(
-                (t, head.d, t),
-                dqkv[head.v..].as_mut_ptr(),
-                head.qkv_rs,
-                pz.as_ptr(),
-                (1, t),
-                dout[head.o..].as_ptr(),
-                (head.out_rs, 1),
-                1.0,
-            );
+            // SAFETY: pz is t×t; dO and dV are this head's blocks of the clip's dout and dqkv, whose
+            // lengths were asserted above (Head); dqkv is borrowed mutably, apart from both.
+            unsafe {
+                product(
+                    (t, head.d, t),
+                    dqkv[head.v..].as_mut_ptr(),
+                    head.qkv_rs,
+                    pz.as_ptr(),
+                    (1, t),
+                    dout[head.o..].as_ptr(),
+                    (head.out_rs, 1),
+                    1.0,
+                );
+            }
             // dP̃ = dO·Vᵀ, then dS = P·(dP̃·Z − rowsum(dO∘O))/√d (the scale folded in here).
-            product(
-                (t, t, head.d),
-                ds.as_mut_ptr(),
-                t,
-                dout[head.o..].as_ptr(),
-                (head.out_rs, 1),
-                qkv[head.v..].as_ptr(),
-                (1, head.qkv_rs),
-                1.0,
-            );
+            // SAFETY: ds is t×t; dO and V are this head's blocks of the clip's dout and qkv, whose
+            // lengths were asserted above (Head); ds is a buffer of its own.
+            unsafe {
+                product(
+                    (t, t, head.d),
+                    ds.as_mut_ptr(),
+                    t,
+                    dout[head.o..].as_ptr(),
+                    (head.out_rs, 1),
+                    qkv[head.v..].as_ptr(),
+                    (1, head.qkv_rs),
+                    1.0,
+                );
+            }
             for q in 0..t {
                 let row = q * head.out_rs + head.o;
                 let delta: f32 = dout[row..row + head.d]
@@ -316,26 +357,109 @@ impl WithSimd for Backward<'_> {
                 }
             }
             // dQ = dS·K and dK = dSᵀ·Q.
-            product(
-                (t, head.d, t),
-                dqkv[head.q..].as_mut_ptr(),
-                head.qkv_rs,
-                ds.as_ptr(),
-                (t, 1),
-                qkv[head.k..].as_ptr(),
-                (head.qkv_rs, 1),
-                1.0,
-            );
-            product(
-                (t, head.d, t),
-                dqkv[head.k..].as_mut_ptr(),
-                head.qkv_rs,
-                ds.as_ptr(),
-                (1, t),
-                qkv[head.q..].as_ptr(),
-                (head.qkv_rs, 1),
-                1.0,
-            );
+            // SAFETY: ds is t×t; K and dQ are this head's blocks of the clip's qkv and dqkv, whose
+            // lengths were asserted above (Head); dqkv is borrowed mutably, apart from both.
+            unsafe {
+                product(
+                    (t, head.d, t),
+                    dqkv[head.q..].as_mut_ptr(),
+                    head.qkv_rs,
+                    ds.as_ptr(),
+                    (t, 1),
+                    qkv[head.k..].as_ptr(),
+                    (head.qkv_rs, 1),
+                    1.0,
+                );
+            }
+            // SAFETY: ds is t×t; Q and dK are this head's blocks of the clip's qkv and dqkv, whose
+            // lengths were asserted above (Head); dqkv is borrowed mutably, apart from both.
+            unsafe {
+                product(
+                    (t, head.d, t),
+                    dqkv[head.k..].as_mut_ptr(),
+                    head.qkv_rs,
+                    ds.as_ptr(),
+                    (1, t),
+                    qkv[head.q..].as_ptr(),
+                    (head.qkv_rs, 1),
+                    1.0,
+                );
+            }
         }
     }
+}
+
+/// The forward pass, clips in parallel.
+pub(super) fn forward(
+    qkv: &Tensor<CpuBackend>,
+    key_mask: &Tensor<CpuBackend>,
+    spec: &AttentionSpec,
+    out: &Tensor<CpuBackend>,
+    lse: &Tensor<CpuBackend>,
+) -> Result<()> {
+    let AttentionSpec { seq: t, heads, .. } = *spec;
+    let dm = spec.d_model();
+    if out.is_empty() {
+        return Ok(());
+    }
+    with_io(&[qkv, key_mask], &[out, lse], |ins, outs| {
+        let (qkv, mask) = (f32s(ins[0], qkv), f32s(ins[1], key_mask));
+        let [out_words, lse_words] = outs else {
+            unreachable!("two outputs")
+        };
+        let (o, l) = (f32s_mut(out_words, out), f32s_mut(lse_words, lse));
+        o.par_chunks_mut(t * dm)
+            .zip(l.par_chunks_mut(heads * t))
+            .enumerate()
+            .for_each(|(b, (o, l))| {
+                simd::run(Forward {
+                    spec,
+                    b,
+                    qkv: &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm],
+                    mask: &mask[b * t..(b + 1) * t],
+                    out: o,
+                    lse: l,
+                });
+            });
+    })
+}
+
+/// The backward pass, clips in parallel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    qkv: &Tensor<CpuBackend>,
+    key_mask: &Tensor<CpuBackend>,
+    spec: &AttentionSpec,
+    out: &Tensor<CpuBackend>,
+    lse: &Tensor<CpuBackend>,
+    dout: &Tensor<CpuBackend>,
+    dqkv: &Tensor<CpuBackend>,
+) -> Result<()> {
+    let AttentionSpec { seq: t, heads, .. } = *spec;
+    let dm = spec.d_model();
+    if dqkv.is_empty() {
+        return Ok(());
+    }
+    with_io(&[qkv, key_mask, out, lse, dout], &[dqkv], |ins, outs| {
+        let (qkv, mask, o) = (f32s(ins[0], qkv), f32s(ins[1], key_mask), f32s(ins[2], out));
+        let (lse, dout) = (f32s(ins[3], lse), f32s(ins[4], dout));
+        f32s_mut(outs[0], dqkv)
+            .par_chunks_mut(t * 3 * dm)
+            .enumerate()
+            .for_each(|(b, d)| {
+                fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
+                    &x[b * rows..(b + 1) * rows]
+                }
+                simd::run(Backward {
+                    spec,
+                    b,
+                    qkv: clip(qkv, b, t * 3 * dm),
+                    mask: clip(mask, b, t),
+                    out: clip(o, b, t * dm),
+                    lse: clip(lse, b, heads * t),
+                    dout: clip(dout, b, t * dm),
+                    dqkv: d,
+                });
+            });
+    })
 }

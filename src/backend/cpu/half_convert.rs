@@ -3,8 +3,8 @@
 //!
 //! f16: both use the F16C instructions where the CPU has them. `half` calls a function per
 //! eight elements there, since its conversion cannot be inlined across the target-feature
-//! boundary, and that call made the f32 → f16 cast about twice as slow as a copy of the same
-//! bytes; here the whole loop is compiled for F16C. Without F16C and the OS's AVX support (or
+//! boundary, and that call made the f32 → f16 cast much slower than a copy of the same bytes
+//! (BENCHMARKS.md); here the whole loop is compiled for F16C. Without F16C and the OS's AVX support (or
 //! off x86-64), `half` converts.
 //!
 //! bf16: `half` converts one element at a time with branches; here the same rule is written

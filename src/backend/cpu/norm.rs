@@ -1,8 +1,15 @@
 //! Layer norm over rows, forward and backward, in explicit SIMD ([`simd::Block`]): the row
 //! is read from memory once per pass at most, and every loop keeps its sums in registers.
 
+use rayon::prelude::*;
+
+use super::reductions::{sum_in_block_order, ROW_BLOCK};
 use super::simd::{self, Block, Simd, WithSimd};
+use super::storage::{f32s, f32s_mut, store, with_io, HostBlock};
+use super::{CpuBackend, CHUNK};
 use crate::backend::math::Real;
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// Row `i` of a matrix of `cols` columns, or nothing past the last.
 fn row(m: &[f32], i: usize, cols: usize) -> &[f32] {
@@ -82,7 +89,7 @@ fn row_sum<S: Simd>(s: S, x: &[f32]) -> f32 {
 /// Writes `y = (x − mean)·rstd·w + b` for row `x`, and returns Σ `next` (a row as long as
 /// `x`), prefetching the row `ahead`: one sweep that reads the next row from memory while it
 /// writes this one, as a streaming loop does, rather than a pass over a row in the cache that
-/// leaves the memory idle (13% faster at 2048 × 1024, in alternating rounds).
+/// leaves the memory idle (the gain: BENCHMARKS.md).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn normalize<S: Simd>(
@@ -146,7 +153,7 @@ impl WithSimd for Backward<'_> {
         // Row after row, each read from memory once and then from the cache: x and dy are
         // then read in memory order, which the hardware prefetchers follow. (Rows two at a
         // time, dw and db then read and written once a pair and the next pair prefetched in
-        // software, took 1.3 times as long at 2048 × 1024 on a Zen 5.)
+        // software, were slower; BENCHMARKS.md.)
         let rows = x
             .chunks_exact(cols)
             .zip(dy.chunks_exact(cols))
@@ -240,4 +247,92 @@ fn input_gradient<S: Simd>(
             (xhat.mul_add(minus_mean_g_xhat, g - mean_g) * r).store(&mut dx[c]);
         },
     );
+}
+
+/// Rows of `cols` elements that one parallel task takes: about a [`CHUNK`], so that
+/// row-wise ops on narrow rows do not pay rayon's cost per row.
+fn rows_per_task(cols: usize) -> usize {
+    (CHUNK / cols.max(1)).max(1)
+}
+
+/// The forward pass, rows in parallel tasks.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    x: &Tensor<CpuBackend>,
+    w: &Tensor<CpuBackend>,
+    b: &Tensor<CpuBackend>,
+    eps: f32,
+    y: &Tensor<CpuBackend>,
+    mean: &Tensor<CpuBackend>,
+    rstd: &Tensor<CpuBackend>,
+    rows: usize,
+) -> Result<()> {
+    let cols = w.len();
+    let mut stats = vec![(0.0f32, 0.0f32); rows];
+    with_io(&[x, w, b], &[y], |ins, outs| {
+        let words = &mut *outs[0];
+        let (x, w, b) = (f32s(ins[0], x), f32s(ins[1], w), f32s(ins[2], b));
+        let rows_per_task = rows_per_task(cols);
+        f32s_mut(words, y)
+            .par_chunks_mut(rows_per_task * cols)
+            .zip(x.par_chunks(rows_per_task * cols))
+            .zip(stats.par_chunks_mut(rows_per_task))
+            .for_each(|((y, x), stats)| {
+                simd::run(Forward {
+                    x,
+                    w,
+                    b,
+                    eps,
+                    y,
+                    stats,
+                });
+            });
+    })?;
+    store(mean, stats.iter().map(|s| s.0))?;
+    store(rstd, stats.iter().map(|s| s.1))
+}
+
+/// The backward pass: `dx` row by row, `dw` and `db` by blocks of rows added in block order.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    x: &Tensor<CpuBackend>,
+    w: &Tensor<CpuBackend>,
+    mean: &Tensor<CpuBackend>,
+    rstd: &Tensor<CpuBackend>,
+    dy: &Tensor<CpuBackend>,
+    dx: &Tensor<CpuBackend>,
+    dw: &Tensor<CpuBackend>,
+    db: &Tensor<CpuBackend>,
+) -> Result<()> {
+    let cols = w.len();
+    let mut param_grads = Vec::new();
+    with_io(&[x, w, mean, rstd, dy], &[dx], |ins, outs| {
+        let words = &mut *outs[0];
+        let (x, w) = (f32s(ins[0], x), f32s(ins[1], w));
+        let (mean, rstd, dy) = (f32s(ins[2], mean), f32s(ins[3], rstd), f32s(ins[4], dy));
+        // One pass over the rows: dx row by row, and dw, db as partial sums over blocks
+        // of rows (added up in block order afterwards), so that x and dy are read once.
+        let partials = f32s_mut(words, dx)
+            .par_chunks_mut(ROW_BLOCK * cols)
+            .enumerate()
+            .map(|(block, dx)| {
+                let rows = block * ROW_BLOCK..block * ROW_BLOCK + dx.len() / cols;
+                let elements = rows.start * cols..rows.end * cols;
+                let mut acc = HostBlock::zeroed(2 * cols);
+                simd::run(Backward {
+                    x: &x[elements.clone()],
+                    dy: &dy[elements],
+                    w,
+                    mean: &mean[rows.clone()],
+                    rstd: &rstd[rows],
+                    dx,
+                    acc: acc.as_f32s_mut(),
+                });
+                acc
+            })
+            .collect();
+        param_grads = sum_in_block_order(partials, 2 * cols);
+    })?;
+    store(dw, param_grads[..cols].iter().copied())?;
+    store(db, param_grads[cols..].iter().copied())
 }

@@ -11,15 +11,12 @@
 //! and kept a closure out of the AVX2 copy in another; explicit vectors do not depend on that.
 
 use std::ops::{Add, Div, Mul, Neg, Range, Sub};
-use std::sync::LazyLock;
 
 pub(super) use pulp::{Simd, WithSimd};
 
 use crate::backend::math::{Real, ROUNDER};
 
-static ARCH: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
-
-/// Runs `op` compiled for the best instruction set this CPU has (detected once).
+/// Runs `op` compiled for the best instruction set this CPU has ([`crate::isa`]).
 ///
 /// A closure given here must be `#[inline(always)]` (and what it calls too), or the compiler
 /// may keep it as one baseline function that the AVX2 copy merely calls; a [`WithSimd`]
@@ -31,18 +28,7 @@ static ARCH: LazyLock<pulp::Arch> = LazyLock::new(pulp::Arch::new);
 /// cpu-clock` shows both: time in `core_arch` functions, or in `FnOnce::call_once`.)
 #[inline(always)]
 pub(crate) fn run<Op: WithSimd>(op: Op) -> Op::Output {
-    ARCH.dispatch(op)
-}
-
-/// The instruction set [`run`] picks on this CPU, for people reading timings.
-pub(crate) fn instruction_set() -> &'static str {
-    match *ARCH {
-        #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V4(_) => "AVX-512",
-        #[cfg(target_arch = "x86_64")]
-        pulp::Arch::V3(_) => "AVX2 + FMA",
-        _ => "baseline SIMD",
-    }
+    crate::isa::ARCH.dispatch(op)
 }
 
 /// Calls `check(simd, name)` under every instruction set a SIMD body may run under: pulp's
