@@ -1,13 +1,27 @@
 //! The wgpu backend: hand-written WGSL kernels recorded into one command encoder.
 
 mod context;
+#[doc(hidden)]
 pub mod kernel_config;
+mod ops;
+#[doc(hidden)]
 pub mod shaders;
 
 use std::sync::Arc;
 
 use context::{Binding, GpuContext, Pipeline};
 use kernel_config::KernelConfig;
+use ops::attention::AttentionParams;
+use ops::cast::{CastKernel, CastParams};
+use ops::column_sums::{ColumnSumParams, ColumnSumsKernel};
+use ops::cross_entropy::{CrossEntropyKernel, CrossEntropyParams};
+use ops::dropout::{DropoutKernel, DropoutParams};
+use ops::elementwise::{ElementwiseKernel, ElementwiseParams};
+use ops::layernorm::{LayerNormKernel, LayerNormParams};
+use ops::matmul::{MatmulKernel, MatmulParams, MatmulSplitsKernel, MatmulSplitsParams};
+use ops::optim::{OptimKernel, OptimParams};
+use ops::pool::{PoolKernel, PoolParams};
+use ops::{index_u32, words};
 use shaders::Kernel;
 
 use super::{AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec, Storage};
@@ -101,200 +115,6 @@ fn wanted_features() -> wgpu::Features {
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    a_offset: u32,
-    b_offset: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    batch_base: u32,
-    pre_offset: u32,
-    k_split: u32,
-    _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MatmulSplitsParams {
-    m: u32,
-    n: u32,
-    slices: u32,
-    has_bias: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    groups_x: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ElementwiseParams {
-    n: u32,
-    a_offset: u32,
-    b_offset: u32,
-    out_offset: u32,
-    alpha: f32,
-    groups_x: u32,
-    _pad: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct LayerNormParams {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-    groups_x: u32,
-    x_offset: u32,
-    w_offset: u32,
-    b_offset: u32,
-    y_offset: u32,
-    mean_offset: u32,
-    rstd_offset: u32,
-    dy_offset: u32,
-    dx_offset: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct ColumnSumParams {
-    rows: u32,
-    cols: u32,
-    width: u32,
-    blocks: u32,
-    groups_x: u32,
-    dy_offset: u32,
-    x_offset: u32,
-    mean_offset: u32,
-    rstd_offset: u32,
-    first: u32,
-    count: u32,
-    out_offset: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct PoolParams {
-    batch: u32,
-    t: u32,
-    d: u32,
-    groups_x: u32,
-    h_offset: u32,
-    mask_offset: u32,
-    pooled_offset: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct CrossEntropyParams {
-    batch: u32,
-    classes: u32,
-    smoothing: f32,
-    has_weights: u32,
-    groups_x: u32,
-    scale: f32,
-    logits_offset: u32,
-    labels_offset: u32,
-    weights_offset: u32,
-    lse_offset: u32,
-    loss_offset: u32,
-    hits_offset: u32,
-    out_offset: u32,
-    _pad: [u32; 3],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct OptimParams {
-    n: u32,
-    groups_x: u32,
-    partials_count: u32,
-    x_offset: u32,
-    g_offset: u32,
-    m_offset: u32,
-    v_offset: u32,
-    out_offset: u32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    scale: f32,
-    max_norm: f32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct DropoutParams {
-    n: u32,
-    groups_x: u32,
-    x_offset: u32,
-    out_offset: u32,
-    p: f32,
-    keep_scale: f32,
-    site: u32,
-    _pad: u32,
-    seed: [u32; 2],
-    step: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
-struct AttentionParams {
-    batch: u32,
-    t: u32,
-    heads: u32,
-    d: u32,
-    groups_x: u32,
-    scale: f32,
-    p: f32,
-    keep_scale: f32,
-    seed: [u32; 2],
-    step: [u32; 2],
-    site: u32,
-    qkv_offset: u32,
-    mask_offset: u32,
-    out_offset: u32,
-    lse_offset: u32,
-    dout_offset: u32,
-    dqkv_offset: u32,
-    _pad: [u32; 3],
-}
-
-/// A u64 as the (low, high) words WGSL takes.
-fn words(x: u64) -> [u32; 2] {
-    [x as u32, (x >> 32) as u32]
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CastParams {
-    n: u32,
-    src_offset: u32,
-    dst_offset: u32,
-    groups_x: u32,
-}
-
-/// Kernel indices are u32; refuse what does not fit rather than wrap.
-fn index_u32(op: &'static str, value: usize) -> Result<u32> {
-    u32::try_from(value).map_err(|_| {
-        Error::shape(
-            op,
-            format!("{value} elements exceed the kernels' 32-bit indexing"),
-        )
-    })
-}
-
 impl GpuBackend {
     /// Opens `adapter` with its real limits and the compute features it offers.
     pub fn new(
@@ -341,20 +161,6 @@ impl GpuBackend {
         &mut self.kernels
     }
 
-    /// A 1-D grid of `items` invocations folded into two dimensions when it exceeds the
-    /// per-dimension limit; returns the workgroup counts (the kernels get x as `groups_x`).
-    fn grid(&self, items: usize) -> [u32; 3] {
-        self.workgroup_grid(items.div_ceil(self.kernels.elementwise_workgroup as usize))
-    }
-
-    /// `groups` workgroups, folded into two dimensions like [`GpuBackend::grid`].
-    fn workgroup_grid(&self, groups: usize) -> [u32; 3] {
-        let groups = groups.max(1);
-        let max = self.kernels.max_workgroups_per_dimension as usize;
-        let x = groups.min(max);
-        [x as u32, groups.div_ceil(x) as u32, 1]
-    }
-
     /// Compiles (once) and records one dispatch of `entry` with `params` and tensors bound
     /// at the given binding indices.
     fn run(
@@ -375,10 +181,11 @@ impl GpuBackend {
     }
 
     fn optim_kernel(&self) -> Kernel {
-        Kernel::Optim {
+        OptimKernel {
             workgroup: self.kernels.elementwise_workgroup,
             items: kernel_config::REDUCE_ITEMS,
         }
+        .into()
     }
 
     /// A whole-arena reduction of `x` into `out[0]`: per-workgroup partials by `partials_entry`
@@ -423,10 +230,11 @@ impl GpuBackend {
     }
 
     fn column_sums_kernel(&self) -> Kernel {
-        Kernel::ColumnSums {
+        ColumnSumsKernel {
             workgroup: self.kernels.elementwise_workgroup,
             row_block: kernel_config::COLUMN_ROW_BLOCK,
         }
+        .into()
     }
 
     /// The first pass of a column sum: `entry` writes one row of partial sums per block of
@@ -499,10 +307,10 @@ impl GpuBackend {
         if out.is_empty() {
             return Ok(());
         }
-        let kernel = Kernel::Elementwise {
+        let kernel = ElementwiseKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
-        let pipeline = self.ctx.pipeline(kernel, entry)?;
+        let pipeline = self.ctx.pipeline(kernel.into(), entry)?;
         let grid = self.grid(out.len());
         let params = ElementwiseParams {
             n: index_u32(entry, out.len())?,
@@ -558,11 +366,11 @@ impl GpuBackend {
             pooled_offset: index_u32(entry, pooled.offset())?,
             _pad: 0,
         };
-        let kernel = Kernel::Pool {
+        let kernel = PoolKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
         self.run(
-            kernel,
+            kernel.into(),
             entry,
             bytemuck::bytes_of(&params),
             &[(1, h), (2, mask), (3, pooled)],
@@ -592,14 +400,14 @@ impl GpuBackend {
         let vec4 = vec4_aligned(spec.lda(), a.offset(), spec.stride_a, spec.batch)
             && vec4_aligned(spec.ldb(), b.offset(), spec.stride_b, spec.batch);
         let tile = self.kernels.matmul_tile(spec.m, spec.n, spec.batch);
-        let kernel = Kernel::Matmul {
+        let kernel = MatmulKernel {
             tile,
             trans_a: spec.trans_a,
             trans_b: spec.trans_b,
             vec4,
             gelu: pre.is_some(),
         };
-        let pipeline = self.ctx.pipeline(kernel, "matmul")?;
+        let pipeline = self.ctx.pipeline(kernel.into(), "matmul")?;
         let groups_x = spec.n.div_ceil(tile.bn as usize);
         let groups_y = spec.m.div_ceil(tile.bm as usize);
         let max = self.kernels.max_workgroups_per_dimension as usize;
@@ -723,9 +531,10 @@ impl GpuBackend {
             _pad: 0,
         };
         let sum_pipeline = self.ctx.pipeline(
-            Kernel::MatmulSplits {
+            MatmulSplitsKernel {
                 workgroup: self.kernels.elementwise_workgroup,
-            },
+            }
+            .into(),
             "sum_slices",
         )?;
         self.ctx.dispatch(
@@ -780,7 +589,7 @@ impl GpuBackend {
             lse_offset: index_u32(op, lse.offset())?,
             ..AttentionParams::default()
         };
-        Ok((Kernel::Attention(variant), params, grid))
+        Ok((variant.into(), params, grid))
     }
 
     /// The kernel, the parameters both cross-entropy passes share, and the grid of one
@@ -808,10 +617,10 @@ impl GpuBackend {
             lse_offset: index_u32(op, lse.offset())?,
             ..CrossEntropyParams::default()
         };
-        let kernel = Kernel::CrossEntropy {
+        let kernel = CrossEntropyKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
-        Ok((kernel, params, grid))
+        Ok((kernel.into(), params, grid))
     }
 }
 
@@ -894,12 +703,12 @@ impl Backend for GpuBackend {
         if out.is_empty() {
             return Ok(());
         }
-        let kernel = Kernel::Cast {
+        let kernel = CastKernel {
             from: x.dtype(),
             to: out.dtype(),
             workgroup: self.kernels.elementwise_workgroup,
         };
-        let pipeline = self.ctx.pipeline(kernel, "convert")?;
+        let pipeline = self.ctx.pipeline(kernel.into(), "convert")?;
         // One invocation per output word.
         let words = if out.dtype() == DType::F32 {
             out.len()
@@ -976,11 +785,11 @@ impl Backend for GpuBackend {
             dy_offset: 0,
             dx_offset: 0,
         };
-        let kernel = Kernel::LayerNorm {
+        let kernel = LayerNormKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
         self.run(
-            kernel,
+            kernel.into(),
             "layernorm_fwd",
             bytemuck::bytes_of(&params),
             &[(1, x), (2, w), (3, b), (4, y), (5, mean), (6, rstd)],
@@ -1017,11 +826,11 @@ impl Backend for GpuBackend {
             dy_offset: index_u32(OP, dy.offset())?,
             dx_offset: index_u32(OP, dx.offset())?,
         };
-        let kernel = Kernel::LayerNorm {
+        let kernel = LayerNormKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
         self.run(
-            kernel,
+            kernel.into(),
             "layernorm_bwd",
             bytemuck::bytes_of(&params),
             &[(1, x), (2, w), (4, dx), (5, mean), (6, rstd), (7, dy)],
@@ -1256,11 +1065,11 @@ impl Backend for GpuBackend {
             seed: words(key.seed),
             step: words(key.step),
         };
-        let kernel = Kernel::Dropout {
+        let kernel = DropoutKernel {
             workgroup: self.kernels.elementwise_workgroup,
         };
         self.run(
-            kernel,
+            kernel.into(),
             "dropout",
             bytemuck::bytes_of(&params),
             &[(1, x), (2, out)],
