@@ -1,8 +1,8 @@
-//! What a compilable kernel is: a family's variant ([`KernelFamily`], one per module of
-//! `ops/`), its uniform block generated from one Rust field list ([`wgsl_params!`]), the entry
-//! points its launchers dispatch with the storage bindings each binds ([`Entry`]), and the
-//! [`Kernel`] value its pipelines are cached under. Also the WGSL shared by several families
-//! and the substitution step that generates straight-line register code.
+//! What a compilable kernel is: a family's variant (`KernelFamily`, one per module of `ops/`),
+//! its uniform block generated from one Rust field list (`wgsl_params!`), the entry points its
+//! launchers dispatch with the storage bindings each binds ([`Entry`]), and the [`Kernel`]
+//! value its pipelines are cached under. Also the WGSL shared by several families and the
+//! substitution step that generates straight-line register code.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -35,9 +35,9 @@ pub(crate) trait WgslParams: bytemuck::Pod {
 /// Field types are `u32`, `f32` and `[u32; 2]` (WGSL `vec2<u32>`); field docs become WGSL
 /// comments. Rust lays these fields out back to back at 4-byte alignment, WGSL at each type's
 /// own alignment (8 for `vec2<u32>`): the two layouts agree exactly when every field starts at
-/// a multiple of its WGSL alignment, and the block's size is a multiple of 16 bytes (a uniform
-/// buffer's granularity on every backend). Both are checked at compile time; name explicit
-/// padding fields `_pad...`.
+/// a multiple of its WGSL alignment, and the block's size is a multiple of 16 bytes (the
+/// granularity of GL's std140 blocks and D3D's constant buffers). Both are checked at compile
+/// time; name explicit padding fields `_pad...`.
 macro_rules! wgsl_params {
     (
         $(#[doc = $doc:literal])*
@@ -70,7 +70,7 @@ macro_rules! wgsl_params {
 
         impl $crate::backend::gpu::shaders::WgslParams for $name {
             const WGSL: &'static str = concat!(
-                "// Generated from ", stringify!($name), " (src/backend/gpu/ops/).\n",
+                "// Generated from ", module_path!(), "::", stringify!($name), ".\n",
                 "struct Params {\n",
                 $(
                     $("    //", $field_doc, "\n",)*

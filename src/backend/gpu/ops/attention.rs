@@ -2,12 +2,17 @@
 //! the three passes of the backward, for the variant kernel_config chooses per head size,
 //! sequence length and workgroup memory.
 
+use super::{index_u32, words, GpuTensor};
 use crate::backend::gpu::kernel_config::{
     self, AttentionVariant, ATTENTION_DQ_KEYS, ATTENTION_FORWARD_KEYS,
 };
 use crate::backend::gpu::shaders::{
     repeat_marked_lines, wgsl_params, Entry, EntryPoint, KernelFamily, PHILOX,
 };
+use crate::backend::gpu::GpuBackend;
+use crate::backend::{AttentionSpec, Backend};
+use crate::dtype::DType;
+use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/attention.wgsl");
 
@@ -36,10 +41,10 @@ wgsl_params! {
 }
 
 /// The shared tile loader also reads dout (binding 5), which the forward pass binds to out.
-pub const FORWARD: Entry<AttentionVariant, 5> = Entry::new("attention_fwd", [1, 2, 3, 4, 5]);
-pub const DELTA: Entry<AttentionVariant, 3> = Entry::new("attention_delta", [3, 5, 6]);
-pub const DQ: Entry<AttentionVariant, 6> = Entry::new("attention_dq", [1, 2, 4, 5, 6, 7]);
-pub const DKV: Entry<AttentionVariant, 6> = Entry::new("attention_dkv", [1, 2, 4, 5, 6, 7]);
+const FORWARD: Entry<AttentionVariant, 5> = Entry::new("attention_fwd", [1, 2, 3, 4, 5]);
+const DELTA: Entry<AttentionVariant, 3> = Entry::new("attention_delta", [3, 5, 6]);
+const DQ: Entry<AttentionVariant, 6> = Entry::new("attention_dq", [1, 2, 4, 5, 6, 7]);
+const DKV: Entry<AttentionVariant, 6> = Entry::new("attention_dkv", [1, 2, 4, 5, 6, 7]);
 const ENTRIES: &[EntryPoint] = &[FORWARD.point(), DELTA.point(), DQ.point(), DKV.point()];
 
 impl KernelFamily for AttentionVariant {
@@ -78,4 +83,80 @@ impl KernelFamily for AttentionVariant {
     fn all() -> Vec<Self> {
         kernel_config::attention_variants()
     }
+}
+
+/// `out` and the log-sum-exp `lse` of every query row.
+pub(crate) fn forward(
+    gpu: &GpuBackend,
+    qkv: &GpuTensor,
+    key_mask: &GpuTensor,
+    spec: &AttentionSpec,
+    out: &GpuTensor,
+    lse: &GpuTensor,
+) -> Result<()> {
+    let (variant, params, grid) = shared(gpu, "attention", spec, [qkv, key_mask, out, lse])?;
+    let bound = [qkv, key_mask, out, lse, out];
+    gpu.launch(variant, &FORWARD, &params, bound, grid)
+}
+
+/// `dqkv` from `dout`: delta = rowsum(dout ∘ out), then dq by queries and dk, dv by keys.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    gpu: &GpuBackend,
+    qkv: &GpuTensor,
+    key_mask: &GpuTensor,
+    spec: &AttentionSpec,
+    out: &GpuTensor,
+    lse: &GpuTensor,
+    dout: &GpuTensor,
+    dqkv: &GpuTensor,
+) -> Result<()> {
+    const OP: &str = "attention_backward";
+    let (variant, params, grid) = shared(gpu, OP, spec, [qkv, key_mask, out, lse])?;
+    let params = AttentionParams {
+        dout_offset: index_u32(OP, dout.offset())?,
+        dqkv_offset: index_u32(OP, dqkv.offset())?,
+        ..params
+    };
+    let delta = gpu.alloc(&[spec.batch, spec.heads, spec.seq], DType::F32)?;
+    gpu.launch(variant, &DELTA, &params, [out, dout, &delta], grid)?;
+    let bound = [qkv, key_mask, lse, dout, &delta, dqkv];
+    gpu.launch(variant, &DQ, &params, bound, grid)?;
+    gpu.launch(variant, &DKV, &params, bound, grid)
+}
+
+/// The variant, the parameters every pass shares, and the grid of one workgroup per block of
+/// queries (or keys) of each head of each clip.
+fn shared(
+    gpu: &GpuBackend,
+    op: &'static str,
+    spec: &AttentionSpec,
+    [qkv, key_mask, out, lse]: [&GpuTensor; 4],
+) -> Result<(AttentionVariant, AttentionParams, [u32; 3])> {
+    let variant = kernel_config::attention_variant(
+        spec.head_dim,
+        spec.seq,
+        gpu.kernels.workgroup_storage_bytes,
+    );
+    let blocks = spec.seq.div_ceil(variant.bq as usize);
+    let grid = gpu.workgroup_grid(spec.batch * spec.heads * blocks);
+    let params = AttentionParams {
+        batch: index_u32(op, spec.batch)?,
+        t: index_u32(op, spec.seq)?,
+        heads: index_u32(op, spec.heads)?,
+        d: index_u32(op, spec.head_dim)?,
+        groups_x: grid[0],
+        scale: 1.0 / (spec.head_dim as f32).sqrt(),
+        p: spec.dropout,
+        keep_scale: crate::rng::keep_scale(spec.dropout),
+        seed: words(spec.key.seed),
+        step: words(spec.key.step),
+        site: spec.key.site,
+        qkv_offset: index_u32(op, qkv.offset())?,
+        mask_offset: index_u32(op, key_mask.offset())?,
+        out_offset: index_u32(op, out.offset())?,
+        lse_offset: index_u32(op, lse.offset())?,
+        ..AttentionParams::default()
+    };
+    Ok((variant, params, grid))
 }

@@ -1,10 +1,13 @@
 //! Casts between f32, f16 and bf16 (cast.wgsl), one invocation per output word; also every
 //! plain copy of the GPU backend.
 
+use super::{index_u32, GpuTensor};
 use crate::backend::gpu::shaders::{
     wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP,
 };
+use crate::backend::gpu::GpuBackend;
 use crate::dtype::DType;
+use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/cast.wgsl");
 
@@ -24,7 +27,7 @@ pub struct CastKernel {
     pub workgroup: u32,
 }
 
-pub const CONVERT: Entry<CastKernel, 2> = Entry::new("convert", [1, 2]);
+const CONVERT: Entry<CastKernel, 2> = Entry::new("convert", [1, 2]);
 const ENTRIES: &[EntryPoint] = &[CONVERT.point()];
 
 /// Code of a dtype in cast.wgsl.
@@ -75,4 +78,31 @@ impl KernelFamily for CastKernel {
         }
         all
     }
+}
+
+/// `out = x` converted to `out`'s dtype (a copy between equal ones).
+pub(crate) fn cast(gpu: &GpuBackend, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    const OP: &str = "cast";
+    if out.is_empty() {
+        return Ok(());
+    }
+    // One invocation per output word.
+    let words = if out.dtype() == DType::F32 {
+        out.len()
+    } else {
+        out.len().div_ceil(2)
+    };
+    let grid = gpu.grid(words);
+    let params = CastParams {
+        n: index_u32(OP, out.len())?,
+        src_offset: index_u32(OP, x.offset())?,
+        dst_offset: index_u32(OP, out.offset())?,
+        groups_x: grid[0],
+    };
+    let kernel = CastKernel {
+        from: x.dtype(),
+        to: out.dtype(),
+        workgroup: gpu.kernels.elementwise_workgroup,
+    };
+    gpu.launch(kernel, &CONVERT, &params, [x, out], grid)
 }

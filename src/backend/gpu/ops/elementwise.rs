@@ -1,10 +1,13 @@
 //! Elementwise ops (elementwise.wgsl): add, scale, GELU and its gradient, one invocation per
 //! element.
 
+use super::{index_u32, GpuTensor};
 use crate::backend::gpu::shaders::{
     gelu_source, wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily,
     CHECKED_WORKGROUP,
 };
+use crate::backend::gpu::GpuBackend;
+use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
@@ -25,10 +28,10 @@ pub struct ElementwiseKernel {
     pub workgroup: u32,
 }
 
-pub const ADD: Entry<ElementwiseKernel, 3> = Entry::new("add", [1, 2, 3]);
-pub const SCALE: Entry<ElementwiseKernel, 2> = Entry::new("scale", [1, 3]);
-pub const GELU_FWD: Entry<ElementwiseKernel, 2> = Entry::new("gelu_fwd", [1, 3]);
-pub const GELU_BWD: Entry<ElementwiseKernel, 3> = Entry::new("gelu_bwd", [1, 2, 3]);
+const ADD: Entry<ElementwiseKernel, 3> = Entry::new("add", [1, 2, 3]);
+const SCALE: Entry<ElementwiseKernel, 2> = Entry::new("scale", [1, 3]);
+const GELU_FWD: Entry<ElementwiseKernel, 2> = Entry::new("gelu_fwd", [1, 3]);
+const GELU_BWD: Entry<ElementwiseKernel, 3> = Entry::new("gelu_bwd", [1, 2, 3]);
 const ENTRIES: &[EntryPoint] = &[
     ADD.point(),
     SCALE.point(),
@@ -60,4 +63,59 @@ impl KernelFamily for ElementwiseKernel {
             workgroup: CHECKED_WORKGROUP,
         }]
     }
+}
+
+/// `out = a + b`.
+pub(crate) fn add(gpu: &GpuBackend, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    run(gpu, &ADD, [a, b, out], 0.0)
+}
+
+/// `out = alpha · x`.
+pub(crate) fn scale(gpu: &GpuBackend, x: &GpuTensor, alpha: f32, out: &GpuTensor) -> Result<()> {
+    run(gpu, &SCALE, [x, out], alpha)
+}
+
+/// `out = gelu(x)`.
+pub(crate) fn gelu(gpu: &GpuBackend, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    run(gpu, &GELU_FWD, [x, out], 0.0)
+}
+
+/// `dx = dy · gelu'(x)`.
+pub(crate) fn gelu_backward(
+    gpu: &GpuBackend,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+) -> Result<()> {
+    run(gpu, &GELU_BWD, [x, dy, dx], 0.0)
+}
+
+/// One invocation per element of the output. `operands` are (a, out) or (a, b, out), as the
+/// entry binds them.
+fn run<const N: usize>(
+    gpu: &GpuBackend,
+    entry: &Entry<ElementwiseKernel, N>,
+    operands: [&GpuTensor; N],
+    alpha: f32,
+) -> Result<()> {
+    let op = entry.name;
+    let (a, out) = (operands[0], operands[N - 1]);
+    let b_offset = if N == 3 { operands[1].offset() } else { 0 };
+    if out.is_empty() {
+        return Ok(());
+    }
+    let grid = gpu.grid(out.len());
+    let params = ElementwiseParams {
+        n: index_u32(op, out.len())?,
+        a_offset: index_u32(op, a.offset())?,
+        b_offset: index_u32(op, b_offset)?,
+        out_offset: index_u32(op, out.offset())?,
+        alpha,
+        groups_x: grid[0],
+        ..ElementwiseParams::default()
+    };
+    let kernel = ElementwiseKernel {
+        workgroup: gpu.kernels.elementwise_workgroup,
+    };
+    gpu.launch(kernel, entry, &params, operands, grid)
 }

@@ -1,10 +1,15 @@
 //! Optimizer ops over whole arenas (optim.wgsl): the AdamW step, the gradient norm, clipping,
 //! and unscaling with a finite check; the reductions sum per-workgroup partials in order.
 
+use super::{index_u32, GpuTensor};
 use crate::backend::gpu::kernel_config::REDUCE_ITEMS;
 use crate::backend::gpu::shaders::{
     wgsl_params, workgroup_reduce_source, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP,
 };
+use crate::backend::gpu::GpuBackend;
+use crate::backend::{AdamW, Backend};
+use crate::dtype::DType;
+use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/optim.wgsl");
 
@@ -37,13 +42,13 @@ pub struct OptimKernel {
     pub items: u32,
 }
 
-pub const ADAMW: Entry<OptimKernel, 4> = Entry::new("adamw", [1, 2, 3, 4]);
-pub const SUMSQ_PARTIALS: Entry<OptimKernel, 2> = Entry::new("sumsq_partials", [1, 5]);
-pub const NONFINITE_PARTIALS: Entry<OptimKernel, 2> = Entry::new("nonfinite_partials", [1, 5]);
-pub const FINISH_NORM: Entry<OptimKernel, 2> = Entry::new("finish_norm", [5, 6]);
-pub const FINISH_ANY: Entry<OptimKernel, 2> = Entry::new("finish_any", [5, 6]);
+const ADAMW: Entry<OptimKernel, 4> = Entry::new("adamw", [1, 2, 3, 4]);
+const SUMSQ_PARTIALS: Entry<OptimKernel, 2> = Entry::new("sumsq_partials", [1, 5]);
+const NONFINITE_PARTIALS: Entry<OptimKernel, 2> = Entry::new("nonfinite_partials", [1, 5]);
+const FINISH_NORM: Entry<OptimKernel, 2> = Entry::new("finish_norm", [5, 6]);
+const FINISH_ANY: Entry<OptimKernel, 2> = Entry::new("finish_any", [5, 6]);
 /// The norm is bound at binding 2, where adamw reads gradients.
-pub const CLIP: Entry<OptimKernel, 2> = Entry::new("clip", [1, 2]);
+const CLIP: Entry<OptimKernel, 2> = Entry::new("clip", [1, 2]);
 const ENTRIES: &[EntryPoint] = &[
     ADAMW.point(),
     SUMSQ_PARTIALS.point(),
@@ -78,4 +83,112 @@ impl KernelFamily for OptimKernel {
             items: REDUCE_ITEMS,
         }]
     }
+}
+
+/// One AdamW step over whole arenas.
+pub(crate) fn adamw(
+    gpu: &GpuBackend,
+    params: &GpuTensor,
+    grads: &GpuTensor,
+    m: &GpuTensor,
+    v: &GpuTensor,
+    hp: &AdamW,
+    step: u64,
+) -> Result<()> {
+    const OP: &str = "adamw";
+    let (decay, step_size, bc2_sqrt) = hp.step_scalars(step);
+    let grid = gpu.grid(params.len());
+    let p = OptimParams {
+        n: index_u32(OP, params.len())?,
+        groups_x: grid[0],
+        x_offset: index_u32(OP, params.offset())?,
+        g_offset: index_u32(OP, grads.offset())?,
+        m_offset: index_u32(OP, m.offset())?,
+        v_offset: index_u32(OP, v.offset())?,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: hp.eps,
+        decay,
+        step_size,
+        bc2_sqrt,
+        ..OptimParams::default()
+    };
+    gpu.launch(kernel(gpu), &ADAMW, &p, [params, grads, m, v], grid)
+}
+
+/// `norm[0] = ‖grads‖₂`.
+pub(crate) fn grad_norm(gpu: &GpuBackend, grads: &GpuTensor, norm: &GpuTensor) -> Result<()> {
+    let entries = (&SUMSQ_PARTIALS, &FINISH_NORM);
+    reduce(gpu, "grad_norm", grads, entries, 1.0, norm)
+}
+
+/// `grads *= min(1, max_norm / (norm[0] + 1e-6))`, the norm read on the device.
+pub(crate) fn clip_grads(
+    gpu: &GpuBackend,
+    grads: &GpuTensor,
+    norm: &GpuTensor,
+    max_norm: f32,
+) -> Result<()> {
+    const OP: &str = "clip_grads";
+    let grid = gpu.grid(grads.len());
+    let p = OptimParams {
+        n: index_u32(OP, grads.len())?,
+        groups_x: grid[0],
+        x_offset: index_u32(OP, grads.offset())?,
+        g_offset: index_u32(OP, norm.offset())?,
+        max_norm,
+        ..OptimParams::default()
+    };
+    gpu.launch(kernel(gpu), &CLIP, &p, [grads, norm], grid)
+}
+
+/// `grads *= inv_scale`, and `found_inf[0]` = 1 when any of them is not finite, else 0.
+pub(crate) fn unscale_check(
+    gpu: &GpuBackend,
+    grads: &GpuTensor,
+    inv_scale: f32,
+    found_inf: &GpuTensor,
+) -> Result<()> {
+    let entries = (&NONFINITE_PARTIALS, &FINISH_ANY);
+    reduce(gpu, "unscale_check", grads, entries, inv_scale, found_inf)
+}
+
+fn kernel(gpu: &GpuBackend) -> OptimKernel {
+    OptimKernel {
+        workgroup: gpu.kernels.elementwise_workgroup,
+        items: REDUCE_ITEMS,
+    }
+}
+
+/// A whole-arena reduction of `x` into `out[0]`: per-workgroup partials (the first entry,
+/// which may also scale `x`), then the second entry over them in order.
+fn reduce(
+    gpu: &GpuBackend,
+    op: &'static str,
+    x: &GpuTensor,
+    (partials_entry, finish_entry): (&Entry<OptimKernel, 2>, &Entry<OptimKernel, 2>),
+    scale: f32,
+    out: &GpuTensor,
+) -> Result<()> {
+    let per_group = (gpu.kernels.elementwise_workgroup * REDUCE_ITEMS) as usize;
+    let groups = x.len().div_ceil(per_group).max(1);
+    let partials = gpu.alloc(&[groups], DType::F32)?;
+    let grid = gpu.workgroup_grid(groups);
+    let params = OptimParams {
+        n: index_u32(op, x.len())?,
+        groups_x: grid[0],
+        partials_count: groups as u32,
+        x_offset: index_u32(op, x.offset())?,
+        out_offset: index_u32(op, out.offset())?,
+        scale,
+        ..OptimParams::default()
+    };
+    gpu.launch(kernel(gpu), partials_entry, &params, [x, &partials], grid)?;
+    gpu.launch(
+        kernel(gpu),
+        finish_entry,
+        &params,
+        [&partials, out],
+        [1, 1, 1],
+    )
 }
