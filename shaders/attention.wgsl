@@ -18,44 +18,23 @@
 // HEAD_DIM (16, 32, 64 or 128: the head size rounded up; the extra dimensions are zeros), HD4
 // (HEAD_DIM / 4), BQ (queries per workgroup), BK (rows per tile, at most BQ), FWD_KEYS and
 // DQ_KEYS (keys of a tile attention_fwd and attention_dq take at once, dividing BK) are
-// generated per variant by src/backend/gpu/shaders.rs. An invocation's own rows (q, the
+// generated per variant by src/backend/gpu/ops/attention.rs. An invocation's own rows (q, the
 // accumulators, ...) are HD4 named vec4s, never an array: a line holding `$j` is repeated for
 // j = 0 .. HD4 − 1 by the generator, one holding `$f` for f = 0 .. FWD_KEYS − 1, one holding
 // `$q` for q = 0 .. DQ_KEYS − 1. A private array indexed by anything but a constant lives in
-// local memory on NVIDIA's driver, not in registers (attention ran at 0.5% of an H100's f32
-// rate so). Keys taken at once are independent dot products in flight, and the forward
-// rescales its accumulators once per FWD_KEYS keys instead of once per key; but each costs
-// registers, and attention_dkv, which holds four head rows (k, v, dk, dv), is fastest one
-// query at a time (kernel_config.rs has the measurements).
+// local memory on NVIDIA's driver, not in registers, and runs a small fraction of the card's
+// f32 rate (BENCHMARKS.md). Keys taken at once are independent dot products in flight, and
+// the forward rescales its accumulators once per FWD_KEYS keys instead of once per key; but
+// each costs registers, and attention_dkv, which holds four head rows (k, v, dk, dv), is
+// fastest one query at a time (BENCHMARKS.md has the measurements).
 
 //!CONSTS
 
 // NO_KEYS, the log-sum-exp of a row with no real key (src/backend/mod.rs, NO_KEYS_LSE), comes
 // with the generated constants; exp(score − it) is 0, never NaN.
 
-struct Params {
-    batch: u32,
-    t: u32,
-    heads: u32,
-    d: u32,
-    groups_x: u32,
-    scale: f32,
-    p: f32,
-    keep_scale: f32,
-    seed: vec2<u32>,
-    step: vec2<u32>,
-    site: u32,
-    qkv_offset: u32,
-    mask_offset: u32,
-    out_offset: u32,
-    lse_offset: u32,
-    dout_offset: u32,
-    dqkv_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/attention.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read_write> key_mask: array<f32>;

@@ -9,19 +9,14 @@
 // they are correctly rounded and the same on every adapter, subnormals included.
 //
 // SRC and DST (0 = f32, 1 = f16, 2 = bf16) are generated per variant by
-// src/backend/gpu/shaders.rs.
+// src/backend/gpu/ops/cast.rs.
 
 //!CONSTS
 
 override WG: u32 = 256u;
 
-struct Params {
-    n: u32,
-    src_offset: u32,
-    dst_offset: u32,
-    groups_x: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/cast.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<u32>;

@@ -9,23 +9,8 @@
 override WG: u32 = 256u;
 override ROW_BLOCK: u32 = 64u;
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    // Columns of `partials` (cols, or 2·cols for layer norm).
-    width: u32,
-    blocks: u32,
-    groups_x: u32,
-    dy_offset: u32,
-    x_offset: u32,
-    mean_offset: u32,
-    rstd_offset: u32,
-    // finish_columns: the first partials column to sum, how many, and where they go.
-    first: u32,
-    count: u32,
-    out_offset: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/column_sums.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;

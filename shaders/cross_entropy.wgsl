@@ -12,25 +12,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    batch: u32,
-    classes: u32,
-    smoothing: f32,
-    has_weights: u32,
-    groups_x: u32,
-    scale: f32,
-    logits_offset: u32,
-    labels_offset: u32,
-    weights_offset: u32,
-    lse_offset: u32,
-    loss_offset: u32,
-    hits_offset: u32,
-    out_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/cross_entropy.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> labels: array<f32>;

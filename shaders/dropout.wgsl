@@ -6,19 +6,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    n: u32,
-    groups_x: u32,
-    x_offset: u32,
-    out_offset: u32,
-    p: f32,
-    keep_scale: f32,
-    site: u32,
-    _pad: u32,
-    seed: vec2<u32>,
-    step: vec2<u32>,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/dropout.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;

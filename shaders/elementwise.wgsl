@@ -8,15 +8,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    n: u32,
-    a_offset: u32,
-    b_offset: u32,
-    out_offset: u32,
-    alpha: f32,
-    groups_x: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/elementwise.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> b: array<f32>;

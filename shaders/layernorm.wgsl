@@ -11,21 +11,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-    groups_x: u32,
-    x_offset: u32,
-    w_offset: u32,
-    b_offset: u32,
-    y_offset: u32,
-    mean_offset: u32,
-    rstd_offset: u32,
-    dy_offset: u32,
-    dx_offset: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/layernorm.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> w: array<f32>;

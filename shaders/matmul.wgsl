@@ -22,39 +22,20 @@
 // The constants BM, BN, BK, TM, TN, TRANS_A, TRANS_B, the tile loader (scalar, or vec4
 // loads when the contiguous dimensions and offsets are multiples of 4) and the epilogue
 // (store C, or store the pre-activation and C = GELU of it, with gelu.wgsl in front) are
-// generated per variant by src/backend/gpu/shaders.rs. So is the straight-line code over a
+// generated per variant by src/backend/gpu/ops/matmul.rs. So is the straight-line code over a
 // thread's registers: a code line holding `$i` is repeated for each of its TM rows, `$j` for
 // each vec4 of its TN columns, `$a` for each vec4 of its TM rows (`$i4` and `$ic` are row i's
 // vec4 and component), `$u` and `$w` for each of its loader slots of op(A) and op(B). The
 // accumulators and slots are named variables, never an array: a private array indexed in a
-// loop lives in local memory on NVIDIA's driver, not in registers (this kernel ran at 3% of
-// an H100's f32 rate so).
+// loop lives in local memory on NVIDIA's driver, not in registers, and the kernel then runs a
+// small fraction of the card's f32 rate (BENCHMARKS.md).
 
 //!CONSTS
 
 const THREADS: u32 = (BM / TM) * (BN / TN);
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
-    a_offset: u32,
-    b_offset: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    batch_base: u32,
-    // Where the GELU epilogue writes the pre-activation (element c_offset of C maps to it).
-    pre_offset: u32,
-    // The K extent of each slice of a split product; 0 when not split.
-    k_split: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/matmul.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;

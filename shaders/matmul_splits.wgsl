@@ -4,17 +4,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    m: u32,
-    n: u32,
-    slices: u32,
-    has_bias: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    groups_x: u32,
-    _pad: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/matmul.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 // [slices, M, N]
 @group(0) @binding(1) var<storage, read> partials: array<f32>;

@@ -14,25 +14,8 @@ override WG: u32 = 256u;
 // Elements each invocation of the partials kernels handles (WG·ITEMS per workgroup).
 override ITEMS: u32 = 16u;
 
-struct Params {
-    n: u32,
-    groups_x: u32,
-    partials_count: u32,
-    x_offset: u32,
-    g_offset: u32,
-    m_offset: u32,
-    v_offset: u32,
-    out_offset: u32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    scale: f32,
-    max_norm: f32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/optim.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;

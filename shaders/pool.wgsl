@@ -7,17 +7,8 @@
 
 override WG: u32 = 256u;
 
-struct Params {
-    batch: u32,
-    t: u32,
-    d: u32,
-    groups_x: u32,
-    h_offset: u32,
-    mask_offset: u32,
-    pooled_offset: u32,
-    _pad: u32,
-}
-
+// struct Params (binding 0) is generated in front of this file from its Rust declaration
+// in src/backend/gpu/ops/pool.rs.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> h: array<f32>;
 @group(0) @binding(2) var<storage, read_write> mask: array<f32>;

@@ -1,9 +1,8 @@
 // Workgroup reductions by a fixed tree (the same bits on every run, no atomics): a function
 // and the workgroup array it uses, concatenated in front of the kernels that reduce
 // (layernorm.wgsl, cross_entropy.wgsl, optim.wgsl). Those declare `override WG`, a power of
-// two of at most MAX_WG (src/backend/gpu/kernel_config.rs keeps it so).
-
-const MAX_WG: u32 = 256u;
+// two of at most MAX_WG, which src/backend/gpu/shaders.rs generates in front of this file
+// from the elementwise workgroup size (src/backend/gpu/kernel_config.rs never exceeds it).
 
 var<workgroup> tree_partial: array<vec2<f32>, MAX_WG>;
 

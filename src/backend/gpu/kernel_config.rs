@@ -77,8 +77,8 @@ pub struct KernelConfig {
 }
 
 /// The elementwise kernels' preferred workgroup size; also the most the reduction kernels'
-/// workgroup array holds (MAX_WG in workgroup_reduce.wgsl).
-const ELEMENTWISE_WORKGROUP: u32 = 256;
+/// workgroup array holds (MAX_WG in workgroup_reduce.wgsl, generated from it).
+pub const ELEMENTWISE_WORKGROUP: u32 = 256;
 
 /// Rows each invocation of the column-sum kernels adds up (column_sums.wgsl): enough work per
 /// invocation, and enough blocks to fill the device for a few thousand rows.
@@ -89,19 +89,16 @@ pub const COLUMN_ROW_BLOCK: u32 = 64;
 pub const ATTENTION_HEAD_DIMS: [u32; 4] = [16, 32, 64, 128];
 
 /// Queries per attention workgroup (BQ in attention.wgsl): the largest the sequence fills,
-/// since every query of a workgroup shares each tile of keys it loads. On an H100, forward +
-/// backward at B8 T1024 H16 d64 took 39.9 ms with 32, 30.5 with 64, 14.3 with 128 and 10.0
-/// with 256; at the model's B32 T64 H8 d32, where a larger block leaves invocations idle,
-/// 0.142 ms with 32, 0.132 with 64 and 0.206 with 128. Key tiles never exceed it.
+/// since every query of a workgroup shares each tile of keys it loads, while a block longer
+/// than the sequence leaves invocations idle (BENCHMARKS.md has the measurements). Key tiles
+/// never exceed it.
 pub const ATTENTION_QUERY_BLOCKS: [u32; 3] = [64, 128, 256];
 
 /// Keys of a tile that attention_fwd and attention_dq take at once (FWD_KEYS, DQ_KEYS in
 /// attention.wgsl): independent dot products in flight, and for the forward one rescale of
-/// its accumulators per that many keys, against the registers each costs. On an H100
-/// (kernel times, forward B8 T1024 H16 d64 | B32 T64 H8 d32) the forward took 7.99 | 0.0335
-/// ms one key at a time, 6.75 | 0.0294 two, 6.32 | 0.0299 four, 8.34 | 0.0346 eight;
-/// attention_dq 9.08 | 0.0357, 9.12 | 0.0314, 11.18 | 0.0333, 14.0 | 0.0513; attention_dkv,
-/// which holds twice the rows, 14.72 | 0.0455 one query at a time and slower with more.
+/// its accumulators per that many keys, against the registers each costs; attention_dkv,
+/// which holds twice the rows, is fastest one query at a time (BENCHMARKS.md has the
+/// measurements).
 pub const ATTENTION_FORWARD_KEYS: u32 = 4;
 pub const ATTENTION_DQ_KEYS: u32 = 2;
 
@@ -121,8 +118,7 @@ pub fn attention_variant(head_dim: usize, seq: usize, workgroup_bytes: u32) -> A
         .find(|&q| q as usize <= seq)
         .unwrap_or(ATTENTION_QUERY_BLOCKS[0]);
     let mut bk = bq;
-    let min_bk = ATTENTION_FORWARD_KEYS.max(ATTENTION_DQ_KEYS);
-    while bk > min_bk && 4 * (2 * bk * dim + 2 * bk) > workgroup_bytes {
+    while bk > MIN_ATTENTION_KEY_TILE && 4 * (2 * bk * dim + 2 * bk) > workgroup_bytes {
         bk /= 2;
     }
     AttentionVariant {
@@ -130,6 +126,28 @@ pub fn attention_variant(head_dim: usize, seq: usize, workgroup_bytes: u32) -> A
         bq,
         bk,
     }
+}
+
+/// The smallest key tile: it holds the keys attention_fwd and attention_dq take at once.
+const MIN_ATTENTION_KEY_TILE: u32 = if ATTENTION_FORWARD_KEYS > ATTENTION_DQ_KEYS {
+    ATTENTION_FORWARD_KEYS
+} else {
+    ATTENTION_DQ_KEYS
+};
+
+/// Every variant [`attention_variant`] can choose, on any adapter.
+pub fn attention_variants() -> Vec<AttentionVariant> {
+    let mut all = Vec::new();
+    for head_dim in ATTENTION_HEAD_DIMS {
+        for bq in ATTENTION_QUERY_BLOCKS {
+            let mut bk = bq;
+            while bk >= MIN_ATTENTION_KEY_TILE {
+                all.push(AttentionVariant { head_dim, bq, bk });
+                bk /= 2;
+            }
+        }
+    }
+    all
 }
 
 /// One generated attention kernel: heads of up to `head_dim`, `bq` queries per workgroup, keys
@@ -174,9 +192,7 @@ impl KernelConfig {
     /// The tile for an M×N product: the largest (the fewest operand loads per multiply-add)
     /// where its grid fills a large GPU, else the second: 64×64, as many invocations with a
     /// quarter of the work each (the two need the same limits, so 32×32 is taken only where it
-    /// alone fits). On an H200 the 64×64 tile was faster wherever the 128×128 one had 64 to 128
-    /// workgroups, slower at 256, and faster than 32×32 at every size measured (256³ and the
-    /// batch-1 products of a prediction included).
+    /// alone fits). BENCHMARKS.md has the measurements behind the threshold.
     pub fn matmul_tile(&self, m: usize, n: usize, batch: usize) -> MatmulTile {
         if let Some(tile) = self.forced_matmul_tile {
             return tile;
@@ -244,5 +260,17 @@ mod tests {
         assert_eq!(v(33, 127, 49152), (64, 64, 64));
         // WebGPU's minimum workgroup memory still holds a tile at every head size.
         assert_eq!(v(128, 200, 16384), (128, 128, 8));
+    }
+
+    #[test]
+    fn attention_variants_list_every_choice() {
+        let all = attention_variants();
+        for d in [1, 16, 17, 33, 64, 65, 128, 200] {
+            for t in [1, 63, 64, 127, 128, 255, 256, 1000] {
+                for bytes in [0, 16384, 32768, 49152, 65536] {
+                    assert!(all.contains(&attention_variant(d, t, bytes)));
+                }
+            }
+        }
     }
 }

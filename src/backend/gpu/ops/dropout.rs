@@ -1,0 +1,93 @@
+//! Dropout with the counter-based Philox mask (philox.wgsl + dropout.wgsl).
+
+use super::{index_u32, words, GpuTensor};
+use crate::backend::gpu::shaders::{
+    wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP, PHILOX,
+};
+use crate::backend::gpu::GpuBackend;
+use crate::backend::DropoutKey;
+use crate::error::Result;
+use crate::rng;
+
+const SOURCE: &str = include_str!("../../../../shaders/dropout.wgsl");
+
+wgsl_params! {
+    pub struct DropoutParams {
+        n: u32,
+        groups_x: u32,
+        x_offset: u32,
+        out_offset: u32,
+        p: f32,
+        keep_scale: f32,
+        site: u32,
+        _pad: u32,
+        /// The u64 seed and step as (low, high) words.
+        seed: [u32; 2],
+        step: [u32; 2],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DropoutKernel {
+    pub workgroup: u32,
+}
+
+const DROPOUT: Entry<DropoutKernel, 2> = Entry::new("dropout", [1, 2]);
+const ENTRIES: &[EntryPoint] = &[DROPOUT.point()];
+
+impl KernelFamily for DropoutKernel {
+    type Params = DropoutParams;
+
+    fn name(&self) -> String {
+        format!("dropout_wg{}", self.workgroup)
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        workgroup_constant(self.workgroup)
+    }
+
+    fn body(&self) -> String {
+        format!("{PHILOX}\n{SOURCE}")
+    }
+
+    fn entries(&self) -> &'static [EntryPoint] {
+        ENTRIES
+    }
+
+    fn all() -> Vec<Self> {
+        vec![DropoutKernel {
+            workgroup: CHECKED_WORKGROUP,
+        }]
+    }
+}
+
+/// `out = x·keep_scale` where the element's draw under `key` is at least `p`, else 0.
+pub(crate) fn dropout(
+    gpu: &GpuBackend,
+    x: &GpuTensor,
+    p: f32,
+    key: &DropoutKey,
+    out: &GpuTensor,
+) -> Result<()> {
+    const OP: &str = "dropout";
+    // One invocation per Philox call, all the calls of every tile the elements touch.
+    let tiles = out.len().div_ceil(rng::TILE as usize);
+    let calls = tiles * rng::CALLS_PER_TILE as usize;
+    let grid = gpu.grid(calls);
+    let params = DropoutParams {
+        n: index_u32(OP, out.len())?,
+        groups_x: grid[0],
+        x_offset: index_u32(OP, x.offset())?,
+        out_offset: index_u32(OP, out.offset())?,
+        p,
+        keep_scale: rng::keep_scale(p),
+        site: key.site,
+        seed: words(key.seed),
+        step: words(key.step),
+        ..DropoutParams::default()
+    };
+    let kernel = DropoutKernel {
+        workgroup: gpu.kernels.elementwise_workgroup,
+    };
+    gpu.launch(kernel, &DROPOUT, &params, [x, out], grid)
+}

@@ -1,0 +1,121 @@
+//! Elementwise ops (elementwise.wgsl): add, scale, GELU and its gradient, one invocation per
+//! element.
+
+use super::{index_u32, GpuTensor};
+use crate::backend::gpu::shaders::{
+    gelu_source, wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily,
+    CHECKED_WORKGROUP,
+};
+use crate::backend::gpu::GpuBackend;
+use crate::error::Result;
+
+const SOURCE: &str = include_str!("../../../../shaders/elementwise.wgsl");
+
+wgsl_params! {
+    pub struct ElementwiseParams {
+        n: u32,
+        a_offset: u32,
+        b_offset: u32,
+        out_offset: u32,
+        alpha: f32,
+        groups_x: u32,
+        _pad: [u32; 2],
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ElementwiseKernel {
+    pub workgroup: u32,
+}
+
+const ADD: Entry<ElementwiseKernel, 3> = Entry::new("add", [1, 2, 3]);
+const SCALE: Entry<ElementwiseKernel, 2> = Entry::new("scale", [1, 3]);
+const GELU_FWD: Entry<ElementwiseKernel, 2> = Entry::new("gelu_fwd", [1, 3]);
+const GELU_BWD: Entry<ElementwiseKernel, 3> = Entry::new("gelu_bwd", [1, 2, 3]);
+const ENTRIES: &[EntryPoint] = &[
+    ADD.point(),
+    SCALE.point(),
+    GELU_FWD.point(),
+    GELU_BWD.point(),
+];
+
+impl KernelFamily for ElementwiseKernel {
+    type Params = ElementwiseParams;
+
+    fn name(&self) -> String {
+        format!("elementwise_wg{}", self.workgroup)
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        workgroup_constant(self.workgroup)
+    }
+
+    fn body(&self) -> String {
+        format!("{}\n{SOURCE}", gelu_source())
+    }
+
+    fn entries(&self) -> &'static [EntryPoint] {
+        ENTRIES
+    }
+
+    fn all() -> Vec<Self> {
+        vec![ElementwiseKernel {
+            workgroup: CHECKED_WORKGROUP,
+        }]
+    }
+}
+
+/// `out = a + b`.
+pub(crate) fn add(gpu: &GpuBackend, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    run(gpu, &ADD, [a, b, out], 0.0)
+}
+
+/// `out = alpha · x`.
+pub(crate) fn scale(gpu: &GpuBackend, x: &GpuTensor, alpha: f32, out: &GpuTensor) -> Result<()> {
+    run(gpu, &SCALE, [x, out], alpha)
+}
+
+/// `out = gelu(x)`.
+pub(crate) fn gelu(gpu: &GpuBackend, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    run(gpu, &GELU_FWD, [x, out], 0.0)
+}
+
+/// `dx = dy · gelu'(x)`.
+pub(crate) fn gelu_backward(
+    gpu: &GpuBackend,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+) -> Result<()> {
+    run(gpu, &GELU_BWD, [x, dy, dx], 0.0)
+}
+
+/// One invocation per element of the output. `operands` are (a, out) or (a, b, out), as the
+/// entry binds them.
+fn run<const N: usize>(
+    gpu: &GpuBackend,
+    entry: &Entry<ElementwiseKernel, N>,
+    operands: [&GpuTensor; N],
+    alpha: f32,
+) -> Result<()> {
+    let op = entry.name;
+    let (a, out) = (operands[0], operands[N - 1]);
+    let b_offset = if N == 3 { operands[1].offset() } else { 0 };
+    if out.is_empty() {
+        return Ok(());
+    }
+    let grid = gpu.grid(out.len());
+    let params = ElementwiseParams {
+        n: index_u32(op, out.len())?,
+        a_offset: index_u32(op, a.offset())?,
+        b_offset: index_u32(op, b_offset)?,
+        out_offset: index_u32(op, out.offset())?,
+        alpha,
+        groups_x: grid[0],
+        ..ElementwiseParams::default()
+    };
+    let kernel = ElementwiseKernel {
+        workgroup: gpu.kernels.elementwise_workgroup,
+    };
+    gpu.launch(kernel, entry, &params, operands, grid)
+}

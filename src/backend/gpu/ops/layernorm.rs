@@ -1,0 +1,137 @@
+//! Layer norm over the last dimension (layernorm.wgsl): the forward pass and the dx part of
+//! the backward pass, one workgroup per row; dw and db are column sums (column_sums.rs).
+
+use super::{column_sums, index_u32, GpuTensor};
+use crate::backend::gpu::shaders::{
+    wgsl_params, workgroup_constant, workgroup_reduce_source, Entry, EntryPoint, KernelFamily,
+    CHECKED_WORKGROUP,
+};
+use crate::backend::gpu::GpuBackend;
+use crate::error::Result;
+
+const SOURCE: &str = include_str!("../../../../shaders/layernorm.wgsl");
+
+wgsl_params! {
+    pub struct LayerNormParams {
+        rows: u32,
+        cols: u32,
+        eps: f32,
+        groups_x: u32,
+        x_offset: u32,
+        w_offset: u32,
+        b_offset: u32,
+        y_offset: u32,
+        mean_offset: u32,
+        rstd_offset: u32,
+        dy_offset: u32,
+        dx_offset: u32,
+    }
+}
+
+/// A power-of-two workgroup: rows are reduced down a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayerNormKernel {
+    pub workgroup: u32,
+}
+
+const FORWARD: Entry<LayerNormKernel, 6> = Entry::new("layernorm_fwd", [1, 2, 3, 4, 5, 6]);
+/// dx is bound where the forward pass writes y.
+const BACKWARD: Entry<LayerNormKernel, 6> = Entry::new("layernorm_bwd", [1, 2, 4, 5, 6, 7]);
+const ENTRIES: &[EntryPoint] = &[FORWARD.point(), BACKWARD.point()];
+
+impl KernelFamily for LayerNormKernel {
+    type Params = LayerNormParams;
+
+    fn name(&self) -> String {
+        format!("layernorm_wg{}", self.workgroup)
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        workgroup_constant(self.workgroup)
+    }
+
+    fn body(&self) -> String {
+        format!("{}\n{SOURCE}", workgroup_reduce_source())
+    }
+
+    fn entries(&self) -> &'static [EntryPoint] {
+        ENTRIES
+    }
+
+    fn all() -> Vec<Self> {
+        vec![LayerNormKernel {
+            workgroup: CHECKED_WORKGROUP,
+        }]
+    }
+}
+
+/// `y = (x − mean)·rstd·w + b` over `rows` rows, saving `mean` and `rstd`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    gpu: &GpuBackend,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    b: &GpuTensor,
+    eps: f32,
+    y: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    rows: usize,
+) -> Result<()> {
+    const OP: &str = "layernorm";
+    let grid = gpu.workgroup_grid(rows);
+    let params = LayerNormParams {
+        rows: index_u32(OP, rows)?,
+        cols: index_u32(OP, w.len())?,
+        eps,
+        groups_x: grid[0],
+        x_offset: index_u32(OP, x.offset())?,
+        w_offset: index_u32(OP, w.offset())?,
+        b_offset: index_u32(OP, b.offset())?,
+        y_offset: index_u32(OP, y.offset())?,
+        mean_offset: index_u32(OP, mean.offset())?,
+        rstd_offset: index_u32(OP, rstd.offset())?,
+        ..LayerNormParams::default()
+    };
+    let bound = [x, w, b, y, mean, rstd];
+    gpu.launch(kernel(gpu), &FORWARD, &params, bound, grid)
+}
+
+/// dx by rows here, then dw and db by column sums.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    gpu: &GpuBackend,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    dw: &GpuTensor,
+    db: &GpuTensor,
+    rows: usize,
+) -> Result<()> {
+    const OP: &str = "layernorm_backward";
+    let grid = gpu.workgroup_grid(rows);
+    let params = LayerNormParams {
+        rows: index_u32(OP, rows)?,
+        cols: index_u32(OP, w.len())?,
+        groups_x: grid[0],
+        x_offset: index_u32(OP, x.offset())?,
+        w_offset: index_u32(OP, w.offset())?,
+        mean_offset: index_u32(OP, mean.offset())?,
+        rstd_offset: index_u32(OP, rstd.offset())?,
+        dy_offset: index_u32(OP, dy.offset())?,
+        dx_offset: index_u32(OP, dx.offset())?,
+        ..LayerNormParams::default()
+    };
+    let bound = [x, w, dx, mean, rstd, dy];
+    gpu.launch(kernel(gpu), &BACKWARD, &params, bound, grid)?;
+    column_sums::layernorm_grads(gpu, [dy, x, mean, rstd], dw, db, rows)
+}
+
+fn kernel(gpu: &GpuBackend) -> LayerNormKernel {
+    LayerNormKernel {
+        workgroup: gpu.kernels.elementwise_workgroup,
+    }
+}
