@@ -1,10 +1,20 @@
 //! SignFlow: sign-language recognition transformers on any GPU, through hand-written WGSL
 //! kernels dispatched by wgpu (Vulkan, Metal, DX12, GL), and on any CPU.
 //!
-//! Layers, each using only those below it (see DESIGN.md):
-//! - [`backend`]: the op set as a trait, the CPU backend and the wgpu backend;
-//! - [`device`], [`memory`]: adapter discovery and selection; the buffer pool;
-//! - [`reference`]: every op in plain f64, the oracle both backends are checked against.
+//! Layers, each using only those below it (DESIGN.md, Layers), from the top:
+//! - [`train`] (the trainer and its configuration) and [`infer`] (the inference pipeline);
+//! - [`model`]: the transformer, its parameters, checkpoints, and the workspace of one step;
+//! - [`data`]: clip and feature packs, MP_Data import, preprocessing, batches, loader threads
+//!   (it needs no backend);
+//! - [`backend`]: the op set as a trait, checked once, with the CPU backend and the wgpu
+//!   backend; [`tensor`] is a handle to a backend's storage, and [`selftest`] checks a backend
+//!   against the f64 reference (`reference`, hidden from these docs);
+//! - [`device`] and [`memory`]: adapter discovery and selection; the buffer pool and its budget;
+//! - at the bottom, [`dtype`], [`error`], [`config`] and the counter-based dropout RNG.
+//!
+//! The internals that the command line, the tests and the benchmarks share (`bench`,
+//! `reference`, `tolerance`, `fsio`, `rng`) are public but hidden from these docs; they are
+//! not a stable API.
 //!
 //! ```no_run
 //! use signflow::{AnyBackend, Backend, GpuConfig, HostTensor, MatmulSpec, ToDevice};
@@ -22,26 +32,33 @@
 //! ```
 
 pub mod backend;
+#[doc(hidden)]
 pub mod bench;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
+#[doc(hidden)]
 pub mod fsio;
 pub mod infer;
 mod isa;
 pub mod memory;
 pub mod model;
 pub mod ops;
+#[doc(hidden)]
 pub mod reference;
+#[doc(hidden)]
 pub mod rng;
 pub mod selftest;
 pub mod tensor;
+#[doc(hidden)]
 pub mod tolerance;
 pub mod train;
 
-pub use backend::{AdamW, AnyBackend, AttentionSpec, Backend, CpuBackend, GpuBackend, MatmulSpec};
+pub use backend::{
+    AdamW, AnyBackend, AttentionSpec, Backend, CpuBackend, Elementwise, GpuBackend, MatmulSpec,
+};
 pub use config::GpuConfig;
 pub use device::{Adapters, DeviceInfo};
 pub use dtype::DType;

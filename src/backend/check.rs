@@ -2,7 +2,7 @@
 //! [`Backend`] run them before calling a backend's implementation, so that every backend
 //! rejects the same inputs with the same messages.
 
-use super::{AttentionSpec, Backend, MatmulSpec};
+use super::{AttentionSpec, Backend, Elementwise, MatmulSpec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, Tensor};
@@ -83,6 +83,21 @@ pub fn elementwise<B: Backend>(
         in_place_or_apart(op, t, out)?;
     }
     Ok(())
+}
+
+/// An [`Elementwise`] op: as many inputs as it reads, then [`elementwise`]'s rules.
+pub fn elementwise_op<B: Backend>(
+    op: Elementwise,
+    inputs: &[&Tensor<B>],
+    out: &Tensor<B>,
+) -> Result<()> {
+    if inputs.len() != op.inputs() {
+        return Err(Error::shape(
+            op.name(),
+            format!("takes {} inputs, not {}", op.inputs(), inputs.len()),
+        ));
+    }
+    elementwise(op.name(), inputs, out)
 }
 
 /// Host data written into a tensor: the same dtype and number of elements.

@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 pub mod gpu;
-pub mod math;
+pub(crate) mod math;
 mod matmul_spec;
 
 pub use cpu::CpuBackend;
@@ -56,6 +56,40 @@ impl AdamW {
             (self.lr as f64 / bc1) as f32,
             bc2.sqrt() as f32,
         )
+    }
+}
+
+/// The elementwise ops: one kernel family on each backend, `out[i] = f(inputs[..][i])`. A new
+/// one is a variant here, its reference, its CPU arm, its WGSL entry point and its GPU entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Elementwise {
+    /// `a + b`.
+    Add,
+    /// `alpha · x`.
+    Scale(f32),
+    /// The exact (erf) GELU.
+    Gelu,
+    /// `dy · gelu'(x)`, from inputs `[x, dy]`.
+    GeluBackward,
+}
+
+impl Elementwise {
+    /// The op's name in errors (as the [`Backend`] method is called).
+    pub fn name(self) -> &'static str {
+        match self {
+            Elementwise::Add => "add",
+            Elementwise::Scale(_) => "scale",
+            Elementwise::Gelu => "gelu",
+            Elementwise::GeluBackward => "gelu_backward",
+        }
+    }
+
+    /// How many input tensors the op reads.
+    pub fn inputs(self) -> usize {
+        match self {
+            Elementwise::Add | Elementwise::GeluBackward => 2,
+            Elementwise::Scale(_) | Elementwise::Gelu => 1,
+        }
     }
 }
 
@@ -180,14 +214,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out = a + b`, elementwise, f32.
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("add", &[a, b], out)?;
-        self.add_unchecked(a, b, out)
+        self.elementwise(Elementwise::Add, &[a, b], out)
     }
 
     /// `out = alpha · x`, elementwise, f32.
     fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("scale", &[x], out)?;
-        self.scale_unchecked(x, alpha, out)
+        self.elementwise(Elementwise::Scale(alpha), &[x], out)
     }
 
     /// `out = x` converted to `out`'s dtype (round to nearest even), any pair of dtypes.
@@ -205,14 +237,24 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out = gelu(x)`, the exact (erf) GELU, f32.
     fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        check::elementwise("gelu", &[x], out)?;
-        self.gelu_unchecked(x, out)
+        self.elementwise(Elementwise::Gelu, &[x], out)
     }
 
     /// `dx = dy · gelu'(x)`, f32.
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
-        check::elementwise("gelu_backward", &[x, dy], dx)?;
-        self.gelu_backward_unchecked(x, dy, dx)
+        self.elementwise(Elementwise::GeluBackward, &[x, dy], dx)
+    }
+
+    /// Any [`Elementwise`] op: `inputs` as [`Elementwise::inputs`] counts them, each as long
+    /// as `out`, all f32.
+    fn elementwise(
+        &self,
+        op: Elementwise,
+        inputs: &[&Tensor<Self>],
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        check::elementwise_op(op, inputs, out)?;
+        self.elementwise_unchecked(op, inputs, out)
     }
 
     /// `db[j] = Σ_i dy[i, j]` over the rows of `dy` viewed as `[rows, db.len()]`, summed in a
@@ -480,30 +522,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
         out: &Tensor<Self>,
     ) -> Result<()>;
 
-    /// [`Backend::add`] after its checks; never call it directly.
+    /// [`Backend::elementwise`] (and so [`Backend::add`], [`Backend::scale`], [`Backend::gelu`],
+    /// [`Backend::gelu_backward`]) after its checks; never call it directly.
     #[doc(hidden)]
-    fn add_unchecked(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
-
-    /// [`Backend::scale`] after its checks; never call it directly.
-    #[doc(hidden)]
-    fn scale_unchecked(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()>;
+    fn elementwise_unchecked(
+        &self,
+        op: Elementwise,
+        inputs: &[&Tensor<Self>],
+        out: &Tensor<Self>,
+    ) -> Result<()>;
 
     /// [`Backend::cast`] and [`Backend::copy`] after their checks; never call it directly.
     #[doc(hidden)]
     fn cast_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
-
-    /// [`Backend::gelu`] after its checks; never call it directly.
-    #[doc(hidden)]
-    fn gelu_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()>;
-
-    /// [`Backend::gelu_backward`] after its checks; never call it directly.
-    #[doc(hidden)]
-    fn gelu_backward_unchecked(
-        &self,
-        x: &Tensor<Self>,
-        dy: &Tensor<Self>,
-        dx: &Tensor<Self>,
-    ) -> Result<()>;
 
     /// [`Backend::bias_grad`] after its checks (`dy` holds `rows` rows); never call it
     /// directly.

@@ -1,5 +1,5 @@
-//! Elementwise ops in parallel chunks: add, scale, GELU and its gradient (in explicit
-//! vectors), and dropout.
+//! Elementwise ops in parallel chunks: every [`Elementwise`] op (in explicit vectors), and
+//! dropout.
 
 use rayon::prelude::*;
 
@@ -7,20 +7,10 @@ use super::philox::{for_each_tile, Tile};
 use super::simd::{self, Simd, WithSimd};
 use super::storage::{f32s, f32s_mut, with_io};
 use super::{CpuBackend, CHUNK};
-use crate::backend::{math, DropoutKey};
+use crate::backend::{math, DropoutKey, Elementwise};
 use crate::error::Result;
 use crate::rng;
 use crate::tensor::Tensor;
-
-/// The elementwise ops that [`map_chunks`] runs, each in explicit vectors.
-#[derive(Clone, Copy)]
-pub(super) enum Elementwise {
-    Add,
-    Scale(f32),
-    Gelu,
-    /// `dy · gelu'(x)`, from inputs `[x, dy]`.
-    GeluBackward,
-}
 
 /// Vectors per step in GELU: two, not [`simd::WIDTH`]'s four. GELU's temporaries for four
 /// vectors outgrow AVX2's sixteen registers and spill; two ran faster than four or one,

@@ -24,10 +24,10 @@ mod storage;
 #[cfg(test)]
 mod tests;
 
-use elementwise::{map_chunks, Elementwise};
+use elementwise::map_chunks;
 pub use storage::{CpuStorage, HostAllocator, HostBlock};
 
-use super::{AdamW, AttentionSpec, Backend, DropoutKey, MatmulSpec};
+use super::{AdamW, AttentionSpec, Backend, DropoutKey, Elementwise, MatmulSpec};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -125,29 +125,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add_unchecked(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        map_chunks(Elementwise::Add, &[a, b], out)
-    }
-
-    fn scale_unchecked(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
-        map_chunks(Elementwise::Scale(alpha), &[x], out)
+    fn elementwise_unchecked(
+        &self,
+        op: Elementwise,
+        inputs: &[&Tensor<Self>],
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        map_chunks(op, inputs, out)
     }
 
     fn cast_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         cast::cast(x, out)
-    }
-
-    fn gelu_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        map_chunks(Elementwise::Gelu, &[x], out)
-    }
-
-    fn gelu_backward_unchecked(
-        &self,
-        x: &Tensor<Self>,
-        dy: &Tensor<Self>,
-        dx: &Tensor<Self>,
-    ) -> Result<()> {
-        map_chunks(Elementwise::GeluBackward, &[x, dy], dx)
     }
 
     fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, _: usize) -> Result<()> {

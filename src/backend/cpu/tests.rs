@@ -4,10 +4,11 @@
 /// The SIMD bodies under every instruction set ([`crate::for_every_instruction_set`]), each
 /// against the f64 reference (dropout against the draws).
 mod simd_paths {
-    use super::super::elementwise::{DropoutChunk, Elementwise, ElementwiseChunk};
+    use super::super::elementwise::{DropoutChunk, ElementwiseChunk};
     use super::super::gemm::transpose_into;
     use super::super::simd::{self, Simd, WithSimd};
     use super::super::{attention, norm};
+    use crate::backend::Elementwise;
     use crate::backend::NO_KEYS_LSE;
     use crate::dtype::DType;
     use crate::reference;

@@ -16,7 +16,9 @@ use ops::{
     pool,
 };
 
-use super::{AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec, Storage};
+use super::{
+    AdamW, AttentionSpec, Backend, DropoutKey, Elementwise, KernelTime, MatmulSpec, Storage,
+};
 use crate::config::GpuConfig;
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
@@ -214,29 +216,17 @@ impl Backend for GpuBackend {
         matmul::matmul(self, a, b, Some(bias), Some(pre), out, spec)
     }
 
-    fn add_unchecked(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        elementwise::add(self, a, b, out)
-    }
-
-    fn scale_unchecked(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
-        elementwise::scale(self, x, alpha, out)
+    fn elementwise_unchecked(
+        &self,
+        op: Elementwise,
+        inputs: &[&Tensor<Self>],
+        out: &Tensor<Self>,
+    ) -> Result<()> {
+        elementwise::elementwise(self, op, inputs, out)
     }
 
     fn cast_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         cast::cast(self, x, out)
-    }
-
-    fn gelu_unchecked(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
-        elementwise::gelu(self, x, out)
-    }
-
-    fn gelu_backward_unchecked(
-        &self,
-        x: &Tensor<Self>,
-        dy: &Tensor<Self>,
-        dx: &Tensor<Self>,
-    ) -> Result<()> {
-        elementwise::gelu_backward(self, x, dy, dx)
     }
 
     fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, rows: usize) -> Result<()> {

@@ -1,5 +1,4 @@
-//! Elementwise ops (elementwise.wgsl): add, scale, GELU and its gradient, one invocation per
-//! element.
+//! The [`Elementwise`] ops (elementwise.wgsl), one invocation per element.
 
 use super::{index_u32, GpuTensor};
 use crate::backend::gpu::shaders::{
@@ -7,7 +6,8 @@ use crate::backend::gpu::shaders::{
     CHECKED_WORKGROUP,
 };
 use crate::backend::gpu::GpuBackend;
-use crate::error::Result;
+use crate::backend::Elementwise;
+use crate::error::{Error, Result};
 
 const SOURCE: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
@@ -65,29 +65,23 @@ impl KernelFamily for ElementwiseKernel {
     }
 }
 
-/// `out = a + b`.
-pub(crate) fn add(gpu: &GpuBackend, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
-    run(gpu, &ADD, [a, b, out], 0.0)
-}
-
-/// `out = alpha · x`.
-pub(crate) fn scale(gpu: &GpuBackend, x: &GpuTensor, alpha: f32, out: &GpuTensor) -> Result<()> {
-    run(gpu, &SCALE, [x, out], alpha)
-}
-
-/// `out = gelu(x)`.
-pub(crate) fn gelu(gpu: &GpuBackend, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
-    run(gpu, &GELU_FWD, [x, out], 0.0)
-}
-
-/// `dx = dy · gelu'(x)`.
-pub(crate) fn gelu_backward(
+/// Runs `op` on `inputs` into `out` (the operands checked by the trait).
+pub(crate) fn elementwise(
     gpu: &GpuBackend,
-    x: &GpuTensor,
-    dy: &GpuTensor,
-    dx: &GpuTensor,
+    op: Elementwise,
+    inputs: &[&GpuTensor],
+    out: &GpuTensor,
 ) -> Result<()> {
-    run(gpu, &GELU_BWD, [x, dy, dx], 0.0)
+    match (op, inputs) {
+        (Elementwise::Add, &[a, b]) => run(gpu, &ADD, [a, b, out], 0.0),
+        (Elementwise::Scale(alpha), &[x]) => run(gpu, &SCALE, [x, out], alpha),
+        (Elementwise::Gelu, &[x]) => run(gpu, &GELU_FWD, [x, out], 0.0),
+        (Elementwise::GeluBackward, &[x, dy]) => run(gpu, &GELU_BWD, [x, dy, out], 0.0),
+        _ => Err(Error::shape(
+            op.name(),
+            format!("takes {} inputs, not {}", op.inputs(), inputs.len()),
+        )),
+    }
 }
 
 /// One invocation per element of the output. `operands` are (a, out) or (a, b, out), as the
