@@ -1370,6 +1370,10 @@ impl Backend for GpuBackend {
         self.ctx.wait()
     }
 
+    fn flush(&self) {
+        self.ctx.flush()
+    }
+
     fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
         self.ctx.device_time_ms(f)
     }
