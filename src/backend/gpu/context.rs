@@ -1,6 +1,8 @@
 //! The device, its queue, the command encoder that ops are recorded into, and the pipeline
-//! cache. Ops append dispatches; work is submitted when a result is read back or the caller
-//! synchronizes, and a readback is the only wait.
+//! and bind group caches. Ops append dispatches; work is submitted when a result is read back
+//! or the caller synchronizes, and a readback is the only wait.
+
+mod bind_groups;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +12,7 @@ use wgpu::util::DeviceExt;
 use super::shaders::Kernel;
 use crate::backend::KernelTime;
 use crate::error::{Error, Result};
+use bind_groups::BindGroups;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -21,6 +24,8 @@ pub(crate) struct GpuContext {
     pub adapter_name: String,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     pipelines: Mutex<HashMap<(Kernel, &'static str), Pipeline>>,
+    /// Locked after the buffer pool's lock where both are held (the pool frees blocks).
+    bind_groups: Mutex<BindGroups>,
     /// Device time per kernel, while a caller asks for it (`time_kernels`).
     kernel_clock: Mutex<Option<KernelClock>>,
     /// Bound where a kernel's optional operand is absent.
@@ -105,6 +110,7 @@ impl GpuContext {
             adapter_name,
             encoder: Mutex::new(None),
             pipelines: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(BindGroups::default()),
             kernel_clock: Mutex::new(None),
             placeholder,
         })
@@ -281,7 +287,8 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0.
+    /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0,
+    /// through the bind group made the first time these params and buffers were dispatched.
     pub fn dispatch(
         &self,
         pipeline: &Pipeline,
@@ -289,30 +296,7 @@ impl GpuContext {
         buffers: &[Binding<'_>],
         workgroups: [u32; 3],
     ) {
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(
-            buffers
-                .iter()
-                .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                    binding: *binding,
-                    resource: buffer.as_entire_binding(),
-                }),
-        );
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.raw.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bind_group = lock(&self.bind_groups).get(&self.device, pipeline, params, buffers);
         let mut clock = lock(&self.kernel_clock);
         if let Some(c) = clock.as_mut() {
             if c.pending.len() as u32 == CLOCKED_PASSES {
@@ -341,6 +325,11 @@ impl GpuContext {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         });
+    }
+
+    /// Drops the cached bind groups that bind any of `buffers`, which are being freed.
+    pub fn forget_buffers(&self, buffers: &[wgpu::Buffer]) {
+        lock(&self.bind_groups).forget(buffers);
     }
 
     /// Records a copy of `bytes` host bytes into `dst` at `offset` (both multiples of 4), in
