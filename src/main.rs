@@ -104,6 +104,7 @@ impl DeviceArgs {
 }
 
 fn main() -> ExitCode {
+    signflow::device::quiet_display_probes();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
