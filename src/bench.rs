@@ -56,6 +56,12 @@ pub struct BenchRow {
     /// asked for it and the device can time its kernels.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<KernelTime>,
+    /// [`Op::HostRecord`] rows: the work whose recording was timed (`train_step`, `predict`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case: Option<Op>,
+    /// [`Op::HostRecord`] rows: the median host time, as `median_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_ms: Option<f64>,
     /// Peak memory allocated while the case ran, in MiB.
     pub peak_mb: f64,
     pub timer: Timer,
@@ -226,6 +232,8 @@ fn row<B: Backend>(
         gflops: None,
         gbps: None,
         vs_copy: None,
+        case: None,
+        host_ms: None,
         peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
         timer,
         kernels,
@@ -272,61 +280,136 @@ pub fn bench_matmul<B: Backend>(
     Ok(r)
 }
 
-/// The model's cases at the reference's default configuration (100 classes), as
-/// `shared/peers/torch_cpu.py` times PyTorch: a training step at batch 32 × 64 frames
-/// (forward with dropout, loss, backward, clipping, AdamW; peak memory counts the parameters,
-/// gradients, moments and every activation), and a single clip's prediction.
+/// The model at the reference's default configuration (100 classes), ready to run the work
+/// of one training step or one prediction, as `shared/peers/torch_cpu.py` times PyTorch: a
+/// training step at batch 32 × 64 frames (forward with dropout, loss, backward, clipping,
+/// AdamW; peak memory counts the parameters, gradients, moments and every activation), and a
+/// single clip's prediction.
+struct ModelCase<B: Backend> {
+    model: SignTransformer<B>,
+    ws: Workspace<B>,
+    /// Present for a training step.
+    optimizer: Option<Optimizer<B>>,
+    step: u64,
+    batch: usize,
+    seq: usize,
+}
+
+impl<B: Backend> ModelCase<B> {
+    fn new(b: &B, training: bool, inputs: &mut Inputs) -> Result<ModelCase<B>> {
+        let cfg = ModelConfig::default();
+        let (batch, seq) = (if training { 32 } else { 1 }, cfg.max_seq_len);
+        let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
+        if !training {
+            // As InferencePipeline predicts.
+            model.keep_weight_rows(b)?;
+        }
+        let ws = Workspace::new(b, &cfg, batch, seq, training)?;
+        let input = Batch {
+            features: inputs.uniform(batch * seq * cfg.num_features),
+            mask: vec![1.0; batch * seq],
+            labels: (0..batch).map(|i| i % cfg.num_classes).collect(),
+            batch,
+            seq,
+            num_features: cfg.num_features,
+        };
+        let ids: Vec<usize> = (0..batch).collect();
+        ws.load(b, &cfg, &input, &ids)?;
+        let optimizer = training.then(|| Optimizer::new(b, &model)).transpose()?;
+        Ok(ModelCase {
+            model,
+            ws,
+            optimizer,
+            step: 0,
+            batch,
+            seq,
+        })
+    }
+
+    /// Records one training step, or one prediction.
+    fn run(&mut self, b: &B) -> Result<()> {
+        let Some(optimizer) = &mut self.optimizer else {
+            return self.model.forward(b, &self.ws, None);
+        };
+        self.step += 1;
+        let dropout = Some(DropoutStep {
+            seed: 0,
+            step: self.step,
+        });
+        self.model.forward(b, &self.ws, dropout)?;
+        self.model.loss(b, &self.ws, 0.0)?;
+        self.model.backward(b, &self.ws, 0.0, 1.0, dropout)?;
+        optimizer.step(
+            b,
+            &self.model,
+            &self.model.grads().all,
+            &AdamW::default(),
+            1.0,
+        )
+    }
+
+    /// A row of `op` for this case, its sizes filled in.
+    fn row(&self, b: &B, op: Op, samples: Samples) -> BenchRow {
+        let cfg = self.model.config();
+        let mut r = row(b, op, DType::F32, samples);
+        r.batch = Some(self.batch);
+        r.seq = Some(self.seq);
+        r.heads = Some(cfg.num_heads);
+        r.head_dim = Some(cfg.head_dim());
+        r
+    }
+}
+
+/// A training step ([`Op::TrainStep`]) or a prediction ([`Op::Predict`]) of [`ModelCase`].
 pub fn bench_model<B: Backend>(
     b: &B,
     op: Op,
     budget: &BenchBudget,
     inputs: &mut Inputs,
 ) -> Result<BenchRow> {
-    let cfg = ModelConfig::default();
-    let (batch, seq) = match op {
-        Op::TrainStep => (32, cfg.max_seq_len),
-        _ => (1, cfg.max_seq_len),
-    };
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
-    let training = op == Op::TrainStep;
-    if !training {
-        // As InferencePipeline predicts.
-        model.keep_weight_rows(b)?;
+    let mut case = ModelCase::new(b, op == Op::TrainStep, inputs)?;
+    let times = time(b, budget, || case.run(b))?;
+    Ok(case.row(b, op, times))
+}
+
+/// The host's side of `op` ([`Op::TrainStep`] or [`Op::Predict`]): the wall-clock time to
+/// record one call's device work and submit it, without waiting for the device, which is idle
+/// when each sample starts. Warmed up first (kernels compiled, buffers pooled).
+pub fn bench_host_record<B: Backend>(
+    b: &B,
+    op: Op,
+    budget: &BenchBudget,
+    inputs: &mut Inputs,
+) -> Result<BenchRow> {
+    const WARM_UP: usize = 2;
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let mut case = ModelCase::new(b, op == Op::TrainStep, inputs)?;
+    for _ in 0..WARM_UP {
+        case.run(b)?;
+        b.synchronize()?;
     }
-    let ws = Workspace::new(b, &cfg, batch, seq, training)?;
-    let input = Batch {
-        features: inputs.uniform(batch * seq * cfg.num_features),
-        mask: vec![1.0; batch * seq],
-        labels: (0..batch).map(|i| i % cfg.num_classes).collect(),
-        batch,
-        seq,
-        num_features: cfg.num_features,
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < budget.samples.max(1)
+        && (times.len() < 3 || start.elapsed() < budget.max_case)
+    {
+        let t = Instant::now();
+        case.run(b)?;
+        b.flush();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        b.synchronize()?;
+    }
+    let samples = Samples {
+        times,
+        timer: Timer::WallClock,
+        kernels: Vec::new(),
     };
-    let ids: Vec<usize> = (0..batch).collect();
-    ws.load(b, &cfg, &input, &ids)?;
-    let mut optimizer = Optimizer::new(b, &model)?;
-    let hp = AdamW::default();
-    let mut step = 0u64;
-    let times = if training {
-        let step_fn = || -> Result<()> {
-            step += 1;
-            let dropout = Some(DropoutStep { seed: 0, step });
-            model.forward(b, &ws, dropout)?;
-            model.loss(b, &ws, 0.0)?;
-            model.backward(b, &ws, 0.0, 1.0, dropout)?;
-            optimizer.step(b, &model, &model.grads().all, &hp, 1.0)
-        };
-        time(b, budget, step_fn)?
-    } else {
-        time(b, budget, || model.forward(b, &ws, None))?
-    };
-    let mut r = row(b, op, DType::F32, times);
-    r.batch = Some(batch);
-    r.seq = Some(seq);
-    r.heads = Some(cfg.num_heads);
-    r.head_dim = Some(cfg.head_dim());
+    let mut r = case.row(b, Op::HostRecord, samples);
+    r.case = Some(op);
+    r.host_ms = Some(r.median_ms);
     Ok(r)
 }
 
@@ -453,7 +536,7 @@ pub fn bench_memory_ops<B: Backend>(
     // Each op's yardstick is a copy that moves as many bytes as the op reads and writes (for
     // an op whose outputs are not its inputs, the same working set too). Against a copy of
     // another size the ratio would also measure where each size sits in the caches
-    // (BENCHMARKS.md, ninth and eleventh sessions).
+    // (BENCHMARKS.md, the `vs copy` column).
     let copy_len = |bytes: u64| (bytes / 8) as usize; // f32 values each way
     let longest = cases.iter().map(|c| copy_len(c.2)).max().unwrap_or(0);
     // A copy's time does not depend on the values it moves: no random fill.
@@ -489,8 +572,8 @@ fn memory_row<B: Backend>(b: &B, op: Op, dtype: DType, bytes: u64, times: Sample
 }
 
 /// Rows of the memory-bound cases by default: 2048 × [`MODEL_WIDTH`] f32, 8 MiB a tensor.
-/// Speeds depend on the size through the caches: on a CPU with a 32 MiB L3, 16 or 24 MiB
-/// moved runs from the L3, faster than from memory (BENCHMARKS.md, ninth session).
+/// Speeds depend on the size through the caches: where the bytes moved fit the CPU's last
+/// level cache, they run faster than from memory (BENCHMARKS.md).
 pub const MEMORY_ROWS: usize = 2048;
 
 /// Row width of the memory-bound cases (the row-wise ones: layer norm, bias gradient).
@@ -599,6 +682,13 @@ pub fn run_all<B: Backend>(
         if wanted(op.name()) {
             progress(op.name());
             rows.push(bench_model(b, op, budget, &mut inputs)?);
+        }
+    }
+    for op in [Op::TrainStep, Op::Predict] {
+        let name = format!("{} {}", Op::HostRecord, op);
+        if wanted(&name) {
+            progress(&name);
+            rows.push(bench_host_record(b, op, budget, &mut inputs)?);
         }
     }
     if memory_ops.iter().any(|op| wanted(op.name())) {

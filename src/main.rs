@@ -102,6 +102,7 @@ impl DeviceArgs {
 }
 
 fn main() -> ExitCode {
+    signflow::device::quiet_display_probes();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -327,6 +328,12 @@ fn print_bench(rows: &[BenchRow]) {
     );
     for r in rows {
         let size = match (r.m, r.n, r.k, r.bytes) {
+            _ if r.case.is_some() => format!(
+                "{} b{} t{}",
+                r.case.map_or("", |c| c.name()),
+                r.batch.unwrap_or(0),
+                r.seq.unwrap_or(0)
+            ),
             (Some(m), Some(n), Some(k), _) => format!("{m}x{n}x{k}"),
             _ if r.seq.is_some() => format!(
                 "b{} t{} h{} d{}",

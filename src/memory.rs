@@ -17,6 +17,12 @@ pub trait BlockAllocator: Send + Sync + 'static {
     fn max_block_bytes(&self) -> u64 {
         u64::MAX
     }
+
+    /// Frees blocks the pool gives up (emptying its cache), so that nothing else keeps them
+    /// alive. Called with the pool locked.
+    fn free(&self, blocks: Vec<Self::Block>) {
+        drop(blocks);
+    }
 }
 
 /// Memory statistics of a pool, in bytes.
@@ -66,6 +72,16 @@ impl<A: BlockAllocator> PoolShared<A> {
         // A panic while holding the lock cannot leave the counters half-updated in a way that
         // matters more than losing the pool; keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees every cached block (`state` is this pool's, locked).
+    fn release_cache(&self, state: &mut PoolState<A::Block>) {
+        let mut freed = Vec::new();
+        for (class, blocks) in std::mem::take(&mut state.free) {
+            state.stats.reserved_bytes -= class * blocks.len() as u64;
+            freed.extend(blocks);
+        }
+        self.allocator.free(freed);
     }
 }
 
@@ -117,7 +133,7 @@ impl<A: BlockAllocator> MemoryPool<A> {
                 if let Some(budget) = state.stats.budget_bytes {
                     let over = |s: &MemoryStats| s.reserved_bytes.saturating_add(class) > budget;
                     if over(&state.stats) {
-                        release_cache(&mut state);
+                        self.shared.release_cache(&mut state);
                     }
                     if over(&state.stats) {
                         return Err(Error::OutOfMemory {
@@ -132,7 +148,7 @@ impl<A: BlockAllocator> MemoryPool<A> {
                 let block = match self.shared.allocator.allocate(class, what) {
                     Ok(block) => block,
                     Err(_) if !state.free.is_empty() => {
-                        release_cache(&mut state);
+                        self.shared.release_cache(&mut state);
                         self.shared.allocator.allocate(class, what)?
                     }
                     Err(e) => return Err(e),
@@ -164,23 +180,13 @@ impl<A: BlockAllocator> MemoryPool<A> {
 
     /// Frees every cached block that no tensor holds.
     pub fn empty_cache(&self) {
-        release_cache(&mut self.shared.lock());
+        self.shared.release_cache(&mut self.shared.lock());
     }
 
     /// A guard that empties the cache when it is dropped.
     pub fn guard(&self) -> MemoryGuard<A> {
         MemoryGuard { pool: self.clone() }
     }
-}
-
-fn release_cache<B>(state: &mut PoolState<B>) {
-    let freed: u64 = state
-        .free
-        .iter()
-        .map(|(class, blocks)| class * blocks.len() as u64)
-        .sum();
-    state.free.clear();
-    state.stats.reserved_bytes -= freed;
 }
 
 /// A block lent by a pool; it returns to the pool's cache when dropped.

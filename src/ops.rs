@@ -32,6 +32,9 @@ pub enum Op {
     TrainStep,
     /// Bench only: one clip's prediction (the model's forward pass at batch 1).
     Predict,
+    /// Bench only: the host time to record and submit a training step's or a prediction's
+    /// device work, without waiting for it.
+    HostRecord,
 }
 
 impl Op {
@@ -60,6 +63,7 @@ impl Op {
             Op::AttentionFwdBwd => "attention_fwd_bwd",
             Op::TrainStep => "train_step",
             Op::Predict => "predict",
+            Op::HostRecord => "host_record",
         }
     }
 }

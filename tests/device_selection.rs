@@ -155,3 +155,32 @@ fn malformed_requests_are_errors() {
         );
     }
 }
+
+/// Listing adapters prints the list and nothing else: Mesa's Vulkan device-selection layer
+/// looks for a Wayland display, and where `XDG_RUNTIME_DIR` is not set libwayland says so on
+/// standard error unless `signflow` keeps the layer out. The CPU backend lists no adapters.
+#[test]
+fn no_display_errors_from_listing_adapters() {
+    for args in [
+        &["devices", "--json"][..],
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--filter",
+            "copy",
+            "--memory-rows",
+            "1",
+        ][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_signflow"))
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("NODEVICE_SELECT")
+            .output()
+            .expect("signflow runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "{args:?}: {err}");
+    }
+}

@@ -153,3 +153,44 @@ fn guard_empties_the_cache_when_dropped() {
     assert_eq!(live.load(Ordering::SeqCst), 0);
     assert_eq!(pool.stats().reserved_bytes, 0);
 }
+
+/// Counts the bytes of the blocks the pool hands to [`BlockAllocator::free`].
+struct Freeing {
+    inner: Counting,
+    freed: Arc<AtomicU64>,
+}
+
+impl BlockAllocator for Freeing {
+    type Block = Block;
+    fn allocate(&self, bytes: u64, what: &str) -> Result<Block> {
+        self.inner.allocate(bytes, what)
+    }
+    fn free(&self, blocks: Vec<Block>) {
+        let bytes: u64 = blocks.iter().map(|b| b.0).sum();
+        self.freed.fetch_add(bytes, Ordering::SeqCst);
+    }
+}
+
+/// Every block the pool really frees goes through the allocator's `free` (where the GPU
+/// backend drops the cached bind groups that bind it): on `empty_cache`, and when a request
+/// over the budget empties the cache. Blocks in use are never freed.
+#[test]
+fn blocks_the_pool_frees_go_through_the_allocator() {
+    let freed = Arc::new(AtomicU64::new(0));
+    let allocator = Freeing {
+        inner: Counting::default(),
+        freed: freed.clone(),
+    };
+    let live = allocator.inner.live.clone();
+    let pool = MemoryPool::new(allocator, Some(24_576));
+    let in_use = pool.allocate(4096, "in use").unwrap();
+    drop(pool.allocate(2048, "cached").unwrap());
+    pool.empty_cache();
+    assert_eq!(freed.load(Ordering::SeqCst), 2048);
+    drop(pool.allocate(8192, "cached").unwrap());
+    // 4096 in use + 8192 cached + 16384 > 24576: the cache is emptied first.
+    let big = pool.allocate(16_384, "big").unwrap();
+    assert_eq!(freed.load(Ordering::SeqCst), 2048 + 8192);
+    assert_eq!(live.load(Ordering::SeqCst), 4096 + 16_384);
+    drop((in_use, big));
+}

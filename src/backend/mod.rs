@@ -699,6 +699,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Waits until every op recorded so far has finished.
     fn synchronize(&self) -> Result<()>;
 
+    /// Hands the ops recorded so far to the device without waiting for them (nothing to do
+    /// where ops run as they are called).
+    fn flush(&self) {}
+
     /// Runs `f` (which records ops) and returns the device time of that work in ms, measured
     /// by the device's own clock where it has one (GPU timestamp queries); None where it has
     /// not, and the caller times the wall clock around [`Backend::synchronize`] instead.

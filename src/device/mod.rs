@@ -86,3 +86,23 @@ fn desc_backends() -> wgpu::Backends {
 fn summaries_of(entries: &[(wgpu::Adapter, DeviceInfo, AdapterSummary)]) -> Vec<AdapterSummary> {
     entries.iter().map(|e| e.2.clone()).collect()
 }
+
+/// Keeps Mesa's Vulkan device-selection layer (`VK_LAYER_MESA_device_select`) from printing
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` while adapters are
+/// listed: without that variable it asks libwayland for a display that cannot exist, and
+/// libwayland says so on standard error. The layer puts the adapter driving the display
+/// first, and [`rank`] orders adapters anyway, so without that variable the layer is switched
+/// off (`NODEVICE_SELECT=1`), unless the user configures it.
+///
+/// Sets an environment variable: call it at the start of `main`, before any thread starts.
+pub fn quiet_display_probes() {
+    let unset = |name: &str| std::env::var_os(name).is_none_or(|v| v.is_empty());
+    let configured = [
+        "NODEVICE_SELECT",
+        "MESA_VK_DEVICE_SELECT",
+        "MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE",
+    ];
+    if unset("XDG_RUNTIME_DIR") && configured.iter().all(|name| unset(name)) {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}

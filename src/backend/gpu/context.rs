@@ -1,6 +1,8 @@
 //! The device, its queue, the command encoder that ops are recorded into, and the pipeline
-//! cache. Ops append dispatches; work is submitted when a result is read back or the caller
-//! synchronizes, and a readback is the only wait.
+//! and bind group caches. Ops append dispatches; work is submitted when a result is read back
+//! or the caller synchronizes, and a readback is the only wait.
+
+mod bind_groups;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,6 +12,7 @@ use wgpu::util::DeviceExt;
 use super::shaders::Kernel;
 use crate::backend::KernelTime;
 use crate::error::{Error, Result};
+use bind_groups::BindGroups;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -19,8 +22,10 @@ pub(crate) struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub adapter_name: String,
-    encoder: Mutex<Option<wgpu::CommandEncoder>>,
+    recording: Mutex<Recording>,
     pipelines: Mutex<HashMap<(Kernel, &'static str), Pipeline>>,
+    /// Locked after the buffer pool's lock where both are held (the pool frees blocks).
+    bind_groups: Mutex<BindGroups>,
     /// Device time per kernel, while a caller asks for it (`time_kernels`).
     kernel_clock: Mutex<Option<KernelClock>>,
     /// Bound where a kernel's optional operand is absent.
@@ -36,6 +41,45 @@ struct Timestamps {
     resolved: wgpu::Buffer,
     /// Nanoseconds per timestamp tick.
     period_ns: f64,
+}
+
+/// The command encoder being recorded into, and the compute pass that consecutive dispatches
+/// share: one pass for a run of dispatches rather than one each, since wgpu still orders the
+/// dispatches of a pass (each is its own usage scope, with barriers between them).
+#[derive(Default)]
+struct Recording {
+    /// Open on `encoder` (declared first, so that it ends before the encoder drops); ended
+    /// before anything else is recorded.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+}
+
+impl Recording {
+    /// The encoder, with no pass open on it.
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
+        })
+    }
+
+    /// The open compute pass, begun if none is.
+    fn pass(&mut self, device: &wgpu::Device) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            let pass = self
+                .encoder(device)
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().expect("a pass was just begun")
+    }
+
+    /// Everything recorded so far, finished.
+    fn finish(&mut self) -> Option<wgpu::CommandBuffer> {
+        self.pass = None;
+        self.encoder.take().map(wgpu::CommandEncoder::finish)
+    }
 }
 
 /// A compiled entry point, and the name the kernel times give it (`variant::entry`).
@@ -103,8 +147,9 @@ impl GpuContext {
             device,
             queue,
             adapter_name,
-            encoder: Mutex::new(None),
+            recording: Mutex::new(Recording::default()),
             pipelines: Mutex::new(HashMap::new()),
+            bind_groups: Mutex::new(BindGroups::default()),
             kernel_clock: Mutex::new(None),
             placeholder,
         })
@@ -112,12 +157,7 @@ impl GpuContext {
 
     /// Runs `f` on the current command encoder, starting one if none is open.
     pub fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut slot = lock(&self.encoder);
-        let encoder = slot.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") })
-        });
-        f(encoder)
+        f(lock(&self.recording).encoder(&self.device))
     }
 
     /// The device time in ms of the work `f` records, from timestamps written before and after
@@ -141,8 +181,8 @@ impl GpuContext {
 
     /// Submits everything recorded so far, without waiting.
     pub fn flush(&self) {
-        if let Some(encoder) = lock(&self.encoder).take() {
-            self.queue.submit([encoder.finish()]);
+        if let Some(commands) = lock(&self.recording).finish() {
+            self.queue.submit([commands]);
         }
     }
 
@@ -281,7 +321,8 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0.
+    /// Records one dispatch of `pipeline` with `params` as its uniform block at binding 0,
+    /// through the bind group made the first time these params and buffers were dispatched.
     pub fn dispatch(
         &self,
         pipeline: &Pipeline,
@@ -289,58 +330,45 @@ impl GpuContext {
         buffers: &[Binding<'_>],
         workgroups: [u32; 3],
     ) {
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(
-            buffers
-                .iter()
-                .map(|(binding, buffer)| wgpu::BindGroupEntry {
-                    binding: *binding,
-                    resource: buffer.as_entire_binding(),
-                }),
-        );
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.raw.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bind_group = lock(&self.bind_groups).get(&self.device, pipeline, params, buffers);
+        let [x, y, z] = workgroups;
         let mut clock = lock(&self.kernel_clock);
-        if let Some(c) = clock.as_mut() {
-            if c.pending.len() as u32 == CLOCKED_PASSES {
-                // A failed readback loses these samples, not the op: its error comes back at
-                // the next wait.
-                if self.drain(c).is_err() {
-                    c.pending.clear();
-                }
+        let Some(c) = clock.as_mut() else {
+            let mut recording = lock(&self.recording);
+            let pass = recording.pass(&self.device);
+            pass.set_pipeline(&pipeline.raw);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(x, y, z);
+            return;
+        };
+        // Timed: a pass of its own, with a timestamp at each end.
+        if c.pending.len() as u32 == CLOCKED_PASSES {
+            // A failed readback loses these samples, not the op: its error comes back at the
+            // next wait.
+            if self.drain(c).is_err() {
+                c.pending.clear();
             }
-            c.pending.push(pipeline.name.clone());
         }
-        let timestamp_writes = clock.as_ref().map(|c| {
-            let pass = c.pending.len() as u32 - 1;
-            wgpu::ComputePassTimestampWrites {
-                query_set: &c.set,
-                beginning_of_pass_write_index: Some(2 * pass),
-                end_of_pass_write_index: Some(2 * pass + 1),
-            }
-        });
+        c.pending.push(pipeline.name.clone());
+        let index = c.pending.len() as u32 - 1;
         self.record(|encoder| {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &c.set,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                }),
             });
             pass.set_pipeline(&pipeline.raw);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            pass.dispatch_workgroups(x, y, z);
         });
+    }
+
+    /// Drops the cached bind groups that bind any of `buffers`, which are being freed.
+    pub fn forget_buffers(&self, buffers: &[wgpu::Buffer]) {
+        lock(&self.bind_groups).forget(buffers);
     }
 
     /// Records a copy of `bytes` host bytes into `dst` at `offset` (both multiples of 4), in

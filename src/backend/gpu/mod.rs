@@ -40,6 +40,11 @@ impl BlockAllocator for GpuAllocator {
         self.max_buffer_bytes
     }
 
+    fn free(&self, blocks: Vec<wgpu::Buffer>) {
+        // Cached bind groups hold the buffers they bind; without them the memory goes now.
+        self.ctx.forget_buffers(&blocks);
+    }
+
     fn allocate(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
         let refused = |reason: String| Error::AllocationRefused {
             request: what.to_string(),
@@ -382,6 +387,10 @@ impl Backend for GpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.ctx.wait()
+    }
+
+    fn flush(&self) {
+        self.ctx.flush()
     }
 
     fn device_time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
