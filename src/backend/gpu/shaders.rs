@@ -153,6 +153,46 @@ pub(crate) trait KernelFamily:
     }
 }
 
+/// A kernel family whose only knob is its workgroup size (`override WG`): the variant struct
+/// and its [`KernelFamily`] impl, from the name's prefix, the Params type, the entry table and
+/// an expression giving the WGSL body.
+macro_rules! workgroup_family {
+    ($(#[$meta:meta])* $kernel:ident, $prefix:literal, $params:ty, $entries:expr, $body:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $kernel {
+            pub workgroup: u32,
+        }
+
+        impl $crate::backend::gpu::shaders::KernelFamily for $kernel {
+            type Params = $params;
+
+            fn name(&self) -> String {
+                format!(concat!($prefix, "_wg{}"), self.workgroup)
+            }
+
+            fn constants(&self) -> Vec<(&'static str, f64)> {
+                $crate::backend::gpu::shaders::workgroup_constant(self.workgroup)
+            }
+
+            fn body(&self) -> String {
+                $body
+            }
+
+            fn entries(&self) -> &'static [$crate::backend::gpu::shaders::EntryPoint] {
+                $entries
+            }
+
+            fn all() -> Vec<Self> {
+                vec![$kernel {
+                    workgroup: $crate::backend::gpu::shaders::CHECKED_WORKGROUP,
+                }]
+            }
+        }
+    };
+}
+pub(crate) use workgroup_family;
+
 /// The `override WG` constant of a family that takes nothing else.
 pub(crate) fn workgroup_constant(workgroup: u32) -> Vec<(&'static str, f64)> {
     vec![("WG", workgroup as f64)]

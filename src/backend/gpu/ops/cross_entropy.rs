@@ -3,8 +3,7 @@
 
 use super::{index_u32, GpuTensor};
 use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_constant, workgroup_reduce_source, Entry, EntryPoint, KernelFamily,
-    CHECKED_WORKGROUP,
+    wgsl_params, workgroup_family, workgroup_reduce_source, Entry, EntryPoint,
 };
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
@@ -34,10 +33,9 @@ wgsl_params! {
     }
 }
 
-/// A power-of-two workgroup: rows are reduced down a tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CrossEntropyKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    /// A power-of-two workgroup: rows are reduced down a tree.
+    CrossEntropyKernel, "cross_entropy", CrossEntropyParams, ENTRIES, format!("{}\n{SOURCE}", workgroup_reduce_source())
 }
 
 /// Without class weights, the labels stand in for them at binding 3.
@@ -45,32 +43,6 @@ const ROWS: Entry<CrossEntropyKernel, 5> = Entry::new("xent_rows", [1, 2, 3, 4, 
 const FINISH: Entry<CrossEntropyKernel, 3> = Entry::new("xent_finish", [5, 6, 7]);
 const BACKWARD: Entry<CrossEntropyKernel, 5> = Entry::new("xent_bwd", [1, 2, 3, 4, 8]);
 const ENTRIES: &[EntryPoint] = &[ROWS.point(), FINISH.point(), BACKWARD.point()];
-
-impl KernelFamily for CrossEntropyKernel {
-    type Params = CrossEntropyParams;
-
-    fn name(&self) -> String {
-        format!("cross_entropy_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        format!("{}\n{SOURCE}", workgroup_reduce_source())
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![CrossEntropyKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// The mean loss into `loss[0]`, top-1 and top-5 hits into `hits`, each row's log-sum-exp into
 /// `lse`: per-row terms, then one invocation that adds the rows in order.

@@ -1,9 +1,7 @@
 //! Dropout with the counter-based Philox mask (philox.wgsl + dropout.wgsl).
 
 use super::{index_u32, words, GpuTensor};
-use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP, PHILOX,
-};
+use crate::backend::gpu::shaders::{wgsl_params, workgroup_family, Entry, EntryPoint, PHILOX};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::DropoutKey;
 use crate::error::Result;
@@ -27,39 +25,12 @@ wgsl_params! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DropoutKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    DropoutKernel, "dropout", DropoutParams, ENTRIES, format!("{PHILOX}\n{SOURCE}")
 }
 
 const DROPOUT: Entry<DropoutKernel, 2> = Entry::new("dropout", [1, 2]);
 const ENTRIES: &[EntryPoint] = &[DROPOUT.point()];
-
-impl KernelFamily for DropoutKernel {
-    type Params = DropoutParams;
-
-    fn name(&self) -> String {
-        format!("dropout_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        format!("{PHILOX}\n{SOURCE}")
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![DropoutKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// `out = x·keep_scale` where the element's draw under `key` is at least `p`, else 0.
 pub(crate) fn dropout(

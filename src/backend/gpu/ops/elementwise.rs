@@ -1,10 +1,7 @@
 //! The [`Elementwise`] ops (elementwise.wgsl), one invocation per element.
 
 use super::{index_u32, GpuTensor};
-use crate::backend::gpu::shaders::{
-    gelu_source, wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily,
-    CHECKED_WORKGROUP,
-};
+use crate::backend::gpu::shaders::{gelu_source, wgsl_params, workgroup_family, Entry, EntryPoint};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Elementwise;
 use crate::error::{Error, Result};
@@ -23,9 +20,8 @@ wgsl_params! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ElementwiseKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    ElementwiseKernel, "elementwise", ElementwiseParams, ENTRIES, format!("{}\n{SOURCE}", gelu_source())
 }
 
 const ADD: Entry<ElementwiseKernel, 3> = Entry::new("add", [1, 2, 3]);
@@ -38,32 +34,6 @@ const ENTRIES: &[EntryPoint] = &[
     GELU_FWD.point(),
     GELU_BWD.point(),
 ];
-
-impl KernelFamily for ElementwiseKernel {
-    type Params = ElementwiseParams;
-
-    fn name(&self) -> String {
-        format!("elementwise_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        format!("{}\n{SOURCE}", gelu_source())
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![ElementwiseKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// Runs `op` on `inputs` into `out` (the operands checked by the trait).
 pub(crate) fn elementwise(

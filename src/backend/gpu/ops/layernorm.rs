@@ -3,8 +3,7 @@
 
 use super::{column_sums, index_u32, GpuTensor};
 use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_constant, workgroup_reduce_source, Entry, EntryPoint, KernelFamily,
-    CHECKED_WORKGROUP,
+    wgsl_params, workgroup_family, workgroup_reduce_source, Entry, EntryPoint,
 };
 use crate::backend::gpu::GpuBackend;
 use crate::error::Result;
@@ -28,42 +27,15 @@ wgsl_params! {
     }
 }
 
-/// A power-of-two workgroup: rows are reduced down a tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LayerNormKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    /// A power-of-two workgroup: rows are reduced down a tree.
+    LayerNormKernel, "layernorm", LayerNormParams, ENTRIES, format!("{}\n{SOURCE}", workgroup_reduce_source())
 }
 
 const FORWARD: Entry<LayerNormKernel, 6> = Entry::new("layernorm_fwd", [1, 2, 3, 4, 5, 6]);
 /// dx is bound where the forward pass writes y.
 const BACKWARD: Entry<LayerNormKernel, 6> = Entry::new("layernorm_bwd", [1, 2, 4, 5, 6, 7]);
 const ENTRIES: &[EntryPoint] = &[FORWARD.point(), BACKWARD.point()];
-
-impl KernelFamily for LayerNormKernel {
-    type Params = LayerNormParams;
-
-    fn name(&self) -> String {
-        format!("layernorm_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        format!("{}\n{SOURCE}", workgroup_reduce_source())
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![LayerNormKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// `y = (x − mean)·rstd·w + b` over `rows` rows, saving `mean` and `rstd`.
 #[allow(clippy::too_many_arguments)]

@@ -4,8 +4,8 @@
 use super::{index_u32, GpuTensor};
 use crate::backend::gpu::kernel_config::{self, MatmulTile};
 use crate::backend::gpu::shaders::{
-    gelu_source, repeat_marked_lines, wgsl_params, workgroup_constant, Entry, EntryPoint,
-    KernelFamily, CHECKED_WORKGROUP,
+    gelu_source, repeat_marked_lines, wgsl_params, workgroup_family, Entry, EntryPoint,
+    KernelFamily,
 };
 use crate::backend::gpu::GpuBackend;
 use crate::backend::{Backend, MatmulSpec};
@@ -156,41 +156,14 @@ impl KernelFamily for MatmulKernel {
     }
 }
 
-/// matmul_splits.wgsl: the slices' partial products added in order, and the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MatmulSplitsKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    /// matmul_splits.wgsl: the slices' partial products added in order, and the bias.
+    MatmulSplitsKernel, "matmul_splits", MatmulSplitsParams, SPLITS_ENTRIES, SPLITS.into()
 }
 
 /// The partial products, the bias (a placeholder without one) and C.
 const SUM_SLICES: Entry<MatmulSplitsKernel, 3> = Entry::new("sum_slices", [1, 2, 3]);
 const SPLITS_ENTRIES: &[EntryPoint] = &[SUM_SLICES.point()];
-
-impl KernelFamily for MatmulSplitsKernel {
-    type Params = MatmulSplitsParams;
-
-    fn name(&self) -> String {
-        format!("matmul_splits_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        SPLITS.into()
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        SPLITS_ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![MatmulSplitsKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// `out = op(a)·op(b) (+ bias)`; with `pre`, the GELU epilogue writes the pre-activation there
 /// and GELU of it to `out`.

@@ -1,9 +1,7 @@
 //! Masked mean pool over time and its gradient (pool.wgsl).
 
 use super::{index_u32, GpuTensor};
-use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP,
-};
+use crate::backend::gpu::shaders::{wgsl_params, workgroup_family, Entry, EntryPoint};
 use crate::backend::gpu::GpuBackend;
 use crate::error::Result;
 
@@ -22,40 +20,13 @@ wgsl_params! {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PoolKernel {
-    pub workgroup: u32,
+workgroup_family! {
+    PoolKernel, "pool", PoolParams, ENTRIES, SOURCE.into()
 }
 
 const FORWARD: Entry<PoolKernel, 3> = Entry::new("mean_pool_fwd", [1, 2, 3]);
 const BACKWARD: Entry<PoolKernel, 3> = Entry::new("mean_pool_bwd", [1, 2, 3]);
 const ENTRIES: &[EntryPoint] = &[FORWARD.point(), BACKWARD.point()];
-
-impl KernelFamily for PoolKernel {
-    type Params = PoolParams;
-
-    fn name(&self) -> String {
-        format!("pool_wg{}", self.workgroup)
-    }
-
-    fn constants(&self) -> Vec<(&'static str, f64)> {
-        workgroup_constant(self.workgroup)
-    }
-
-    fn body(&self) -> String {
-        SOURCE.into()
-    }
-
-    fn entries(&self) -> &'static [EntryPoint] {
-        ENTRIES
-    }
-
-    fn all() -> Vec<Self> {
-        vec![PoolKernel {
-            workgroup: CHECKED_WORKGROUP,
-        }]
-    }
-}
 
 /// `out[b, j]`: the mean of `h[b, s, j]` over the real frames s of clip b.
 pub(crate) fn forward(
