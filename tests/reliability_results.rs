@@ -625,4 +625,20 @@ fn flags_without_effect_are_refused() {
         err.contains("feature pack") && err.contains("--augment"),
         "{err}"
     );
+    let warmup = ["--warmup-steps", "5", "--warmup-ratio", "0.1"];
+    let (_, err) = fails(&[&train[..], &warmup[..]].concat());
+    assert!(
+        err.contains("--warmup-ratio") && err.contains("--warmup-steps"),
+        "{err}"
+    );
+    // Settings the data decides, or that need a validation set, say that they have no effect.
+    let config = f.path("config.json");
+    std::fs::write(&config, r#"{"model": {"num_classes": 7}}"#).unwrap();
+    let said = [&train[..], &["--config", s(&config), "--min-delta", "0.1"]].concat();
+    let (_, err) = ok(&said);
+    assert!(
+        err.contains("`model.num_classes` 7") && err.contains("data's 3"),
+        "{err}"
+    );
+    assert!(err.contains("--min-delta"), "{err}");
 }

@@ -157,6 +157,8 @@ struct Chosen {
     /// Size fields set, each with where it was set (`--d-model`, or the config file).
     sizes: Vec<(&'static str, String)>,
     dropout: bool,
+    /// `num_classes` and `num_features` given in the config file, which the data decides.
+    data_sizes: Vec<(&'static str, usize)>,
 }
 
 /// The default of each `train` flag that has one, by argument id, for `--help`. These flags
@@ -225,7 +227,7 @@ impl TrainArgs {
             .config
             .as_deref()
             .map_or(String::new(), |p| p.display().to_string());
-        let chosen = Chosen {
+        let mut chosen = Chosen {
             sizes: self
                 .model
                 .size_flags()
@@ -239,9 +241,10 @@ impl TrainArgs {
                 })
                 .collect(),
             dropout: self.model.dropout.is_some() || in_file("dropout"),
+            data_sizes: Vec::new(),
         };
-        let mut m: ModelConfig = match model_json {
-            Some(v) => serde_json::from_value(v).map_err(|e| {
+        let mut m: ModelConfig = match &model_json {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
                 Error::data(
                     &config_name,
                     format!(
@@ -300,6 +303,14 @@ impl TrainArgs {
         }
         if let Some(s) = &self.split {
             (t.split, t.val) = (Some(s.to_string()), None);
+        }
+        for (field, value) in [
+            ("num_classes", m.num_classes),
+            ("num_features", m.num_features),
+        ] {
+            if in_file(field) {
+                chosen.data_sizes.push((field, value));
+            }
         }
         set!(m.d_model, self.model.d_model);
         set!(m.num_heads, self.model.num_heads);
@@ -492,6 +503,17 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     t.data.as_deref().unwrap_or(Path::new("")).display()
                 ),
             });
+        }
+    }
+    for (field, value) in &chosen.data_sizes {
+        let data = match *field {
+            "num_classes" => classes.len(),
+            _ => m.num_features,
+        };
+        if *value != data {
+            eprintln!(
+                "note: `model.{field}` {value} in the config is replaced by the data's {data}"
+            );
         }
     }
     eprintln!(

@@ -201,8 +201,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
         if let Some(v) = &val {
             self.check_fits(v.dataset(), "the validation data")?;
         }
-        if cfg.patience > 0 && val.is_none() {
-            tracing::warn!("--patience needs a validation set (--val or --split): it is off");
+        if (cfg.patience > 0 || cfg.min_delta > 0.0) && val.is_none() {
+            tracing::warn!(
+                "--patience and --min-delta need a validation set (--val or --split): early \
+                 stopping is off"
+            );
         }
         let preprocessing = self.preprocessing_for(train.dataset());
         let train_loader = Loader::new(
