@@ -289,6 +289,9 @@ fn holds_parameters(st: &SafeTensors) -> bool {
 
 /// The first few of `names`, sorted, escaped for a message.
 fn preview(mut names: Vec<&str>) -> String {
+    if names.is_empty() {
+        return "it has none".into();
+    }
     names.sort();
     let mut shown: Vec<String> = names
         .iter()
