@@ -3,7 +3,9 @@
 //   loss = Σ_i [(1−ε)·w[y_i]·(lse_i − z_iy) + ε/C·Σ_c w[c]·(lse_i − z_ic)] / Σ_i w[y_i]
 //   dz_ij = scale·[(1−ε)·w[y_i]·(p_ij − [j = y_i]) + ε/C·(Σ_c w[c]·p_ij − w[j])] / Σ_i w[y_i]
 // xent_rows:   one workgroup per row: lse, the row's loss numerator, weight and the label's rank
-//              (classes ahead of it; ties go to the lower index, as argmax) into rows[i, 0..3]
+//              (classes ahead of it; ties go to the lower index, as argmax; at least C when a
+//              logit of the row is NaN or infinite, so that such a row is never a hit) into
+//              rows[i, 0..3]
 // xent_finish: one invocation sums the rows in order: loss[0], hits[0] (top-1), hits[1]
 //              (top-min(5, C))
 // xent_bwd:    one workgroup per row: the gradient
@@ -44,6 +46,11 @@ fn label(i: u32) -> u32 {
     return p.classes;
 }
 
+// NaN or ±infinity, by the bits (all exponent bits set): comparisons with NaN cannot tell.
+fn non_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u;
+}
+
 fn row_lse(i: u32, lid: u32) -> f32 {
     var m = -3.4028235e38;
     for (var c = lid; c < p.classes; c += WG) {
@@ -71,7 +78,8 @@ fn xent_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     for (var c = lid; c < p.classes; c += WG) {
         let z = logit(i, c);
         let ahead = z > zy || (z == zy && c < y);
-        acc += vec2<f32>(weight(c) * (l - z), select(0.0, 1.0, ahead));
+        let rank = select(0.0, 1.0, ahead) + select(0.0, f32(p.classes), non_finite(z));
+        acc += vec2<f32>(weight(c) * (l - z), rank);
     }
     let sums = workgroup_reduce(lid, acc, false);
     if lid == 0u {

@@ -85,6 +85,17 @@ pub enum Error {
     #[error("checkpoint {path}: {detail}")]
     Checkpoint { path: String, detail: String },
 
+    /// Flags (or configuration fields) that cannot work together or would have no effect.
+    #[error("{flags}: {reason}")]
+    InvalidFlags { flags: String, reason: String },
+
+    /// A model whose outputs were NaN or infinite: no score or prediction is made from them.
+    #[error(
+        "{input}: non-finite model outputs ({detail}); the model's weights or the inputs hold \
+         values beyond f32's range"
+    )]
+    NonFiniteOutput { input: String, detail: String },
+
     /// The run was interrupted (Ctrl-C) after saving its state.
     #[error("interrupted: {0}")]
     Interrupted(String),

@@ -44,7 +44,7 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
         /// Samples per case (the median is reported).
-        #[arg(long, default_value_t = 9)]
+        #[arg(long, default_value_t = 9, value_parser = cli::positive)]
         samples: usize,
         /// Only the cases whose name contains this, or one of its comma-separated parts (e.g.
         /// `matmul`, `2048x`, `copy,gelu`).
@@ -115,7 +115,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Messages quote names from files: escaped, they cannot drive the terminal.
+            let text = e.to_string();
+            let lines: Vec<String> = text.lines().map(cli::printable).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }
@@ -184,9 +187,14 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             memory_rows,
             json,
         } => {
+            if let Some(f) = &filter {
+                if f.split(',').any(str::is_empty) {
+                    return Err(no_bench_case(f, "an empty part matches every case"));
+                }
+            }
             let device = device.open()?;
             let budget = BenchBudget {
-                samples: samples.max(1),
+                samples,
                 kernel_times,
                 ..BenchBudget::default()
             };
@@ -196,6 +204,16 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
                 bar.inc(1);
             }))?;
             bar.finish_and_clear();
+            if let (Some(f), true) = (&filter, rows.is_empty()) {
+                return Err(no_bench_case(f, "it matches no case on this device"));
+            }
+            if kernel_times && rows.iter().all(|r| r.kernels.is_empty()) {
+                eprintln!(
+                    "note: --kernel-times: {} has no kernel clock (timestamp queries), so no \
+                     kernel was timed",
+                    device.info().name
+                );
+            }
             if json {
                 print_json(&rows);
             } else {
@@ -203,6 +221,18 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The refusal of a `bench --filter` that would not select cases by name.
+fn no_bench_case(filter: &str, why: &str) -> signflow::Error {
+    signflow::Error::InvalidFlags {
+        flags: format!("--filter {filter}"),
+        reason: format!(
+            "{why}; give parts of case names, comma-separated: matmul, attention, train_step, \
+             predict, host_record, or a memory-bound op (copy, add, scale, cast, gelu_fwd, ...); \
+             `signflow bench` without --filter runs them all"
+        ),
     }
 }
 

@@ -170,7 +170,7 @@ pub struct CrossEntropy {
     /// Mean loss (weighted mean where class weights are given).
     pub loss: f64,
     /// Rows whose label is the top-1 class, and among the top min(5, classes). Ties go to the
-    /// lower class index, as `argmax` breaks them.
+    /// lower class index, as `argmax` breaks them; a row with a non-finite logit is no hit.
     pub top1: f64,
     pub top5: f64,
     /// log Σ_c exp(logit) per row, kept for the backward pass.
@@ -204,9 +204,14 @@ pub fn cross_entropy(
         let smooth: f64 = (0..classes).map(|c| w(c) * (lse - z[c])).sum();
         total += (1.0 - smoothing) * w(y) * (lse - z[y]) + smoothing / classes as f64 * smooth;
         weight_sum += w(y);
-        let rank = (0..classes)
-            .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
-            .count();
+        // A row with a NaN or an infinity ranks nothing: its label is put past every class.
+        let rank = if z.iter().all(|v| v.is_finite()) {
+            (0..classes)
+                .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
+                .count()
+        } else {
+            classes
+        };
         top1 += (rank < 1) as u8 as f64;
         top5 += (rank < k) as u8 as f64;
     }

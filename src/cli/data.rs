@@ -75,7 +75,7 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
                 "imported {} clips of {} classes ({}) into {}",
                 report.clips,
                 pack.classes.len(),
-                pack.classes.join(", "),
+                super::printable(&pack.classes.join(", ")),
                 a.output.display()
             );
             if !report.skipped.is_empty() {

@@ -35,7 +35,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "signflow-demo")]
     pub out: PathBuf,
     /// Passes over the training clips.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = super::positive)]
     pub epochs: usize,
     /// The signer (group of the sample) whose clips are held out: trained on never, evaluated
     /// and predicted on.
@@ -106,7 +106,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         name: args.hold_out.clone(),
     };
     let s = split(&data, &spec, args.seed)?;
-    eprintln!("    {}", s.note);
+    eprintln!("    {}", super::printable(&s.note));
     let classes = data.classes().to_vec();
     let (train, held_out) = (
         Source::new(data.clone(), s.train)?,
@@ -219,11 +219,14 @@ fn predict_some<B: Backend>(
             continue;
         };
         let p = pipeline.predict_frames(pack.clip(i), FRAME_WIDTH, 3)?;
-        let top: Vec<String> = p
-            .top
-            .iter()
-            .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.probability))
-            .collect();
+        let top: Vec<String> = match p.finite {
+            true => p
+                .top
+                .iter()
+                .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.probability))
+                .collect(),
+            false => vec!["no prediction: the model's outputs are not finite".into()],
+        };
         println!(
             "held-out clip {i} ({} signing {}): {}",
             pack.group_names[pack.groups[i]],

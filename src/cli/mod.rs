@@ -29,6 +29,69 @@ pub fn print_json<T: serde::Serialize>(value: &T) {
     let _ = writeln!(out);
 }
 
+/// The value parser of a count flag that must be at least 1.
+pub fn positive(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("0 would do nothing: give at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count ({e})")),
+    }
+}
+
+/// `text` with its control characters escaped (`\u{1b}`, `\n`, ...), for a terminal: names
+/// that come from files (classes, groups, sources) must not move the cursor or recolour it.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// How the class list `given` (of `given_what`) differs from `expected` (of `expected_what`),
+/// by name: those only in either, or, for the same names, the first place their order parts.
+pub fn class_difference(
+    given_what: &str,
+    given: &[String],
+    expected_what: &str,
+    expected: &[String],
+) -> String {
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|c| !b.contains(c))
+            .map(|c| format!("`{}`", printable(c)))
+            .collect()
+    };
+    let (extra, missing) = (only(given, expected), only(expected, given));
+    let mut parts = Vec::new();
+    for (names, what) in [(&extra, given_what), (&missing, expected_what)] {
+        if !names.is_empty() {
+            parts.push(format!("only in {what}: {}", names.join(", ")));
+        }
+    }
+    if !parts.is_empty() {
+        return parts.join("; ");
+    }
+    match given.iter().zip(expected).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "the same names in another order: class {i} is `{}` in {given_what}, `{}` in \
+             {expected_what}",
+            printable(&given[i]),
+            printable(&expected[i])
+        ),
+        // Equal sets of names in equal order but of other lengths: a name is repeated.
+        None => format!(
+            "{} names in {given_what}, {} in {expected_what}, a name repeated",
+            given.len(),
+            expected.len()
+        ),
+    }
+}
+
 /// Opens the device a `--device` flag names, and says which it is.
 pub fn open_device(request: &str) -> Result<AnyBackend> {
     let device = AnyBackend::open(&GpuConfig {
@@ -45,7 +108,7 @@ pub fn inference_loader(data: Arc<Dataset>, seq_len: usize, batch_size: usize) -
     Loader::new(
         Source::all(data)?,
         LoaderConfig {
-            batch_size: batch_size.max(1),
+            batch_size,
             seq_len,
             shuffle: false,
             num_workers: 2,

@@ -1,5 +1,9 @@
 //! `signflow predict`: class probabilities for a feature pack, a clip pack, or one MP_Data
 //! sequence folder.
+//!
+//! A clip whose logits hold a NaN or an infinity gets no classes: it is printed as "no
+//! prediction" (`"finite": false` and an empty `top` in JSON), and the command exits with
+//! status 1 after printing every clip, saying how many were not finite.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,13 +28,13 @@ pub struct PredictArgs {
     /// Also write `logits` and `probs` [clips, classes] to this safetensors file.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Classes to print per clip.
-    #[arg(long, default_value_t = 5)]
+    /// Classes to print per clip (at most the model's classes are shown).
+    #[arg(long, default_value_t = 5, value_parser = super::positive)]
     pub top_k: usize,
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
     /// Clips per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
@@ -77,13 +81,30 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         super::print_json(&predictions);
     } else {
         for (i, p) in predictions.iter().enumerate() {
+            if !p.finite {
+                println!("clip {i}: no prediction: the model's outputs are not finite");
+                continue;
+            }
             let top: Vec<String> = p
                 .top
                 .iter()
-                .map(|s| format!("{} {:.1}%", s.class, 100.0 * s.probability))
+                .map(|s| {
+                    let class = super::printable(&s.class);
+                    format!("{class} {:.1}%", 100.0 * s.probability)
+                })
                 .collect();
             println!("clip {i}: {}", top.join(", "));
         }
+    }
+    let count = predictions.iter().filter(|p| !p.finite).count();
+    if count > 0 {
+        return Err(Error::NonFiniteOutput {
+            input: args.input.display().to_string(),
+            detail: format!(
+                "{count} of {} clips gave NaN or infinite logits, and no prediction",
+                predictions.len()
+            ),
+        });
     }
     Ok(())
 }
@@ -102,6 +123,7 @@ fn all_logits<B: Backend>(
         return Ok((logits, classes));
     }
     let data = Arc::new(Dataset::load(&args.input)?);
+    pipeline.model().config().check_input(&args.input, &data)?;
     let loader = super::inference_loader(data, pipeline.preprocessing().seq_len, args.batch_size)?;
     let mut logits = Vec::new();
     for item in loader.epoch(0) {

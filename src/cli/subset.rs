@@ -68,8 +68,8 @@ pub fn run(args: SubsetArgs) -> Result<()> {
         "wrote {} clips of {} classes ({}) from groups {} to {}",
         sub.len(),
         sub.classes.len(),
-        sub.classes.join(", "),
-        group_counts(&sub),
+        super::printable(&sub.classes.join(", ")),
+        super::printable(&group_counts(&sub)),
         args.output.display()
     );
     Ok(())

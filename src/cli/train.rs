@@ -112,7 +112,8 @@ pub struct TrainArgs {
     pub model: ModelArgs,
 }
 
-/// The model's size (ignored with --init and --resume, whose checkpoint fixes it, except dropout).
+/// The model's size (with --init and --resume, the checkpoint's: flags that differ from it are
+/// refused, except dropout).
 #[derive(Args)]
 pub struct ModelArgs {
     /// Width of the model: the size of each frame's embedding.
@@ -133,6 +134,31 @@ pub struct ModelArgs {
     /// Dropout probability, in [0, 1).
     #[arg(long)]
     pub dropout: Option<f32>,
+}
+
+impl ModelArgs {
+    /// Each size flag: the field of `ModelConfig::sizes` it sets, its name, and whether it
+    /// was given.
+    fn size_flags(&self) -> [(&'static str, &'static str, bool); 5] {
+        [
+            ("d_model", "--d-model", self.d_model.is_some()),
+            ("num_heads", "--num-heads", self.num_heads.is_some()),
+            ("num_layers", "--num-layers", self.num_layers.is_some()),
+            ("ff_dim", "--ff-dim", self.ff_dim.is_some()),
+            ("max_seq_len", "--max-seq-len", self.max_seq_len.is_some()),
+        ]
+    }
+}
+
+/// The parts of the model's configuration the user chose, by flag or in --config's `model`:
+/// an --init checkpoint must have the same sizes, and keeps its dropout unless one was chosen.
+#[derive(Default)]
+struct Chosen {
+    /// Size fields set, each with where it was set (`--d-model`, or the config file).
+    sizes: Vec<(&'static str, String)>,
+    dropout: bool,
+    /// `num_classes` and `num_features` given in the config file, which the data decides.
+    data_sizes: Vec<(&'static str, usize)>,
 }
 
 /// The default of each `train` flag that has one, by argument id, for `--help`. These flags
@@ -189,22 +215,43 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
 }
 
 impl TrainArgs {
-    /// The training and model configurations: defaults, then --config, then flags.
-    /// The third value says whether dropout was set (else `--init` keeps its checkpoint's).
-    fn resolve(&self) -> Result<(TrainingConfig, ModelConfig, bool)> {
+    /// The training and model configurations: defaults, then --config, then flags; and what
+    /// of the model the user chose.
+    fn resolve(&self) -> Result<(TrainingConfig, ModelConfig, Chosen)> {
         let (mut t, model_json) = match &self.config {
             Some(path) => TrainingConfig::from_file(path)?,
             None => (TrainingConfig::default(), None),
         };
-        let dropout_set = self.model.dropout.is_some()
-            || model_json
-                .as_ref()
-                .is_some_and(|v| v.get("dropout").is_some());
-        let mut m: ModelConfig = match model_json {
-            Some(v) => serde_json::from_value(v).map_err(|e| Error::InvalidConfig {
-                field: "model",
-                value: e.to_string(),
-                allowed: "an object of ModelConfig fields (d_model, num_heads, num_layers, ff_dim, max_seq_len, dropout, ...)",
+        let in_file = |field: &str| model_json.as_ref().is_some_and(|v| v.get(field).is_some());
+        let config_name = self
+            .config
+            .as_deref()
+            .map_or(String::new(), |p| p.display().to_string());
+        let mut chosen = Chosen {
+            sizes: self
+                .model
+                .size_flags()
+                .into_iter()
+                .filter_map(|(field, flag, given)| match given {
+                    true => Some((field, flag.to_string())),
+                    false if in_file(field) => {
+                        Some((field, format!("`model.{field}` in {config_name}")))
+                    }
+                    false => None,
+                })
+                .collect(),
+            dropout: self.model.dropout.is_some() || in_file("dropout"),
+            data_sizes: Vec::new(),
+        };
+        let mut m: ModelConfig = match &model_json {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                Error::data(
+                    &config_name,
+                    format!(
+                        "its `model` object: {e}; it takes the fields of a model configuration \
+                         (d_model, num_heads, num_layers, ff_dim, max_seq_len, dropout, ...)"
+                    ),
+                )
             })?,
             None => ModelConfig::default(),
         };
@@ -257,6 +304,14 @@ impl TrainArgs {
         if let Some(s) = &self.split {
             (t.split, t.val) = (Some(s.to_string()), None);
         }
+        for (field, value) in [
+            ("num_classes", m.num_classes),
+            ("num_features", m.num_features),
+        ] {
+            if in_file(field) {
+                chosen.data_sizes.push((field, value));
+            }
+        }
         set!(m.d_model, self.model.d_model);
         set!(m.num_heads, self.model.num_heads);
         set!(m.num_layers, self.model.num_layers);
@@ -264,7 +319,23 @@ impl TrainArgs {
         set!(m.max_seq_len, self.model.max_seq_len);
         set!(m.dropout, self.model.dropout);
         t.validate()?;
-        Ok((t, m, dropout_set))
+        if t.mirror && t.augment == Augment::None {
+            return Err(Error::InvalidFlags {
+                flags: "--mirror".into(),
+                reason: "mirroring is part of the augmentation: give --augment default with it \
+                         (or leave --mirror out)"
+                    .into(),
+            });
+        }
+        if self.warmup_ratio.is_some() && self.warmup_steps.is_some_and(|s| s > 0) {
+            return Err(Error::InvalidFlags {
+                flags: "--warmup-ratio with --warmup-steps".into(),
+                reason: "--warmup-steps above 0 takes precedence, so --warmup-ratio would have no \
+                         effect: give one of them"
+                    .into(),
+            });
+        }
+        Ok((t, m, chosen))
     }
 }
 
@@ -334,7 +405,13 @@ impl TrainArgs {
                 if !saved.as_deref().is_some_and(|s| same_file(g, s)) {
                     return Err(Error::data(
                         g,
-                        format!("{flag} differs from the run being resumed ({saved:?}); leave it out to use the run's"),
+                        format!(
+                            "{flag} differs from the run being resumed ({}); leave it out to use \
+                             the run's",
+                            saved
+                                .as_deref()
+                                .map_or("none".into(), |s| s.display().to_string())
+                        ),
                     ));
                 }
             }
@@ -374,9 +451,14 @@ fn sources(t: &TrainingConfig) -> Result<(Source, Option<Source>, Vec<String>)> 
             return Err(Error::data(
                 path,
                 format!(
-                    "its classes differ from the training data's ({} vs {}); validation needs the same class list",
-                    val.classes().len(),
-                    classes.len()
+                    "its classes differ from the training data's ({}); validation needs the same \
+                     class list, in the same order",
+                    super::class_difference(
+                        "the validation data",
+                        val.classes(),
+                        "the training data",
+                        &classes
+                    )
                 ),
             ));
         }
@@ -385,7 +467,7 @@ fn sources(t: &TrainingConfig) -> Result<(Source, Option<Source>, Vec<String>)> 
     if let Some(spec) = &t.split {
         let spec: SplitSpec = spec.parse()?;
         let s = split(&data, &spec, t.seed)?;
-        eprintln!("split {spec}: {}", s.note);
+        eprintln!("split {spec}: {}", super::printable(&s.note));
         return Ok((
             Source::new(data.clone(), s.train)?,
             Some(Source::new(data, s.val)?),
@@ -396,8 +478,12 @@ fn sources(t: &TrainingConfig) -> Result<(Source, Option<Source>, Vec<String>)> 
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (t, mut m, dropout_set) = match &args.resume {
-        Some(dir) => (args.resumed(dir)?, ModelConfig::default(), false),
+    let (t, mut m, chosen) = match &args.resume {
+        Some(dir) => (
+            args.resumed(dir)?,
+            ModelConfig::default(),
+            Chosen::default(),
+        ),
         None => args.resolve()?,
     };
     if t.out_dir.is_none() {
@@ -408,13 +494,34 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if let Dataset::Features(p) = train.dataset() {
         // A feature pack fixes the input width (an --init checkpoint brings its own).
         m.num_features = p.num_features;
+        if args.resume.is_none() && t.augment != Augment::None {
+            return Err(Error::InvalidFlags {
+                flags: "--augment default".into(),
+                reason: format!(
+                    "augmentation transforms raw clips, and {} is a feature pack, taken as it \
+                     is: leave --augment out (or set `augment` to `none`)",
+                    t.data.as_deref().unwrap_or(Path::new("")).display()
+                ),
+            });
+        }
+    }
+    for (field, value) in &chosen.data_sizes {
+        let data = match *field {
+            "num_classes" => classes.len(),
+            _ => m.num_features,
+        };
+        if *value != data {
+            eprintln!(
+                "note: `model.{field}` {value} in the config is replaced by the data's {data}"
+            );
+        }
     }
     eprintln!(
         "training on {} clips, validating on {}",
         train.indices().len(),
         val.as_ref().map_or(0, |v| v.indices().len())
     );
-    with_backend!(&device, b => run_training(b, &args, t, m, dropout_set, classes, train, val))
+    with_backend!(&device, b => run_training(b, &args, t, m, chosen, classes, train, val))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -423,7 +530,7 @@ fn run_training<B: Backend>(
     args: &TrainArgs,
     t: TrainingConfig,
     mut m: ModelConfig,
-    dropout_set: bool,
+    chosen: Chosen,
     classes: Vec<String>,
     train: Source,
     val: Option<Source>,
@@ -433,16 +540,27 @@ fn run_training<B: Backend>(
             let trainer = Trainer::resume(b, dir)?;
             if trainer.classes() != classes.as_slice() {
                 return Err(Error::data(
-                    "the training data",
-                    "its classes differ from the run being resumed",
+                    t.data.as_deref().unwrap_or(Path::new("the training data")),
+                    format!(
+                        "its classes differ from the run being resumed ({})",
+                        super::class_difference("the data", &classes, "the run", trainer.classes())
+                    ),
                 ));
             }
             trainer
         }
         None => {
             let init = args.init.as_deref().map(Checkpoint::load).transpose()?;
-            if let (Some(ckpt), false) = (&init, dropout_set) {
-                m.dropout = ckpt.config.dropout;
+            if let (Some(ckpt), Some(path)) = (&init, &args.init) {
+                check_init_sizes(path, ckpt, &m, &chosen)?;
+                if !chosen.dropout {
+                    m.dropout = ckpt.config.dropout;
+                } else if m.dropout != ckpt.config.dropout {
+                    eprintln!(
+                        "dropout {} (this run's) overrides the checkpoint's {}",
+                        m.dropout, ckpt.config.dropout
+                    );
+                }
             }
             let (model, notes) = initial_model(b, &m, &classes, init.as_ref(), t.seed)?;
             for n in notes {
@@ -460,6 +578,16 @@ fn run_training<B: Backend>(
             Trainer::new(b, model, t, classes)?
         }
     };
+    let cfg = trainer.config();
+    if let Some(path) = &cfg.data {
+        trainer
+            .model()
+            .config()
+            .check_input(path, train.dataset())?;
+    }
+    if let (Some(path), Some(v)) = (&cfg.val, &val) {
+        trainer.model().config().check_input(path, v.dataset())?;
+    }
     let flag = trainer.interrupt_flag();
     // A second Ctrl-C while saving would lose nothing either: the files are renamed into place.
     let _ = ctrlc::set_handler(move || {
@@ -484,6 +612,40 @@ fn run_training<B: Backend>(
     Ok(())
 }
 
+/// An --init checkpoint fixes the model's sizes: a size the user chose that differs from it
+/// would be silently ignored, so it is refused.
+fn check_init_sizes(
+    path: &Path,
+    ckpt: &Checkpoint,
+    m: &ModelConfig,
+    chosen: &Chosen,
+) -> Result<()> {
+    let differing: Vec<String> = chosen
+        .sizes
+        .iter()
+        .filter_map(|(field, source)| {
+            let size = |c: &ModelConfig| c.sizes().into_iter().find(|(f, _)| f == field);
+            match (size(m), size(&ckpt.config)) {
+                (Some((_, want)), Some((_, have))) if want != have => Some(format!(
+                    "{source} {want} (the checkpoint's {field} is {have})"
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    if differing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidFlags {
+        flags: differing.join(", "),
+        reason: format!(
+            "--init {} fixes the model's sizes, which a run cannot change: leave these out to \
+             fine-tune it, or leave --init out to train a model of these sizes from scratch",
+            path.display()
+        ),
+    })
+}
+
 #[derive(Args)]
 pub struct EvalArgs {
     /// A model checkpoint (safetensors).
@@ -495,17 +657,20 @@ pub struct EvalArgs {
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
     /// Clips per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
 
+/// Prints the report, then refuses a result with non-finite logits (the scores count those
+/// clips as wrong, and the loss is null in JSON) with exit status 1.
 pub fn eval(args: EvalArgs) -> Result<()> {
     let ckpt = Checkpoint::load(&args.model)?;
     let data = Arc::new(Dataset::load(&args.data)?);
     say_if_generated(&args.data, &data);
     check_classes(&args.model, &ckpt, &args.data, data.classes())?;
+    ckpt.config.check_input(&args.data, &data)?;
     let device = super::open_device(&args.device)?;
     let loader = super::inference_loader(data, ckpt.preprocessing.seq_len, args.batch_size)?;
     let report = with_backend!(&device, b => {
@@ -513,12 +678,22 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     })?;
     if args.json {
         super::print_json(&serde_json::json!({
-            "clips": report.clips, "loss": report.loss, "top1": report.top1,
+            "clips": report.clips, "loss": report.loss.is_finite().then_some(report.loss),
+            "non_finite_clips": report.non_finite, "top1": report.top1,
             "topk": report.topk, "k": report.k,
             "per_class": ckpt.classes.iter().zip(&report.per_class).map(|(c, (ok, n))| serde_json::json!({"class": c, "correct": ok, "clips": n, "accuracy": if *n > 0 { Some(*ok as f64 / *n as f64) } else { None }})).collect::<Vec<_>>(),
         }));
     } else {
         print_report(&report, &ckpt.classes);
+    }
+    if !report.is_finite() {
+        return Err(Error::NonFiniteOutput {
+            input: args.data.display().to_string(),
+            detail: format!(
+                "loss {}; {} of {} clips gave NaN or infinite logits, counted as wrong",
+                report.loss, report.non_finite, report.clips
+            ),
+        });
     }
     Ok(())
 }
@@ -530,7 +705,7 @@ pub fn say_if_generated(path: &Path, data: &Dataset) {
             eprintln!(
                 "note: {} holds GENERATED clips ({}), not real signing",
                 path.display(),
-                p.source
+                super::printable(&p.source)
             );
         }
     }
@@ -547,31 +722,30 @@ pub fn check_classes(
         return Err(Error::data(
             data,
             format!(
-                "its {} classes ({}) are not the model's {} ({}) in {}; evaluate with a pack of the model's classes",
+                "its {} classes are not the model's {} in {} ({}); evaluate with a pack of the \
+                 model's classes",
                 classes.len(),
-                preview(classes),
                 ckpt.classes.len(),
-                preview(&ckpt.classes),
-                model.display()
+                model.display(),
+                super::class_difference("the pack", classes, "the model", &ckpt.classes)
             ),
         ));
     }
     Ok(())
 }
 
-fn preview(names: &[String]) -> String {
-    let mut s = names.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
-    if names.len() > 6 {
-        s += ", ...";
-    }
-    s
-}
-
 fn print_report(r: &EvalReport, classes: &[String]) {
+    let loss = if r.is_finite() {
+        format!("{:.4}", r.loss)
+    } else {
+        format!(
+            "{} (non-finite: {} of {} clips gave NaN or infinite logits, counted as wrong)",
+            r.loss, r.non_finite, r.clips
+        )
+    };
     println!(
-        "clips {}  loss {:.4}  top-1 {:.2}%  top-{} {:.2}%",
+        "clips {}  loss {loss}  top-1 {:.2}%  top-{} {:.2}%",
         r.clips,
-        r.loss,
         100.0 * r.top1,
         r.k,
         100.0 * r.topk
@@ -586,6 +760,6 @@ fn print_report(r: &EvalReport, classes: &[String]) {
         } else {
             "-".into()
         };
-        println!("{c:<24} {ok:>8} {n:>8} {acc:>9}");
+        println!("{:<24} {ok:>8} {n:>8} {acc:>9}", super::printable(c));
     }
 }

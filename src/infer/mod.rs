@@ -12,6 +12,9 @@ use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
 /// One clip's most likely classes, best first.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {
+    /// False when the model's logits for the clip hold a NaN or an infinity (weights or inputs
+    /// beyond f32's range): no class can be ranked then, and `top` is empty.
+    pub finite: bool,
     pub top: Vec<ClassScore>,
 }
 
@@ -108,12 +111,19 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     }
 }
 
-/// The top `k` classes of one row of logits, best first.
+/// The top `k` classes of one row of logits, best first; none when a logit is not finite.
 pub fn top_k(logits: &[f32], classes: &[String], k: usize) -> Prediction {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Prediction {
+            finite: false,
+            top: Vec::new(),
+        };
+    }
     let probs = softmax(logits);
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     Prediction {
+        finite: true,
         top: order
             .into_iter()
             .take(k)

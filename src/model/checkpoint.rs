@@ -1,7 +1,8 @@
 //! Model checkpoints: a safetensors file with exactly the reference's tensor names, and in its
 //! metadata the configuration (the reference's field names), the class names (`classes`, a
-//! JSON list) and the preprocessing (`seq_len`, `layout`). A file saved by the reference's
-//! `save_safetensors` loads unchanged, and ours loads into PyTorch.
+//! JSON list), the preprocessing (`seq_len`, `layout`) and the crate's version
+//! (`signflow_version`, ignored on load). A file saved by the reference's `save_safetensors`
+//! loads unchanged, and ours loads into PyTorch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -12,6 +13,7 @@ use super::config::ModelConfig;
 use super::params::ParamLayout;
 use super::transformer::SignTransformer;
 use crate::backend::Backend;
+use crate::data::packs::{CLIP_PACK_FORMAT, FEATURE_PACK_FORMAT, LAYOUT_258};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 
@@ -27,6 +29,10 @@ pub struct Preprocessing {
 
 /// The input layout of a model trained on ready features.
 pub const FEATURES_LAYOUT: &str = "features";
+
+/// The `format` metadata of a training state (`state.safetensors`), which holds a model's
+/// weights beside its optimizer moments; a checkpoint has no `format`.
+pub const TRAINING_STATE_FORMAT: &str = "signflow-state/1";
 
 /// A model checkpoint on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +76,10 @@ impl Checkpoint {
         );
         meta.insert("seq_len".into(), self.preprocessing.seq_len.to_string());
         meta.insert("layout".into(), self.preprocessing.layout.clone());
+        meta.insert(
+            "signflow_version".into(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         let bytes = serialize_f32(
             self.tensors.iter().map(|(name, (shape, values))| {
                 (name.as_str(), shape.as_slice(), values.as_slice())
@@ -82,7 +92,8 @@ impl Checkpoint {
 
     /// Reads a checkpoint and checks every tensor against the configuration in its metadata:
     /// names missing, extra, mis-shaped or of a dtype that is not a float are all reported at
-    /// once.
+    /// once, and so are tensors holding a NaN or an infinity. Packs and training states are
+    /// recognised by their `format` and refused as what they are.
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let err = |detail: String| Error::checkpoint(path, detail);
@@ -94,6 +105,15 @@ impl Checkpoint {
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| err(format!("not a readable safetensors file ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
+        if let Some(format) = meta.get("format") {
+            return Err(err(not_a_checkpoint(format)));
+        }
+        if !holds_parameters(&st) {
+            return Err(err(format!(
+                "none of its tensors ({}) is a SignTransformer parameter: not a model checkpoint",
+                preview(st.names())
+            )));
+        }
         let (config, missing) =
             ModelConfig::from_metadata(&meta, &ModelConfig::default()).map_err(&err)?;
         let mut defaults_used: Vec<String> = Vec::new();
@@ -194,8 +214,26 @@ impl Checkpoint {
                 config.max_seq_len
             }
         };
+        let non_finite: Vec<String> = tensors
+            .iter()
+            .filter_map(|(name, (_, values))| non_finite(name, values))
+            .collect();
+        if !non_finite.is_empty() {
+            return Err(err(format!(
+                "holds weights that are not finite numbers, so its every output would be NaN \
+                 (a corrupt file, or a run that diverged):\n  {}",
+                non_finite.join("\n  ")
+            )));
+        }
         let layout = match meta.get("layout") {
-            Some(l) => l.clone(),
+            Some(l) if l == LAYOUT_258 || l == FEATURES_LAYOUT => l.clone(),
+            Some(l) => {
+                return Err(err(format!(
+                    "metadata layout = `{}` is not an input layout this crate knows: \
+                     `{LAYOUT_258}` (raw MediaPipe frames) or `{FEATURES_LAYOUT}` (ready features)",
+                    l.escape_debug()
+                )))
+            }
             None => {
                 defaults_used.push("input layout (ready features)".into());
                 FEATURES_LAYOUT.to_string()
@@ -220,6 +258,62 @@ impl Checkpoint {
         }
         SignTransformer::from_arena(backend, self.config.clone(), layout, arena)
     }
+}
+
+/// What a SignFlow file with a `format` is, said to someone who gave it as a checkpoint.
+fn not_a_checkpoint(format: &str) -> String {
+    let what = match format {
+        CLIP_PACK_FORMAT => "a clip pack",
+        FEATURE_PACK_FORMAT => "a feature pack",
+        TRAINING_STATE_FORMAT => "a training state",
+        other => {
+            return format!(
+                "its metadata has format `{}`, which model checkpoints do not have: not a model \
+                 checkpoint",
+                other.escape_debug()
+            )
+        }
+    };
+    format!("this is {what}, not a model checkpoint (its format is `{format}`)")
+}
+
+/// Whether any tensor of the file is named as a parameter of a model (a file without a
+/// configuration is otherwise read as a model of zero layers).
+fn holds_parameters(st: &SafeTensors) -> bool {
+    let one_layer = ParamLayout::new(&ModelConfig {
+        num_layers: 1,
+        ..ModelConfig::default()
+    });
+    st.names().iter().any(|n| one_layer.get(n).is_some())
+}
+
+/// The first few of `names`, sorted, escaped for a message.
+fn preview(mut names: Vec<&str>) -> String {
+    if names.is_empty() {
+        return "it has none".into();
+    }
+    names.sort();
+    let mut shown: Vec<String> = names
+        .iter()
+        .take(6)
+        .map(|n| n.escape_debug().to_string())
+        .collect();
+    if names.len() > 6 {
+        shown.push(format!("and {} more", names.len() - 6));
+    }
+    shown.join(", ")
+}
+
+/// A line naming the tensor `name` when some of its `values` are NaN or infinite: how many,
+/// and the first.
+pub fn non_finite(name: &str, values: &[f32]) -> Option<String> {
+    let first = values.iter().position(|v| !v.is_finite())?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    Some(format!(
+        "{name}: {count} of {} values are not finite, the first ({}) at index {first}",
+        values.len(),
+        values[first]
+    ))
 }
 
 /// The sizes a configuration-less file's tensors fix: features, model width, classes, ff

@@ -2,9 +2,11 @@
 //! (`shared/reference/sign_transformer.py`), which are also the checkpoint metadata keys.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use super::params::ParamLayout;
 use crate::backend::AttentionSpec;
+use crate::data::{Dataset, NUM_FEATURES};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -130,6 +132,53 @@ impl ModelConfig {
         self.d_model / self.num_heads
     }
 
+    /// The sizes that a model's parameters fix, by field name: what a checkpoint given to
+    /// fine-tune decides, whatever a run asks for.
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("d_model", self.d_model),
+            ("num_heads", self.num_heads),
+            ("num_layers", self.num_layers),
+            ("ff_dim", self.ff_dim),
+            ("max_seq_len", self.max_seq_len),
+        ]
+    }
+
+    /// Refuses data the model cannot take, naming `path`: a feature pack of other features per
+    /// frame or of more frames than max_seq_len (ready features are taken as they are, not
+    /// resampled), or a clip pack for a model that does not take the preprocessed features.
+    pub fn check_input(&self, path: impl AsRef<Path>, dataset: &Dataset) -> Result<()> {
+        let (frames, features) = match dataset {
+            Dataset::Features(p) => (p.t, p.num_features),
+            Dataset::Clips(_) => (self.max_seq_len, NUM_FEATURES),
+        };
+        if features != self.num_features {
+            let what = match dataset {
+                Dataset::Clips(_) => "a clip pack, preprocessed to",
+                Dataset::Features(_) => "a feature pack of",
+            };
+            return Err(Error::data(
+                path,
+                format!(
+                    "{what} {features} features per frame, does not fit a model that takes {}",
+                    self.num_features
+                ),
+            ));
+        }
+        if frames > self.max_seq_len {
+            return Err(Error::data(
+                path,
+                format!(
+                    "a feature pack of {frames} frames does not fit a model of max_seq_len {}: \
+                     ready features are taken as they are, not resampled; give at most {} frames \
+                     per clip, or a model of a longer max_seq_len",
+                    self.max_seq_len, self.max_seq_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The checkpoint metadata, as the reference's `save_safetensors` writes it: every field
     /// as Python's `str()` of its value.
     pub fn to_metadata(&self) -> Vec<(String, String)> {
@@ -159,7 +208,11 @@ impl ModelConfig {
                 match meta.get(stringify!($name)) {
                     Some(text) => {
                         cfg.$name = text.trim().parse().map_err(|_| {
-                            format!("metadata {} = {text:?} is not a number", stringify!($name))
+                            format!(
+                                "metadata {} = `{}` is not a number",
+                                stringify!($name),
+                                text.escape_debug()
+                            )
                         })?
                     }
                     None => missing.push(stringify!($name)),

@@ -1,5 +1,6 @@
 //! Evaluation of a model on a labelled dataset: mean loss, top-1 and top-min(5, classes)
-//! accuracy, and accuracy per class.
+//! accuracy, and accuracy per class. A clip whose logits hold a NaN or an infinity is never
+//! counted as correct, and is counted apart.
 
 use crate::backend::Backend;
 use crate::data::loader::Loader;
@@ -10,7 +11,8 @@ use crate::model::{SignTransformer, Workspace};
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EvalReport {
     pub clips: usize,
-    /// Mean cross-entropy without label smoothing.
+    /// Mean cross-entropy without label smoothing; NaN or infinite when the model's outputs
+    /// overflowed.
     pub loss: f64,
     pub top1: f64,
     /// Top-`k` accuracy, k = min(5, classes).
@@ -18,6 +20,16 @@ pub struct EvalReport {
     pub k: usize,
     /// (correct at top-1, clips) per class, in class order.
     pub per_class: Vec<(usize, usize)>,
+    /// Clips whose logits hold a NaN or an infinity.
+    pub non_finite: usize,
+}
+
+impl EvalReport {
+    /// Whether the loss and every clip's logits are finite: only then do the scores measure
+    /// the model.
+    pub fn is_finite(&self) -> bool {
+        self.loss.is_finite() && self.non_finite == 0
+    }
 }
 
 /// Runs `model` without dropout over every batch of `loader` (its batches in order).
@@ -29,6 +41,7 @@ pub fn evaluate<B: Backend>(
     let cfg = model.config();
     let mut ws: Option<Workspace<B>> = None;
     let (mut loss_sum, mut top1, mut topk, mut clips) = (0.0f64, 0usize, 0usize, 0usize);
+    let mut non_finite = 0;
     let mut per_class = vec![(0usize, 0usize); cfg.num_classes];
     for item in loader.epoch(0) {
         let (batch, ids) = item?;
@@ -44,8 +57,10 @@ pub fn evaluate<B: Backend>(
         let logits = w.logits().to_f32_vec()?;
         for (row, &label) in logits.chunks(cfg.num_classes).zip(&batch.labels) {
             per_class[label].1 += 1;
-            if argmax(row) == label {
-                per_class[label].0 += 1;
+            match argmax(row) {
+                Some(best) if best == label => per_class[label].0 += 1,
+                Some(_) => {}
+                None => non_finite += 1,
             }
         }
     }
@@ -67,21 +82,23 @@ pub fn evaluate<B: Backend>(
         topk: frac(topk),
         k: cfg.num_classes.min(5),
         per_class,
+        non_finite,
     })
 }
 
-/// The index of the largest value (the first of equals).
-pub fn argmax(row: &[f32]) -> usize {
+/// The index of the largest value (the first of equals); None when a value is NaN or
+/// infinite, since such a row ranks nothing.
+pub fn argmax(row: &[f32]) -> Option<usize> {
+    if row.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv {
-                (i, v)
-            } else {
-                (bi, bv)
-            }
+        .fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
+            Some((_, bv)) if v <= bv => best,
+            _ => Some((i, v)),
         })
-        .0
+        .map(|(i, _)| i)
 }
 
 /// The workspace for `(batch, seq)`, re-planned only when the shape changes (the last, smaller

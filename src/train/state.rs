@@ -10,9 +10,7 @@ use safetensors::SafeTensors;
 use super::config::TrainingConfig;
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
-use crate::model::checkpoint::{serialize_f32, to_f32};
-
-const FORMAT: &str = "signflow-state/1";
+use crate::model::checkpoint::{serialize_f32, to_f32, TRAINING_STATE_FORMAT as FORMAT};
 
 /// Where a run stands, between two updates.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -83,10 +81,15 @@ impl TrainingState {
             .map_err(|e| err(format!("not a readable training state ({e})")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(err(format!(
-                "format is {:?}, not {FORMAT:?}: not a SignFlow training state",
-                meta.get("format")
-            )));
+            return Err(err(match meta.get("format") {
+                Some(other) => format!(
+                    "format is `{}`, not `{FORMAT}`: not a SignFlow training state",
+                    other.escape_debug()
+                ),
+                None => {
+                    format!("has no `format` metadata (`{FORMAT}`): not a SignFlow training state")
+                }
+            }));
         }
         let json = |key: &str| {
             meta.get(key)

@@ -22,7 +22,7 @@ use crate::data::loader::{Loader, LoaderConfig, Source};
 use crate::data::packs::{Dataset, LAYOUT_258};
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
-use crate::model::checkpoint::FEATURES_LAYOUT;
+use crate::model::checkpoint::{non_finite, FEATURES_LAYOUT};
 use crate::model::{Checkpoint, DropoutStep, ModelConfig, ParamLayout, Preprocessing};
 use crate::model::{SignTransformer, Workspace};
 use crate::tensor::Tensor;
@@ -143,6 +143,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
     /// `state.safetensors`), with the configuration it was started with.
     pub fn resume(backend: &'b B, dir: &Path) -> Result<Trainer<'b, B>> {
         let state = TrainingState::load(&dir.join(STATE_FILE))?;
+        check_state_values(&dir.join(STATE_FILE), &state)?;
         // final.safetensors gives the configuration, classes and preprocessing (fixed for a
         // run); the weights come from the state file, written with the moments they belong to.
         let ckpt = Checkpoint::load(&dir.join(FINAL_FILE))?;
@@ -200,8 +201,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
         if let Some(v) = &val {
             self.check_fits(v.dataset(), "the validation data")?;
         }
-        if cfg.patience > 0 && val.is_none() {
-            tracing::warn!("--patience needs a validation set (--val or --split): it is off");
+        if (cfg.patience > 0 || cfg.min_delta > 0.0) && val.is_none() {
+            tracing::warn!(
+                "--patience and --min-delta need a validation set (--val or --split): early \
+                 stopping is off"
+            );
         }
         let preprocessing = self.preprocessing_for(train.dataset());
         let train_loader = Loader::new(
@@ -476,8 +480,18 @@ impl<'b, B: Backend> Trainer<'b, B> {
         let p = &mut self.progress;
         let epoch = p.epoch;
         let improved = match (report, p.best_top1) {
+            // Scores of a model whose outputs overflow say nothing: never the best.
+            (Some(r), _) if !r.is_finite() => {
+                tracing::warn!(
+                    "epoch {epoch}: the validation loss is non-finite ({} of {} clips gave NaN or \
+                     infinite logits): not counted as an improvement",
+                    r.non_finite,
+                    r.clips
+                );
+                false
+            }
             (Some(r), Some(best)) => r.top1 > best + self.config.min_delta,
-            _ => true, // the first epoch, or no validation set: the latest model is the best
+            _ => true, // the first finite epoch, or no validation set: the latest model is the best
         };
         if improved {
             p.best_top1 = report.map(|r| r.top1);
@@ -492,10 +506,12 @@ impl<'b, B: Backend> Trainer<'b, B> {
         p.epoch_loss_count = 0;
         if self.config.patience > 0 && p.bad_epochs >= self.config.patience {
             tracing::info!(
-                "early stopping: validation top-1 has not improved for {} epochs (best {:.4} at epoch {})",
+                "early stopping: validation top-1 has not improved for {} epochs ({})",
                 p.bad_epochs,
-                p.best_top1.unwrap_or(0.0),
-                p.best_epoch
+                match p.best_top1 {
+                    Some(best) => format!("best {best:.4} at epoch {}", p.best_epoch),
+                    None => "no epoch had a finite validation loss".into(),
+                }
             );
             p.finished = true;
         }
@@ -565,23 +581,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
         write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
     }
 
-    /// A feature pack must have the model's features and at most max_seq_len frames (clip packs
-    /// are preprocessed to fit); said before anything is written rather than at the first
-    /// batch.
+    /// The data must fit the model (see [`ModelConfig::check_input`]); said before anything is
+    /// written rather than at the first batch.
     fn check_fits(&self, dataset: &Dataset, what: &str) -> Result<()> {
         let cfg = self.model.config();
-        if let Dataset::Features(p) = dataset {
-            if p.num_features != cfg.num_features || p.t > cfg.max_seq_len {
-                return Err(Error::data(
-                    what,
-                    format!(
-                        "a feature pack of {} frames × {} features does not fit a model of \
-                         max_seq_len {} and {} features",
-                        p.t, p.num_features, cfg.max_seq_len, cfg.num_features
-                    ),
-                ));
-            }
-        }
+        cfg.check_input(what, dataset)?;
         if dataset.classes().len() != cfg.num_classes {
             return Err(Error::data(
                 what,
@@ -610,14 +614,48 @@ impl<'b, B: Backend> Trainer<'b, B> {
     }
 }
 
+/// A state whose weights or moments are not finite (or whose second moments are negative)
+/// would make the first update NaN: it is a corrupt file, not a run that diverged.
+fn check_state_values(path: &Path, state: &TrainingState) -> Result<()> {
+    let mut bad: Vec<String> = [
+        ("weights", &state.weights),
+        ("exp_avg", &state.exp_avg),
+        ("exp_avg_sq", &state.exp_avg_sq),
+    ]
+    .into_iter()
+    .filter_map(|(name, values)| non_finite(name, values))
+    .collect();
+    if let Some(i) = state.exp_avg_sq.iter().position(|&v| v < 0.0) {
+        bad.push(format!(
+            "exp_avg_sq: value {} at index {i} is negative; second moments never are",
+            state.exp_avg_sq[i]
+        ));
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::checkpoint(
+        path,
+        format!(
+            "the training state is corrupt, its run cannot continue from it:\n  {}",
+            bad.join("\n  ")
+        ),
+    ))
+}
+
 fn epoch_message(r: &EpochRecord) -> String {
     let mut s = format!(
         "epoch {}: train loss {:.4}, {:.0} samples/s, peak {:.0} MB, {:.1} s",
         r.epoch, r.train_loss, r.samples_per_s, r.peak_mb, r.seconds
     );
     if let (Some(l), Some(t1), Some(t5)) = (r.val_loss, r.val_top1, r.val_top5) {
+        let l = if l.is_finite() {
+            format!("{l:.4}")
+        } else {
+            format!("{l} (non-finite)")
+        };
         s += &format!(
-            "; val loss {l:.4}, top-1 {:.2}%, top-5 {:.2}%",
+            "; val loss {l}, top-1 {:.2}%, top-5 {:.2}%",
             100.0 * t1,
             100.0 * t5
         );

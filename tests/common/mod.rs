@@ -32,6 +32,7 @@ macro_rules! backend_suite {
             no_rows,
             reductions_are_deterministic,
             out_of_range_label_is_nan,
+            non_finite_logits_are_no_hits,
             attention_edge_cases,
         );
     };
@@ -111,6 +112,48 @@ pub fn out_of_range_label_is_nan<B: Backend>(b: &B) {
     .unwrap();
     assert!(loss.to_f32_vec().unwrap()[0].is_nan());
     assert!(lse.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
+}
+
+/// A row with a NaN or an infinite logit is never a top-1 or top-k hit, wherever the
+/// non-finite value is; the reference counts alike.
+pub fn non_finite_logits_are_no_hits<B: Backend>(b: &B) {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    #[rustfmt::skip]
+    let logits = vec![
+        nan, 0.0, 1.0,
+        1.0, nan, 0.0,
+        inf, 0.0, 1.0,
+        -inf, 0.0, 1.0,
+        0.0, 2.0, 1.0,
+    ];
+    let labels = vec![0.0, 0.0, 0.0, 2.0, 1.0];
+    let up = |data: Vec<f32>, shape: &[usize]| {
+        b.upload(&HostTensor::from_f32(shape, data).unwrap())
+            .unwrap()
+    };
+    let (loss, hits, lse) = (
+        selftest::poisoned(b, &[1], DType::F32).unwrap(),
+        selftest::poisoned(b, &[2], DType::F32).unwrap(),
+        selftest::poisoned(b, &[5], DType::F32).unwrap(),
+    );
+    b.cross_entropy(
+        &up(logits.clone(), &[5, 3]),
+        &up(labels.clone(), &[5]),
+        None,
+        0.0,
+        &loss,
+        &hits,
+        &lse,
+    )
+    .unwrap();
+    assert_eq!(
+        hits.to_f32_vec().unwrap(),
+        [1.0, 1.0],
+        "only the finite row hits"
+    );
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let reference = signflow::reference::cross_entropy(&wide(&logits), &wide(&labels), None, 0.0);
+    assert_eq!((reference.top1, reference.top5), (1.0, 1.0));
 }
 
 /// Attention over a clip whose keys are all padding, over empty batches and clips, and with

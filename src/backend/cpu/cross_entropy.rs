@@ -37,9 +37,14 @@ fn xent_row(z: &[f32], label: f32, w: Option<&[f32]>, smoothing: f32) -> XentRow
     };
     let weight = |c: usize| w.map_or(1.0, |w| w[c]);
     let smooth: f32 = (0..classes).map(|c| weight(c) * (lse - z[c])).sum();
-    let rank = (0..classes)
-        .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
-        .count();
+    // A row with a NaN or an infinity ranks nothing: its label is put past every class.
+    let rank = if z.iter().all(|v| v.is_finite()) {
+        (0..classes)
+            .filter(|&c| z[c] > z[y] || (z[c] == z[y] && c < y))
+            .count()
+    } else {
+        classes
+    };
     XentRow {
         loss: (1.0 - smoothing) * weight(y) * (lse - z[y]) + smoothing / classes as f32 * smooth,
         weight: weight(y),
