@@ -8,13 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use safetensors::SafeTensors;
 use signflow::data::packs::FRAME_WIDTH;
 use signflow::data::{split, ClipPack, Dataset, Loader, LoaderConfig, Source, SplitSpec};
+use signflow::fsio::lock::DirLock;
+use signflow::fsio::write_atomic;
 use signflow::infer::InferencePipeline;
 use signflow::model::{Checkpoint, ModelConfig};
-use signflow::train::trainer::FINAL_FILE;
+use signflow::train::trainer::{FINAL_FILE, STATE_FILE};
 use signflow::train::{evaluate, initial_model, EvalReport, Trainer, TrainingConfig};
-use signflow::{with_backend, AnyBackend, Backend, GpuConfig, Result};
+use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
 
 use super::subset::group_counts;
 
@@ -51,6 +54,26 @@ pub struct DemoArgs {
 
 pub fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
+    // Every check before anything is written.
+    let run_dir = args.out.join("run");
+    let config = TrainingConfig {
+        num_epochs: args.epochs,
+        batch_size: 16,
+        learning_rate: 1e-3,
+        weight_decay: 0.01,
+        seed: args.seed,
+        out_dir: Some(run_dir.clone()),
+        log_every: 5,
+        ..TrainingConfig::default()
+    };
+    config.validate()?;
+    check_hold_out(&args.hold_out)?;
+    if run_dir.join(STATE_FILE).exists() {
+        return Err(Error::data(
+            &run_dir,
+            "holds a run already (state.safetensors); choose another --out for the demo",
+        ));
+    }
     let device = AnyBackend::open(&GpuConfig {
         device: args.device.clone(),
         ..GpuConfig::default()
@@ -83,14 +106,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             }
         );
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| signflow::Error::io(&args.out, e))?;
+    // Creates --out too; held until the demo ends.
+    let _lock = DirLock::acquire(&run_dir)?;
     let pack_path = args.out.join(SAMPLE_FILE);
-    for (path, bytes) in [
-        (pack_path.clone(), SAMPLE),
-        (args.out.join("LICENSE"), SAMPLE_LICENSE.as_bytes()),
-    ] {
-        std::fs::write(&path, bytes).map_err(|e| signflow::Error::io(&path, e))?;
-    }
+    write_atomic(&pack_path, SAMPLE)?;
+    write_atomic(&args.out.join("LICENSE"), SAMPLE_LICENSE.as_bytes())?;
     let pack = ClipPack::load(&pack_path)?;
     eprintln!(
         "3/5 real signing: {} clips of {} signs ({}) by signers {}, recorded for the \
@@ -121,17 +141,6 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         dropout: 0.1,
         ..ModelConfig::default()
     };
-    let run_dir = args.out.join("run");
-    let config = TrainingConfig {
-        num_epochs: args.epochs,
-        batch_size: 16,
-        learning_rate: 1e-3,
-        weight_decay: 0.01,
-        seed: args.seed,
-        out_dir: Some(run_dir.clone()),
-        log_every: 5,
-        ..TrainingConfig::default()
-    };
     eprintln!(
         "4/5 training a small model ({} epochs) on the other signers' clips, into {} ...",
         config.num_epochs,
@@ -153,6 +162,28 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         pack_path.display()
     );
     Ok(())
+}
+
+/// Refuses a `--hold-out` signer the sample does not have, from the groups its header lists.
+fn check_hold_out(name: &str) -> Result<()> {
+    let (_, header) = SafeTensors::read_metadata(SAMPLE)
+        .map_err(|e| Error::data(SAMPLE_FILE, format!("the built-in sample: {e}")))?;
+    let groups: Vec<String> = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("groups"))
+        .and_then(|g| serde_json::from_str(g).ok())
+        .unwrap_or_default();
+    if groups.iter().any(|g| g == name) {
+        return Ok(());
+    }
+    Err(Error::data(
+        "--hold-out",
+        format!(
+            "the sample has no group `{name}`; its groups are: {}",
+            groups.join(", ")
+        ),
+    ))
 }
 
 /// Trains on `train` and evaluates the final model on `held_out`.
