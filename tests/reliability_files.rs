@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use signflow::train::state::TrainingState;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_signflow"))
 }
@@ -402,6 +404,24 @@ fn nothing_is_written_before_every_check_passed() {
         fails(&args);
         assert!(!out.exists(), "demo {bad:?} wrote {}", out.display());
     }
+    // Nor does the demo replace a file of the user's where its sample goes.
+    let out = d.join("mine");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("LICENSE"), "my licence").unwrap();
+    let err = fails(args![
+        "demo",
+        "--skip-selftest",
+        "--device",
+        "cpu",
+        "--out",
+        out
+    ]);
+    assert!(err.contains("LICENSE"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("LICENSE")).unwrap(),
+        "my licence"
+    );
+    assert!(!out.join("run").exists());
     // A run refused after its checks leaves no directory behind.
     let pack = d.join("pack.safetensors");
     synth(&pack, 4, 1);
@@ -445,6 +465,16 @@ fn a_run_resumes_from_anywhere_on_its_own_data_only() {
     let moved = elsewhere.path().join("moved.safetensors");
     std::fs::copy(&pack, &moved).unwrap();
     ok(&os_refs(&resume(args!["--data", moved])));
+    // A run recorded before fingerprints (and with its relative path) still resumes, and says
+    // it cannot check the data.
+    let state_path = run.join("state.safetensors");
+    let recorded = std::fs::read(&state_path).unwrap();
+    let mut state = TrainingState::load(&state_path).unwrap();
+    (state.config.data, state.config.data_fingerprint) = (Some("pack.safetensors".into()), None);
+    state.save(&state_path).unwrap();
+    let err = ok_in(Some(d), &os_refs(&resume(&[])));
+    assert!(err.contains("predates data fingerprints"), "{err}");
+    std::fs::write(&state_path, recorded).unwrap();
     // Another pack is refused, and so is the run's own pack once it changed.
     let other = d.join("other.safetensors");
     synth(&other, 4, 2);

@@ -3,7 +3,7 @@
 //! (`data/demo/`), evaluates it on a signer it never trained on and predicts some of that
 //! signer's clips.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -74,6 +74,21 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             "holds a run already (state.safetensors); choose another --out for the demo",
         ));
     }
+    let pack_path = args.out.join(SAMPLE_FILE);
+    let license_path = args.out.join("LICENSE");
+    let files = [
+        (&pack_path, SAMPLE),
+        (&license_path, SAMPLE_LICENSE.as_bytes()),
+    ];
+    for (path, bytes) in files {
+        if holds_other_than(path, bytes) {
+            return Err(Error::data(
+                path,
+                "is not the demo's own file, and the demo writes its sample there; choose \
+                 another --out",
+            ));
+        }
+    }
     let device = AnyBackend::open(&GpuConfig {
         device: args.device.clone(),
         ..GpuConfig::default()
@@ -108,9 +123,9 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     }
     // Creates --out too; held until the demo ends.
     let _lock = DirLock::acquire(&run_dir)?;
-    let pack_path = args.out.join(SAMPLE_FILE);
-    write_atomic(&pack_path, SAMPLE)?;
-    write_atomic(&args.out.join("LICENSE"), SAMPLE_LICENSE.as_bytes())?;
+    for (path, bytes) in files {
+        write_atomic(path, bytes)?;
+    }
     let pack = ClipPack::load(&pack_path)?;
     eprintln!(
         "3/5 real signing: {} clips of {} signs ({}) by signers {}, recorded for the \
@@ -162,6 +177,16 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         pack_path.display()
     );
     Ok(())
+}
+
+/// True when something other than `bytes` is at `path` (a file of the user's that the demo
+/// must not replace); an earlier demo's identical file is replaced.
+fn holds_other_than(path: &Path, bytes: &[u8]) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => false,
+        Ok(m) if !m.is_file() || m.len() != bytes.len() as u64 => true,
+        Ok(_) => std::fs::read(path).map_or(true, |b| b != bytes),
+    }
 }
 
 /// Refuses a `--hold-out` signer the sample does not have, from the groups its header lists.
