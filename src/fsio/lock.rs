@@ -140,8 +140,10 @@ fn pid_in(text: &str) -> Option<String> {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
-        // Removed while still locked (closing `file` afterwards releases it), so that no other
-        // run locks the file on its way out.
+        // Emptied, so that a file left behind (where an open file cannot be removed) names no
+        // run; removed while still locked (closing `file` afterwards releases it), so that no
+        // other run locks the file on its way out.
+        let _ = self.file.set_len(0);
         let _ = std::fs::remove_file(&self.path);
         if let Some(dir) = &self.created {
             // Fails, as it should, once the run wrote anything there.
