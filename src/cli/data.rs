@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use signflow::data::{import_mp_data, synth_clips, ImportOptions};
+use signflow::fsio::guard::check_writes;
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -58,6 +59,7 @@ pub struct SynthArgs {
 pub fn run(cmd: DataCommand) -> signflow::Result<()> {
     match cmd {
         DataCommand::Import(a) => {
+            check_writes(&[("DIR", &a.dir)], &[("--output", &a.output)])?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("importing {pos}/{len} sequences {bar:30} {eta}")

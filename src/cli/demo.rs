@@ -3,18 +3,21 @@
 //! (`data/demo/`), evaluates it on a signer it never trained on and predicts some of that
 //! signer's clips.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use safetensors::SafeTensors;
 use signflow::data::packs::FRAME_WIDTH;
 use signflow::data::{split, ClipPack, Dataset, Loader, LoaderConfig, Source, SplitSpec};
+use signflow::fsio::lock::DirLock;
+use signflow::fsio::write_atomic;
 use signflow::infer::InferencePipeline;
 use signflow::model::{Checkpoint, ModelConfig};
-use signflow::train::trainer::FINAL_FILE;
+use signflow::train::trainer::{FINAL_FILE, STATE_FILE};
 use signflow::train::{evaluate, initial_model, EvalReport, Trainer, TrainingConfig};
-use signflow::{with_backend, AnyBackend, Backend, GpuConfig, Result};
+use signflow::{with_backend, AnyBackend, Backend, Error, GpuConfig, Result};
 
 use super::subset::group_counts;
 
@@ -51,6 +54,41 @@ pub struct DemoArgs {
 
 pub fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
+    // Every check before anything is written.
+    let run_dir = args.out.join("run");
+    let config = TrainingConfig {
+        num_epochs: args.epochs,
+        batch_size: 16,
+        learning_rate: 1e-3,
+        weight_decay: 0.01,
+        seed: args.seed,
+        out_dir: Some(run_dir.clone()),
+        log_every: 5,
+        ..TrainingConfig::default()
+    };
+    config.validate()?;
+    check_hold_out(&args.hold_out)?;
+    if run_dir.join(STATE_FILE).exists() {
+        return Err(Error::data(
+            &run_dir,
+            "holds a run already (state.safetensors); choose another --out for the demo",
+        ));
+    }
+    let pack_path = args.out.join(SAMPLE_FILE);
+    let license_path = args.out.join("LICENSE");
+    let files = [
+        (&pack_path, SAMPLE),
+        (&license_path, SAMPLE_LICENSE.as_bytes()),
+    ];
+    for (path, bytes) in files {
+        if holds_other_than(path, bytes) {
+            return Err(Error::data(
+                path,
+                "is not the demo's own file, and the demo writes its sample there; choose \
+                 another --out",
+            ));
+        }
+    }
     let device = AnyBackend::open(&GpuConfig {
         device: args.device.clone(),
         ..GpuConfig::default()
@@ -83,13 +121,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             }
         );
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| signflow::Error::io(&args.out, e))?;
-    let pack_path = args.out.join(SAMPLE_FILE);
-    for (path, bytes) in [
-        (pack_path.clone(), SAMPLE),
-        (args.out.join("LICENSE"), SAMPLE_LICENSE.as_bytes()),
-    ] {
-        std::fs::write(&path, bytes).map_err(|e| signflow::Error::io(&path, e))?;
+    // Creates --out too; held until the demo ends.
+    let _lock = DirLock::acquire(&run_dir)?;
+    for (path, bytes) in files {
+        write_atomic(path, bytes)?;
     }
     let pack = ClipPack::load(&pack_path)?;
     eprintln!(
@@ -121,17 +156,6 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         dropout: 0.1,
         ..ModelConfig::default()
     };
-    let run_dir = args.out.join("run");
-    let config = TrainingConfig {
-        num_epochs: args.epochs,
-        batch_size: 16,
-        learning_rate: 1e-3,
-        weight_decay: 0.01,
-        seed: args.seed,
-        out_dir: Some(run_dir.clone()),
-        log_every: 5,
-        ..TrainingConfig::default()
-    };
     eprintln!(
         "4/5 training a small model ({} epochs) on the other signers' clips, into {} ...",
         config.num_epochs,
@@ -153,6 +177,38 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         pack_path.display()
     );
     Ok(())
+}
+
+/// True when something other than `bytes` is at `path` (a file of the user's that the demo
+/// must not replace); an earlier demo's identical file is replaced.
+fn holds_other_than(path: &Path, bytes: &[u8]) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => false,
+        Ok(m) if !m.is_file() || m.len() != bytes.len() as u64 => true,
+        Ok(_) => std::fs::read(path).map_or(true, |b| b != bytes),
+    }
+}
+
+/// Refuses a `--hold-out` signer the sample does not have, from the groups its header lists.
+fn check_hold_out(name: &str) -> Result<()> {
+    let (_, header) = SafeTensors::read_metadata(SAMPLE)
+        .map_err(|e| Error::data(SAMPLE_FILE, format!("the built-in sample: {e}")))?;
+    let groups: Vec<String> = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("groups"))
+        .and_then(|g| serde_json::from_str(g).ok())
+        .unwrap_or_default();
+    if groups.iter().any(|g| g == name) {
+        return Ok(());
+    }
+    Err(Error::data(
+        "--hold-out",
+        format!(
+            "the sample has no group `{name}`; its groups are: {}",
+            groups.join(", ")
+        ),
+    ))
 }
 
 /// Trains on `train` and evaluates the final model on `held_out`.

@@ -12,6 +12,7 @@ use clap::Args;
 use signflow::data::import::read_sequence_folder;
 use signflow::data::packs::FRAME_WIDTH;
 use signflow::data::Dataset;
+use signflow::fsio::guard::check_writes;
 use signflow::infer::{softmax, top_k, InferencePipeline, Prediction};
 use signflow::model::checkpoint::serialize_f32;
 use signflow::model::Checkpoint;
@@ -41,6 +42,12 @@ pub struct PredictArgs {
 }
 
 pub fn predict(args: PredictArgs) -> Result<()> {
+    if let Some(output) = &args.output {
+        check_writes(
+            &[("--model", &args.model), ("--input", &args.input)],
+            &[("--output", output)],
+        )?;
+    }
     let ckpt = Checkpoint::load(&args.model)?;
     for what in &ckpt.defaults_used {
         eprintln!(

@@ -11,6 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use signflow::data::packs::FRAME_WIDTH;
 use signflow::data::ClipPack;
+use signflow::fsio::guard::check_writes;
 use signflow::{Error, Result};
 
 #[derive(Args)]
@@ -49,6 +50,7 @@ pub struct Selection<'a> {
 }
 
 pub fn run(args: SubsetArgs) -> Result<()> {
+    check_writes(&[("INPUT", &args.input)], &[("--output", &args.output)])?;
     let pack = ClipPack::load(&args.input)?;
     let mut sub = subset(
         &pack,

@@ -6,10 +6,15 @@ use std::sync::Arc;
 
 use clap::Args;
 use signflow::data::{split, Dataset, Source, SplitSpec};
+use signflow::fsio::fingerprint::Fingerprint;
+use signflow::fsio::guard::{check_writes, resolve, same_file};
+use signflow::fsio::lock::{DirLock, LOCK_FILE};
 use signflow::infer::InferencePipeline;
 use signflow::model::{Checkpoint, ModelConfig};
 use signflow::train::state::TrainingState;
-use signflow::train::trainer::STATE_FILE;
+use signflow::train::trainer::{
+    BEST_FILE, CONFIG_FILE, CURVES_FILE, FINAL_FILE, METRICS_FILE, STATE_FILE,
+};
 use signflow::train::{
     evaluate, initial_model, Augment, EvalReport, Schedule, Trainer, TrainingConfig,
 };
@@ -301,6 +306,9 @@ impl TrainArgs {
         if self.val.is_some() {
             (t.val, t.split) = (self.val.clone(), None);
         }
+        // Recorded absolute, so that the run resumes from any working directory.
+        t.data = t.data.as_deref().map(resolve);
+        t.val = t.val.as_deref().map(resolve);
         if let Some(s) = &self.split {
             (t.split, t.val) = (Some(s.to_string()), None);
         }
@@ -394,28 +402,8 @@ impl TrainArgs {
                           configuration (only --device and --num-workers may differ)",
             });
         }
-        let same_file = |a: &Path, b: &Path| {
-            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
-        };
-        for (flag, given, saved) in [
-            ("--data", &self.data, &t.data),
-            ("--val", &self.val, &t.val),
-        ] {
-            if let Some(g) = given {
-                if !saved.as_deref().is_some_and(|s| same_file(g, s)) {
-                    return Err(Error::data(
-                        g,
-                        format!(
-                            "{flag} differs from the run being resumed ({}); leave it out to use \
-                             the run's",
-                            saved
-                                .as_deref()
-                                .map_or("none".into(), |s| s.display().to_string())
-                        ),
-                    ));
-                }
-            }
-        }
+        t.data = resumed_input("--data", self.data.as_deref(), &t.data, &t.data_fingerprint)?;
+        t.val = resumed_input("--val", self.val.as_deref(), &t.val, &t.val_fingerprint)?;
         if let Some(s) = &self.split {
             if t.split.as_deref() != Some(s.to_string().as_str()) {
                 return Err(Error::InvalidConfig {
@@ -433,6 +421,127 @@ impl TrainArgs {
         }
         Ok(t)
     }
+}
+
+/// The data file a resumed run reads for `flag`: the run's own (`saved`), or the path given
+/// when it is the same file or a copy with the recorded fingerprint. Refused when the file
+/// changed since the run started; a run from before fingerprints is resumed unchecked, and
+/// says so.
+fn resumed_input(
+    flag: &str,
+    given: Option<&Path>,
+    saved: &Option<PathBuf>,
+    recorded: &Option<Fingerprint>,
+) -> Result<Option<PathBuf>> {
+    let Some(saved) = saved.as_deref() else {
+        return match given {
+            Some(g) => Err(Error::data(
+                g,
+                format!("{flag} was not part of the run being resumed; leave it out"),
+            )),
+            None => Ok(None),
+        };
+    };
+    let mut now = None;
+    let path = match given {
+        None if !saved.exists() => {
+            return Err(Error::data(
+                saved,
+                format!(
+                    "the run's {flag} is not there (seen from {}); give its new place with {flag}",
+                    std::env::current_dir().map_or("here".into(), |d| d.display().to_string())
+                ),
+            ))
+        }
+        None => saved,
+        Some(g) if same_file(g, saved) => g,
+        Some(g) => {
+            let copy = match recorded {
+                Some(r) => {
+                    let fingerprint = Fingerprint::of_file(g)?;
+                    let same = r.change(&fingerprint).is_none();
+                    now = Some(fingerprint);
+                    same
+                }
+                None => !saved.exists(),
+            };
+            if !copy {
+                return Err(Error::data(
+                    g,
+                    format!(
+                        "{flag} is not the data of the run being resumed ({}); leave it out to \
+                         use the run's",
+                        saved.display()
+                    ),
+                ));
+            }
+            eprintln!(
+                "note: {flag} {} stands for the run's {}, {}",
+                g.display(),
+                saved.display(),
+                if recorded.is_some() {
+                    "with the same contents"
+                } else {
+                    "which is gone"
+                }
+            );
+            g
+        }
+    };
+    match recorded {
+        Some(r) => {
+            let now = match now {
+                Some(f) => f,
+                None => Fingerprint::of_file(path)?,
+            };
+            if let Some(change) = r.change(&now) {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "changed since the run started ({change}); resuming would continue on \
+                         other data: restore the run's data, or start a new run on this file \
+                         with another --out"
+                    ),
+                ));
+            }
+        }
+        None => eprintln!(
+            "note: this run predates data fingerprints: {} is not checked for changes since the \
+             run started",
+            path.display()
+        ),
+    }
+    Ok(Some(resolve(path)))
+}
+
+/// Refuses a run whose output files would replace a file it reads (--data, --val, --init,
+/// --config); a resumed run rewrites its own files, as it should.
+fn check_run_writes(args: &TrainArgs, t: &TrainingConfig) -> Result<()> {
+    let Some(dir) = &t.out_dir else {
+        return Ok(());
+    };
+    let given = [
+        ("--data", t.data.as_deref()),
+        ("--val", t.val.as_deref()),
+        ("--init", args.init.as_deref()),
+        ("--config", args.config.as_deref()),
+    ];
+    let reads: Vec<(&str, &Path)> = given
+        .iter()
+        .filter_map(|&(flag, path)| Some((flag, path?)))
+        .collect();
+    let files = [
+        BEST_FILE,
+        FINAL_FILE,
+        STATE_FILE,
+        METRICS_FILE,
+        CURVES_FILE,
+        CONFIG_FILE,
+        LOCK_FILE,
+    ]
+    .map(|f| dir.join(f));
+    let writes: Vec<(&str, &Path)> = files.iter().map(|f| ("--out", f.as_path())).collect();
+    check_writes(&reads, &writes)
 }
 
 /// The training and validation sources: `val`, `split`, or no validation.
@@ -478,7 +587,7 @@ fn sources(t: &TrainingConfig) -> Result<(Source, Option<Source>, Vec<String>)> 
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
-    let (t, mut m, chosen) = match &args.resume {
+    let (mut t, mut m, chosen) = match &args.resume {
         Some(dir) => (
             args.resumed(dir)?,
             ModelConfig::default(),
@@ -489,8 +598,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if t.out_dir.is_none() {
         eprintln!("note: no --out directory: the trained model will not be saved");
     }
+    check_run_writes(&args, &t)?;
     let device = open_device(&t)?;
     let (train, val, classes) = sources(&t)?;
+    if args.resume.is_none() {
+        t.data_fingerprint = t.data.as_deref().map(Fingerprint::of_file).transpose()?;
+        t.val_fingerprint = t.val.as_deref().map(Fingerprint::of_file).transpose()?;
+    }
     if let Dataset::Features(p) = train.dataset() {
         // A feature pack fixes the input width (an --init checkpoint brings its own).
         m.num_features = p.num_features;
@@ -521,6 +635,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         train.indices().len(),
         val.as_ref().map_or(0, |v| v.indices().len())
     );
+    // Held until the run ends, however it ends.
+    let _lock = t.out_dir.as_deref().map(DirLock::acquire).transpose()?;
     with_backend!(&device, b => run_training(b, &args, t, m, chosen, classes, train, val))
 }
 
@@ -589,7 +705,8 @@ fn run_training<B: Backend>(
         trainer.model().config().check_input(path, v.dataset())?;
     }
     let flag = trainer.interrupt_flag();
-    // A second Ctrl-C while saving would lose nothing either: the files are renamed into place.
+    // Ctrl-C, SIGTERM and SIGHUP alike. A second one while saving would lose nothing either:
+    // the files are renamed into place.
     let _ = ctrlc::set_handler(move || {
         eprintln!("\ninterrupted: saving after the current update ...");
         flag.store(true, Ordering::SeqCst);

@@ -1,5 +1,12 @@
-//! Writing files so that a crash never leaves a torn one: write a temporary file beside the
-//! target, flush it to disk, then rename it over the target.
+//! File safety. Writing files so that a crash never leaves a torn one: write a temporary file
+//! beside the target, flush it to disk, then rename it over the target. The modules: what a
+//! command may write ([`guard`]), one run per directory ([`lock`]), a data file's fingerprint
+//! ([`fingerprint`]) and paths recorded in JSON without loss ([`path_json`]).
+
+pub mod fingerprint;
+pub mod guard;
+pub mod lock;
+pub mod path_json;
 
 use std::io::Write;
 use std::path::Path;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::GpuConfig;
 use crate::error::{Error, Result};
+use crate::fsio::fingerprint::Fingerprint;
 
 /// What the learning rate does after the linear warmup (see [`crate::train::LrSchedule`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -37,11 +38,20 @@ pub enum Augment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingConfig {
-    /// The training data, a clip pack or a feature pack (`--data`); recorded so that a run can
-    /// be resumed or repeated. Default unset.
+    /// The training data, a clip pack or a feature pack (`--data`); recorded (as an absolute
+    /// path) so that a run can be resumed or repeated. Default unset.
+    #[serde(with = "crate::fsio::path_json")]
     pub data: Option<PathBuf>,
     /// Validation data with the same classes (`--val`). Default unset.
+    #[serde(with = "crate::fsio::path_json")]
     pub val: Option<PathBuf>,
+    /// What `data` held when the run started, so that a resume refuses data that changed.
+    /// Recorded by the run, never read from a config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<Fingerprint>,
+    /// The same for `val`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_fingerprint: Option<Fingerprint>,
     /// Part of `data` held out for validation, `random:FRACTION` or `group:NAME` (`--split`).
     /// Default unset.
     pub split: Option<String>,
@@ -97,6 +107,7 @@ pub struct TrainingConfig {
     pub empty_cache_interval: u32,
     /// Where checkpoints, `metrics.jsonl`, `curves.svg` and `config.json` go; when unset,
     /// nothing is written and the model lives only in the `Trainer`. Default unset.
+    #[serde(with = "crate::fsio::path_json")]
     pub out_dir: Option<PathBuf>,
     /// Share of the device's memory the buffer pool may hold, in (0, 1]. Default 0.9.
     pub memory_fraction: f64,
@@ -115,6 +126,8 @@ impl Default for TrainingConfig {
         TrainingConfig {
             data: None,
             val: None,
+            data_fingerprint: None,
+            val_fingerprint: None,
             split: None,
             device: "auto".into(),
             amp: "none".into(),
@@ -327,7 +340,12 @@ impl TrainingConfig {
 
 /// Keys of a run's `config.json` that describe the run (the crate's version, the data it saw)
 /// rather than set it, so that `--config OUT/config.json` repeats a run.
-pub const RUN_RECORD_KEYS: &[&str] = &["signflow_version", "dataset"];
+pub const RUN_RECORD_KEYS: &[&str] = &[
+    "signflow_version",
+    "dataset",
+    "data_fingerprint",
+    "val_fingerprint",
+];
 
 /// serde's message for a bad value ("invalid type: string, expected usize") does not say which
 /// key held it. Deserializing the keys one at a time (the others take their defaults) finds

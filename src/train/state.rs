@@ -47,15 +47,16 @@ pub struct TrainingState {
 impl TrainingState {
     pub fn save(&self, path: &Path) -> Result<()> {
         let n = self.exp_avg.len();
+        let json = |e: serde_json::Error| Error::checkpoint(path, format!("cannot record: {e}"));
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT.to_string());
         meta.insert(
             "progress".to_string(),
-            serde_json::to_string(&self.progress).expect("progress serialises"),
+            serde_json::to_string(&self.progress).map_err(json)?,
         );
         meta.insert(
             "training_config".to_string(),
-            serde_json::to_string(&self.config).expect("config serialises"),
+            serde_json::to_string(&self.config).map_err(json)?,
         );
         let tensors = [
             ("weights", [n], self.weights.as_slice()),
