@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use signflow::data::{import_mp_data, synth_clips, ImportOptions};
+use signflow::data::{import_mp_data, try_synth_clips, ImportOptions};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -78,11 +78,18 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
                 pack.classes.join(", "),
                 a.output.display()
             );
-            if !report.skipped.is_empty() {
-                eprintln!("skipped {} broken clips:", report.skipped.len());
-                for (path, why) in &report.skipped {
-                    eprintln!("  {}: {why}", path.display());
-                }
+            for (path, why) in &report.skipped {
+                eprintln!("warning: dropped the clip of {}: {why}", path.display());
+            }
+            for (path, why) in &report.dropped_classes {
+                eprintln!("warning: {}: {why}", path.display());
+            }
+            if !report.skipped.is_empty() || !report.dropped_classes.is_empty() {
+                eprintln!(
+                    "skipped {} broken clips and {} classes without clips",
+                    report.skipped.len(),
+                    report.dropped_classes.len()
+                );
             }
             Ok(())
         }
@@ -98,7 +105,7 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
                     allowed: "at least 1 class, 1 clip per class and 2 frames",
                 });
             }
-            let pack = synth_clips(a.classes, a.clips, a.frames, a.seed);
+            let pack = try_synth_clips(a.classes, a.clips, a.frames, a.seed)?;
             pack.save(&a.output)?;
             eprintln!(
                 "wrote {} GENERATED clips ({} classes; not real signing, for benchmarks and tests) to {}",

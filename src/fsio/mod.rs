@@ -1,6 +1,8 @@
 //! Writing files so that a crash never leaves a torn one: write a temporary file beside the
 //! target, flush it to disk, then rename it over the target.
 
+pub mod read;
+
 use std::io::Write;
 use std::path::Path;
 

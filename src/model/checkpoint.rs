@@ -13,6 +13,7 @@ use super::params::ParamLayout;
 use super::transformer::SignTransformer;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::fsio::read::read_safetensors;
 use crate::fsio::write_atomic;
 
 /// What a model's input frames were before the model saw them.
@@ -84,7 +85,7 @@ impl Checkpoint {
     /// names missing, extra, mis-shaped or of a dtype that is not a float are all reported at
     /// once.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_safetensors(path, "checkpoint")?;
         let err = |detail: String| Error::checkpoint(path, detail);
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
             err(format!(
