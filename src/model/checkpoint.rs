@@ -107,6 +107,15 @@ impl Checkpoint {
                 missing.join(", ")
             ));
         }
+        // Each layer has tensors of its own: a configuration with more layers than the file
+        // has tensors cannot fit it, and is refused before its layout is built.
+        if config.num_layers > st.len() {
+            return Err(err(format!(
+                "its configuration has num_layers = {}, but the file holds only {} tensors",
+                config.num_layers,
+                st.len()
+            )));
+        }
         config
             .validate()
             .map_err(|e| err(format!("its configuration is not valid: {e}")))?;
