@@ -297,11 +297,11 @@ fn frame_files(seq: &Path) -> std::result::Result<Vec<PathBuf>, String> {
         }
     }
     numbers.sort_unstable();
-    let missing = missing_numbers(&numbers);
+    let (missing, missing_total) = missing_numbers(&numbers);
     if numbers.is_empty() && strays.is_empty() {
         return Err("sequence has no .npy frames".to_string());
     }
-    if strays.is_empty() && missing.is_empty() {
+    if strays.is_empty() && missing_total == 0 {
         return Ok(numbers
             .iter()
             .map(|k| seq.join(format!("{k}.npy")))
@@ -310,10 +310,10 @@ fn frame_files(seq: &Path) -> std::result::Result<Vec<PathBuf>, String> {
     strays.sort();
     let mut problems = Vec::new();
     if !strays.is_empty() {
-        problems.push(format!("not frame names: {}", list(&strays)));
+        problems.push(format!("not frame names: {}", list(&strays, strays.len())));
     }
-    if !missing.is_empty() {
-        problems.push(format!("missing: {}", list(&missing)));
+    if missing_total > 0 {
+        problems.push(format!("missing: {}", list(&missing, missing_total)));
     }
     Err(format!(
         "frames must be named 0.npy to N-1.npy with no gaps and nothing else beside them; {}",
@@ -331,29 +331,30 @@ fn frame_number(name: &str) -> Option<usize> {
 }
 
 /// The numbers below the largest of sorted, distinct `numbers` that are not among them, as
-/// file names: the first few, then how many more.
-fn missing_numbers(numbers: &[usize]) -> Vec<String> {
-    const SHOWN: usize = 8;
+/// file names (the first [`SHOWN`]), and how many there are.
+fn missing_numbers(numbers: &[usize]) -> (Vec<String>, usize) {
     let mut missing = Vec::new();
     let mut total = 0usize;
     let mut next = 0usize;
     for &k in numbers {
         total = total.saturating_add(k - next);
-        missing.extend(
-            (next..k)
-                .take(SHOWN - missing.len().min(SHOWN))
-                .map(|m| format!("{m}.npy")),
-        );
-        next = k + 1;
+        let room = SHOWN - missing.len();
+        missing.extend((next..k).take(room).map(|m| format!("{m}.npy")));
+        next = k.saturating_add(1);
     }
-    if total > missing.len() {
-        missing.push(format!("and {} more", total - missing.len()));
-    }
-    missing
+    (missing, total)
 }
 
-fn list(items: &[String]) -> String {
-    items.join(", ")
+/// Names listed in a message, at most.
+const SHOWN: usize = 8;
+
+/// The first [`SHOWN`] of `total` names, and how many more there are.
+fn list(names: &[String], total: usize) -> String {
+    let shown = &names[..names.len().min(SHOWN)];
+    match total - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
 }
 
 /// The largest frame file read: 1662 float64 values and a header, with room to spare.
@@ -416,4 +417,41 @@ fn assemble(
 /// reduced to 258 values: one clip, as `signflow predict --input DIR` reads it.
 pub fn read_sequence_folder(seq: &Path) -> Result<Vec<f32>> {
     read_sequence(seq).map_err(|b| Error::data(b.path, b.reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_names_are_canonical_numbers() {
+        for (name, want) in [
+            ("0.npy", Some(0)),
+            ("10.npy", Some(10)),
+            ("05.npy", None),
+            ("-1.npy", None),
+            ("+1.npy", None),
+            ("five.npy", None),
+            (".npy", None),
+            ("1.npy.bak", None),
+            ("99999999999999999999999.npy", None),
+        ] {
+            assert_eq!(frame_number(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn missing_frames_are_listed_then_counted() {
+        assert_eq!(missing_numbers(&[0, 1, 2]), (vec![], 0));
+        let (shown, total) = missing_numbers(&[1, 3, usize::MAX]);
+        assert_eq!((shown.len(), total), (SHOWN, usize::MAX - 2));
+        assert_eq!(&shown[..3], ["0.npy", "2.npy", "4.npy"]);
+        assert_eq!(
+            list(&shown, total),
+            format!(
+                "0.npy, 2.npy, 4.npy, 5.npy, 6.npy, 7.npy, 8.npy, 9.npy and {} more",
+                total - 8
+            )
+        );
+    }
 }
