@@ -173,6 +173,31 @@ fn sizes_too_large_are_refused_before_anything_is_allocated() {
     ]);
     assert_refused(&run, &[s(&header_len), "header"]);
 
+    // A file larger than any machine's memory (sparse), its header true to its length.
+    let body: u64 = 1 << 40;
+    let header = format!(
+        r#"{{"__metadata__":{{"format":"signflow-features/1"}},"features":{{"dtype":"F32","shape":[{},1,1],"data_offsets":[0,{body}]}}}}"#,
+        body / 4
+    );
+    let sparse = dir.path().join("sparse.safetensors");
+    write_safetensors(&sparse, &header, 0);
+    let len = 8 + header.len() as u64 + body;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&sparse)
+        .unwrap();
+    file.set_len(len).unwrap();
+    let run = signflow(&[
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        s(&sparse),
+        "--out",
+        s(&out),
+    ]);
+    assert_refused(&run, &[s(&sparse), &len.to_string(), "memory"]);
+
     // An .npy frame whose shape overflows.
     let seq = dir.path().join("seq");
     std::fs::create_dir(&seq).unwrap();

@@ -8,6 +8,7 @@ use std::fs::{File, Metadata};
 use std::io::Read;
 use std::path::Path;
 
+use crate::device::DeviceInfo;
 use crate::error::{Error, Result};
 
 /// No cap beyond the file's own length and the memory there is.
@@ -159,18 +160,28 @@ fn check_safetensors_header(header: &[u8], body_len: u64) -> std::result::Result
     Ok(())
 }
 
-/// An empty buffer with room for `len` bytes, or a message instead of an abort.
+/// An empty buffer with room for `len` bytes, or a message instead of an abort. A file larger
+/// than the machine's memory is refused outright: with memory overcommitted, reserving room
+/// for it could succeed and the read be killed halfway.
 fn try_alloc(path: &Path, len: u64, what: &str) -> Result<Vec<u8>> {
+    let too_large = |held: String| {
+        Error::data(
+            path,
+            format!("is {len} bytes, more than {held} to read the {what} into"),
+        )
+    };
+    if len > 1 << 30 {
+        if let Some(memory) = DeviceInfo::cpu().memory_bytes.filter(|&m| len > m) {
+            return Err(too_large(format!(
+                "this machine's {memory} bytes of memory"
+            )));
+        }
+    }
     let mut buf = Vec::new();
     usize::try_from(len)
         .ok()
         .and_then(|n| buf.try_reserve_exact(n).ok())
-        .ok_or_else(|| {
-            Error::data(
-                path,
-                format!("is {len} bytes, more than this machine can hold to read the {what}"),
-            )
-        })?;
+        .ok_or_else(|| too_large("this machine can hold".into()))?;
     Ok(buf)
 }
 
