@@ -31,7 +31,8 @@ pub struct ImportArgs {
     /// Only these classes, in this order (comma-separated); default: every class folder, sorted.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
-    /// Drop a clip with a broken or non-finite file (and report how many) instead of failing.
+    /// Drop a clip with a broken or non-finite file or misnamed frames, and a class left without
+    /// clips (saying which, and how many), instead of failing.
     #[arg(long)]
     pub skip_broken: bool,
 }

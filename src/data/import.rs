@@ -30,7 +30,8 @@ pub struct ImportOptions {
     /// The group (who recorded the clips) of every imported clip; `None`: the imported
     /// folder's name.
     pub group: Option<String>,
-    /// Drop a clip with a broken file and report it, instead of failing the import.
+    /// Drop a clip with a broken file or misnamed frames, and a class left without clips, and
+    /// report them, instead of failing the import.
     pub skip_broken: bool,
 }
 
