@@ -717,7 +717,7 @@ fn good_frame(k: usize) -> Vec<f64> {
 fn import_handles_widths_dtypes_gaps_and_broken_clips() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("Signer 2");
-    // a/0: float32 frames 0, 1 and 5 (a gap), one of them 1662 wide.
+    // a/0: frames 0, 1 and 2, float32 and float64, one of them 1662 wide.
     let wide: Vec<f64> = good_frame(1)[..132]
         .iter()
         .copied()
@@ -728,10 +728,13 @@ fn import_handles_widths_dtypes_gaps_and_broken_clips() {
         &dir,
         "a",
         0,
-        &[npy_bytes(&good_frame(0), "<f4"), npy_bytes(&wide, "<f8")],
+        &[
+            npy_bytes(&good_frame(0), "<f4"),
+            npy_bytes(&wide, "<f8"),
+            npy_bytes(&good_frame(5), "<f8"),
+        ],
     );
-    std::fs::write(a0.join("5.npy"), npy_bytes(&good_frame(5), "<f8")).unwrap();
-    std::fs::write(a0.join("notes.txt"), "ignored").unwrap();
+    std::fs::write(a0.join(".DS_Store"), "hidden entries are ignored").unwrap();
     // Broken: a NaN value, a truncated file, a wrong width, an empty sequence.
     let mut nan = good_frame(0);
     nan[40] = f64::NAN;

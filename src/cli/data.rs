@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use signflow::data::{import_mp_data, synth_clips, ImportOptions};
+use signflow::data::{import_mp_data, try_synth_clips, ImportOptions};
 use signflow::fsio::guard::check_writes;
 
 #[derive(Subcommand)]
@@ -32,7 +32,8 @@ pub struct ImportArgs {
     /// Only these classes, in this order (comma-separated); default: every class folder, sorted.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
-    /// Drop a clip with a broken or non-finite file (and report how many) instead of failing.
+    /// Drop a clip with a broken or non-finite file or misnamed frames, and a class left without
+    /// clips (saying which, and how many), instead of failing.
     #[arg(long)]
     pub skip_broken: bool,
 }
@@ -80,11 +81,18 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
                 super::printable(&pack.classes.join(", ")),
                 a.output.display()
             );
-            if !report.skipped.is_empty() {
-                eprintln!("skipped {} broken clips:", report.skipped.len());
-                for (path, why) in &report.skipped {
-                    eprintln!("  {}: {why}", path.display());
-                }
+            for (path, why) in &report.skipped {
+                eprintln!("warning: dropped the clip of {}: {why}", path.display());
+            }
+            for (path, why) in &report.dropped_classes {
+                eprintln!("warning: {}: {why}", path.display());
+            }
+            if !report.skipped.is_empty() || !report.dropped_classes.is_empty() {
+                eprintln!(
+                    "skipped {} broken clips and {} classes without clips",
+                    report.skipped.len(),
+                    report.dropped_classes.len()
+                );
             }
             Ok(())
         }
@@ -100,7 +108,7 @@ pub fn run(cmd: DataCommand) -> signflow::Result<()> {
                     allowed: "at least 1 class, 1 clip per class and 2 frames",
                 });
             }
-            let pack = synth_clips(a.classes, a.clips, a.frames, a.seed);
+            let pack = try_synth_clips(a.classes, a.clips, a.frames, a.seed)?;
             pack.save(&a.output)?;
             eprintln!(
                 "wrote {} GENERATED clips ({} classes; not real signing, for benchmarks and tests) to {}",

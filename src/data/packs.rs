@@ -16,6 +16,7 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::data::features;
 use crate::error::{Error, Result};
+use crate::fsio::read::read_safetensors;
 use crate::fsio::write_atomic;
 
 /// The `format` metadata of a clip pack.
@@ -251,7 +252,12 @@ impl ClipPack {
     /// The landmarks as f16 little-endian bytes, padding zeroed; values beyond f16's range are
     /// an error rather than silently infinite.
     fn landmarks_f16(&self, path: &Path) -> Result<Vec<u8>> {
-        let mut bytes = vec![0u8; self.landmarks.len() * 2];
+        let len = self.landmarks.len() * 2;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len)
+            .map_err(|e| Error::data(path, format!("cannot hold the pack's {len} bytes: {e}")))?;
+        bytes.resize(len, 0);
         let clip_bytes = self.t_max * FRAME_WIDTH * 2;
         for i in 0..self.len() {
             let out = &mut bytes[i * clip_bytes..(i + 1) * clip_bytes];
@@ -467,7 +473,7 @@ impl Dataset {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    read_safetensors(path, "pack")
 }
 
 /// A parsed safetensors header over the file's bytes: what both pack kinds read through, so

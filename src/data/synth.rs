@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::data::packs::{ClipPack, FRAME_WIDTH};
+use crate::error::{Error, Result};
 
 /// Shortest generated clip (fewer frames only when `frames` is smaller).
 const MIN_LEN: usize = 12;
@@ -58,13 +59,45 @@ const FIRST_UNSEEN: usize = 25;
 /// `classes × clips_per_class` generated clips of 258 values per frame, `frames` frames at
 /// most (at least `min(12, frames)`; `frames` = 0 is taken as 1), in two groups (signers)
 /// that alternate within each class. The same arguments give the same pack.
+///
+/// # Panics
+/// If the pack does not fit in memory; [`try_synth_clips`] says so instead.
 pub fn synth_clips(classes: usize, clips_per_class: usize, frames: usize, seed: u64) -> ClipPack {
+    try_synth_clips(classes, clips_per_class, frames, seed).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`synth_clips`], with sizes too large for memory an error rather than an abort.
+pub fn try_synth_clips(
+    classes: usize,
+    clips_per_class: usize,
+    frames: usize,
+    seed: u64,
+) -> Result<ClipPack> {
     let t_max = frames.max(1);
+    let request =
+        format!("a generated pack of {classes} classes × {clips_per_class} clips × {t_max} frames");
+    let n = classes
+        .checked_mul(clips_per_class)
+        .filter(|&n| n.checked_mul(t_max * FRAME_WIDTH * 4).is_some())
+        .ok_or_else(|| Error::InvalidConfig {
+            field: "synth",
+            value: request.clone(),
+            allowed: "sizes whose landmark values fit in memory (their product overflows)",
+        })?;
+    let values = n * t_max * FRAME_WIDTH;
+    let mut landmarks = Vec::new();
+    landmarks
+        .try_reserve_exact(values)
+        .map_err(|e| Error::AllocationRefused {
+            request,
+            requested_bytes: (values * 4) as u64,
+            reason: format!("{e}; ask for fewer classes, clips or frames"),
+        })?;
+    landmarks.resize(values, 0.0);
     let mut rng = StdRng::seed_from_u64(seed);
     let signs: Vec<Sign> = (0..classes).map(|_| Sign::random(&mut rng)).collect();
-    let n = classes * clips_per_class;
     let mut pack = ClipPack {
-        landmarks: vec![0.0; n * t_max * FRAME_WIDTH],
+        landmarks,
         t_max,
         lengths: Vec::with_capacity(n),
         labels: Vec::with_capacity(n),
@@ -95,7 +128,7 @@ pub fn synth_clips(classes: usize, clips_per_class: usize, frames: usize, seed: 
             pack.groups.push(group);
         }
     }
-    pack
+    Ok(pack)
 }
 
 /// What makes a class: the right wrist's path and the hand shape.

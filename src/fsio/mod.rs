@@ -8,6 +8,8 @@ pub mod guard;
 pub mod lock;
 pub mod path_json;
 
+pub mod read;
+
 use std::io::Write;
 use std::path::Path;
 

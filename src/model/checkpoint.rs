@@ -15,6 +15,7 @@ use super::transformer::SignTransformer;
 use crate::backend::Backend;
 use crate::data::packs::{CLIP_PACK_FORMAT, FEATURE_PACK_FORMAT, LAYOUT_258};
 use crate::error::{Error, Result};
+use crate::fsio::read::read_safetensors;
 use crate::fsio::write_atomic;
 
 /// What a model's input frames were before the model saw them.
@@ -95,7 +96,7 @@ impl Checkpoint {
     /// once, and so are tensors holding a NaN or an infinity. Packs and training states are
     /// recognised by their `format` and refused as what they are.
     pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_safetensors(path, "checkpoint")?;
         let err = |detail: String| Error::checkpoint(path, detail);
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
             err(format!(
@@ -125,6 +126,15 @@ impl Checkpoint {
                 "model configuration fields {} (inferred from the tensors or defaults)",
                 missing.join(", ")
             ));
+        }
+        // Each layer has tensors of its own: a configuration with more layers than the file
+        // has tensors cannot fit it, and is refused before its layout is built.
+        if config.num_layers > st.len() {
+            return Err(err(format!(
+                "its configuration has num_layers = {}, but the file holds only {} tensors",
+                config.num_layers,
+                st.len()
+            )));
         }
         config
             .validate()

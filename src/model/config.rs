@@ -43,6 +43,8 @@ impl Default for ModelConfig {
 /// Largest value of any one size: far above any sign model, small enough that products of
 /// two sizes cannot overflow.
 const MAX_SIZE: usize = 1 << 20;
+/// Most encoder layers.
+const MAX_LAYERS: usize = 1 << 10;
 /// Largest parameter arena.
 const MAX_PARAMETERS: usize = 1 << 31;
 
@@ -93,6 +95,14 @@ impl ModelConfig {
                     "a positive integer of at most 1,048,576",
                 ));
             }
+        }
+        // Checked before the layout below is built: it holds a dozen named tensors per layer.
+        if self.num_layers > MAX_LAYERS {
+            return Err(invalid(
+                "num_layers",
+                self.num_layers,
+                "a positive integer of at most 1,024",
+            ));
         }
         if ParamLayout::new(self).total > MAX_PARAMETERS {
             return Err(invalid(

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::GpuConfig;
 use crate::error::{Error, Result};
 use crate::fsio::fingerprint::Fingerprint;
+use crate::fsio::read::read_text_file;
 
 /// What the learning rate does after the linear warmup (see [`crate::train::LrSchedule`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -304,7 +305,7 @@ impl TrainingConfig {
     /// The settings are validated. Every error names the file, and the setting when one is
     /// at fault.
     pub fn from_file(path: &Path) -> Result<(TrainingConfig, Option<serde_json::Value>)> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_text_file(path, MAX_CONFIG_BYTES, "config file")?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::data(path, format!("not valid JSON: {e}")))?;
         let serde_json::Value::Object(mut settings) = value else {
@@ -337,6 +338,9 @@ impl TrainingConfig {
         Ok((config, model))
     }
 }
+
+/// A config file is a page of settings; anything larger is not one.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Keys of a run's `config.json` that describe the run (the crate's version, the data it saw)
 /// rather than set it, so that `--config OUT/config.json` repeats a run.

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsio::read::{read_text_file, NO_CAP};
 use crate::fsio::write_atomic;
 
 /// One optimizer update.
@@ -175,7 +176,7 @@ impl MetricsLog {
     /// parse (a write cut short by a crash) is dropped with a warning; any other line that
     /// does not parse is an error naming its line number.
     pub fn read(path: &Path) -> Result<Vec<Record>> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_text_file(path, NO_CAP, "metrics log")?;
         let torn_tail = !text.is_empty() && !text.ends_with('\n');
         let lines: Vec<&str> = text.lines().collect();
         let mut records = Vec::with_capacity(lines.len());

@@ -9,6 +9,7 @@ use safetensors::SafeTensors;
 
 use super::config::TrainingConfig;
 use crate::error::{Error, Result};
+use crate::fsio::read::read_safetensors;
 use crate::fsio::write_atomic;
 use crate::model::checkpoint::{serialize_f32, to_f32, TRAINING_STATE_FORMAT as FORMAT};
 
@@ -74,7 +75,7 @@ impl TrainingState {
     }
 
     pub fn load(path: &Path) -> Result<TrainingState> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_safetensors(path, "training state")?;
         let err = |detail: String| Error::checkpoint(path, detail);
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| err(format!("not a readable training state ({e})")))?;
