@@ -45,12 +45,25 @@ pub fn check_adamw<B: Backend>(b: &B, n: usize, inputs: &mut Inputs) -> Result<P
         reference::adamw(&mut rp, &widen(g), &mut rm, &mut rv, &rhp, step);
     }
     let got = [tp.to_f32_vec()?, tm.to_f32_vec()?, tv.to_f32_vec()?];
-    Ok(ParityRow::of_parts(
+    // Each result is a difference or sum of terms that may nearly cancel (with few
+    // parameters, all of them may): judge it at the scale of its terms, not of itself.
+    let largest = |v: &[f32]| v.iter().fold(0.0f64, |m, &x| m.max(x.abs() as f64));
+    let g_max = grads.iter().map(|g| largest(g)).fold(0.0, f64::max);
+    let scales = [
+        largest(&p0).max(rhp.lr),
+        largest(&m0).max((1.0 - rhp.beta1) * g_max),
+        largest(&v0).max((1.0 - rhp.beta2) * g_max * g_max),
+    ];
+    Ok(ParityRow::of_scaled_parts(
         Op::Adamw,
         DType::F32,
         format!("{n} x3 steps"),
         OpClass::Elementwise,
-        &[(&got[0], &rp), (&got[1], &rm), (&got[2], &rv)],
+        &[
+            (&got[0], &rp, scales[0]),
+            (&got[1], &rm, scales[1]),
+            (&got[2], &rv, scales[2]),
+        ],
     ))
 }
 
