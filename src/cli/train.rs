@@ -486,7 +486,7 @@ fn run_training<B: Backend>(
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A model checkpoint (safetensors).
+    /// A model checkpoint (safetensors, or an ONNX file signflow exported).
     #[arg(long)]
     pub model: PathBuf,
     /// A clip pack or feature pack whose classes are the model's.
@@ -502,7 +502,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let ckpt = Checkpoint::load(&args.model)?;
+    let ckpt = signflow::infer::load_model(&args.model)?;
     let data = Arc::new(Dataset::load(&args.data)?);
     say_if_generated(&args.data, &data);
     check_classes(&args.model, &ckpt, &args.data, data.classes())?;
