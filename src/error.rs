@@ -96,6 +96,14 @@ pub enum Error {
     )]
     NonFiniteOutput { input: String, detail: String },
 
+    /// An ONNX file that is not readable or not one `signflow export` wrote.
+    #[error("{path}: {detail}")]
+    Onnx { path: String, detail: String },
+
+    /// A model that cannot be exported as asked.
+    #[error("ONNX export: {0}")]
+    Export(String),
+
     /// The run was interrupted (Ctrl-C) after saving its state.
     #[error("interrupted: {0}")]
     Interrupted(String),

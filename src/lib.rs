@@ -2,7 +2,8 @@
 //! kernels dispatched by wgpu (Vulkan, Metal, DX12, GL), and on any CPU.
 //!
 //! Layers, each using only those below it (DESIGN.md, Layers), from the top:
-//! - [`train`] (the trainer and its configuration) and [`infer`] (the inference pipeline);
+//! - [`train`] (the trainer and its configuration), [`infer`] (the inference pipeline) and
+//!   [`export`] (ONNX export, and the reader of exported files);
 //! - [`model`]: the transformer, its parameters, checkpoints, and the workspace of one step;
 //! - [`data`]: clip and feature packs, MP_Data import, preprocessing, batches, loader threads
 //!   (it needs no backend);
@@ -39,6 +40,7 @@ pub mod data;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod export;
 #[doc(hidden)]
 pub mod fsio;
 pub mod infer;

@@ -73,6 +73,8 @@ enum Command {
     Eval(cli::train::EvalArgs),
     /// Class probabilities for a pack or one MP_Data sequence folder.
     Predict(cli::predict::PredictArgs),
+    /// Write a model as a standard ONNX file (opset 17 or later) for ONNX runtimes.
+    Export(cli::export::ExportArgs),
 }
 
 #[derive(Args)]
@@ -179,6 +181,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
         Command::Train(a) => cli::train::train(*a).map(|()| ExitCode::SUCCESS),
         Command::Eval(a) => cli::train::eval(a).map(|()| ExitCode::SUCCESS),
         Command::Predict(a) => cli::predict::predict(a).map(|()| ExitCode::SUCCESS),
+        Command::Export(a) => cli::export::export(a).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             device,
             samples,

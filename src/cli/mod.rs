@@ -1,8 +1,9 @@
 //! The commands of the `signflow` binary beyond devices, selftest and bench: data, train,
-//! eval, predict and demo. Each parses its flags (clap) and calls the library.
+//! eval, predict, export and demo. Each parses its flags (clap) and calls the library.
 
 pub mod data;
 pub mod demo;
+pub mod export;
 pub mod predict;
 pub mod subset;
 pub mod train;

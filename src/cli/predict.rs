@@ -13,14 +13,14 @@ use signflow::data::import::read_sequence_folder;
 use signflow::data::packs::FRAME_WIDTH;
 use signflow::data::Dataset;
 use signflow::fsio::guard::check_writes;
-use signflow::infer::{softmax, top_k, InferencePipeline, Prediction};
+use signflow::infer::{load_model, softmax, top_k, InferencePipeline, Prediction};
 use signflow::model::checkpoint::serialize_f32;
 use signflow::model::Checkpoint;
 use signflow::{with_backend, Backend, Error, Result};
 
 #[derive(Args)]
 pub struct PredictArgs {
-    /// A model checkpoint (safetensors).
+    /// A model checkpoint (safetensors, or an ONNX file signflow exported).
     #[arg(long)]
     pub model: PathBuf,
     /// A feature pack, a clip pack, or one MP_Data sequence folder (<frame>.npy files).
@@ -48,7 +48,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
             &[("--output", output)],
         )?;
     }
-    let ckpt = Checkpoint::load(&args.model)?;
+    let ckpt = load_model(&args.model)?;
     for what in &ckpt.defaults_used {
         eprintln!(
             "{}: no {what} in the file; using the default",

@@ -765,7 +765,7 @@ fn check_init_sizes(
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A model checkpoint (safetensors).
+    /// A model checkpoint (safetensors, or an ONNX file signflow exported).
     #[arg(long)]
     pub model: PathBuf,
     /// A clip pack or feature pack whose classes are the model's.
@@ -783,7 +783,7 @@ pub struct EvalArgs {
 /// Prints the report, then refuses a result with non-finite logits (the scores count those
 /// clips as wrong, and the loss is null in JSON) with exit status 1.
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let ckpt = Checkpoint::load(&args.model)?;
+    let ckpt = signflow::infer::load_model(&args.model)?;
     let data = Arc::new(Dataset::load(&args.data)?);
     say_if_generated(&args.data, &data);
     check_classes(&args.model, &ckpt, &args.data, data.classes())?;

@@ -1,6 +1,8 @@
 //! `InferencePipeline`: a checkpoint on a device that turns raw frames or ready features into
 //! class probabilities, one clip or a batch.
 
+mod model_file;
+
 use std::path::Path;
 
 use crate::backend::Backend;
@@ -8,6 +10,7 @@ use crate::data::features::{preprocess, NUM_FEATURES};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
+pub use model_file::load_model;
 
 /// One clip's most likely classes, best first.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -34,9 +37,10 @@ pub struct InferencePipeline<'b, B: Backend> {
 }
 
 impl<'b, B: Backend> InferencePipeline<'b, B> {
-    /// Loads a safetensors checkpoint onto `backend`.
+    /// Loads a safetensors checkpoint, or an ONNX file that `signflow export` wrote, onto
+    /// `backend`.
     pub fn load(backend: &'b B, path: &Path) -> Result<InferencePipeline<'b, B>> {
-        let ckpt = Checkpoint::load(path)?;
+        let ckpt = load_model(path)?;
         for what in &ckpt.defaults_used {
             tracing::warn!(
                 "{}: no {what} in the file; using the default",
