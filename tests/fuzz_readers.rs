@@ -1,8 +1,8 @@
 //! Fuzzing every reader of a user file: real files (a clip pack, a feature pack, a checkpoint,
-//! a training state, an MP_Data `.npy` frame, a config file, a metrics log) are mutated (bit
-//! flips, byte overwrites, truncations at random and at header boundaries, header edits such
-//! as huge lengths, shapes and offsets, dtype swaps, inserted and appended bytes) and fed to
-//! their reader. Each call must return (Ok or an error) without a panic, within
+//! an ONNX model, a training state, an MP_Data `.npy` frame, a config file, a metrics log) are
+//! mutated (bit flips, byte overwrites, truncations at random and at header boundaries, header
+//! edits such as huge lengths, shapes and offsets, dtype swaps, inserted and appended bytes)
+//! and fed to their reader. Each call must return (Ok or an error) without a panic, within
 //! [`CALL_TIMEOUT`], and without its peak of live heap bytes going beyond
 //! [`MEMORY_FACTOR`] × the file's size + [`MEMORY_MARGIN`] (a counting global allocator
 //! tracks the calling thread).
@@ -29,6 +29,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use signflow::data::import::read_sequence_folder;
 use signflow::data::{synth_clips, ClipPack, Dataset, FeaturePack};
+use signflow::export::{to_onnx, ExportOptions};
+use signflow::infer::load_model;
 use signflow::model::{Checkpoint, ModelConfig, ParamLayout, Preprocessing};
 use signflow::train::state::{Progress, TrainingState};
 use signflow::train::{MetricsLog, TrainingConfig};
@@ -68,6 +70,12 @@ const READERS: &[Reader] = &[
         file_name: "model.safetensors",
         sample: |dir| saved(dir, |p| checkpoint().save(p)),
         read: |p| Checkpoint::load(p).map(drop),
+    },
+    Reader {
+        name: "ONNX model",
+        file_name: "model.onnx",
+        sample: |_| to_onnx(&checkpoint(), &ExportOptions::default()).unwrap(),
+        read: |p| load_model(p).map(drop),
     },
     Reader {
         name: "training state",

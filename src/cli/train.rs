@@ -9,7 +9,7 @@ use signflow::data::{split, Dataset, Source, SplitSpec};
 use signflow::fsio::fingerprint::Fingerprint;
 use signflow::fsio::guard::{check_writes, resolve, same_file};
 use signflow::fsio::lock::{DirLock, LOCK_FILE};
-use signflow::infer::InferencePipeline;
+use signflow::infer::{load_model, InferencePipeline};
 use signflow::model::{Checkpoint, ModelConfig};
 use signflow::train::state::TrainingState;
 use signflow::train::trainer::{
@@ -37,7 +37,7 @@ pub struct TrainArgs {
     /// default: none, and nothing is saved.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Start from this model checkpoint (fine-tuning).
+    /// Start from this model checkpoint, safetensors or ONNX from `signflow export` (fine-tuning).
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
     /// Continue the run saved in this output directory, with its configuration.
@@ -666,7 +666,7 @@ fn run_training<B: Backend>(
             trainer
         }
         None => {
-            let init = args.init.as_deref().map(Checkpoint::load).transpose()?;
+            let init = args.init.as_deref().map(load_model).transpose()?;
             if let (Some(ckpt), Some(path)) = (&init, &args.init) {
                 check_init_sizes(path, ckpt, &m, &chosen)?;
                 if !chosen.dropout {
@@ -794,11 +794,19 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         evaluate(b, InferencePipeline::from_checkpoint(b, &ckpt)?.model(), &loader)
     })?;
     if args.json {
+        let per_class: Vec<_> = ckpt
+            .classes
+            .iter()
+            .zip(&report.per_class)
+            .map(|(c, &(ok, n))| {
+                let accuracy = (n > 0).then(|| ok as f64 / n as f64);
+                serde_json::json!({"class": c, "correct": ok, "clips": n, "accuracy": accuracy})
+            })
+            .collect();
         super::print_json(&serde_json::json!({
             "clips": report.clips, "loss": report.loss.is_finite().then_some(report.loss),
             "non_finite_clips": report.non_finite, "top1": report.top1,
-            "topk": report.topk, "k": report.k,
-            "per_class": ckpt.classes.iter().zip(&report.per_class).map(|(c, (ok, n))| serde_json::json!({"class": c, "correct": ok, "clips": n, "accuracy": if *n > 0 { Some(*ok as f64 / *n as f64) } else { None }})).collect::<Vec<_>>(),
+            "topk": report.topk, "k": report.k, "per_class": per_class,
         }));
     } else {
         print_report(&report, &ckpt.classes);

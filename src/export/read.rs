@@ -15,11 +15,12 @@ use super::onnx_proto::{
 };
 use super::{CLASSES, LAYOUT, META_PREFIX, OPSETS, SEQ_LEN};
 use crate::error::{Error, Result};
+use crate::fsio::read::{read_regular_file, NO_CAP};
 use crate::model::{Checkpoint, ModelConfig, ParamLayout, Preprocessing};
 
 /// Reads an ONNX file that `signflow export` wrote.
 pub fn load_onnx(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = read_regular_file(path, NO_CAP, "ONNX model")?;
     from_onnx_bytes(&bytes, path)
 }
 

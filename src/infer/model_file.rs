@@ -7,13 +7,15 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::export::load_onnx;
+use crate::fsio::read::open_regular_file;
 use crate::model::Checkpoint;
 
 /// Reads a model checkpoint (safetensors) or an ONNX file that `signflow export` wrote.
 pub fn load_model(path: &Path) -> Result<Checkpoint> {
     let mut head = Vec::with_capacity(9);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(9).read_to_end(&mut head))
+    let (file, _) = open_regular_file(path, "model")?;
+    file.take(9)
+        .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
     if is_onnx(path, &head) {
         load_onnx(path)
