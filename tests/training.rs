@@ -173,3 +173,28 @@ fn init_keeps_the_classifier_only_for_the_same_classes() {
         }
     }
 }
+
+#[test]
+fn a_resumed_run_may_move_only_what_its_results_do_not_depend_on() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    let (_, _, classes) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = initial_model(&b, &tiny(), &classes, None, 7).unwrap();
+    let mut trainer = Trainer::new(&b, model, config(dir.path()), classes).unwrap();
+    let moved = TrainingConfig {
+        device: "cpu".into(),
+        num_workers: 3,
+        data: Some("/elsewhere/pack.safetensors".into()),
+        ..config(dir.path())
+    };
+    trainer.relocate(moved.clone()).unwrap();
+    assert_eq!(trainer.config(), &moved);
+    let changed = TrainingConfig {
+        learning_rate: 1e-3,
+        ..moved
+    };
+    assert!(matches!(
+        trainer.relocate(changed),
+        Err(Error::InvalidConfig { .. })
+    ));
+}

@@ -402,8 +402,10 @@ impl TrainArgs {
                           configuration (only --device and --num-workers may differ)",
             });
         }
-        t.data = resumed_input("--data", self.data.as_deref(), &t.data, &t.data_fingerprint)?;
-        t.val = resumed_input("--val", self.val.as_deref(), &t.val, &t.val_fingerprint)?;
+        (t.data, t.data_fingerprint) =
+            resumed_input("--data", self.data.as_deref(), &t.data, &t.data_fingerprint)?.unzip();
+        (t.val, t.val_fingerprint) =
+            resumed_input("--val", self.val.as_deref(), &t.val, &t.val_fingerprint)?.unzip();
         if let Some(s) = &self.split {
             if t.split.as_deref() != Some(s.to_string().as_str()) {
                 return Err(Error::InvalidConfig {
@@ -423,16 +425,16 @@ impl TrainArgs {
     }
 }
 
-/// The data file a resumed run reads for `flag`: the run's own (`saved`), or the path given
-/// when it is the same file or a copy with the recorded fingerprint. Refused when the file
-/// changed since the run started; a run from before fingerprints is resumed unchecked, and
-/// says so.
+/// The data file a resumed run reads for `flag`, and its fingerprint: the run's own
+/// (`saved`), or the path given when it is the same file or a copy with the recorded
+/// fingerprint. Refused when the file changed since the run started; a run from before
+/// fingerprints is resumed unchecked, says so, and records the fingerprint from now on.
 fn resumed_input(
     flag: &str,
     given: Option<&Path>,
     saved: &Option<PathBuf>,
     recorded: &Option<Fingerprint>,
-) -> Result<Option<PathBuf>> {
+) -> Result<Option<(PathBuf, Fingerprint)>> {
     let Some(saved) = saved.as_deref() else {
         return match given {
             Some(g) => Err(Error::data(
@@ -488,13 +490,13 @@ fn resumed_input(
             g
         }
     };
+    let fingerprint = match now {
+        Some(f) => f,
+        None => Fingerprint::of_file(path)?,
+    };
     match recorded {
         Some(r) => {
-            let now = match now {
-                Some(f) => f,
-                None => Fingerprint::of_file(path)?,
-            };
-            if let Some(change) = r.change(&now) {
+            if let Some(change) = r.change(&fingerprint) {
                 return Err(Error::data(
                     path,
                     format!(
@@ -507,11 +509,11 @@ fn resumed_input(
         }
         None => eprintln!(
             "note: this run predates data fingerprints: {} is not checked for changes since the \
-             run started",
+             run started (its fingerprint is recorded from now on)",
             path.display()
         ),
     }
-    Ok(Some(resolve(path)))
+    Ok(Some((resolve(path), fingerprint)))
 }
 
 /// Refuses a run whose output files would replace a file it reads (--data, --val, --init,
@@ -653,7 +655,7 @@ fn run_training<B: Backend>(
 ) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
-            let trainer = Trainer::resume(b, dir)?;
+            let mut trainer = Trainer::resume(b, dir)?;
             if trainer.classes() != classes.as_slice() {
                 return Err(Error::data(
                     t.data.as_deref().unwrap_or(Path::new("the training data")),
@@ -663,6 +665,7 @@ fn run_training<B: Backend>(
                     ),
                 ));
             }
+            trainer.relocate(t)?;
             trainer
         }
         None => {
@@ -814,10 +817,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if !report.is_finite() {
         return Err(Error::NonFiniteOutput {
             input: args.data.display().to_string(),
-            detail: format!(
-                "loss {}; {} of {} clips gave NaN or infinite logits, counted as wrong",
-                report.loss, report.non_finite, report.clips
-            ),
+            detail: format!("loss {}; {}", report.loss, report.non_finite_note()),
         });
     }
     Ok(())
@@ -863,10 +863,7 @@ fn print_report(r: &EvalReport, classes: &[String]) {
     let loss = if r.is_finite() {
         format!("{:.4}", r.loss)
     } else {
-        format!(
-            "{} (non-finite: {} of {} clips gave NaN or infinite logits, counted as wrong)",
-            r.loss, r.non_finite, r.clips
-        )
+        format!("{} (non-finite: {})", r.loss, r.non_finite_note())
     };
     println!(
         "clips {}  loss {loss}  top-1 {:.2}%  top-{} {:.2}%",

@@ -76,6 +76,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     /// Logits `[batch, classes]` of a batch of ready features (`ids` name its clips in errors).
     pub fn logits(&self, batch: &Batch, ids: &[usize]) -> Result<Vec<f32>> {
         let cfg = self.model.config();
+        cfg.check_frames("the batch", "it", batch.seq, batch.num_features)?;
         let ws = Workspace::new(self.backend, cfg, batch.batch, batch.seq, false)?;
         ws.load_inputs(self.backend, cfg, batch, ids)?;
         self.model.forward(self.backend, &ws, None)?;

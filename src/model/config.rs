@@ -158,19 +158,32 @@ impl ModelConfig {
     /// frame or of more frames than max_seq_len (ready features are taken as they are, not
     /// resampled), or a clip pack for a model that does not take the preprocessed features.
     pub fn check_input(&self, path: impl AsRef<Path>, dataset: &Dataset) -> Result<()> {
-        let (frames, features) = match dataset {
-            Dataset::Features(p) => (p.t, p.num_features),
-            Dataset::Clips(_) => (self.max_seq_len, NUM_FEATURES),
-        };
+        match dataset {
+            Dataset::Features(p) => self.check_frames(path, "a feature pack", p.t, p.num_features),
+            Dataset::Clips(_) => self.check_frames(
+                path,
+                "a clip pack, preprocessed,",
+                self.max_seq_len,
+                NUM_FEATURES,
+            ),
+        }
+    }
+
+    /// Refuses `what` (named by `path`) of `frames` frames of `features` values each where the
+    /// model cannot take it.
+    pub fn check_frames(
+        &self,
+        path: impl AsRef<Path>,
+        what: &str,
+        frames: usize,
+        features: usize,
+    ) -> Result<()> {
         if features != self.num_features {
-            let what = match dataset {
-                Dataset::Clips(_) => "a clip pack, preprocessed to",
-                Dataset::Features(_) => "a feature pack of",
-            };
             return Err(Error::data(
                 path,
                 format!(
-                    "{what} {features} features per frame, does not fit a model that takes {}",
+                    "{what} has {features} features per frame, which does not fit a model that \
+                     takes {}",
                     self.num_features
                 ),
             ));
@@ -179,9 +192,9 @@ impl ModelConfig {
             return Err(Error::data(
                 path,
                 format!(
-                    "a feature pack of {frames} frames does not fit a model of max_seq_len {}: \
-                     ready features are taken as they are, not resampled; give at most {} frames \
-                     per clip, or a model of a longer max_seq_len",
+                    "{what} has {frames} frames per clip, which does not fit a model of \
+                     max_seq_len {}: ready features are taken as they are, not resampled; give \
+                     at most {} frames per clip, or a model of a longer max_seq_len",
                     self.max_seq_len, self.max_seq_len
                 ),
             ));

@@ -30,6 +30,20 @@ impl EvalReport {
     pub fn is_finite(&self) -> bool {
         self.loss.is_finite() && self.non_finite == 0
     }
+
+    /// What was not finite, for a report that is not ([`EvalReport::is_finite`]).
+    pub fn non_finite_note(&self) -> String {
+        if self.non_finite > 0 {
+            format!(
+                "{} of {} clips gave NaN or infinite logits, counted as wrong",
+                self.non_finite, self.clips
+            )
+        } else {
+            "every logit is finite, but the loss overflowed: some logits are too far apart for \
+             f32"
+            .into()
+        }
+    }
 }
 
 /// Runs `model` without dropout over every batch of `loader` (its batches in order).

@@ -175,6 +175,36 @@ impl<'b, B: Backend> Trainer<'b, B> {
         Ok(trainer)
     }
 
+    /// Continues a resumed run with `config`, which may differ from the configuration the run
+    /// was started with only where its results do not depend on it: the device, the loader's
+    /// threads, and where its data files are now (with their fingerprints). The run records
+    /// these from now on.
+    pub fn relocate(&mut self, config: TrainingConfig) -> Result<()> {
+        let fixed = |c: &TrainingConfig| TrainingConfig {
+            device: String::new(),
+            num_workers: 0,
+            data: None,
+            val: None,
+            data_fingerprint: None,
+            val_fingerprint: None,
+            out_dir: None,
+            ..c.clone()
+        };
+        if fixed(&config) != fixed(&self.config) {
+            return Err(Error::InvalidConfig {
+                field: "resume",
+                value: "a configuration that differs from the run's".into(),
+                allowed: "the run's own: only the device, the loader's threads and the data's \
+                          place may change when resuming",
+            });
+        }
+        self.config = TrainingConfig {
+            out_dir: self.config.out_dir.clone(),
+            ..config
+        };
+        Ok(())
+    }
+
     /// Set it (from a Ctrl-C handler) to stop after the current update, saving first.
     pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
         self.interrupt.clone()
