@@ -156,6 +156,14 @@ fn no_command_writes_over_a_file_it_reads() {
         ]);
         assert!(err.contains("--output") && err.contains("reads"), "{err}");
     }
+    // export reads only the model: the model by another name, and a hard link to it.
+    for output in [
+        d.join("model-run/./final.safetensors"),
+        d.join("model-link.safetensors"),
+    ] {
+        let err = fails(args!["export", "--model", model, "-o", output]);
+        assert!(err.contains("--output") && err.contains("reads"), "{err}");
+    }
     // The same for the packs that data subset and import read.
     for output in [pack.clone(), d.join("./pack.safetensors")] {
         let err = fails(args![

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use signflow::export::{write_onnx, ExportOptions, Precision, DEFAULT_OPSET};
+use signflow::fsio::guard::check_writes;
 use signflow::infer::load_model;
 use signflow::Result;
 
@@ -24,6 +25,7 @@ pub struct ExportArgs {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
+    check_writes(&[("--model", &args.model)], &[("--output", &args.output)])?;
     let ckpt = load_model(&args.model)?;
     for what in &ckpt.defaults_used {
         eprintln!(
