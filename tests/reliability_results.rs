@@ -422,7 +422,7 @@ fn a_feature_pack_longer_than_the_model_is_named() {
             "cpu",
         ]);
         assert!(err.contains("long.safetensors"), "{err}");
-        assert!(err.contains("feature pack of 12 frames"), "{err}");
+        assert!(err.contains("feature pack has 12 frames"), "{err}");
         assert!(err.contains("max_seq_len 8"), "{err}");
         assert!(!err.contains("workspace"), "{err}");
     }

@@ -357,6 +357,15 @@ impl TrainArgs {
     /// The saved configuration of the run in `dir`, which `--resume` continues unchanged: flags
     /// that would change it are refused (only the device and loader threads may differ).
     fn resumed(&self, dir: &Path) -> Result<TrainingConfig> {
+        if !dir.join(STATE_FILE).is_file() {
+            return Err(Error::data(
+                dir,
+                format!(
+                    "is not a run directory (a folder that `signflow train --out` wrote, holding \
+                     {STATE_FILE}); give --resume the --out of the run to continue"
+                ),
+            ));
+        }
         let state = TrainingState::load(&dir.join(STATE_FILE))?;
         let mut t = state.config;
         t.out_dir = Some(dir.to_path_buf());

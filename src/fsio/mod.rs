@@ -21,6 +21,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    if !dir.is_dir() {
+        return Err(Error::data(
+            path,
+            format!(
+                "cannot be written: its folder {} does not exist (or is not a folder); create it \
+                 first",
+                dir.display()
+            ),
+        ));
+    }
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
     tmp.as_file()
