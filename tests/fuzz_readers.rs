@@ -473,27 +473,12 @@ fn tiny_config() -> ModelConfig {
 }
 
 fn checkpoint() -> Checkpoint {
-    let config = tiny_config();
-    let layout = ParamLayout::new(&config);
-    let values = layout.initial_values(3);
-    let tensors = layout
-        .entries
-        .iter()
-        .map(|e| {
-            let v = values[e.offset..e.offset + e.len()].to_vec();
-            (e.name.clone(), (e.shape.clone(), v))
-        })
-        .collect();
-    Checkpoint {
-        config,
-        classes: vec!["a".into(), "b".into(), "c".into()],
-        preprocessing: Preprocessing {
-            seq_len: 6,
-            layout: "features".into(),
-        },
-        tensors,
-        defaults_used: Vec::new(),
-    }
+    let preprocessing = Preprocessing {
+        seq_len: 6,
+        layout: "features".into(),
+    };
+    let classes = vec!["a".into(), "b".into(), "c".into()];
+    Checkpoint::initial(tiny_config(), classes, preprocessing, 3).unwrap()
 }
 
 fn training_state() -> TrainingState {

@@ -2,11 +2,14 @@
 //! paths never panic, one run per output directory, SIGTERM saves like Ctrl-C, nothing is
 //! written before every check passed, and a run resumes from anywhere on the same data only.
 
+mod cli_support;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli_support::TINY_MODEL;
 use signflow::train::state::TrainingState;
 
 fn bin() -> Command {
@@ -63,21 +66,6 @@ macro_rules! args {
     };
 }
 
-const TINY: [&str; 12] = [
-    "--d-model",
-    "16",
-    "--num-heads",
-    "2",
-    "--num-layers",
-    "1",
-    "--ff-dim",
-    "32",
-    "--max-seq-len",
-    "8",
-    "--device",
-    "cpu",
-];
-
 fn synth(path: &Path, clips: usize, seed: u64) {
     ok(args![
         "data",
@@ -99,7 +87,13 @@ fn synth(path: &Path, clips: usize, seed: u64) {
 fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["train".into(), "--data".into(), data.into()];
     args.extend(["--out".into(), out.into()]);
-    args.extend(TINY.iter().chain(extra).map(OsString::from));
+    args.extend(
+        TINY_MODEL
+            .iter()
+            .chain(&["--device", "cpu"])
+            .chain(extra)
+            .map(OsString::from),
+    );
     if !extra.contains(&"--batch-size") {
         args.extend(["--batch-size".into(), "8".into()]);
     }

@@ -2,11 +2,14 @@
 //! result is never scored as correct, a checkpoint is checked beyond its bytes, every refusal
 //! names the file and what it is, and no flag is accepted without effect.
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cli_support::TINY_MODEL;
 use signflow::data::FeaturePack;
-use signflow::model::{Checkpoint, ModelConfig, ParamLayout, Preprocessing};
+use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
 use signflow::train::state::TrainingState;
 
 fn signflow(args: &[&str]) -> Output {
@@ -53,20 +56,6 @@ fn names(classes: &[&str]) -> Vec<String> {
     classes.iter().map(|c| c.to_string()).collect()
 }
 
-/// The size flags of [`tiny_config`], for `train`.
-const TINY: [&str; 10] = [
-    "--d-model",
-    "16",
-    "--num-heads",
-    "2",
-    "--num-layers",
-    "1",
-    "--ff-dim",
-    "32",
-    "--max-seq-len",
-    "8",
-];
-
 fn tiny_config(classes: usize) -> ModelConfig {
     ModelConfig {
         num_features: FEATURES,
@@ -83,27 +72,11 @@ fn tiny_config(classes: usize) -> ModelConfig {
 
 /// A freshly initialised tiny model for ready features.
 fn tiny_checkpoint(classes: &[&str]) -> Checkpoint {
-    let config = tiny_config(classes.len());
-    let layout = ParamLayout::new(&config);
-    let values = layout.initial_values(7);
-    let tensors = layout
-        .entries
-        .iter()
-        .map(|e| {
-            let v = values[e.offset..e.offset + e.len()].to_vec();
-            (e.name.clone(), (e.shape.clone(), v))
-        })
-        .collect();
-    Checkpoint {
-        config,
-        classes: names(classes),
-        preprocessing: Preprocessing {
-            seq_len: FRAMES,
-            layout: "features".into(),
-        },
-        tensors,
-        defaults_used: Vec::new(),
-    }
+    let preprocessing = Preprocessing {
+        seq_len: FRAMES,
+        layout: "features".into(),
+    };
+    Checkpoint::initial(tiny_config(classes.len()), names(classes), preprocessing, 7).unwrap()
 }
 
 /// A feature pack of `n` clips of `frames` frames whose values come from `value(i)`.
@@ -242,7 +215,7 @@ fn a_non_finite_validation_never_becomes_the_best_epoch() {
         "--patience",
         "2",
     ];
-    args.extend(TINY);
+    args.extend(TINY_MODEL);
     let (_, err) = ok(&args);
     assert!(err.contains("non-finite"), "{err}");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -336,7 +309,7 @@ fn finished_run(f: &Files, plain_pack: &Path) -> PathBuf {
         "--batch-size",
         "3",
     ];
-    args.extend(TINY);
+    args.extend(TINY_MODEL);
     ok(&args);
     run
 }
@@ -445,7 +418,7 @@ fn a_validation_pack_of_other_classes_names_them() {
         "--epochs",
         "1",
     ];
-    args.extend(TINY);
+    args.extend(TINY_MODEL);
     let (_, err) = fails(&args);
     assert!(err.contains("other.safetensors"), "{err}");
     assert!(err.contains("durian") && err.contains("cherry"), "{err}");
@@ -573,7 +546,7 @@ fn model_size_flags_that_differ_from_the_init_checkpoint_are_refused() {
         assert!(err.contains("model.safetensors"), "{err}");
     }
     // The checkpoint's own sizes are no change; dropout may change, and says so.
-    let (_, err) = ok(&[&base[..], &TINY[..], &["--dropout", "0.25"]].concat());
+    let (_, err) = ok(&[&base[..], &TINY_MODEL[..], &["--dropout", "0.25"]].concat());
     assert!(err.contains("dropout 0.25"), "{err}");
     assert!(err.contains("0.1"), "{err}");
 }
@@ -614,7 +587,7 @@ fn flags_without_effect_are_refused() {
         assert!(err.contains(named), "{args:?}: {err}");
     }
     let mut train = vec!["train", "--data", p, "--device", "cpu", "--epochs", "1"];
-    train.extend(TINY);
+    train.extend(TINY_MODEL);
     let (_, err) = fails(&[&train[..], &["--mirror"]].concat());
     assert!(
         err.contains("--mirror") && err.contains("--augment"),

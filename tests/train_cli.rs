@@ -1,6 +1,9 @@
 //! The training path through the command line: synth, import, train, eval, predict, on the
 //! CPU and on the GPU adapter (lavapipe without a GPU).
 
+mod cli_support;
+
+use cli_support::TINY_MODEL;
 use std::path::Path;
 use std::process::Command;
 
@@ -28,19 +31,6 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-const TINY: [&str; 10] = [
-    "--d-model",
-    "16",
-    "--num-heads",
-    "2",
-    "--num-layers",
-    "1",
-    "--ff-dim",
-    "32",
-    "--max-seq-len",
-    "8",
-];
-
 fn train(dir: &Path, device: &str, extra: &[&str]) {
     let pack = dir.join("synth.safetensors");
     let out = dir.join(format!("run-{device}"));
@@ -61,7 +51,7 @@ fn train(dir: &Path, device: &str, extra: &[&str]) {
         "--log-every",
         "1",
     ];
-    args.extend(TINY);
+    args.extend(TINY_MODEL);
     args.extend(extra);
     ok(&args);
 }
@@ -229,7 +219,7 @@ fn import_mp_data_then_predict_a_sequence_folder() {
         "--batch-size",
         "4",
     ];
-    args.extend(TINY);
+    args.extend(TINY_MODEL);
     ok(&args);
     let model = out.join("final.safetensors");
     let text = ok(&[

@@ -16,6 +16,7 @@ use super::onnx_proto::{
 use super::{CLASSES, LAYOUT, META_PREFIX, OPSETS, SEQ_LEN};
 use crate::error::{Error, Result};
 use crate::fsio::read::{read_regular_file, NO_CAP};
+use crate::model::checkpoint::parse_classes;
 use crate::model::{Checkpoint, ModelConfig, ParamLayout, Preprocessing};
 
 /// Reads an ONNX file that `signflow export` wrote.
@@ -67,18 +68,8 @@ pub fn from_onnx_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
     config
         .validate()
         .map_err(|e| err(format!("its configuration is not valid: {e}")))?;
-    let classes: Vec<String> = serde_json::from_str(&meta[CLASSES]).map_err(|e| {
-        err(format!(
-            "metadata `{META_PREFIX}{CLASSES}` is not a JSON list of names: {e}"
-        ))
-    })?;
-    if classes.len() != config.num_classes {
-        return Err(err(format!(
-            "metadata lists {} classes, the model has {} outputs",
-            classes.len(),
-            config.num_classes
-        )));
-    }
+    let key = format!("{META_PREFIX}{CLASSES}");
+    let classes = parse_classes(&key, &meta[CLASSES], config.num_classes).map_err(err)?;
     let seq_len = meta[SEQ_LEN]
         .parse()
         .ok()

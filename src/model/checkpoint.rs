@@ -68,6 +68,34 @@ impl Checkpoint {
         })
     }
 
+    /// A freshly initialised model of `config` (the initialisation [`SignTransformer::new`]
+    /// gives for `seed`), on the host: no device is needed to make, save or export one.
+    pub fn initial(
+        config: ModelConfig,
+        classes: Vec<String>,
+        preprocessing: Preprocessing,
+        seed: u64,
+    ) -> Result<Checkpoint> {
+        config.validate()?;
+        let layout = ParamLayout::new(&config);
+        let values = layout.initial_values(seed);
+        let tensors = layout
+            .entries
+            .iter()
+            .map(|e| {
+                let v = values[e.offset..e.offset + e.len()].to_vec();
+                (e.name.clone(), (e.shape.clone(), v))
+            })
+            .collect();
+        Ok(Checkpoint {
+            config,
+            classes,
+            preprocessing,
+            tensors,
+            defaults_used: Vec::new(),
+        })
+    }
+
     /// Writes the checkpoint atomically (a temporary file, then a rename).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut meta: HashMap<String, String> = self.config.to_metadata().into_iter().collect();
@@ -189,21 +217,7 @@ impl Checkpoint {
         }
 
         let classes = match meta.get("classes") {
-            Some(text) => {
-                let classes: Vec<String> = serde_json::from_str(text).map_err(|e| {
-                    err(format!(
-                        "metadata `classes` is not a JSON list of names: {e}"
-                    ))
-                })?;
-                if classes.len() != config.num_classes {
-                    return Err(err(format!(
-                        "metadata lists {} classes, the model has {} outputs",
-                        classes.len(),
-                        config.num_classes
-                    )));
-                }
-                classes
-            }
+            Some(text) => parse_classes("classes", text, config.num_classes).map_err(err)?,
             None => {
                 defaults_used.push("class names (numbered 0..num_classes)".into());
                 (0..config.num_classes).map(|i| i.to_string()).collect()
@@ -389,4 +403,22 @@ pub fn serialize_f32<'a>(
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}
+
+/// The class names in a model file's metadata `key` (a JSON list), one per output of the
+/// model; the message says what is wrong otherwise.
+pub(crate) fn parse_classes(
+    key: &str,
+    text: &str,
+    outputs: usize,
+) -> std::result::Result<Vec<String>, String> {
+    let classes: Vec<String> = serde_json::from_str(text)
+        .map_err(|e| format!("metadata `{key}` is not a JSON list of names: {e}"))?;
+    if classes.len() != outputs {
+        return Err(format!(
+            "metadata lists {} classes, the model has {outputs} outputs",
+            classes.len()
+        ));
+    }
+    Ok(classes)
 }
