@@ -620,13 +620,13 @@ fn onnxruntime_runs_the_exported_file() {
     let script = format!(
         r#"
 import json, numpy as np, onnxruntime as ort
-session = ort.InferenceSession({path:?})
-meta = session.get_modelmeta().custom_metadata_map
+runtime = ort.InferenceSession({path:?})
+meta = runtime.get_modelmeta().custom_metadata_map
 seq_len = int(meta["signflow.seq_len"])
 inp = json.load(open({inputs:?}))
 features = np.array(inp["features"], dtype=np.float32).reshape(-1, seq_len, 469)
 mask = np.array(inp["mask"]).reshape(-1, seq_len) != 0
-(logits,) = session.run(["logits"], {{"features": features, "mask": mask}})
+(logits,) = runtime.run(["logits"], {{"features": features, "mask": mask}})
 print(json.dumps(logits.ravel().tolist()))
 "#,
         path = path.to_str().unwrap(),
