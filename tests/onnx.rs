@@ -453,7 +453,22 @@ fn truncated_and_foreign_files_are_refused_with_what_differs() {
         p.value = "4".into();
     });
     assert!(e.contains("graph differs"), "{e}");
+    let e = edit(&|m| {
+        let p = m
+            .metadata_props
+            .iter_mut()
+            .find(|p| p.key == "signflow.layout")
+            .unwrap();
+        p.value = "kinect-v2".into();
+    });
+    assert!(e.contains("kinect-v2") && e.contains("layout"), "{e}");
     assert!(refusal(b"not an onnx file at all").starts_with("model.onnx: "));
+
+    // A model whose weights are not all finite, as a checkpoint holding one is.
+    let mut nan = ckpt.clone();
+    nan.tensors.get_mut("classifier.bias").unwrap().1[1] = f32::NAN;
+    let e = refusal(&to_onnx(&nan, &ExportOptions::default()).unwrap());
+    assert!(e.contains("classifier.bias") && e.contains("not finite"), "{e}");
 }
 
 fn signflow(args: &[&str]) -> std::process::Output {

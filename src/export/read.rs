@@ -16,7 +16,7 @@ use super::onnx_proto::{
 use super::{CLASSES, LAYOUT, META_PREFIX, OPSETS, SEQ_LEN};
 use crate::error::{Error, Result};
 use crate::fsio::read::{read_regular_file, NO_CAP};
-use crate::model::checkpoint::parse_classes;
+use crate::model::checkpoint::{check_layout, check_weights_finite, parse_classes};
 use crate::model::{Checkpoint, ModelConfig, ParamLayout, Preprocessing};
 
 /// Reads an ONNX file that `signflow export` wrote.
@@ -114,6 +114,8 @@ pub fn from_onnx_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
             problems.join("\n  ")
         ))
     })?;
+    check_weights_finite(&tensors).map_err(err)?;
+    check_layout(&format!("{META_PREFIX}{LAYOUT}"), &meta[LAYOUT]).map_err(err)?;
     Ok(Checkpoint {
         config,
         classes,

@@ -238,25 +238,11 @@ impl Checkpoint {
                 config.max_seq_len
             }
         };
-        let non_finite: Vec<String> = tensors
-            .iter()
-            .filter_map(|(name, (_, values))| non_finite(name, values))
-            .collect();
-        if !non_finite.is_empty() {
-            return Err(err(format!(
-                "holds weights that are not finite numbers, so its every output would be NaN \
-                 (a corrupt file, or a run that diverged):\n  {}",
-                non_finite.join("\n  ")
-            )));
-        }
+        check_weights_finite(&tensors).map_err(err)?;
         let layout = match meta.get("layout") {
-            Some(l) if l == LAYOUT_258 || l == FEATURES_LAYOUT => l.clone(),
             Some(l) => {
-                return Err(err(format!(
-                    "metadata layout = `{}` is not an input layout this crate knows: \
-                     `{LAYOUT_258}` (raw MediaPipe frames) or `{FEATURES_LAYOUT}` (ready features)",
-                    l.escape_debug()
-                )))
+                check_layout("layout", l).map_err(err)?;
+                l.clone()
             }
             None => {
                 defaults_used.push("input layout (ready features)".into());
@@ -421,4 +407,34 @@ pub(crate) fn parse_classes(
         ));
     }
     Ok(classes)
+}
+
+/// Refuses weights that are NaN or infinite, naming each tensor that holds some.
+pub(crate) fn check_weights_finite(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> std::result::Result<(), String> {
+    let bad: Vec<String> = tensors
+        .iter()
+        .filter_map(|(name, (_, values))| non_finite(name, values))
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "holds weights that are not finite numbers, so its every output would be NaN (a corrupt \
+         file, or a run that diverged):\n  {}",
+        bad.join("\n  ")
+    ))
+}
+
+/// Refuses an input layout (metadata `key`) this crate does not know.
+pub(crate) fn check_layout(key: &str, layout: &str) -> std::result::Result<(), String> {
+    if layout == LAYOUT_258 || layout == FEATURES_LAYOUT {
+        return Ok(());
+    }
+    Err(format!(
+        "metadata {key} = `{}` is not an input layout this crate knows: `{LAYOUT_258}` (raw \
+         MediaPipe frames) or `{FEATURES_LAYOUT}` (ready features)",
+        layout.escape_debug()
+    ))
 }
