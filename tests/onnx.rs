@@ -468,7 +468,10 @@ fn truncated_and_foreign_files_are_refused_with_what_differs() {
     let mut nan = ckpt.clone();
     nan.tensors.get_mut("classifier.bias").unwrap().1[1] = f32::NAN;
     let e = refusal(&to_onnx(&nan, &ExportOptions::default()).unwrap());
-    assert!(e.contains("classifier.bias") && e.contains("not finite"), "{e}");
+    assert!(
+        e.contains("classifier.bias") && e.contains("not finite"),
+        "{e}"
+    );
 }
 
 fn signflow(args: &[&str]) -> std::process::Output {
