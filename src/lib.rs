@@ -59,7 +59,8 @@ pub mod tolerance;
 pub mod train;
 
 pub use backend::{
-    AdamW, AnyBackend, AttentionSpec, Backend, CpuBackend, Elementwise, GpuBackend, MatmulSpec,
+    AdamW, AnyBackend, AnyMemoryGuard, AttentionSpec, Backend, CpuBackend, Elementwise, GpuBackend,
+    MatmulSpec,
 };
 pub use config::GpuConfig;
 pub use device::{Adapters, DeviceInfo};

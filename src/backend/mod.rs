@@ -780,4 +780,21 @@ impl AnyBackend {
     pub fn info(&self) -> &DeviceInfo {
         with_backend!(self, b => b.info())
     }
+
+    /// A guard that empties the device's memory cache when dropped, whichever backend this is
+    /// (the counterpart of the replaced system's `gpu_memory_guard`): a long-running service
+    /// holds one around a burst of work to hand the cache back after it.
+    pub fn memory_guard(&self) -> AnyMemoryGuard<'_> {
+        AnyMemoryGuard(self)
+    }
+}
+
+/// Empties the cache of an [`AnyBackend`]'s memory pool when dropped
+/// ([`AnyBackend::memory_guard`]).
+pub struct AnyMemoryGuard<'a>(&'a AnyBackend);
+
+impl Drop for AnyMemoryGuard<'_> {
+    fn drop(&mut self) {
+        with_backend!(self.0, b => b.empty_cache());
+    }
 }

@@ -37,8 +37,22 @@ pub struct PredictArgs {
     /// Clips per batch.
     #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
+    /// Call a clip "unknown" when its best class is less likely than this (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    pub min_prob: f32,
+    /// Frames raw clips are resampled to, at most the model's max_seq_len (default: the
+    /// length the model was trained on; ready features keep their own).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
+}
+
+fn probability(text: &str) -> std::result::Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability from 0 to 1")),
+    }
 }
 
 pub fn predict(args: PredictArgs) -> Result<()> {
@@ -82,7 +96,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
     let k = args.top_k.clamp(1, c);
     let predictions: Vec<Prediction> = logits
         .chunks(c)
-        .map(|row| top_k(row, &classes, k))
+        .map(|row| top_k(row, &classes, k).with_min_prob(args.min_prob))
         .collect();
     if args.json {
         super::print_json(&predictions);
@@ -92,6 +106,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
                 println!("clip {i}: no prediction: the model's outputs are not finite");
                 continue;
             }
+            let unknown = if p.unknown { "unknown; " } else { "" };
             let top: Vec<String> = p
                 .top
                 .iter()
@@ -100,7 +115,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
                     format!("{class} {:.1}%", 100.0 * s.probability)
                 })
                 .collect();
-            println!("clip {i}: {}", top.join(", "));
+            println!("clip {i}: {unknown}{}", top.join(", "));
         }
     }
     let count = predictions.iter().filter(|p| !p.finite).count();
@@ -122,7 +137,10 @@ fn all_logits<B: Backend>(
     args: &PredictArgs,
     ckpt: &Checkpoint,
 ) -> Result<(Vec<f32>, Vec<String>)> {
-    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    let mut pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    if let Some(seq_len) = args.seq_len {
+        pipeline = pipeline.with_seq_len(seq_len)?;
+    }
     let classes = pipeline.classes().to_vec();
     if args.input.is_dir() {
         let frames = read_sequence_folder(&args.input)?;

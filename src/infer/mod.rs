@@ -18,7 +18,18 @@ pub struct Prediction {
     /// False when the model's logits for the clip hold a NaN or an infinity (weights or inputs
     /// beyond f32's range): no class can be ranked then, and `top` is empty.
     pub finite: bool,
+    /// True when the best class's probability is below the confidence threshold asked for
+    /// ([`Prediction::with_min_prob`]): the answer is "unknown", `top` still ranks the classes.
+    pub unknown: bool,
     pub top: Vec<ClassScore>,
+}
+
+impl Prediction {
+    /// Marks the prediction unknown when its best class is less likely than `min_prob`.
+    pub fn with_min_prob(mut self, min_prob: f32) -> Prediction {
+        self.unknown = self.finite && self.top.first().is_none_or(|s| s.probability < min_prob);
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -59,6 +70,21 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
             classes: ckpt.classes.clone(),
             preprocessing: ckpt.preprocessing.clone(),
         })
+    }
+
+    /// Preprocesses raw frames to `seq_len` frames instead of the checkpoint's length: at
+    /// least 1 and at most the model's `max_seq_len` (ready features keep their own length).
+    pub fn with_seq_len(mut self, seq_len: usize) -> Result<InferencePipeline<'b, B>> {
+        let max = self.model.config().max_seq_len;
+        if !(1..=max).contains(&seq_len) {
+            return Err(Error::InvalidConfig {
+                field: "seq_len",
+                value: seq_len.to_string(),
+                allowed: "1 to the model's max_seq_len",
+            });
+        }
+        self.preprocessing.seq_len = seq_len;
+        Ok(self)
     }
 
     pub fn model(&self) -> &SignTransformer<B> {
@@ -121,6 +147,7 @@ pub fn top_k(logits: &[f32], classes: &[String], k: usize) -> Prediction {
     if logits.iter().any(|v| !v.is_finite()) {
         return Prediction {
             finite: false,
+            unknown: false,
             top: Vec::new(),
         };
     }
@@ -129,6 +156,7 @@ pub fn top_k(logits: &[f32], classes: &[String], k: usize) -> Prediction {
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     Prediction {
         finite: true,
+        unknown: false,
         top: order
             .into_iter()
             .take(k)

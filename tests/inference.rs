@@ -1,0 +1,183 @@
+//! The inference pipeline as a service uses it: one pipeline shared by several threads, a
+//! chosen preprocessing length, a confidence threshold, and the memory guard of `AnyBackend`.
+
+use std::process::Command;
+
+use signflow::data::packs::{FRAME_WIDTH, LAYOUT_258};
+use signflow::data::synth_clips;
+use signflow::infer::{InferencePipeline, Prediction};
+use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
+use signflow::{Adapters, AnyBackend, Backend, CpuBackend, DType, Error, GpuBackend, GpuConfig};
+
+const SEQ_LEN: usize = 12;
+
+fn checkpoint() -> Checkpoint {
+    let config = ModelConfig {
+        num_classes: 4,
+        d_model: 16,
+        num_heads: 2,
+        num_layers: 1,
+        ff_dim: 32,
+        max_seq_len: SEQ_LEN,
+        ..ModelConfig::default()
+    };
+    let preprocessing = Preprocessing {
+        seq_len: SEQ_LEN,
+        layout: LAYOUT_258.into(),
+    };
+    let classes = ["a", "b", "c", "d"].map(String::from).to_vec();
+    Checkpoint::initial(config, classes, preprocessing, 5).unwrap()
+}
+
+/// Raw clips of several lengths.
+fn clips() -> Vec<Vec<f32>> {
+    let pack = synth_clips(4, 3, 20, 9);
+    (0..pack.len()).map(|i| pack.clip(i).to_vec()).collect()
+}
+
+fn predict_all<B: Backend>(
+    pipeline: &InferencePipeline<'_, B>,
+    clips: &[Vec<f32>],
+) -> Vec<Prediction> {
+    clips
+        .iter()
+        .map(|c| pipeline.predict_frames(c, FRAME_WIDTH, 3).unwrap())
+        .collect()
+}
+
+/// Four threads predicting with one pipeline get what one thread gets.
+fn shared_by_threads<B: Backend + Sync>(b: &B) {
+    let pipeline = InferencePipeline::from_checkpoint(b, &checkpoint()).unwrap();
+    let clips = clips();
+    let alone = predict_all(&pipeline, &clips);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| predict_all(&pipeline, &clips)))
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), alone);
+        }
+    });
+}
+
+#[test]
+fn one_pipeline_serves_four_threads_on_the_cpu() {
+    shared_by_threads(&CpuBackend::new(&GpuConfig::default()).unwrap());
+}
+
+#[test]
+fn one_pipeline_serves_four_threads_on_the_gpu() {
+    let adapters = Adapters::discover();
+    let (adapter, info) = adapters
+        .adapter(0)
+        .expect("no GPU adapter (install mesa-vulkan-drivers)");
+    shared_by_threads(&GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap());
+}
+
+#[test]
+fn the_preprocessing_length_is_chosen_within_the_model() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    let clip = &clips()[0];
+    let full = InferencePipeline::from_checkpoint(&b, &checkpoint()).unwrap();
+    let short = InferencePipeline::from_checkpoint(&b, &checkpoint())
+        .unwrap()
+        .with_seq_len(5)
+        .unwrap();
+    assert_eq!(short.preprocessing().seq_len, 5);
+    assert_ne!(
+        short.frames_logits(clip, FRAME_WIDTH).unwrap(),
+        full.frames_logits(clip, FRAME_WIDTH).unwrap()
+    );
+    for bad in [0, SEQ_LEN + 1] {
+        let pipeline = InferencePipeline::from_checkpoint(&b, &checkpoint()).unwrap();
+        assert!(matches!(
+            pipeline.with_seq_len(bad),
+            Err(Error::InvalidConfig {
+                field: "seq_len",
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn a_low_confidence_answer_is_unknown() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    let pipeline = InferencePipeline::from_checkpoint(&b, &checkpoint()).unwrap();
+    let p = pipeline
+        .predict_frames(&clips()[0], FRAME_WIDTH, 2)
+        .unwrap();
+    let best = p.top[0].probability;
+    assert!(!p.clone().with_min_prob(best).unknown);
+    let unsure = p.clone().with_min_prob(best + 1e-3);
+    assert!(unsure.unknown);
+    assert_eq!(
+        unsure.top, p.top,
+        "an unknown answer still ranks the classes"
+    );
+}
+
+#[test]
+fn the_memory_guard_of_any_backend_empties_its_cache() {
+    for device in ["cpu", "gpu:0"] {
+        let backend = AnyBackend::open(&GpuConfig {
+            device: device.into(),
+            ..GpuConfig::default()
+        })
+        .unwrap();
+        let reserved = || signflow::with_backend!(&backend, b => b.memory_stats().reserved_bytes);
+        {
+            let _guard = backend.memory_guard();
+            signflow::with_backend!(&backend, b => {
+                drop(b.alloc(&[1 << 16], DType::F32).unwrap());
+            });
+            assert!(reserved() > 0, "{device}: the freed block stays cached");
+        }
+        assert_eq!(reserved(), 0, "{device}: the guard handed the cache back");
+    }
+}
+
+#[test]
+fn predict_takes_a_confidence_threshold_and_a_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    checkpoint().save(&model).unwrap();
+    let pack = dir.path().join("clips.safetensors");
+    synth_clips(4, 1, 20, 9).save(&pack).unwrap();
+    let predict = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_signflow"))
+            .args(["predict", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&pack)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = predict(&["--min-prob", "1"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.matches("unknown").count(), 4, "{text}");
+    let (code, text) = predict(&["--min-prob", "0"]);
+    assert_eq!((code, text.contains("unknown")), (Some(0), false), "{text}");
+    let (code, text) = predict(&["--seq-len", "6"]);
+    assert_eq!(code, Some(0), "{text}");
+    for bad in [
+        &["--min-prob", "1.5"][..],
+        &["--seq-len", "0"],
+        &["--seq-len", "13"],
+    ] {
+        let (code, text) = predict(bad);
+        assert_ne!(code, Some(0), "{bad:?}: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+        let flag = &bad[0][2..];
+        assert!(
+            text.contains(flag) || text.contains(&flag.replace('-', "_")),
+            "{bad:?}: {text}"
+        );
+    }
+}
