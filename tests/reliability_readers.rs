@@ -102,6 +102,10 @@ fn what_is_not_a_regular_file_is_refused_by_every_reader() {
         if kind != "a folder" {
             // A folder as --input is a sequence folder; the other two are not.
             assert_refused(&predict(&model, bad), &words);
+            // Nor is either an MP_Data folder to import.
+            let packed = dir.path().join("packed.safetensors");
+            let import = signflow(&["data", "import", s(bad), "-o", s(&packed)]);
+            assert_refused(&import, &[s(bad), "is not a folder"]);
         }
     }
 }

@@ -62,6 +62,15 @@ pub fn import_mp_data(
     opts: &ImportOptions,
     progress: &ProgressBar,
 ) -> Result<(ClipPack, ImportReport)> {
+    if !std::fs::metadata(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .is_dir()
+    {
+        return Err(Error::data(
+            dir,
+            "is not a folder: data import reads an MP_Data folder (<class>/<sequence>/<frame>.npy)",
+        ));
+    }
     let classes = class_names(dir, opts.classes.as_deref())?;
     let mut sequences = Vec::new();
     for (label, class) in classes.iter().enumerate() {
