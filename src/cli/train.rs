@@ -837,7 +837,7 @@ pub fn say_if_generated(path: &Path, data: &Dataset) {
     if let Dataset::Clips(p) = data {
         if p.source.contains("generated") {
             eprintln!(
-                "note: {} holds GENERATED clips ({}), not real signing",
+                "note: {} holds GENERATED clips, not real signing (its source: {})",
                 path.display(),
                 super::printable(&p.source)
             );
