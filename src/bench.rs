@@ -285,7 +285,7 @@ pub fn bench_matmul<B: Backend>(
 /// training step at batch 32 × 64 frames (forward with dropout, loss, backward, clipping,
 /// AdamW; peak memory counts the parameters, gradients, moments and every activation), and a
 /// single clip's prediction.
-struct ModelCase<B: Backend> {
+pub(crate) struct ModelCase<B: Backend> {
     model: SignTransformer<B>,
     ws: Workspace<B>,
     /// Present for a training step.
@@ -296,9 +296,24 @@ struct ModelCase<B: Backend> {
 }
 
 impl<B: Backend> ModelCase<B> {
-    fn new(b: &B, training: bool, inputs: &mut Inputs) -> Result<ModelCase<B>> {
+    /// The benchmark's case: the default model, a training step at batch 32 or one clip's
+    /// prediction, at its full length.
+    fn standard(b: &B, training: bool, inputs: &mut Inputs) -> Result<ModelCase<B>> {
         let cfg = ModelConfig::default();
         let (batch, seq) = (if training { 32 } else { 1 }, cfg.max_seq_len);
+        Self::new(b, cfg, batch, seq, training, inputs)
+    }
+
+    /// A fresh model of `cfg` on `b` with a random batch of `batch` clips of `seq` frames
+    /// loaded, and an optimizer when `training`.
+    pub(crate) fn new(
+        b: &B,
+        cfg: ModelConfig,
+        batch: usize,
+        seq: usize,
+        training: bool,
+        inputs: &mut Inputs,
+    ) -> Result<ModelCase<B>> {
         let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
         if !training {
             // As InferencePipeline predicts.
@@ -327,7 +342,7 @@ impl<B: Backend> ModelCase<B> {
     }
 
     /// Records one training step, or one prediction.
-    fn run(&mut self, b: &B) -> Result<()> {
+    pub(crate) fn run(&mut self, b: &B) -> Result<()> {
         let Some(optimizer) = &mut self.optimizer else {
             return self.model.forward(b, &self.ws, None);
         };
@@ -369,7 +384,7 @@ pub fn bench_model<B: Backend>(
 ) -> Result<BenchRow> {
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut case = ModelCase::new(b, op == Op::TrainStep, inputs)?;
+    let mut case = ModelCase::standard(b, op == Op::TrainStep, inputs)?;
     let times = time(b, budget, || case.run(b))?;
     Ok(case.row(b, op, times))
 }
@@ -386,7 +401,7 @@ pub fn bench_host_record<B: Backend>(
     const WARM_UP: usize = 2;
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut case = ModelCase::new(b, op == Op::TrainStep, inputs)?;
+    let mut case = ModelCase::standard(b, op == Op::TrainStep, inputs)?;
     for _ in 0..WARM_UP {
         case.run(b)?;
         b.synchronize()?;

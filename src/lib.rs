@@ -2,8 +2,9 @@
 //! kernels dispatched by wgpu (Vulkan, Metal, DX12, GL), and on any CPU.
 //!
 //! Layers, each using only those below it (DESIGN.md, Layers), from the top:
-//! - [`train`] (the trainer and its configuration), [`infer`] (the inference pipeline) and
-//!   [`export`] (ONNX export, and the reader of exported files);
+//! - [`train`] (the trainer and its configuration), [`infer`] (the inference pipeline),
+//!   [`export`] (ONNX export, and the reader of exported files) and [`profile`] (a model's
+//!   time and memory per prediction or training step);
 //! - [`model`]: the transformer, its parameters, checkpoints, and the workspace of one step;
 //! - [`data`]: clip and feature packs, MP_Data import, preprocessing, batches, loader threads
 //!   (it needs no backend);
@@ -48,6 +49,7 @@ mod isa;
 pub mod memory;
 pub mod model;
 pub mod ops;
+pub mod profile;
 #[doc(hidden)]
 pub mod reference;
 #[doc(hidden)]

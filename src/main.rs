@@ -75,6 +75,8 @@ enum Command {
     Predict(cli::predict::PredictArgs),
     /// Write a model as a standard ONNX file (opset 17 or later) for ONNX runtimes.
     Export(cli::export::ExportArgs),
+    /// Time and memory of one prediction or training step of a model on a device.
+    Profile(cli::profile::ProfileArgs),
 }
 
 #[derive(Args)]
@@ -182,6 +184,7 @@ fn run(cli: Cli) -> signflow::Result<ExitCode> {
         Command::Eval(a) => cli::train::eval(a).map(|()| ExitCode::SUCCESS),
         Command::Predict(a) => cli::predict::predict(a).map(|()| ExitCode::SUCCESS),
         Command::Export(a) => cli::export::export(a).map(|()| ExitCode::SUCCESS),
+        Command::Profile(a) => cli::profile::profile(a).map(|()| ExitCode::SUCCESS),
         Command::Bench {
             device,
             samples,

@@ -181,3 +181,50 @@ fn predict_takes_a_confidence_threshold_and_a_length() {
         );
     }
 }
+
+#[test]
+fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    checkpoint().save(&model).unwrap();
+    let profile = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_signflow"))
+            .args(["profile", "--iterations", "3", "--model"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            err,
+        )
+    };
+    for (device, train) in [("cpu", false), ("cpu", true), ("gpu:0", false)] {
+        let mut args = vec!["--device", device, "--batch-size", "3", "--json"];
+        if train {
+            args.push("--train");
+        }
+        let (code, out, err) = profile(&args);
+        assert_eq!(code, Some(0), "{err}");
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["train"], train);
+        assert_eq!(
+            (p["batch_size"].as_u64(), p["seq_len"].as_u64()),
+            (Some(3), Some(12))
+        );
+        let ms = |k: &str| p[k].as_f64().unwrap();
+        assert!(
+            0.0 < ms("median_ms") && ms("median_ms") <= ms("p95_ms"),
+            "{p}"
+        );
+        assert!(
+            ms("samples_per_s") > 0.0 && ms("peak_memory_mb") > 0.0,
+            "{p}"
+        );
+    }
+    let (code, _, err) = profile(&["--device", "cpu", "--seq-len", "13"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("seq_len = 13"), "{err}");
+}

@@ -5,6 +5,7 @@ pub mod data;
 pub mod demo;
 pub mod export;
 pub mod predict;
+pub mod profile;
 pub mod subset;
 pub mod train;
 

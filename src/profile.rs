@@ -1,0 +1,139 @@
+//! Profiling a model on a device (`signflow profile`, the counterpart of the replaced
+//! system's `profile_model`): the time and memory of one prediction, or one whole training
+//! step, at a chosen batch size and clip length, over many iterations after a warm-up.
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::bench::ModelCase;
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use crate::selftest::Inputs;
+
+/// What to profile.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    /// Clips per call. At least 1.
+    pub batch_size: usize,
+    /// Frames per clip, from 1 to the model's `max_seq_len`.
+    pub seq_len: usize,
+    /// Timed calls. At least 1.
+    pub iterations: usize,
+    /// Untimed calls first (kernels compiled, buffers pooled).
+    pub warmup: usize,
+    /// A whole training step (forward with dropout, loss, backward, clipping, AdamW) rather
+    /// than a prediction.
+    pub train: bool,
+}
+
+/// One profile (`signflow profile --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Profile {
+    /// Adapter name, or the CPU's.
+    pub device: String,
+    /// `cpu`, or the graphics API.
+    pub backend: String,
+    pub train: bool,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub iterations: usize,
+    /// Wall-clock time per call in ms, each call waited for: mean, median and 95th percentile.
+    pub mean_ms: f64,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    /// The device's own time per call in ms, where it can time itself (mean).
+    pub device_mean_ms: Option<f64>,
+    /// Clips per second at the median time.
+    pub samples_per_s: f64,
+    /// The most memory the calls held on the device at once, in MiB.
+    pub peak_memory_mb: f64,
+}
+
+/// Profiles a fresh model of `config` (its weights do not change the time) on `b`: random
+/// inputs from `seed`, `settings.warmup` calls, then `settings.iterations` timed ones.
+pub fn profile_model<B: Backend>(
+    b: &B,
+    config: &ModelConfig,
+    settings: &ProfileSettings,
+    seed: u64,
+) -> Result<Profile> {
+    let s = settings;
+    let invalid = |field, value: usize, allowed| Error::InvalidConfig {
+        field,
+        value: value.to_string(),
+        allowed,
+    };
+    if s.batch_size == 0 {
+        return Err(invalid("batch_size", 0, "at least 1 clip"));
+    }
+    if s.iterations == 0 {
+        return Err(invalid("iterations", 0, "at least 1 timed call"));
+    }
+    if !(1..=config.max_seq_len).contains(&s.seq_len) {
+        return Err(invalid(
+            "seq_len",
+            s.seq_len,
+            "1 to the model's max_seq_len",
+        ));
+    }
+    b.empty_cache();
+    b.reset_peak_memory_stats();
+    let mut inputs = Inputs::new(seed);
+    let mut case = ModelCase::new(
+        b,
+        config.clone(),
+        s.batch_size,
+        s.seq_len,
+        s.train,
+        &mut inputs,
+    )?;
+    for _ in 0..s.warmup {
+        case.run(b)?;
+    }
+    b.synchronize()?;
+    let (mut wall, mut device) = (Vec::new(), Vec::new());
+    for _ in 0..s.iterations {
+        let start = Instant::now();
+        let device_ms = b.device_time_ms(&mut || case.run(b))?;
+        b.synchronize()?;
+        wall.push(start.elapsed().as_secs_f64() * 1e3);
+        device.extend(device_ms);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let median_ms = percentile(&wall, 0.5);
+    Ok(Profile {
+        device: b.info().name.clone(),
+        backend: b.info().backend.clone(),
+        train: s.train,
+        batch_size: s.batch_size,
+        seq_len: s.seq_len,
+        iterations: s.iterations,
+        mean_ms: mean(&wall),
+        median_ms,
+        p95_ms: percentile(&wall, 0.95),
+        device_mean_ms: (device.len() == wall.len()).then(|| mean(&device)),
+        samples_per_s: s.batch_size as f64 / (median_ms / 1e3),
+        peak_memory_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
+    })
+}
+
+/// The value at fraction `q` of the sorted values (nearest rank).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_ranks() {
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 10.0);
+        assert_eq!(percentile(&v, 0.95), 19.0);
+        assert_eq!(percentile(&[3.0], 0.95), 3.0);
+    }
+}
