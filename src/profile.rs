@@ -117,6 +117,91 @@ pub fn profile_model<B: Backend>(
     })
 }
 
+/// The outcome of [`optimal_batch_size`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchSearch {
+    /// The largest batch that ran within the budget.
+    pub batch_size: usize,
+    /// Whether it was a training step (else a prediction).
+    pub train: bool,
+    pub seq_len: usize,
+    /// The device memory budget searched within, in MiB (None where it is not known).
+    pub budget_mb: Option<f64>,
+    /// The most memory the step at `batch_size` held, in MiB.
+    pub peak_memory_mb: f64,
+}
+
+/// The largest batch from `min_batch` to `max_batch` clips of `seq_len` frames whose
+/// prediction (or training step, with `train`) of a model of `config` runs within `b`'s memory
+/// budget (the counterpart of the replaced system's `get_optimal_batch_size`; the budget is
+/// the one `b` was opened with: a share of the device's memory, or an absolute limit). Each
+/// candidate is tried by making the step's workspace and running it once, so the answer is
+/// what ran, not an estimate.
+pub fn optimal_batch_size<B: Backend>(
+    b: &B,
+    config: &ModelConfig,
+    seq_len: usize,
+    train: bool,
+    (min_batch, max_batch): (usize, usize),
+) -> Result<BatchSearch> {
+    if min_batch == 0 || min_batch > max_batch {
+        return Err(Error::InvalidConfig {
+            field: "batch sizes",
+            value: format!("{min_batch} to {max_batch}"),
+            allowed: "a smallest batch of at least 1, no larger than the largest",
+        });
+    }
+    let fits = |batch: usize| -> Result<Option<f64>> {
+        b.empty_cache();
+        b.reset_peak_memory_stats();
+        let mut inputs = Inputs::new(0);
+        let ran = ModelCase::new(b, config.clone(), batch, seq_len, train, &mut inputs)
+            .and_then(|mut case| case.run(b).and_then(|()| b.synchronize()));
+        let peak = b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0);
+        b.empty_cache();
+        match ran {
+            Ok(()) => Ok(Some(peak)),
+            Err(Error::OutOfMemory { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    if !(1..=config.max_seq_len).contains(&seq_len) {
+        return Err(Error::InvalidConfig {
+            field: "seq_len",
+            value: seq_len.to_string(),
+            allowed: "1 to the model's max_seq_len",
+        });
+    }
+    let budget_mb = b
+        .memory_stats()
+        .budget_bytes
+        .map(|v| v as f64 / (1024.0 * 1024.0));
+    let Some(mut peak) = fits(min_batch)? else {
+        return Err(Error::InvalidConfig {
+            field: "min_batch_size",
+            value: min_batch.to_string(),
+            allowed: "a batch that fits in the memory budget: not even the smallest does; \
+                      raise the budget or shorten the clips",
+        });
+    };
+    // The largest batch known to fit, and the smallest known not to.
+    let (mut good, mut bad) = (min_batch, max_batch + 1);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        match fits(mid)? {
+            Some(p) => (good, peak) = (mid, p),
+            None => bad = mid,
+        }
+    }
+    Ok(BatchSearch {
+        batch_size: good,
+        train,
+        seq_len,
+        budget_mb,
+        peak_memory_mb: peak,
+    })
+}
+
 /// The value at fraction `q` of the sorted values (nearest rank).
 fn percentile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();

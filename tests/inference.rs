@@ -228,3 +228,83 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("seq_len = 13"), "{err}");
 }
+
+/// Under a memory limit, the batch found runs and one twice as large does not.
+fn the_batch_found_fits<B: Backend>(b: &B) {
+    let config = checkpoint().config;
+    for train in [false, true] {
+        let found =
+            signflow::profile::optimal_batch_size(b, &config, SEQ_LEN, train, (1, 4096)).unwrap();
+        assert!(found.batch_size > 1 && found.batch_size < 4096, "{found:?}");
+        let run = |batch_size| {
+            let settings = signflow::profile::ProfileSettings {
+                batch_size,
+                seq_len: SEQ_LEN,
+                iterations: 1,
+                warmup: 0,
+                train,
+            };
+            signflow::profile::profile_model(b, &config, &settings, 0)
+        };
+        run(found.batch_size).unwrap();
+        assert!(matches!(
+            run(2 * found.batch_size),
+            Err(Error::OutOfMemory { .. })
+        ));
+    }
+}
+
+#[test]
+fn the_batch_size_search_finds_one_that_fits_on_the_cpu_and_the_gpu() {
+    let limited = |device: &str| GpuConfig {
+        device: device.into(),
+        memory_limit_mb: Some(4),
+        ..GpuConfig::default()
+    };
+    the_batch_found_fits(&CpuBackend::new(&limited("cpu")).unwrap());
+    let adapters = Adapters::discover();
+    let (adapter, info) = adapters.adapter(0).expect("no GPU adapter");
+    the_batch_found_fits(&GpuBackend::new(adapter, info.clone(), &limited("gpu:0")).unwrap());
+}
+
+#[test]
+fn a_training_run_out_of_memory_names_a_batch_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("clips.safetensors");
+    synth_clips(3, 4, 20, 2).save(&pack).unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_signflow"))
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--epochs",
+                "1",
+                "--memory-limit-mb",
+                "90",
+            ])
+            .arg("--data")
+            .arg(&pack)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), err)
+    };
+    let (code, err) = train("big", &["--batch-size", "12"]);
+    assert_eq!(code, Some(1), "{err}");
+    let advice = err
+        .split("train with ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no advice in: {err}"));
+    let words: Vec<&str> = advice.split_whitespace().take(4).collect();
+    assert_eq!(
+        (words[0], words[2]),
+        ("--batch-size", "--grad-accum"),
+        "{err}"
+    );
+    let (code, err) = train("fits", &words);
+    assert_eq!(code, Some(0), "the advised {words:?} did not fit: {err}");
+}

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use signflow::infer::load_model;
 use signflow::model::ModelConfig;
-use signflow::profile::{profile_model, Profile, ProfileSettings};
-use signflow::{with_backend, Result};
+use signflow::profile::{optimal_batch_size, profile_model, Profile, ProfileSettings};
+use signflow::{with_backend, AnyBackend, GpuConfig, Result};
 
 #[derive(Args)]
 pub struct ProfileArgs {
@@ -35,6 +35,21 @@ pub struct ProfileArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Instead of timing, find the largest batch whose step runs within the memory budget.
+    #[arg(long)]
+    pub find_batch_size: bool,
+    /// With --find-batch-size: the share of the device's memory the step may use.
+    #[arg(long, default_value_t = 0.8)]
+    pub max_memory_fraction: f64,
+    /// With --find-batch-size: an absolute budget in MiB instead of the share.
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
+    /// With --find-batch-size: the smallest batch to consider.
+    #[arg(long, default_value_t = 1, value_parser = super::positive)]
+    pub min_batch_size: usize,
+    /// With --find-batch-size: the largest batch to consider.
+    #[arg(long, default_value_t = 512, value_parser = super::positive)]
+    pub max_batch_size: usize,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -51,12 +66,49 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         warmup: args.warmup,
         train: args.train,
     };
+    if args.find_batch_size {
+        return find_batch_size(&args, &config, settings.seq_len);
+    }
     let device = super::open_device(&args.device)?;
     let p = with_backend!(&device, b => profile_model(b, &config, &settings, args.seed))?;
     if args.json {
         super::print_json(&p);
     } else {
         print_profile(&p);
+    }
+    Ok(())
+}
+
+fn find_batch_size(args: &ProfileArgs, config: &ModelConfig, seq_len: usize) -> Result<()> {
+    let device = AnyBackend::open(&GpuConfig {
+        device: args.device.clone(),
+        memory_fraction: args.max_memory_fraction,
+        memory_limit_mb: args.memory_limit_mb,
+        ..GpuConfig::default()
+    })?;
+    let range = (args.min_batch_size, args.max_batch_size);
+    let found =
+        with_backend!(&device, b => optimal_batch_size(b, config, seq_len, args.train, range))?;
+    if args.json {
+        super::print_json(&found);
+    } else {
+        let what = if found.train {
+            "a training step"
+        } else {
+            "a prediction"
+        };
+        let budget = found.budget_mb.map_or("no known budget".into(), |mb| {
+            format!("a budget of {mb:.0} MiB")
+        });
+        println!(
+            "batch size {} ({}-frame clips): the largest from {} to {} at which {what} ran \
+             within {budget} (peak {:.1} MiB)",
+            found.batch_size,
+            found.seq_len,
+            args.min_batch_size,
+            args.max_batch_size,
+            found.peak_memory_mb
+        );
     }
     Ok(())
 }

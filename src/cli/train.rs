@@ -10,7 +10,8 @@ use signflow::fsio::fingerprint::Fingerprint;
 use signflow::fsio::guard::{check_writes, resolve, same_file};
 use signflow::fsio::lock::{DirLock, LOCK_FILE};
 use signflow::infer::{load_model, InferencePipeline};
-use signflow::model::{Checkpoint, ModelConfig};
+use signflow::model::{Checkpoint, ModelConfig, ParamLayout};
+use signflow::profile::optimal_batch_size;
 use signflow::train::state::TrainingState;
 use signflow::train::trainer::{
     BEST_FILE, CONFIG_FILE, CURVES_FILE, FINAL_FILE, METRICS_FILE, STATE_FILE,
@@ -18,7 +19,7 @@ use signflow::train::trainer::{
 use signflow::train::{
     evaluate, initial_model, Augment, EvalReport, Schedule, Trainer, TrainingConfig,
 };
-use signflow::{with_backend, AnyBackend, Backend, Error, Result};
+use signflow::{with_backend, AnyBackend, Backend, DType, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -723,7 +724,34 @@ fn run_training<B: Backend>(
         eprintln!("\ninterrupted: saving after the current update ...");
         flag.store(true, Ordering::SeqCst);
     });
-    let epochs = trainer.fit(train, val)?;
+    let seq_len = match train.dataset() {
+        Dataset::Features(p) => p.t,
+        Dataset::Clips(_) => trainer.model().config().max_seq_len,
+    };
+    let epochs = match trainer.fit(train, val) {
+        Err(Error::OutOfMemory {
+            request,
+            requested_bytes,
+            in_use_bytes,
+            budget_bytes,
+            hint,
+        }) if hint.is_empty() => {
+            let (config, batch) = (
+                trainer.model().config().clone(),
+                trainer.config().batch_size,
+            );
+            // The run's own buffers would crowd the search.
+            drop(trainer);
+            return Err(Error::OutOfMemory {
+                request,
+                requested_bytes,
+                in_use_bytes,
+                budget_bytes,
+                hint: batch_that_fits(b, &config, seq_len, batch),
+            });
+        }
+        other => other?,
+    };
     if let Some(last) = epochs.last() {
         eprintln!(
             "done: {} epochs; last train loss {:.4}{}",
@@ -739,6 +767,38 @@ fn run_training<B: Backend>(
         eprintln!("outputs in {}", dir.display());
     }
     Ok(())
+}
+
+/// What to say after a training step ran out of memory at `batch` clips: the largest batch
+/// that runs within the same budget, and the gradient accumulation that keeps the effective
+/// batch.
+fn batch_that_fits<B: Backend>(
+    b: &B,
+    config: &ModelConfig,
+    seq_len: usize,
+    batch: usize,
+) -> String {
+    let below = (1, batch.saturating_sub(1).max(1));
+    let nothing_fits = "; not even a batch of 1 fits: lower --max-seq-len or the model's size, or \
+                        raise --memory-limit-mb / --memory-fraction";
+    // A smaller batch means accumulating gradients, in an arena the size of the parameters:
+    // held while searching, so that what is found fits beside it.
+    let Ok(_accumulator) = b.alloc(&[ParamLayout::new(config).total], DType::F32) else {
+        return nothing_fits.into();
+    };
+    match optimal_batch_size(b, config, seq_len, true, below) {
+        Ok(found) if found.batch_size < batch => {
+            let accum = batch.div_ceil(found.batch_size);
+            format!(
+                "; the largest batch that fits is {}: train with --batch-size {} --grad-accum \
+                 {accum} for an effective batch of {}",
+                found.batch_size,
+                found.batch_size,
+                found.batch_size * accum
+            )
+        }
+        _ => nothing_fits.into(),
+    }
 }
 
 /// An --init checkpoint fixes the model's sizes: a size the user chose that differs from it
