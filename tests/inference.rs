@@ -227,6 +227,25 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
     let (code, _, err) = profile(&["--device", "cpu", "--seq-len", "13"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("seq_len = 13"), "{err}");
+    // The sizes from a config file's `model` object instead.
+    let config = dir.path().join("config.json");
+    let sizes = r#"{"model": {"d_model": 16, "num_heads": 2, "num_layers": 1, "max_seq_len": 10}}"#;
+    std::fs::write(&config, sizes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_signflow"))
+        .args([
+            "profile",
+            "--device",
+            "cpu",
+            "--iterations",
+            "2",
+            "--json",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["seq_len"].as_u64(), Some(10), "{p}");
 }
 
 /// Under a memory limit, the batch found runs and one twice as large does not.

@@ -7,14 +7,18 @@ use clap::Args;
 use signflow::infer::load_model;
 use signflow::model::ModelConfig;
 use signflow::profile::{optimal_batch_size, profile_model, Profile, ProfileSettings};
+use signflow::train::TrainingConfig;
 use signflow::{with_backend, AnyBackend, GpuConfig, Result};
 
 #[derive(Args)]
 pub struct ProfileArgs {
-    /// The model to profile (safetensors, or ONNX from signflow export); without it, the
-    /// default model.
-    #[arg(long)]
+    /// The model to profile (safetensors, or ONNX from signflow export); without it or
+    /// --config, the default model.
+    #[arg(long, conflicts_with = "config")]
     pub model: Option<PathBuf>,
+    /// A config file (as `train --config` reads) whose `model` object gives the model's sizes.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Clips per call.
     #[arg(long, default_value_t = 1, value_parser = super::positive)]
     pub batch_size: usize,
@@ -55,10 +59,15 @@ pub struct ProfileArgs {
 }
 
 pub fn profile(args: ProfileArgs) -> Result<()> {
-    let config = match &args.model {
-        Some(path) => load_model(path)?.config,
-        None => ModelConfig::default(),
+    let config = match (&args.model, &args.config) {
+        (Some(path), _) => load_model(path)?.config,
+        (None, Some(path)) => match TrainingConfig::from_file(path)?.1 {
+            Some(model) => ModelConfig::from_json(&path.display().to_string(), &model)?,
+            None => ModelConfig::default(),
+        },
+        (None, None) => ModelConfig::default(),
     };
+    config.validate()?;
     let settings = ProfileSettings {
         batch_size: args.batch_size,
         seq_len: args.seq_len.unwrap_or(config.max_seq_len),

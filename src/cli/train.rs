@@ -249,16 +249,8 @@ impl TrainArgs {
             dropout: self.model.dropout.is_some() || in_file("dropout"),
             data_sizes: Vec::new(),
         };
-        let mut m: ModelConfig = match &model_json {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                Error::data(
-                    &config_name,
-                    format!(
-                        "its `model` object: {e}; it takes the fields of a model configuration \
-                         (d_model, num_heads, num_layers, ff_dim, max_seq_len, dropout, ...)"
-                    ),
-                )
-            })?,
+        let mut m = match &model_json {
+            Some(v) => ModelConfig::from_json(&config_name, v)?,
             None => ModelConfig::default(),
         };
         macro_rules! set {

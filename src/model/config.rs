@@ -154,6 +154,20 @@ impl ModelConfig {
         ]
     }
 
+    /// The `model` object of a config file (`source` names the file in errors); missing
+    /// fields take their defaults, unknown ones are refused.
+    pub fn from_json(source: &str, value: &serde_json::Value) -> Result<ModelConfig> {
+        serde_json::from_value(value.clone()).map_err(|e| {
+            Error::data(
+                source,
+                format!(
+                    "its `model` object: {e}; it takes the fields of a model configuration \
+                     (d_model, num_heads, num_layers, ff_dim, max_seq_len, dropout, ...)"
+                ),
+            )
+        })
+    }
+
     /// Refuses data the model cannot take, naming `path`: a feature pack of other features per
     /// frame or of more frames than max_seq_len (ready features are taken as they are, not
     /// resampled), or a clip pack for a model that does not take the preprocessed features.
