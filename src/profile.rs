@@ -69,13 +69,7 @@ pub fn profile_model<B: Backend>(
     if s.iterations == 0 {
         return Err(invalid("iterations", 0, "at least 1 timed call"));
     }
-    if !(1..=config.max_seq_len).contains(&s.seq_len) {
-        return Err(invalid(
-            "seq_len",
-            s.seq_len,
-            "1 to the model's max_seq_len",
-        ));
-    }
+    config.check_seq_len(s.seq_len)?;
     b.empty_cache();
     b.reset_peak_memory_stats();
     let mut inputs = Inputs::new(seed);
@@ -151,6 +145,7 @@ pub fn optimal_batch_size<B: Backend>(
             allowed: "a smallest batch of at least 1, no larger than the largest",
         });
     }
+    config.check_seq_len(seq_len)?;
     let fits = |batch: usize| -> Result<Option<f64>> {
         b.empty_cache();
         b.reset_peak_memory_stats();
@@ -165,13 +160,6 @@ pub fn optimal_batch_size<B: Backend>(
             Err(e) => Err(e),
         }
     };
-    if !(1..=config.max_seq_len).contains(&seq_len) {
-        return Err(Error::InvalidConfig {
-            field: "seq_len",
-            value: seq_len.to_string(),
-            allowed: "1 to the model's max_seq_len",
-        });
-    }
     let budget_mb = b
         .memory_stats()
         .budget_bytes

@@ -716,10 +716,7 @@ fn run_training<B: Backend>(
         eprintln!("\ninterrupted: saving after the current update ...");
         flag.store(true, Ordering::SeqCst);
     });
-    let seq_len = match train.dataset() {
-        Dataset::Features(p) => p.t,
-        Dataset::Clips(_) => trainer.model().config().max_seq_len,
-    };
+    let seq_len = trainer.preprocessing_for(train.dataset()).seq_len;
     let epochs = match trainer.fit(train, val) {
         Err(Error::OutOfMemory {
             request,

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::read::open_regular_file;
 use crate::error::{Error, Result};
 
 /// What a run records of each data file it reads.
@@ -25,12 +26,8 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// Reads `path` to its recorded end (it must be a regular file).
     pub fn of_file(path: &Path) -> Result<Fingerprint> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if !meta.is_file() {
-            return Err(Error::data(path, "is not a regular file"));
-        }
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut reader = file.take(meta.len());
+        let (file, len) = open_regular_file(path, "data file")?;
+        let mut reader = file.take(len);
         let mut hasher = Xxh3::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut bytes = 0u64;

@@ -75,14 +75,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     /// Preprocesses raw frames to `seq_len` frames instead of the checkpoint's length: at
     /// least 1 and at most the model's `max_seq_len` (ready features keep their own length).
     pub fn with_seq_len(mut self, seq_len: usize) -> Result<InferencePipeline<'b, B>> {
-        let max = self.model.config().max_seq_len;
-        if !(1..=max).contains(&seq_len) {
-            return Err(Error::InvalidConfig {
-                field: "seq_len",
-                value: seq_len.to_string(),
-                allowed: "1 to the model's max_seq_len",
-            });
-        }
+        self.model.config().check_seq_len(seq_len)?;
         self.preprocessing.seq_len = seq_len;
         Ok(self)
     }

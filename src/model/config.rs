@@ -168,6 +168,18 @@ impl ModelConfig {
         })
     }
 
+    /// Refuses a clip length (`seq_len`) this model cannot take: from 1 to `max_seq_len`.
+    pub fn check_seq_len(&self, seq_len: usize) -> Result<()> {
+        if (1..=self.max_seq_len).contains(&seq_len) {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig {
+            field: "seq_len",
+            value: seq_len.to_string(),
+            allowed: "1 to the model's max_seq_len",
+        })
+    }
+
     /// Refuses data the model cannot take, naming `path`: a feature pack of other features per
     /// frame or of more frames than max_seq_len (ready features are taken as they are, not
     /// resampled), or a clip pack for a model that does not take the preprocessed features.

@@ -629,8 +629,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
         Ok(())
     }
 
-    /// Clip packs are resampled to the model's max_seq_len; feature packs come as they are.
-    fn preprocessing_for(&self, dataset: &Dataset) -> Preprocessing {
+    /// What this model's training inputs from `dataset` are: clip packs are resampled to the
+    /// model's max_seq_len; feature packs come as they are.
+    pub fn preprocessing_for(&self, dataset: &Dataset) -> Preprocessing {
         match dataset {
             Dataset::Clips(_) => Preprocessing {
                 seq_len: self.model.config().max_seq_len,
