@@ -60,7 +60,7 @@ fn min_prob_help() -> String {
     )
 }
 
-pub fn probability(text: &str) -> std::result::Result<f32, String> {
+fn probability(text: &str) -> std::result::Result<f32, String> {
     match text.parse::<f32>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("`{text}` is not a probability from 0 to 1")),
