@@ -12,7 +12,7 @@ use signflow::infer::stream::{without_hands, Recording, Segmenter};
 use signflow::infer::{InferencePipeline, Segment, StreamSettings, StreamingRecognizer};
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
 use signflow::train::{initial_model, Trainer, TrainingConfig};
-use signflow::{CpuBackend, Error, GpuConfig};
+use signflow::{Adapters, CpuBackend, Error, GpuBackend, GpuConfig};
 
 const PACK: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -342,6 +342,41 @@ fn windows_cover_the_stream_and_a_short_one_is_one_window() {
         recognize(&pipeline, &with_face, every_window(10, 4)),
         segments
     );
+}
+
+/// The windows run on whichever device the pipeline is on: a GPU finds what the CPU finds.
+#[test]
+fn a_gpu_pipeline_finds_the_same_segments() {
+    let adapters = Adapters::discover();
+    let (adapter, info) = adapters
+        .adapter(0)
+        .expect("no GPU adapter (install mesa-vulkan-drivers)");
+    let gpu = GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap();
+    let recording = Recording {
+        values: frames(20).concat(),
+        width: FRAME_WIDTH,
+    };
+    let cpu = cpu();
+    let on_cpu = recognize(
+        &InferencePipeline::from_checkpoint(&cpu, &untrained()).unwrap(),
+        &recording,
+        every_window(10, 4),
+    );
+    let on_gpu = StreamingRecognizer::new(
+        &InferencePipeline::from_checkpoint(&gpu, &untrained()).unwrap(),
+        every_window(10, 4),
+    )
+    .unwrap()
+    .recognize(recording.frames())
+    .unwrap();
+    assert_eq!(on_gpu.len(), on_cpu.len(), "{on_gpu:?} {on_cpu:?}");
+    for (g, c) in on_gpu.iter().zip(&on_cpu) {
+        assert_eq!(
+            (g.start_frame, g.end_frame, &g.class),
+            (c.start_frame, c.end_frame, &c.class)
+        );
+        assert!((g.prob - c.prob).abs() < 1e-4, "{g:?} {c:?}");
+    }
 }
 
 #[test]
