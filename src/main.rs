@@ -71,7 +71,8 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Loss, top-1, top-k and per-class accuracy of a checkpoint on a labelled pack.
     Eval(cli::train::EvalArgs),
-    /// Class probabilities for a pack or one MP_Data sequence folder.
+    /// Class probabilities for a pack or one MP_Data sequence folder; with --stream, the
+    /// timeline of the signs in a long recording.
     Predict(cli::predict::PredictArgs),
     /// Write a model as a standard ONNX file (opset 17 or later) for ONNX runtimes.
     Export(cli::export::ExportArgs),

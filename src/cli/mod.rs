@@ -5,6 +5,7 @@ pub mod data;
 pub mod demo;
 pub mod export;
 pub mod predict;
+pub mod predict_stream;
 pub mod profile;
 pub mod subset;
 pub mod train;

@@ -6,8 +6,19 @@
 /// infinite, for the caller to reject); the error says what is wrong, for a message naming
 /// the file.
 pub fn read_floats(bytes: &[u8]) -> Result<Vec<f32>, String> {
+    read_array(bytes).map(|(_, values)| values)
+}
+
+/// [`read_floats`] with the array's shape, for files that hold more than one frame.
+pub fn read_array(bytes: &[u8]) -> Result<(Vec<u64>, Vec<f32>), String> {
     let (header, data) = split_header(bytes)?;
-    let (descr, shape) = header_fields(header)?;
+    let (descr, shape, fortran) = header_fields(header)?;
+    if fortran && shape.iter().filter(|&&d| d > 1).count() > 1 {
+        return Err(format!(
+            "holds a {shape:?} array in Fortran (column-major) order; save it in C order \
+             (numpy.ascontiguousarray)"
+        ));
+    }
     let (little, width) = match descr.as_str() {
         "<f8" | "|f8" => (true, 8),
         ">f8" => (false, 8),
@@ -26,12 +37,13 @@ pub fn read_floats(bytes: &[u8]) -> Result<Vec<f32>, String> {
             data.len()
         ));
     }
-    Ok(match (width, little) {
+    let values = match (width, little) {
         (8, true) => decode(data, |b| f64::from_le_bytes(b) as f32),
         (8, false) => decode(data, |b| f64::from_be_bytes(b) as f32),
         (_, true) => decode(data, f32::from_le_bytes),
         (_, false) => decode(data, f32::from_be_bytes),
-    })
+    };
+    Ok((shape, values))
 }
 
 fn decode<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
@@ -66,16 +78,16 @@ fn split_header(bytes: &[u8]) -> Result<(&str, &[u8]), String> {
     Ok((header, data))
 }
 
-/// `descr` and `shape` of a header such as `{'descr': '<f8', 'fortran_order': False,
-/// 'shape': (258,), }` (a Python dict literal).
-fn header_fields(text: &str) -> Result<(String, Vec<u64>), String> {
+/// `descr`, `shape` and `fortran_order` of a header such as `{'descr': '<f8',
+/// 'fortran_order': False, 'shape': (258,), }` (a Python dict literal).
+fn header_fields(text: &str) -> Result<(String, Vec<u64>, bool), String> {
     let bad = |why: &str| format!("has a malformed .npy header ({why}): {text:?}");
     let body = text
         .trim()
         .strip_prefix('{')
         .and_then(|t| t.strip_suffix('}'))
         .ok_or_else(|| bad("not a dict"))?;
-    let (mut descr, mut shape) = (None, None);
+    let (mut descr, mut shape, mut fortran) = (None, None, false);
     let mut rest = body.trim_start();
     while !rest.is_empty() {
         let (key, after) = quoted(rest).ok_or_else(|| bad("a key is not a quoted name"))?;
@@ -110,6 +122,9 @@ fn header_fields(text: &str) -> Result<(String, Vec<u64>), String> {
             if !matches!(word, "True" | "False") {
                 return Err(bad("a value is not a string, a tuple or a bool"));
             }
+            if key == "fortran_order" {
+                fortran = word == "True";
+            }
             &after[end..]
         };
         let after = after.trim_start();
@@ -119,7 +134,7 @@ fn header_fields(text: &str) -> Result<(String, Vec<u64>), String> {
         }
     }
     match (descr, shape) {
-        (Some(d), Some(s)) => Ok((d, s)),
+        (Some(d), Some(s)) => Ok((d, s, fortran)),
         _ => Err(bad("`descr` or `shape` is missing")),
     }
 }
@@ -157,6 +172,23 @@ mod tests {
             .flat_map(|v| v.to_be_bytes())
             .collect();
         assert_eq!(read_floats(&npy(&h(">f4"), &f4)), Ok(vec![1.5, -2.0]));
+    }
+
+    #[test]
+    fn arrays_keep_their_shape_in_c_order_only() {
+        let h = |order: &str| {
+            format!("{{'descr': '<f4', 'fortran_order': {order}, 'shape': (2, 1), }}")
+        };
+        let f4: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            read_array(&npy(&h("False"), &f4)),
+            Ok((vec![2, 1], vec![1.0, 2.0]))
+        );
+        assert_eq!(read_floats(&npy(&h("True"), &f4)), Ok(vec![1.0, 2.0]));
+        let square = "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 2, 2), }";
+        assert!(read_array(&npy(square, &[0; 16]))
+            .unwrap_err()
+            .contains("Fortran"));
     }
 
     #[test]

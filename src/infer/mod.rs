@@ -2,6 +2,7 @@
 //! class probabilities, one clip or a batch.
 
 mod model_file;
+pub mod stream;
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
 pub use model_file::load_model;
+pub use stream::{Segment, StreamSettings, StreamingRecognizer};
 
 /// One clip's most likely classes, best first.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
