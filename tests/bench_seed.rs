@@ -126,3 +126,24 @@ fn bench_filter_refusal_names_the_seed_cases() {
         "{err}"
     );
 }
+
+#[test]
+fn a_plan_without_clips_to_predict_is_an_error() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    let plan = SeedPlan {
+        predictions: 0,
+        ..plan()
+    };
+    let err = signflow::bench::seed::bench_predictions(&b, &plan, DType::F32, &mut Inputs::new(3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "predictions",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -18,8 +18,13 @@ use crate::selftest::Inputs;
 use crate::train::{Trainer, TrainingConfig};
 
 /// The precisions the rows are measured in; a half-precision row is one more entry here once
-/// the model runs in it (issue 20).
+/// the model runs in it (mixed precision).
 pub const PRECISIONS: [DType; 1] = [DType::F32];
+
+/// The case names that `--filter` matches (`seed` selects both). They avoid the other cases'
+/// names, so that `--filter predict` or `train_step` does not run them.
+pub const PREDICTIONS_CASE: &str = "seed_1000";
+pub const TRAINING_CASE: &str = "seed_50x10k";
 
 /// Clips per batch, for the batched predictions and for training.
 pub const BATCH: usize = 32;
@@ -87,6 +92,13 @@ pub fn bench_predictions<B: Backend>(
     const WARM_UP: usize = 5;
     const TOP: usize = 5;
     check_precision(dtype)?;
+    if plan.predictions == 0 {
+        return Err(Error::InvalidConfig {
+            field: "predictions",
+            value: "0".into(),
+            allowed: "at least one clip to predict",
+        });
+    }
     b.empty_cache();
     b.reset_peak_memory_stats();
     let cfg = &plan.model;
@@ -281,8 +293,3 @@ pub fn run_seed<B: Backend>(
     }
     Ok(rows)
 }
-
-/// The case names that `--filter` matches (`seed` selects both). They avoid the other cases'
-/// names, so that `--filter predict` or `train_step` does not run them.
-pub const PREDICTIONS_CASE: &str = "seed_1000";
-pub const TRAINING_CASE: &str = "seed_50x10k";
