@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use signflow::bench::{BenchBudget, BenchRow, Timer};
+use signflow::bench::{seed, BenchBudget, BenchRow, Timer};
 use signflow::selftest::{Inputs, ParityRow};
 use signflow::{with_backend, Adapters, AnyBackend, DeviceInfo, GpuConfig};
 
@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, default_value_t = 9, value_parser = cli::positive)]
         samples: usize,
         /// Only the cases whose name contains this, or one of its comma-separated parts (e.g.
-        /// `matmul`, `2048x`, `copy,gelu`).
+        /// `matmul`, `2048x`, `copy,gelu`, `seed` for the replaced system's benchmarks).
         #[arg(long)]
         filter: Option<String>,
         /// Also time each kernel by the GPU's clock, and print where each case's time goes.
@@ -237,8 +237,10 @@ fn no_bench_case(filter: &str, why: &str) -> signflow::Error {
         flags: format!("--filter {filter}"),
         reason: format!(
             "{why}; give parts of case names, comma-separated: matmul, attention, train_step, \
-             predict, host_record, or a memory-bound op (copy, add, scale, cast, gelu_fwd, ...); \
-             `signflow bench` without --filter runs them all"
+             predict, host_record, a memory-bound op (copy, add, scale, cast, gelu_fwd, ...), or \
+             seed (the replaced system's benchmarks: seed_1000, 1,000 predictions; seed_50x10k, \
+             training projected to 50 epochs of 10,000 clips); `signflow bench` without \
+             --filter runs them all"
         ),
     }
 }
@@ -405,6 +407,35 @@ fn print_bench(rows: &[BenchRow]) {
             }
         );
         print_kernel_times(r);
+        print_seed(r);
+    }
+}
+
+/// The seed rows' own figures (`predictions_1000`, `train_50x10k`), under their row.
+fn print_seed(r: &BenchRow) {
+    if let (Some(mode), Some(clips), Some(total), Some(p50), Some(p99)) =
+        (r.mode, r.clips, r.total_ms, r.p50_ms, r.p99_ms)
+    {
+        println!(
+            "    {clips} clips {}: {total:.1} ms in all; per prediction p50 {p50:.3} ms, \
+             p99 {p99:.3} ms",
+            match mode {
+                seed::PredictionMode::Single => "one at a time".to_string(),
+                seed::PredictionMode::Batched => format!("in batches of {}", r.batch.unwrap_or(0)),
+            }
+        );
+    }
+    if let (Some(projected), Some(step), Some(run)) = (r.projected_s, r.step_ms, r.run_step_ms) {
+        println!(
+            "    {} epochs of {} clips at batch {}: {projected:.0} s ({:.1} min) from a \
+             {step:.1} ms step; a real training run took {run:.1} ms a step ({:+.0}% from the \
+             step)",
+            seed::PROJECTED_EPOCHS,
+            seed::PROJECTED_CLIPS,
+            r.batch.unwrap_or(0),
+            projected / 60.0,
+            100.0 * (run / step - 1.0)
+        );
     }
 }
 

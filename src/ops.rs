@@ -35,6 +35,13 @@ pub enum Op {
     /// Bench only: the host time to record and submit a training step's or a prediction's
     /// device work, without waiting for it.
     HostRecord,
+    /// Bench only: 1,000 predictions one clip at a time or in batches (the replaced system's
+    /// benchmark).
+    #[serde(rename = "predictions_1000")]
+    Predictions1000,
+    /// Bench only: 50 epochs over 10,000 clips, projected from measured training steps.
+    #[serde(rename = "train_50x10k")]
+    Train50x10k,
 }
 
 impl Op {
@@ -64,6 +71,8 @@ impl Op {
             Op::TrainStep => "train_step",
             Op::Predict => "predict",
             Op::HostRecord => "host_record",
+            Op::Predictions1000 => "predictions_1000",
+            Op::Train50x10k => "train_50x10k",
         }
     }
 }

@@ -2,6 +2,8 @@
 //! (DESIGN.md, Benchmarks and measuring). Inputs are random, never all zeros; work is warmed
 //! up first; each sample times enough calls to dwarf the cost of waiting for the device.
 
+pub mod seed;
+
 use std::time::{Duration, Instant};
 
 use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec};
@@ -13,6 +15,7 @@ use crate::ops::Op;
 use crate::selftest::Inputs;
 use crate::tensor::{HostTensor, Tensor};
 use crate::train::Optimizer;
+use seed::{PredictionMode, SeedPlan};
 
 /// One line of `signflow bench --json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,6 +65,30 @@ pub struct BenchRow {
     /// [`Op::HostRecord`] rows: the median host time, as `median_ms`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_ms: Option<f64>,
+    /// [`Op::Predictions1000`] rows: one clip at a time, or in batches of `batch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PredictionMode>,
+    /// [`Op::Predictions1000`] rows: the clips predicted (1,000 from `signflow bench`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clips: Option<usize>,
+    /// [`Op::Predictions1000`] rows: the wall-clock time of all the predictions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<f64>,
+    /// [`Op::Predictions1000`] rows: the median and the 99th percentile time per prediction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// [`Op::Train50x10k`] rows: the median training step, and 50 epochs of
+    /// ⌈10,000 / batch⌉ of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projected_s: Option<f64>,
+    /// [`Op::Train50x10k`] rows: the time per step of a short real training run, which the
+    /// projection from `step_ms` is checked against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_step_ms: Option<f64>,
     /// Peak memory allocated while the case ran, in MiB.
     pub peak_mb: f64,
     pub timer: Timer,
@@ -234,6 +261,14 @@ fn row<B: Backend>(
         vs_copy: None,
         case: None,
         host_ms: None,
+        mode: None,
+        clips: None,
+        total_ms: None,
+        p50_ms: None,
+        p99_ms: None,
+        step_ms: None,
+        projected_s: None,
+        run_step_ms: None,
         peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
         timer,
         kernels,
@@ -714,6 +749,19 @@ pub fn run_all<B: Backend>(
             budget,
             &mut inputs,
             |op| wanted(op.name()),
+        )?);
+    }
+    // Minutes rather than seconds on a software adapter, as the long attention shape.
+    let seed_cases = (wanted(seed::PREDICTIONS_CASE), wanted(seed::TRAINING_CASE));
+    if (seed_cases.0 || seed_cases.1) && !b.info().software {
+        let plan = SeedPlan::default();
+        rows.extend(seed::run_seed(
+            b,
+            &plan,
+            budget,
+            &mut inputs,
+            seed_cases,
+            &mut progress,
         )?);
     }
     Ok(rows)
