@@ -137,7 +137,7 @@ fn all_logits<B: Backend>(
     args: &PredictArgs,
     ckpt: &Checkpoint,
 ) -> Result<(Vec<f32>, Vec<String>)> {
-    let mut pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    let mut pipeline = InferencePipeline::from_checkpoint(b, ckpt)?.optimize_for_inference()?;
     if let Some(seq_len) = args.seq_len {
         pipeline = pipeline.with_seq_len(seq_len)?;
     }
