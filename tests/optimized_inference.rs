@@ -1,11 +1,13 @@
 //! `InferencePipeline::optimize_for_inference`: predictions the same to the bit as the plain
 //! pipeline's, at several batch sizes and with ragged masks, each from its own inputs, with a
-//! bounded number of planned shapes, and from several threads at once.
+//! bounded number of planned shapes, and from several threads at once; and the profile of a
+//! whole pipeline call.
 
 use signflow::data::Batch;
 use signflow::infer::{InferencePipeline, MAX_PLANS};
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
-use signflow::{Adapters, Backend, CpuBackend, GpuBackend, GpuConfig};
+use signflow::profile::{profile_pipeline, ProfileSettings};
+use signflow::{Adapters, Backend, CpuBackend, Error, GpuBackend, GpuConfig};
 
 const SEQ: usize = 10;
 const FEATURES: usize = 7;
@@ -170,4 +172,57 @@ fn threads_share_an_optimized_pipeline_on_the_cpu() {
 #[test]
 fn threads_share_an_optimized_pipeline_on_the_gpu() {
     shared_by_threads(&gpu());
+}
+
+/// `signflow profile --pipeline` and `--optimized` time whole pipeline calls; neither profiles
+/// a training step.
+#[test]
+fn profile_times_a_whole_pipeline_call_plain_or_optimized() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    checkpoint().save(&model).unwrap();
+    let profile = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_signflow"))
+            .args(["profile", "--device", "cpu", "--iterations", "2", "--json"])
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for flag in ["--pipeline", "--optimized"] {
+        let out = profile(&[flag, "--batch-size", "2"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {err}");
+        let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(p["batch_size"].as_u64(), Some(2), "{p}");
+        assert_eq!(p["train"], false, "{p}");
+        assert!(p["median_ms"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let out = profile(&["--optimized", "--train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("panicked") && err.contains("--train"),
+        "{err}"
+    );
+}
+
+#[test]
+fn profile_pipeline_refuses_a_training_step() {
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    let settings = ProfileSettings {
+        batch_size: 1,
+        seq_len: SEQ,
+        iterations: 1,
+        warmup: 0,
+        train: true,
+    };
+    let config = checkpoint().config;
+    for optimized in [false, true] {
+        assert!(matches!(
+            profile_pipeline(&b, &config, &settings, optimized, 0),
+            Err(Error::InvalidConfig { field: "train", .. })
+        ));
+    }
 }
