@@ -6,8 +6,11 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::bench::ModelCase;
+use crate::data::Batch;
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
+use crate::infer::InferencePipeline;
+use crate::model::checkpoint::FEATURES_LAYOUT;
+use crate::model::{Checkpoint, ModelConfig, Preprocessing};
 use crate::selftest::Inputs;
 
 /// What to profile.
@@ -57,7 +60,64 @@ pub fn profile_model<B: Backend>(
     settings: &ProfileSettings,
     seed: u64,
 ) -> Result<Profile> {
+    prepare(b, config, settings)?;
     let s = settings;
+    let mut inputs = Inputs::new(seed);
+    let mut case = ModelCase::new(
+        b,
+        config.clone(),
+        s.batch_size,
+        s.seq_len,
+        s.train,
+        &mut inputs,
+    )?;
+    time_calls(b, s, &mut || case.run(b))
+}
+
+/// As [`profile_model`] for a prediction, timing a whole [`InferencePipeline::logits`] call
+/// (inputs written, forward pass, logits read back), through a pipeline made
+/// [`InferencePipeline::optimize_for_inference`] when `optimized`.
+pub fn profile_pipeline<B: Backend>(
+    b: &B,
+    config: &ModelConfig,
+    settings: &ProfileSettings,
+    optimized: bool,
+    seed: u64,
+) -> Result<Profile> {
+    prepare(b, config, settings)?;
+    let s = settings;
+    if s.train {
+        return Err(Error::InvalidConfig {
+            field: "train",
+            value: "true".into(),
+            allowed: "false: an inference pipeline predicts, it does not train",
+        });
+    }
+    let classes = (0..config.num_classes).map(|i| i.to_string()).collect();
+    let preprocessing = Preprocessing {
+        seq_len: s.seq_len,
+        layout: FEATURES_LAYOUT.into(),
+    };
+    let ckpt = Checkpoint::initial(config.clone(), classes, preprocessing, 0)?;
+    let mut pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?;
+    if optimized {
+        pipeline = pipeline.optimize_for_inference()?;
+    }
+    let (batch, seq) = (s.batch_size, s.seq_len);
+    let clips = Batch {
+        features: Inputs::new(seed).uniform(batch * seq * config.num_features),
+        mask: vec![1.0; batch * seq],
+        labels: vec![0; batch],
+        batch,
+        seq,
+        num_features: config.num_features,
+    };
+    let ids: Vec<usize> = (0..batch).collect();
+    time_calls(b, s, &mut || pipeline.logits(&clips, &ids).map(drop))
+}
+
+/// Checks the settings, then starts from an empty cache and a fresh peak.
+fn prepare<B: Backend>(b: &B, config: &ModelConfig, s: &ProfileSettings) -> Result<()> {
     let invalid = |field, value: usize, allowed| Error::InvalidConfig {
         field,
         value: value.to_string(),
@@ -72,23 +132,23 @@ pub fn profile_model<B: Backend>(
     config.check_seq_len(s.seq_len)?;
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut inputs = Inputs::new(seed);
-    let mut case = ModelCase::new(
-        b,
-        config.clone(),
-        s.batch_size,
-        s.seq_len,
-        s.train,
-        &mut inputs,
-    )?;
+    Ok(())
+}
+
+/// `s.warmup` calls of `run`, then `s.iterations` timed ones, each waited for.
+fn time_calls<B: Backend>(
+    b: &B,
+    s: &ProfileSettings,
+    run: &mut dyn FnMut() -> Result<()>,
+) -> Result<Profile> {
     for _ in 0..s.warmup {
-        case.run(b)?;
+        run()?;
     }
     b.synchronize()?;
     let (mut wall, mut device) = (Vec::new(), Vec::new());
     for _ in 0..s.iterations {
         let start = Instant::now();
-        let device_ms = b.device_time_ms(&mut || case.run(b))?;
+        let device_ms = b.device_time_ms(run)?;
         b.synchronize()?;
         wall.push(start.elapsed().as_secs_f64() * 1e3);
         device.extend(device_ms);

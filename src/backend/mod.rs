@@ -156,6 +156,8 @@ pub trait Storage: Send + Sync + 'static {
 /// An implementation checks only its own limits (such as the GPU's 32-bit indices).
 pub trait Backend: Send + Sync + Sized + 'static {
     type Storage: Storage;
+    /// Recorded device work that [`Backend::replay`] runs again ([`Backend::capture`]).
+    type Replay: Send + Sync;
 
     /// The device this backend runs on.
     fn info(&self) -> &DeviceInfo;
@@ -695,6 +697,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dout: &Tensor<Self>,
         dqkv: &Tensor<Self>,
     ) -> Result<()>;
+
+    /// Runs `f`, which records ops, and keeps the device work the calling thread recorded so
+    /// that [`Backend::replay`] can record it again without the ops' checks, allocations and
+    /// lookups. A replay binds the buffers `f`'s ops bound (their pool scratch is kept with
+    /// it): it reads the inputs those tensors hold when it runs and writes the same outputs, so
+    /// the caller keeps every tensor `f` used alive and unchanged in shape while it replays.
+    /// None where there is nothing to keep: ops that run as they are called (the CPU), work
+    /// other than dispatches, or another thread capturing at the same time; the caller then
+    /// calls `f` again instead of replaying.
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Replay>> {
+        f()?;
+        Ok(None)
+    }
+
+    /// Records the work of a [`Backend::capture`] again, after the work recorded so far.
+    fn replay(&self, replay: &Self::Replay) -> Result<()>;
 
     /// Waits until every op recorded so far has finished.
     fn synchronize(&self) -> Result<()>;

@@ -82,7 +82,8 @@ fn check_precision(dtype: DType) -> Result<()> {
 /// zero) through an [`InferencePipeline`] of a freshly initialised model, one after another
 /// ([`PredictionMode::Single`]), then the same clips in batches of [`BATCH`]
 /// ([`PredictionMode::Batched`], a batch's time shared among its clips). A prediction is the
-/// pipeline's logits and their top 5 classes. Warmed up first.
+/// pipeline's logits, optimized for inference as `predict` runs it, and their top 5 classes.
+/// Warmed up first.
 pub fn bench_predictions<B: Backend>(
     b: &B,
     plan: &SeedPlan,
@@ -108,7 +109,7 @@ pub fn bench_predictions<B: Backend>(
         layout: crate::model::checkpoint::FEATURES_LAYOUT.into(),
     };
     let ckpt = Checkpoint::initial(cfg.clone(), classes, preprocessing, 0)?;
-    let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?;
+    let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.optimize_for_inference()?;
     let seq = cfg.max_seq_len;
     let clip_len = seq * cfg.num_features;
     // A batch's worth of distinct clips; clip i is clip i mod BATCH of these (the time of a

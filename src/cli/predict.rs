@@ -157,7 +157,7 @@ pub fn pipeline<'b, B: Backend>(
     args: &PredictArgs,
     ckpt: &Checkpoint,
 ) -> Result<InferencePipeline<'b, B>> {
-    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?.optimize_for_inference()?;
     match args.seq_len {
         Some(seq_len) => pipeline.with_seq_len(seq_len),
         None => Ok(pipeline),

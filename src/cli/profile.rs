@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 use signflow::infer::load_model;
 use signflow::model::ModelConfig;
-use signflow::profile::{optimal_batch_size, profile_model, Profile, ProfileSettings};
+use signflow::profile::{
+    optimal_batch_size, profile_model, profile_pipeline, Profile, ProfileSettings,
+};
 use signflow::train::TrainingConfig;
 use signflow::{with_backend, AnyBackend, GpuConfig, Result};
 
@@ -34,6 +36,14 @@ pub struct ProfileArgs {
     /// Profile a whole training step (forward, loss, backward, AdamW) instead of a prediction.
     #[arg(long)]
     pub train: bool,
+    /// Time a whole inference pipeline call (inputs written, forward pass, logits read back)
+    /// rather than the forward pass alone.
+    #[arg(long, conflicts_with = "train")]
+    pub pipeline: bool,
+    /// As --pipeline, through a pipeline optimized for inference (its forward pass recorded
+    /// once and replayed).
+    #[arg(long, conflicts_with = "train")]
+    pub optimized: bool,
     #[arg(long, default_value = "auto", help = super::DEVICE_HELP)]
     pub device: String,
     /// Seed of the random inputs.
@@ -79,7 +89,11 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         return find_batch_size(&args, &config, settings.seq_len);
     }
     let device = super::open_device(&args.device)?;
-    let p = with_backend!(&device, b => profile_model(b, &config, &settings, args.seed))?;
+    let p = if args.pipeline || args.optimized {
+        with_backend!(&device, b => profile_pipeline(b, &config, &settings, args.optimized, args.seed))?
+    } else {
+        with_backend!(&device, b => profile_model(b, &config, &settings, args.seed))?
+    };
     if args.json {
         super::print_json(&p);
     } else {

@@ -2,6 +2,7 @@
 //! class probabilities, one clip or a batch.
 
 mod model_file;
+mod optimized;
 pub mod stream;
 
 use std::path::Path;
@@ -12,6 +13,7 @@ use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
 pub use model_file::load_model;
+pub use optimized::MAX_PLANS;
 pub use stream::{Segment, StreamSettings, StreamingRecognizer};
 
 /// One clip's most likely classes, best first.
@@ -47,6 +49,8 @@ pub struct InferencePipeline<'b, B: Backend> {
     model: SignTransformer<B>,
     classes: Vec<String>,
     preprocessing: Preprocessing,
+    /// Present once [`InferencePipeline::optimize_for_inference`] was called.
+    plans: Option<optimized::Plans<B>>,
 }
 
 impl<'b, B: Backend> InferencePipeline<'b, B> {
@@ -71,7 +75,29 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
             model,
             classes: ckpt.classes.clone(),
             preprocessing: ckpt.preprocessing.clone(),
+            plans: None,
         })
+    }
+
+    /// Makes later predictions as cheap as the device allows: the weights stay in the layout
+    /// the device's products read fastest (rows on the CPU, as loading already keeps them);
+    /// and the first prediction at each (batch, seq) shape plans its workspace and captures
+    /// the device work of its forward pass ([`Backend::capture`]), which every later
+    /// prediction of that shape replays: its inputs written into the same buffers, the
+    /// recorded dispatches encoded again without the ops' checks, allocations and lookups, the
+    /// logits read back from the same buffer. On the CPU, whose ops run as they are called,
+    /// the plan is the workspace alone. The last [`MAX_PLANS`] shapes are kept (their
+    /// activations' memory stays held). Predictions are the same to the bit as without it.
+    /// The weights stay f32, the only precision the forward pass runs.
+    pub fn optimize_for_inference(mut self) -> Result<InferencePipeline<'b, B>> {
+        self.plans.get_or_insert_with(optimized::Plans::new);
+        Ok(self)
+    }
+
+    /// The (batch, seq) shapes an optimized pipeline has planned, least recently used first;
+    /// empty when it is not optimized.
+    pub fn optimized_shapes(&self) -> Vec<(usize, usize)> {
+        self.plans.as_ref().map_or_else(Vec::new, |p| p.shapes())
     }
 
     /// Preprocesses raw frames to `seq_len` frames instead of the checkpoint's length: at
@@ -98,6 +124,11 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     pub fn logits(&self, batch: &Batch, ids: &[usize]) -> Result<Vec<f32>> {
         let cfg = self.model.config();
         cfg.check_frames("the batch", "it", batch.seq, batch.num_features)?;
+        if let Some(plans) = &self.plans {
+            if let Some(logits) = plans.logits(self.backend, &self.model, batch, ids)? {
+                return Ok(logits);
+            }
+        }
         let ws = Workspace::new(self.backend, cfg, batch.batch, batch.seq, false)?;
         ws.load_inputs(self.backend, cfg, batch, ids)?;
         self.model.forward(self.backend, &ws, None)?;

@@ -68,6 +68,8 @@ impl Default for CpuBackend {
 
 impl Backend for CpuBackend {
     type Storage = CpuStorage;
+    /// None: the CPU runs each op as it is called, so there is no recorded work to keep.
+    type Replay = std::convert::Infallible;
 
     fn info(&self) -> &DeviceInfo {
         &self.info
@@ -303,6 +305,10 @@ impl Backend for CpuBackend {
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
         attention::backward(qkv, key_mask, spec, out, lse, dout, dqkv)
+    }
+
+    fn replay(&self, replay: &Self::Replay) -> Result<()> {
+        match *replay {}
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -3,6 +3,7 @@
 //! or the caller synchronizes, and a readback is the only wait.
 
 mod bind_groups;
+mod replay;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +14,8 @@ use super::shaders::Kernel;
 use crate::backend::KernelTime;
 use crate::error::{Error, Result};
 use bind_groups::BindGroups;
+use replay::Capture;
+pub use replay::Replay;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -26,6 +29,8 @@ pub(crate) struct GpuContext {
     pipelines: Mutex<HashMap<(Kernel, &'static str), Pipeline>>,
     /// Locked after the buffer pool's lock where both are held (the pool frees blocks).
     bind_groups: Mutex<BindGroups>,
+    /// The dispatches one thread is capturing for a replay, while it does.
+    capture: Mutex<Option<Capture>>,
     /// Device time per kernel, while a caller asks for it (`time_kernels`).
     kernel_clock: Mutex<Option<KernelClock>>,
     /// Bound where a kernel's optional operand is absent.
@@ -150,6 +155,7 @@ impl GpuContext {
             recording: Mutex::new(Recording::default()),
             pipelines: Mutex::new(HashMap::new()),
             bind_groups: Mutex::new(BindGroups::default()),
+            capture: Mutex::new(None),
             kernel_clock: Mutex::new(None),
             placeholder,
         })
@@ -157,7 +163,55 @@ impl GpuContext {
 
     /// Runs `f` on the current command encoder, starting one if none is open.
     pub fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        self.if_capturing(Capture::not_replayable);
+        self.encode(f)
+    }
+
+    /// [`GpuContext::record`] for the context's own bookkeeping (timestamps of timed
+    /// dispatches), which a capture leaves out.
+    fn encode<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         f(lock(&self.recording).encoder(&self.device))
+    }
+
+    /// Starts capturing the calling thread's dispatches; false while another capture runs.
+    pub fn begin_capture(&self) -> bool {
+        let mut capture = lock(&self.capture);
+        if capture.is_some() {
+            return false;
+        }
+        *capture = Some(Capture::new());
+        true
+    }
+
+    /// Ends the calling thread's capture: its replay, or None where it recorded something a
+    /// replay cannot repeat.
+    pub fn end_capture(&self) -> Option<Replay> {
+        let mut capture = lock(&self.capture);
+        match capture.take() {
+            Some(c) if c.is_mine() => c.finish(),
+            other => {
+                *capture = other;
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on the capture if the calling thread is capturing.
+    fn if_capturing(&self, f: impl FnOnce(&mut Capture)) {
+        if let Some(c) = lock(&self.capture).as_mut().filter(|c| c.is_mine()) {
+            f(c);
+        }
+    }
+
+    /// Keeps `block` (pool memory an op allocates) with the calling thread's capture, if any.
+    pub fn keep_while_capturing(&self, block: impl FnOnce() -> Arc<dyn Send + Sync>) {
+        self.if_capturing(|c| c.keep(block()));
+    }
+
+    /// Encodes a replay's dispatches after the work recorded so far.
+    pub fn replay(&self, replay: &Replay) {
+        let mut recording = lock(&self.recording);
+        replay::encode(recording.pass(&self.device), replay);
     }
 
     /// The device time in ms of the work `f` records, from timestamps written before and after
@@ -301,7 +355,7 @@ impl GpuContext {
         if passes == 0 {
             return Ok(());
         }
-        self.record(|encoder| {
+        self.encode(|encoder| {
             encoder.resolve_query_set(&clock.set, 0..2 * passes, &clock.resolved, 0)
         });
         let ticks: Vec<u64> =
@@ -331,6 +385,7 @@ impl GpuContext {
         workgroups: [u32; 3],
     ) {
         let bind_group = lock(&self.bind_groups).get(&self.device, pipeline, params, buffers);
+        self.if_capturing(|c| c.push(&pipeline.raw, &bind_group, workgroups));
         let [x, y, z] = workgroups;
         let mut clock = lock(&self.kernel_clock);
         let Some(c) = clock.as_mut() else {
@@ -351,7 +406,7 @@ impl GpuContext {
         }
         c.pending.push(pipeline.name.clone());
         let index = c.pending.len() as u32 - 1;
-        self.record(|encoder| {
+        self.encode(|encoder| {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {

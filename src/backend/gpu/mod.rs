@@ -10,6 +10,7 @@ pub mod shaders;
 use std::sync::Arc;
 
 use context::GpuContext;
+pub use context::Replay as GpuReplay;
 use kernel_config::KernelConfig;
 use ops::{
     attention, cast, column_sums, cross_entropy, dropout, elementwise, layernorm, matmul, optim,
@@ -163,6 +164,7 @@ impl GpuBackend {
 
 impl Backend for GpuBackend {
     type Storage = GpuStorage;
+    type Replay = GpuReplay;
 
     fn info(&self) -> &DeviceInfo {
         &self.info
@@ -173,11 +175,12 @@ impl Backend for GpuBackend {
         let block = self
             .pool
             .allocate(bytes, &format!("a {dtype} tensor of shape {shape:?}"))?;
-        let storage = GpuStorage {
+        let storage = Arc::new(GpuStorage {
             block,
             ctx: self.ctx.clone(),
-        };
-        Ok(Tensor::from_storage(Arc::new(storage), shape, dtype))
+        });
+        self.ctx.keep_while_capturing(|| storage.clone());
+        Ok(Tensor::from_storage(storage, shape, dtype))
     }
 
     fn write_unchecked(&self, dst: &Tensor<Self>, src: &HostTensor) -> Result<()> {
@@ -383,6 +386,21 @@ impl Backend for GpuBackend {
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
         attention::backward(self, qkv, key_mask, spec, out, lse, dout, dqkv)
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<GpuReplay>> {
+        if !self.ctx.begin_capture() {
+            f()?;
+            return Ok(None);
+        }
+        let ran = f();
+        let replay = self.ctx.end_capture();
+        ran.map(|()| replay)
+    }
+
+    fn replay(&self, replay: &GpuReplay) -> Result<()> {
+        self.ctx.replay(replay);
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
