@@ -58,7 +58,7 @@ fn main() -> signflow::Result<()> {
         settings.smoothing
     );
     with_backend!(&device, b => {
-        let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?;
+        let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.optimize_for_inference()?;
         let mut recognizer = StreamingRecognizer::new(&pipeline, settings)?;
         let show = |s: Segment| {
             println!("frames {}–{}  {}  {:.2}", s.start_frame, s.end_frame, s.class, s.prob)
