@@ -260,11 +260,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `db[j] = Σ_i dy[i, j]` over the rows of `dy` viewed as `[rows, db.len()]`, summed in a
     /// fixed order (the same bits on every run).
     fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
-        const OP: &str = "bias_grad";
-        let cols = db.len();
-        let rows = check::rows(OP, dy, cols)?;
-        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
-        check::outputs_apart(OP, &[dy], &[db])?;
+        let rows = check::bias_grad(dy, db)?;
         self.bias_grad_unchecked(dy, db, rows)
     }
 
@@ -345,7 +341,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()> {
         const OP: &str = "cross_entropy";
         let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
+        check::cross_entropy_outputs(OP, (loss, hits, lse), batch)?;
         let mut inputs = vec![logits, labels];
         inputs.extend(weights);
         check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use context::GpuContext;
 use kernel_config::KernelConfig;
 use ops::{
-    attention, cast, column_sums, cross_entropy, dropout, elementwise, layernorm, matmul, optim,
-    pool,
+    attention, cast, column_sums, cross_entropy, dropout, elementwise, f32_kernels_only, layernorm,
+    matmul, optim, pool,
 };
 
 use super::{
@@ -206,6 +206,9 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
+        let mut operands = vec![a, b, out];
+        operands.extend(bias);
+        f32_kernels_only("matmul", &operands)?;
         matmul::matmul(self, a, b, bias, None, out, spec)
     }
 
@@ -218,6 +221,7 @@ impl Backend for GpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("matmul_bias_gelu", &[a, b, bias, pre, out])?;
         matmul::matmul(self, a, b, Some(bias), Some(pre), out, spec)
     }
 
@@ -227,6 +231,7 @@ impl Backend for GpuBackend {
         inputs: &[&Tensor<Self>],
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only(op.name(), &[out])?;
         elementwise::elementwise(self, op, inputs, out)
     }
 
@@ -235,6 +240,7 @@ impl Backend for GpuBackend {
     }
 
     fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, rows: usize) -> Result<()> {
+        f32_kernels_only("bias_grad", &[dy])?;
         column_sums::bias_grad(self, dy, db, rows)
     }
 
@@ -249,6 +255,7 @@ impl Backend for GpuBackend {
         rstd: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
+        f32_kernels_only("layernorm", &[x])?;
         layernorm::forward(self, x, w, b, eps, y, mean, rstd, rows)
     }
 
@@ -264,6 +271,7 @@ impl Backend for GpuBackend {
         db: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
+        f32_kernels_only("layernorm_backward", &[x])?;
         layernorm::backward(self, x, w, mean, rstd, dy, dx, dw, db, rows)
     }
 
@@ -274,6 +282,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
+        f32_kernels_only("mean_pool", &[h])?;
         pool::forward(self, h, mask, out, dims)
     }
 
@@ -284,6 +293,7 @@ impl Backend for GpuBackend {
         dh: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
+        f32_kernels_only("mean_pool_backward", &[dout])?;
         pool::backward(self, dout, mask, dh, dims)
     }
 
@@ -299,6 +309,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
+        f32_kernels_only("cross_entropy", &[logits])?;
         cross_entropy::forward(self, logits, labels, w, s, loss, hits, lse, dims)
     }
 
@@ -314,6 +325,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
+        f32_kernels_only("cross_entropy_backward", &[logits])?;
         cross_entropy::backward(self, logits, labels, w, s, lse, scale, dlogits, dims)
     }
 
@@ -358,6 +370,7 @@ impl Backend for GpuBackend {
         key: &DropoutKey,
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("dropout", &[x])?;
         dropout::dropout(self, x, p, key, out)
     }
 
@@ -369,6 +382,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("attention", &[qkv])?;
         attention::forward(self, qkv, key_mask, spec, out, lse)
     }
 
@@ -382,6 +396,7 @@ impl Backend for GpuBackend {
         dout: &Tensor<Self>,
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("attention_backward", &[qkv])?;
         attention::backward(self, qkv, key_mask, spec, out, lse, dout, dqkv)
     }
 
