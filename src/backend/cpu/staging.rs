@@ -135,9 +135,13 @@ impl<'a> Dst<'a> {
     }
 }
 
-/// The most floats a thread keeps in its spare scratch buffers: more than any one piece of an
+/// The most floats a thread keeps in one spare scratch buffer: more than any one piece of an
 /// op takes at the model's sizes (a clip's qkv), less than a large product's operands.
 const MAX_KEPT: usize = 1 << 20;
+
+/// The most spare buffers a thread keeps: as many as one piece of an op uses at once (a
+/// product's A, B, C and bias).
+const MAX_SPARES: usize = 4;
 
 thread_local! {
     /// Scratch buffers handed back by this thread's finished pieces, for the next ones.
@@ -167,9 +171,12 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Some(buf) = self.0.take() {
-            if buf.capacity() <= MAX_KEPT {
-                SPARE.with(|s| s.borrow_mut().push(buf));
-            }
+            SPARE.with(|s| {
+                let mut spares = s.borrow_mut();
+                if buf.capacity() <= MAX_KEPT && spares.len() < MAX_SPARES {
+                    spares.push(buf);
+                }
+            });
         }
     }
 }
