@@ -47,7 +47,8 @@ pub fn dtypes<B: Backend>(
         let from = anchor.map_or("", |(name, _, _)| name);
         let rule = match role {
             Role::Storage => format!("it must be {storage} as {from} is: mixed storage dtypes"),
-            Role::F32 => "it must be f32: statistics, parameters, gradients of parameters and                           losses stay f32 in mixed precision"
+            Role::F32 => "it must be f32: statistics, parameters, gradients of parameters and \
+                          losses stay f32 in mixed precision"
                 .to_string(),
             Role::StorageOrF32 => format!("it must be {storage} (as {from}) or f32"),
         };
@@ -67,7 +68,8 @@ pub fn dtype<B: Backend>(op: &'static str, t: &Tensor<B>, want: DType) -> Result
         return Err(Error::UnsupportedDtype {
             op,
             dtype: t.dtype(),
-            hint: "this op computes on f32 operands only (master weights, their gradients and                    statistics stay f32 in mixed precision); cast the operands first",
+            hint: "this op computes on f32 operands only (master weights, their gradients and \
+                   statistics stay f32 in mixed precision); cast the operands first",
         });
     }
     Ok(())
