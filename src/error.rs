@@ -63,6 +63,16 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// An operand whose dtype breaks its op's dtype rule (the `Backend` methods' docs): a
+    /// statistic or parameter that must stay f32, or activations in mixed storage dtypes.
+    #[error("{op}: {operand} is {dtype}, but {rule}")]
+    OperandDtype {
+        op: &'static str,
+        operand: &'static str,
+        dtype: DType,
+        rule: String,
+    },
+
     /// The device could not be opened.
     #[error("could not open {adapter}: {reason}")]
     DeviceOpen { adapter: String, reason: String },

@@ -1,5 +1,10 @@
 //! The oracle: every op in plain f64 loops, short and obviously correct. Used by tests and
 //! `selftest` only; never fast, never clever.
+//!
+//! Half precision: an op whose operands are stored in f16 or bf16 is checked against the
+//! f64 op fed the same rounded inputs, its results rounded with [`cast`] where the kernels
+//! store them: each output in half storage, and each stored intermediate that a later step
+//! reads back (the `*_in` functions), so that parity measures the kernel, not the format.
 
 use crate::backend::MatmulSpec;
 use crate::dtype::DType;
@@ -46,9 +51,24 @@ pub fn scale(x: &[f64], alpha: f64) -> Vec<f64> {
     x.iter().map(|v| v * alpha).collect()
 }
 
-/// Values of `x` rounded to `to` (round to nearest even), as f64.
+/// Values of `x` rounded to `to` (round to nearest even), as f64: also what a kernel's store
+/// into `to` does to a result (beyond the format's range: ±∞).
 pub fn cast(x: &[f64], to: DType) -> Vec<f64> {
     x.iter().map(|&v| to.round_f64(v)).collect()
+}
+
+/// `Backend::matmul_bias_gelu` with `pre` and `out` stored in `dtype`: `pre = a·b + bias`
+/// rounded, and `out` = GELU of that stored `pre` (what the backward pass reads), rounded.
+pub fn matmul_bias_gelu_in(
+    dtype: DType,
+    a: &[f64],
+    b: &[f64],
+    bias: &[f64],
+    spec: &MatmulSpec,
+) -> (Vec<f64>, Vec<f64>) {
+    let pre = cast(&matmul(a, b, Some(bias), spec), dtype);
+    let out = cast(&gelu(&pre), dtype);
+    (pre, out)
 }
 
 /// The standard normal CDF, Φ(v) = erfc(−v/√2)/2: through erfc, not 1 + erf, so that it
@@ -394,6 +414,44 @@ pub fn attention_backward(
     p: f64,
     key: &crate::rng::DropoutKey,
 ) -> Vec<f64> {
+    attention_backward_from(qkv, mask, None, dout, (batch, t, heads, head_dim), p, key)
+}
+
+/// [`attention_backward`] as the kernels compute it in `dtype` storage: rowsum(dO∘O) from the
+/// forward output as stored (rounded to `dtype`), and the gradient rounded.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_in(
+    dtype: DType,
+    qkv: &[f64],
+    mask: &[f64],
+    dout: &[f64],
+    batch: usize,
+    t: usize,
+    heads: usize,
+    head_dim: usize,
+    p: f64,
+    key: &crate::rng::DropoutKey,
+) -> Vec<f64> {
+    let out = cast(
+        &attention(qkv, mask, batch, t, heads, head_dim, p, key).0,
+        dtype,
+    );
+    let dims = (batch, t, heads, head_dim);
+    let d = attention_backward_from(qkv, mask, Some(&out), dout, dims, p, key);
+    cast(&d, dtype)
+}
+
+/// The gradient of [`attention`], with rowsum(dO∘O) from `out` where given (a stored
+/// output), else from the exact probabilities.
+fn attention_backward_from(
+    qkv: &[f64],
+    mask: &[f64],
+    out: Option<&[f64]>,
+    dout: &[f64],
+    (batch, t, heads, head_dim): (usize, usize, usize, usize),
+    p: f64,
+    key: &crate::rng::DropoutKey,
+) -> Vec<f64> {
     let d_model = heads * head_dim;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let idx = |b: usize, s: usize, part: usize, h: usize, i: usize| {
@@ -431,7 +489,12 @@ pub fn attention_backward(
                         .sum::<f64>();
                     terms.push((s, prob, z, dp));
                 }
-                let delta: f64 = terms.iter().map(|&(_, prob, z, dp)| prob * z * dp).sum();
+                let delta: f64 = match out {
+                    Some(out) => (0..head_dim)
+                        .map(|i| dout_q(i) * out[(b * t + q) * d_model + h * head_dim + i])
+                        .sum(),
+                    None => terms.iter().map(|&(_, prob, z, dp)| prob * z * dp).sum(),
+                };
                 for &(s, prob, z, dp) in &terms {
                     let ds = prob * (dp * z - delta);
                     for i in 0..head_dim {

@@ -1,19 +1,75 @@
 //! Shape and dtype rules for the operands of every op. The provided methods of
 //! [`Backend`] run them before calling a backend's implementation, so that every backend
 //! rejects the same inputs with the same messages.
+//!
+//! The dtype rule (DESIGN.md, Precision), for every op in the same terms: an op has one
+//! *storage dtype* S (f32, f16 or bf16) for its activation operands ([`Role::Storage`]: the
+//! inputs it reads and outputs it writes along the model's data path), which must all be S;
+//! operands that accumulate or hold statistics, parameters, their gradients and the loss are
+//! f32 whatever S is ([`Role::F32`]); a few may be either ([`Role::StorageOrF32`]: a
+//! product's output and bias, so that a weight gradient `xᵀ·dy` reads S and writes f32).
+//! Arithmetic is f32 in every case: S says only how values are stored, and a backend rounds
+//! (to nearest even) where it stores into S.
 
 use super::{AttentionSpec, Backend, Elementwise, MatmulSpec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, Tensor};
 
+/// What an operand is to its op's dtype rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An activation: the op's storage dtype S, which the first such operand sets.
+    Storage,
+    /// Statistics, parameters, gradients of parameters, losses: always f32.
+    F32,
+    /// S or f32.
+    StorageOrF32,
+}
+
+/// Checks `operands` (name, tensor, role) against the dtype rule and returns the op's
+/// storage dtype S (f32 where no operand is an activation).
+pub fn dtypes<B: Backend>(
+    op: &'static str,
+    operands: &[(&'static str, &Tensor<B>, Role)],
+) -> Result<DType> {
+    let anchor = operands.iter().find(|(_, _, role)| *role == Role::Storage);
+    let storage = anchor.map_or(DType::F32, |(_, t, _)| t.dtype());
+    for &(operand, t, role) in operands {
+        let fits = match role {
+            Role::Storage => t.dtype() == storage,
+            Role::F32 => t.dtype() == DType::F32,
+            Role::StorageOrF32 => t.dtype() == storage || t.dtype() == DType::F32,
+        };
+        if fits {
+            continue;
+        }
+        let from = anchor.map_or("", |(name, _, _)| name);
+        let rule = match role {
+            Role::Storage => format!("it must be {storage} as {from} is: mixed storage dtypes"),
+            Role::F32 => "it must be f32: statistics, parameters, gradients of parameters and \
+                          losses stay f32 in mixed precision"
+                .to_string(),
+            Role::StorageOrF32 => format!("it must be {storage} (as {from}) or f32"),
+        };
+        return Err(Error::OperandDtype {
+            op,
+            operand,
+            dtype: t.dtype(),
+            rule,
+        });
+    }
+    Ok(storage)
+}
+
+/// `t` in dtype `want` (ops that are f32 throughout: the optimizer's).
 pub fn dtype<B: Backend>(op: &'static str, t: &Tensor<B>, want: DType) -> Result<()> {
     if t.dtype() != want {
         return Err(Error::UnsupportedDtype {
             op,
             dtype: t.dtype(),
-            hint: "this op computes in f32; cast the operands first (f16/bf16 operands arrive \
-                   with mixed precision)",
+            hint: "this op computes on f32 operands only (master weights, their gradients and \
+                   statistics stay f32 in mixed precision); cast the operands first",
         });
     }
     Ok(())
@@ -43,9 +99,19 @@ pub fn matmul_bias_gelu<B: Backend>(
     pre: &Tensor<B>,
     out: &Tensor<B>,
 ) -> Result<()> {
+    const OP: &str = "matmul_bias_gelu";
     spec.check(a, b, Some(bias), out)?;
     spec.check(a, b, Some(bias), pre)?;
-    outputs_apart("matmul_bias_gelu", &[a, b, bias], &[pre, out])
+    // The product's output rule allows f32; GELU's (elementwise) wants both in S.
+    dtypes(
+        OP,
+        &[
+            ("a", a, Role::Storage),
+            ("pre", pre, Role::Storage),
+            ("out", out, Role::Storage),
+        ],
+    )?;
+    outputs_apart(OP, &[a, b, bias], &[pre, out])
 }
 
 /// True when two tensors share storage and some of their elements.
@@ -70,15 +136,27 @@ pub fn in_place_or_apart<B: Backend>(
     Ok(())
 }
 
-/// Elementwise ops on f32: every operand as long as the output.
+/// Elementwise ops: every operand an activation as long as the output.
 pub fn elementwise<B: Backend>(
     op: &'static str,
     inputs: &[&Tensor<B>],
     out: &Tensor<B>,
 ) -> Result<()> {
-    dtype(op, out, DType::F32)?;
+    const NAMES: [&str; 2] = ["input 0", "input 1"];
+    let mut operands: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                NAMES.get(i).copied().unwrap_or("an input"),
+                *t,
+                Role::Storage,
+            )
+        })
+        .collect();
+    operands.push(("out", out, Role::Storage));
+    dtypes(op, &operands)?;
     for t in inputs {
-        dtype(op, t, DType::F32)?;
         same_len(op, t, out)?;
         in_place_or_apart(op, t, out)?;
     }
@@ -149,8 +227,15 @@ pub fn rows<B: Backend>(op: &'static str, x: &Tensor<B>, cols: usize) -> Result<
 
 /// Every tensor f32 and of the given length.
 pub fn f32_lens<B: Backend>(op: &'static str, tensors: &[(&Tensor<B>, usize)]) -> Result<()> {
-    for (t, len) in tensors {
+    for (t, _) in tensors {
         dtype(op, t, DType::F32)?;
+    }
+    lens(op, tensors)
+}
+
+/// Every tensor of the given length.
+pub fn lens<B: Backend>(op: &'static str, tensors: &[(&Tensor<B>, usize)]) -> Result<()> {
+    for (t, len) in tensors {
         if t.len() != *len {
             return Err(Error::shape(
                 op,
@@ -193,7 +278,18 @@ pub fn layernorm<B: Backend>(
     const OP: &str = "layernorm";
     let cols = w.len();
     let rows = rows(OP, x, cols)?;
-    f32_lens(
+    dtypes(
+        OP,
+        &[
+            ("x", x, Role::Storage),
+            ("y", y, Role::Storage),
+            ("w", w, Role::F32),
+            ("b", b, Role::F32),
+            ("mean", mean, Role::F32),
+            ("rstd", rstd, Role::F32),
+        ],
+    )?;
+    lens(
         OP,
         &[
             (x, x.len()),
@@ -222,7 +318,20 @@ pub fn layernorm_backward<B: Backend>(
     const OP: &str = "layernorm_backward";
     let cols = w.len();
     let rows = rows(OP, x, cols)?;
-    f32_lens(
+    dtypes(
+        OP,
+        &[
+            ("x", x, Role::Storage),
+            ("dy", dy, Role::Storage),
+            ("dx", dx, Role::Storage),
+            ("w", w, Role::F32),
+            ("mean", mean, Role::F32),
+            ("rstd", rstd, Role::F32),
+            ("dw", dw, Role::F32),
+            ("db", db, Role::F32),
+        ],
+    )?;
+    lens(
         OP,
         &[
             (x, x.len()),
@@ -269,9 +378,13 @@ pub fn mean_pool<B: Backend>(
             ),
         ));
     }
-    f32_lens(
+    dtypes(
         op,
-        &[(h, h.len()), (mask, mask.len()), (pooled, pooled.len())],
+        &[
+            ("the [batch, t, d] operand", h, Role::Storage),
+            ("the [batch, d] operand", pooled, Role::Storage),
+            ("mask", mask, Role::F32),
+        ],
     )?;
     Ok((batch, t, d))
 }
@@ -300,11 +413,34 @@ pub fn cross_entropy<B: Backend>(
             allowed: "from 0 to 1",
         });
     }
-    f32_lens(op, &[(logits, batch * classes), (labels, batch)])?;
+    let mut operands = vec![
+        ("logits", logits, Role::Storage),
+        ("labels", labels, Role::F32),
+    ];
+    operands.extend(weights.map(|w| ("weights", w, Role::F32)));
+    dtypes(op, &operands)?;
+    lens(op, &[(logits, batch * classes), (labels, batch)])?;
     if let Some(w) = weights {
-        f32_lens(op, &[(w, classes)])?;
+        lens(op, &[(w, classes)])?;
     }
     Ok((batch, classes))
+}
+
+/// The outputs of a cross-entropy: the loss, the hits and the log-sum-exps, f32.
+pub fn cross_entropy_outputs<B: Backend>(
+    op: &'static str,
+    (loss, hits, lse): (&Tensor<B>, &Tensor<B>, &Tensor<B>),
+    batch: usize,
+) -> Result<()> {
+    dtypes(
+        op,
+        &[
+            ("loss", loss, Role::F32),
+            ("hits", hits, Role::F32),
+            ("lse", lse, Role::F32),
+        ],
+    )?;
+    lens(op, &[(loss, 1), (hits, 2), (lse, batch)])
 }
 
 /// The gradient of a cross-entropy may overwrite the logits (each row reads only its own
@@ -318,11 +454,30 @@ pub fn cross_entropy_backward_outputs<B: Backend>(
     dlogits: &Tensor<B>,
     len: usize,
 ) -> Result<()> {
-    f32_lens(op, &[(lse, labels.len()), (dlogits, len)])?;
+    dtypes(
+        op,
+        &[
+            ("logits", logits, Role::Storage),
+            ("dlogits", dlogits, Role::Storage),
+            ("lse", lse, Role::F32),
+        ],
+    )?;
+    lens(op, &[(lse, labels.len()), (dlogits, len)])?;
     in_place_or_apart(op, logits, dlogits)?;
     let mut others = vec![labels, lse];
     others.extend(weights);
     outputs_apart(op, &others, &[dlogits])
+}
+
+/// The operands of a bias gradient: `dy` (an activation gradient) viewed as rows of
+/// `db.len()`, summed into f32 `db`; returns the number of rows.
+pub fn bias_grad<B: Backend>(dy: &Tensor<B>, db: &Tensor<B>) -> Result<usize> {
+    const OP: &str = "bias_grad";
+    let cols = db.len();
+    let rows = rows(OP, dy, cols)?;
+    dtypes(OP, &[("dy", dy, Role::Storage), ("db", db, Role::F32)])?;
+    outputs_apart(OP, &[dy], &[db])?;
+    Ok(rows)
 }
 
 /// Adam's bias corrections divide by 1 − β^step: steps count from 1.
@@ -360,12 +515,16 @@ pub fn dropout_p(p: f32) -> Result<()> {
     Ok(())
 }
 
-/// The operands of an attention: shapes from the spec, f32, outputs apart from inputs.
+/// An attention's operand: its name, the tensor, its role in the dtype rule and its length.
+type AttentionOperand<'t, B> = (&'static str, &'t Tensor<B>, Role, usize);
+
+/// The operands of an attention: shapes from the spec, the dtype rule, outputs apart from
+/// inputs.
 pub fn attention<B: Backend>(
     op: &'static str,
     spec: &AttentionSpec,
-    inputs: &[(&Tensor<B>, usize)],
-    outputs: &[(&Tensor<B>, usize)],
+    inputs: &[AttentionOperand<'_, B>],
+    outputs: &[AttentionOperand<'_, B>],
 ) -> Result<()> {
     if spec.head_dim == 0 || spec.head_dim > AttentionSpec::MAX_HEAD_DIM || spec.heads == 0 {
         return Err(Error::shape(
@@ -392,10 +551,13 @@ pub fn attention<B: Backend>(
         ));
     }
     dropout_p(spec.dropout)?;
-    f32_lens(op, inputs)?;
-    f32_lens(op, outputs)?;
-    let ins: Vec<&Tensor<B>> = inputs.iter().map(|(t, _)| *t).collect();
-    let outs: Vec<&Tensor<B>> = outputs.iter().map(|(t, _)| *t).collect();
+    let all = || inputs.iter().chain(outputs);
+    let roles: Vec<_> = all().map(|&(name, t, role, _)| (name, t, role)).collect();
+    dtypes(op, &roles)?;
+    let sizes: Vec<_> = all().map(|&(_, t, _, len)| (t, len)).collect();
+    lens(op, &sizes)?;
+    let ins: Vec<&Tensor<B>> = inputs.iter().map(|&(_, t, _, _)| t).collect();
+    let outs: Vec<&Tensor<B>> = outputs.iter().map(|&(_, t, _, _)| t).collect();
     outputs_apart(op, &ins, &outs)
 }
 
@@ -411,8 +573,14 @@ pub fn attention_forward<B: Backend>(
     attention(
         "attention",
         spec,
-        &[(qkv, b * t * 3 * dm), (key_mask, b * t)],
-        &[(out, b * t * dm), (lse, b * h * t)],
+        &[
+            ("qkv", qkv, Role::Storage, b * t * 3 * dm),
+            ("key_mask", key_mask, Role::F32, b * t),
+        ],
+        &[
+            ("out", out, Role::Storage, b * t * dm),
+            ("lse", lse, Role::F32, b * h * t),
+        ],
     )
 }
 
@@ -432,13 +600,13 @@ pub fn attention_backward<B: Backend>(
         "attention_backward",
         spec,
         &[
-            (qkv, b * t * 3 * dm),
-            (key_mask, b * t),
-            (out, b * t * dm),
-            (lse, b * h * t),
-            (dout, b * t * dm),
+            ("qkv", qkv, Role::Storage, b * t * 3 * dm),
+            ("key_mask", key_mask, Role::F32, b * t),
+            ("out", out, Role::Storage, b * t * dm),
+            ("lse", lse, Role::F32, b * h * t),
+            ("dout", dout, Role::Storage, b * t * dm),
         ],
-        &[(dqkv, b * t * 3 * dm)],
+        &[("dqkv", dqkv, Role::Storage, b * t * 3 * dm)],
     )
 }
 

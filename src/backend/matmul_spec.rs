@@ -1,7 +1,7 @@
 //! The matrix product's contract: sizes, layouts, batching, and the checks on its operands.
 
-use super::{check, Backend};
-use crate::dtype::DType;
+use super::check::{self, Role};
+use super::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -122,8 +122,9 @@ impl MatmulSpec {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
     }
 
-    /// Checks operands against the spec: f32, long enough, and items of C that do not overlap
-    /// (they are written in parallel).
+    /// Checks operands against the spec: the dtype rule (A and B in one storage dtype S, C and
+    /// the bias in S or f32), long enough, and items of C that do not overlap (they are
+    /// written in parallel).
     pub fn check<B: Backend>(
         &self,
         a: &Tensor<B>,
@@ -132,9 +133,13 @@ impl MatmulSpec {
         out: &Tensor<B>,
     ) -> Result<()> {
         const OP: &str = "matmul";
-        for t in [a, b, out].into_iter().chain(bias) {
-            check::dtype(OP, t, DType::F32)?;
-        }
+        let mut operands = vec![
+            ("A", a, Role::Storage),
+            ("B", b, Role::Storage),
+            ("C", out, Role::StorageOrF32),
+        ];
+        operands.extend(bias.map(|t| ("bias", t, Role::StorageOrF32)));
+        check::dtypes(OP, &operands)?;
         for (name, t, need) in [
             ("A", a, self.a_len()),
             ("B", b, self.b_len()),

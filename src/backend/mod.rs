@@ -154,6 +154,12 @@ pub trait Storage: Send + Sync + 'static {
 /// and then calls the backend's `<op>_unchecked` implementation with what the checks derived,
 /// so that no backend skips a check and all reject the same inputs with the same messages.
 /// An implementation checks only its own limits (such as the GPU's 32-bit indices).
+///
+/// Dtypes (DESIGN.md, Precision): each op computes in f32 and stores its activation operands
+/// in one storage dtype S, f32, f16 or bf16 (rounding to nearest even on store; beyond f16's
+/// range a result is ±∞); statistics, parameters, their gradients and losses stay f32. Each
+/// method says which operand is which; `check.rs` holds the rule, and a breach is an
+/// [`Error::OperandDtype`](crate::Error::OperandDtype) naming the operand.
 pub trait Backend: Send + Sync + Sized + 'static {
     type Storage: Storage;
     /// Recorded device work that [`Backend::replay`] runs again ([`Backend::capture`]).
@@ -186,7 +192,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Ok(t)
     }
 
-    /// `out[b] = op(a[b]) · op(b[b]) (+ bias)` for every batch item, in f32.
+    /// `out[b] = op(a[b]) · op(b[b]) (+ bias)` for every batch item, summed in f32. `a` and `b`
+    /// in the storage dtype S; `out` and `bias` in S or f32 (a weight gradient `xᵀ·dy` reads
+    /// half-precision activations and writes an f32 gradient).
     fn matmul(
         &self,
         a: &Tensor<Self>,
@@ -200,7 +208,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// The feed-forward layer's first product in one pass: `pre = a·b + bias` (as
-    /// [`Backend::matmul`]) and `out = gelu(pre)`; `pre` is kept for the backward pass.
+    /// [`Backend::matmul`]) and `out = gelu(pre)`; `pre` is kept for the backward pass. `a`,
+    /// `b`, `pre` and `out` in S, `bias` in S or f32; GELU reads `pre` as stored.
     fn matmul_bias_gelu(
         &self,
         a: &Tensor<Self>,
@@ -214,12 +223,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.matmul_bias_gelu_unchecked(a, b, bias, spec, pre, out)
     }
 
-    /// `out = a + b`, elementwise, f32.
+    /// `out = a + b`, elementwise; every operand in S.
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         self.elementwise(Elementwise::Add, &[a, b], out)
     }
 
-    /// `out = alpha · x`, elementwise, f32.
+    /// `out = alpha · x`, elementwise; every operand in S.
     fn scale(&self, x: &Tensor<Self>, alpha: f32, out: &Tensor<Self>) -> Result<()> {
         self.elementwise(Elementwise::Scale(alpha), &[x], out)
     }
@@ -237,18 +246,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.cast_unchecked(src, dst)
     }
 
-    /// `out = gelu(x)`, the exact (erf) GELU, f32.
+    /// `out = gelu(x)`, the exact (erf) GELU; every operand in S.
     fn gelu(&self, x: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         self.elementwise(Elementwise::Gelu, &[x], out)
     }
 
-    /// `dx = dy · gelu'(x)`, f32.
+    /// `dx = dy · gelu'(x)`; every operand in S.
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &Tensor<Self>) -> Result<()> {
         self.elementwise(Elementwise::GeluBackward, &[x, dy], dx)
     }
 
     /// Any [`Elementwise`] op: `inputs` as [`Elementwise::inputs`] counts them, each as long
-    /// as `out`, all f32.
+    /// as `out`, all in S.
     fn elementwise(
         &self,
         op: Elementwise,
@@ -260,19 +269,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// `db[j] = Σ_i dy[i, j]` over the rows of `dy` viewed as `[rows, db.len()]`, summed in a
-    /// fixed order (the same bits on every run).
+    /// fixed order (the same bits on every run). `dy` in S, `db` f32.
     fn bias_grad(&self, dy: &Tensor<Self>, db: &Tensor<Self>) -> Result<()> {
-        const OP: &str = "bias_grad";
-        let cols = db.len();
-        let rows = check::rows(OP, dy, cols)?;
-        check::f32_lens(OP, &[(dy, dy.len()), (db, cols)])?;
-        check::outputs_apart(OP, &[dy], &[db])?;
+        let rows = check::bias_grad(dy, db)?;
         self.bias_grad_unchecked(dy, db, rows)
     }
 
     /// Layer norm over the last dimension: `x` is `[rows, w.len()]`;
     /// `y = (x − mean)·rstd·w + b`, and the per-row `mean` and `rstd = 1/√(var + eps)` are
-    /// saved for the backward pass.
+    /// saved for the backward pass. `x` and `y` in S; `w`, `b`, `mean` and `rstd` f32.
     #[allow(clippy::too_many_arguments)]
     fn layernorm(
         &self,
@@ -289,7 +294,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// Gradients of [`Backend::layernorm`] from its saved statistics: `dx`, and `dw`, `db`
-    /// (overwritten, summed over rows in a fixed order).
+    /// (overwritten, summed over rows in a fixed order). `x`, `dy` and `dx` in S; `w`, `mean`,
+    /// `rstd`, `dw` and `db` f32.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(
         &self,
@@ -307,7 +313,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// Mean over real frames: `h` is `[batch, t, d]`, `mask` `[batch, t]` (1.0 = real frame,
-    /// 0.0 = padding), `out` `[batch, d]`. A clip without real frames pools to zeros.
+    /// 0.0 = padding), `out` `[batch, d]`. A clip without real frames pools to zeros. `h` and
+    /// `out` in S, `mask` f32.
     fn mean_pool(&self, h: &Tensor<Self>, mask: &Tensor<Self>, out: &Tensor<Self>) -> Result<()> {
         const OP: &str = "mean_pool";
         let dims = check::mean_pool(OP, h, mask, out)?;
@@ -316,6 +323,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// Gradient of [`Backend::mean_pool`]: `dh[b, s, :] = mask[b, s]·dout[b, :]/count[b]`.
+    /// `dout` and `dh` in S, `mask` f32.
     fn mean_pool_backward(
         &self,
         dout: &Tensor<Self>,
@@ -333,7 +341,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `weights` and label smoothing: `loss` `[1]` (the mean), `hits` `[2]` (rows whose label
     /// is the top-1 class, and among the top min(5, classes)), and `lse` `[batch]`
     /// (log-sum-exp per row, for the backward pass). A label that is not a class index makes
-    /// the loss NaN.
+    /// the loss NaN. `logits` in S; everything else f32.
     #[allow(clippy::too_many_arguments)]
     fn cross_entropy(
         &self,
@@ -347,7 +355,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ) -> Result<()> {
         const OP: &str = "cross_entropy";
         let (batch, classes) = check::cross_entropy(OP, logits, labels, weights, label_smoothing)?;
-        check::f32_lens(OP, &[(loss, 1), (hits, 2), (lse, batch)])?;
+        check::cross_entropy_outputs(OP, (loss, hits, lse), batch)?;
         let mut inputs = vec![logits, labels];
         inputs.extend(weights);
         check::outputs_apart(OP, &inputs, &[loss, hits, lse])?;
@@ -363,7 +371,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
         )
     }
 
-    /// `dlogits = scale · d(loss)/d(logits)` from the forward pass's `lse`.
+    /// `dlogits = scale · d(loss)/d(logits)` from the forward pass's `lse`. `logits` and
+    /// `dlogits` in S; `labels`, `weights` and `lse` f32.
     #[allow(clippy::too_many_arguments)]
     fn cross_entropy_backward(
         &self,
@@ -399,7 +408,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// One fused AdamW step over every parameter (all four tensors of one length, typically
-    /// whole arenas); `step` counts from 1.
+    /// whole arenas); `step` counts from 1. All f32: the master weights and their moments.
     fn adamw(
         &self,
         params: &Tensor<Self>,
@@ -414,7 +423,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         self.adamw_unchecked(params, grads, m, v, hp, step)
     }
 
-    /// `norm[0] = ‖grads‖₂`, summed in a fixed order.
+    /// `norm[0] = ‖grads‖₂`, summed in a fixed order. All f32.
     fn grad_norm(&self, grads: &Tensor<Self>, norm: &Tensor<Self>) -> Result<()> {
         const OP: &str = "grad_norm";
         check::f32_lens(OP, &[(grads, grads.len()), (norm, 1)])?;
@@ -423,7 +432,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// `grads *= min(1, max_norm / (norm[0] + 1e-6))`, with `norm` from
-    /// [`Backend::grad_norm`] (read on the device: no wait).
+    /// [`Backend::grad_norm`] (read on the device: no wait). All f32.
     fn clip_grads(&self, grads: &Tensor<Self>, norm: &Tensor<Self>, max_norm: f32) -> Result<()> {
         const OP: &str = "clip_grads";
         check::f32_lens(OP, &[(grads, grads.len()), (norm, 1)])?;
@@ -432,7 +441,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// `grads *= inv_scale`, and `found_inf[0]` = 1.0 if any gradient was not finite, else
-    /// 0.0 (for dynamic loss scaling).
+    /// 0.0 (for dynamic loss scaling). All f32.
     fn unscale_check(
         &self,
         grads: &Tensor<Self>,
@@ -447,7 +456,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
 
     /// `out = x · keep / (1 − p)` with the counter-based mask of [`crate::rng`] (element e of
     /// the tensor draws element e of `key`'s stream); all zeros when p = 1. The backward pass
-    /// is the same op on the gradient with the same key.
+    /// is the same op on the gradient with the same key. `x` and `out` in S.
     fn dropout(
         &self,
         x: &Tensor<Self>,
@@ -464,7 +473,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// packed q | k | v, `key_mask` `[batch, t]` (1.0 = real frame), `out`
     /// `[batch, t, d_model]`, and `lse` `[batch, heads, t]` saved for the backward pass. A query
     /// with no real key gets a zero output (and lse = [`NO_KEYS_LSE`]), never NaN; the model rejects such
-    /// clips before they get here.
+    /// clips before they get here. `qkv` and `out` in S; `key_mask` and `lse` f32.
     fn attention(
         &self,
         qkv: &Tensor<Self>,
@@ -478,7 +487,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     }
 
     /// Gradient of [`Backend::attention`] with respect to `qkv`, recomputing the scores from
-    /// `qkv` and the saved `lse` (and `out`, for rowsum(dO∘O)); writes all of `dqkv`.
+    /// `qkv` and the saved `lse` (and `out` as stored, for rowsum(dO∘O)); writes all of `dqkv`.
+    /// `qkv`, `out`, `dout` and `dqkv` in S; `key_mask` and `lse` f32.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,

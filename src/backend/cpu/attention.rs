@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::elementwise::DropoutChunk;
 use super::simd::{self, Block, Simd, WithSimd};
+use super::staging::{Dst, Scratch, Src};
 use super::storage::{f32s, f32s_mut, with_io};
 use super::CpuBackend;
 use crate::backend::{math, AttentionSpec, NO_KEYS_LSE};
@@ -403,22 +404,28 @@ pub(super) fn forward(
         return Ok(());
     }
     with_io(&[qkv, key_mask], &[out, lse], |ins, outs| {
-        let (qkv, mask) = (f32s(ins[0], qkv), f32s(ins[1], key_mask));
+        let (qkv, mask) = (Src::of(ins[0], qkv), f32s(ins[1], key_mask));
         let [out_words, lse_words] = outs else {
             unreachable!("two outputs")
         };
-        let (o, l) = (f32s_mut(out_words, out), f32s_mut(lse_words, lse));
-        o.par_chunks_mut(t * dm)
+        let (o, l) = (Dst::of(out_words, out), f32s_mut(lse_words, lse));
+        o.chunks(t * dm)
+            .into_par_iter()
             .zip(l.par_chunks_mut(heads * t))
             .enumerate()
-            .for_each(|(b, (o, l))| {
-                simd::run(Forward {
-                    spec,
-                    b,
-                    qkv: &qkv[b * t * 3 * dm..(b + 1) * t * 3 * dm],
-                    mask: &mask[b * t..(b + 1) * t],
-                    out: o,
-                    lse: l,
+            .for_each(|(b, (mut o, l))| {
+                let mut scratch = Scratch::default();
+                let qkv = qkv.slice(b * t * 3 * dm..(b + 1) * t * 3 * dm);
+                let qkv = qkv.f32s(&mut scratch);
+                o.store(&mut Scratch::default(), |o| {
+                    simd::run(Forward {
+                        spec,
+                        b,
+                        qkv,
+                        mask: &mask[b * t..(b + 1) * t],
+                        out: o,
+                        lse: l,
+                    })
                 });
             });
     })
@@ -441,24 +448,37 @@ pub(super) fn backward(
         return Ok(());
     }
     with_io(&[qkv, key_mask, out, lse, dout], &[dqkv], |ins, outs| {
-        let (qkv, mask, o) = (f32s(ins[0], qkv), f32s(ins[1], key_mask), f32s(ins[2], out));
-        let (lse, dout) = (f32s(ins[3], lse), f32s(ins[4], dout));
-        f32s_mut(outs[0], dqkv)
-            .par_chunks_mut(t * 3 * dm)
+        let (qkv, mask, o) = (
+            Src::of(ins[0], qkv),
+            f32s(ins[1], key_mask),
+            Src::of(ins[2], out),
+        );
+        let (lse, dout) = (f32s(ins[3], lse), Src::of(ins[4], dout));
+        Dst::of(outs[0], dqkv)
+            .chunks(t * 3 * dm)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(b, d)| {
+            .for_each(|(b, mut d)| {
                 fn clip(x: &[f32], b: usize, rows: usize) -> &[f32] {
                     &x[b * rows..(b + 1) * rows]
                 }
-                simd::run(Backward {
-                    spec,
-                    b,
-                    qkv: clip(qkv, b, t * 3 * dm),
-                    mask: clip(mask, b, t),
-                    out: clip(o, b, t * dm),
-                    lse: clip(lse, b, heads * t),
-                    dout: clip(dout, b, t * dm),
-                    dqkv: d,
+                let [mut qkv_scratch, mut out_scratch, mut dout_scratch] = Default::default();
+                let qkv = qkv.slice(b * t * 3 * dm..(b + 1) * t * 3 * dm);
+                let qkv = qkv.f32s(&mut qkv_scratch);
+                let out = o.slice(b * t * dm..(b + 1) * t * dm).f32s(&mut out_scratch);
+                let dout = dout.slice(b * t * dm..(b + 1) * t * dm);
+                let dout = dout.f32s(&mut dout_scratch);
+                d.store(&mut Scratch::default(), |d| {
+                    simd::run(Backward {
+                        spec,
+                        b,
+                        qkv,
+                        mask: clip(mask, b, t),
+                        out,
+                        lse: clip(lse, b, heads * t),
+                        dout,
+                        dqkv: d,
+                    })
                 });
             });
     })

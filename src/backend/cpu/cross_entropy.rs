@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::staging::{Dst, Scratch, Src};
 use super::storage::{f32s, f32s_mut, with_io};
 use super::CpuBackend;
 use crate::backend::math;
@@ -68,12 +69,16 @@ pub(super) fn forward(
     let mut inputs = vec![logits, labels];
     inputs.extend(weights);
     with_io(&inputs, &[loss, hits, lse], |ins, outs| {
-        let (z, y) = (f32s(ins[0], logits), f32s(ins[1], labels));
+        let (z, y) = (Src::of(ins[0], logits), f32s(ins[1], labels));
         let w = weights.map(|t| f32s(ins[2], t));
-        let rows: Vec<XentRow> = z
-            .par_chunks(classes)
-            .zip(y.par_iter())
-            .map(|(z, &y)| xent_row(z, y, w, label_smoothing))
+        let rows: Vec<XentRow> = y
+            .par_iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let mut scratch = Scratch::default();
+                let z = z.slice(i * classes..(i + 1) * classes).f32s(&mut scratch);
+                xent_row(z, y, w, label_smoothing)
+            })
             .collect();
         // The batch sums in row order: the same bits on every run.
         let (mut total, mut weight_sum, mut top1, mut top5) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
@@ -108,7 +113,7 @@ pub(super) fn backward(
     inputs.extend(weights);
     with_io(&inputs, &[dlogits], |ins, outs| {
         let (z, y, lse) = (
-            f32s(ins[0], logits),
+            Src::of(ins[0], logits),
             f32s(ins[1], labels),
             f32s(ins[2], lse),
         );
@@ -120,20 +125,24 @@ pub(super) fn backward(
             .sum();
         let class_weight_sum: f32 = w.map_or(classes as f32, |w| w.iter().sum());
         let smooth = label_smoothing / classes as f32;
-        f32s_mut(outs[0], dlogits)
-            .par_chunks_mut(classes)
-            .zip(z.par_chunks(classes))
+        Dst::of(outs[0], dlogits)
+            .chunks(classes)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(i, (d, z))| {
+            .for_each(|(i, mut d)| {
+                let mut scratch = Scratch::default();
+                let z = z.slice(i * classes..(i + 1) * classes).f32s(&mut scratch);
                 let label = class_index(y[i], classes);
                 let wy = label.map_or(f32::NAN, weight);
-                for (j, (d, &zj)) in d.iter_mut().zip(z).enumerate() {
-                    let p = math::exp(zj - lse[i]);
-                    let onehot = (label == Some(j)) as u8 as f32;
-                    let hard = (1.0 - label_smoothing) * wy * (p - onehot);
-                    let soft = smooth * (class_weight_sum * p - weight(j));
-                    *d = scale * (hard + soft) / weight_sum;
-                }
+                d.store(&mut Scratch::default(), |d| {
+                    for (j, (d, &zj)) in d.iter_mut().zip(z).enumerate() {
+                        let p = math::exp(zj - lse[i]);
+                        let onehot = (label == Some(j)) as u8 as f32;
+                        let hard = (1.0 - label_smoothing) * wy * (p - onehot);
+                        let soft = smooth * (class_weight_sum * p - weight(j));
+                        *d = scale * (hard + soft) / weight_sum;
+                    }
+                });
             });
     })
 }

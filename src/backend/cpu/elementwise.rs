@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use super::philox::{for_each_tile, Tile};
 use super::simd::{self, Simd, WithSimd};
-use super::storage::{f32s, f32s_mut, with_io};
+use super::staging::{Dst, Scratch, Src};
+use super::storage::with_io;
 use super::{CpuBackend, CHUNK};
 use crate::backend::{math, DropoutKey, Elementwise};
 use crate::error::Result;
@@ -153,22 +154,34 @@ fn runs_over<S: Simd, const N: usize>(
     true
 }
 
-/// An elementwise op over f32 inputs as long as `out`, in parallel chunks.
+/// An elementwise op over inputs as long as `out`, in parallel chunks (each widened and
+/// rounded by [`staging`] where the storage is half precision).
 pub(super) fn map_chunks(
     op: Elementwise,
     inputs: &[&Tensor<CpuBackend>],
     out: &Tensor<CpuBackend>,
 ) -> Result<()> {
     with_io(inputs, &[out], |ins, outs| {
-        let words = &mut *outs[0];
-        let xs: Vec<&[f32]> = ins.iter().zip(inputs).map(|(i, t)| f32s(*i, t)).collect();
-        f32s_mut(words, out)
-            .par_chunks_mut(CHUNK)
+        let xs: Vec<Src> = ins
+            .iter()
+            .zip(inputs)
+            .map(|(i, t)| Src::of(*i, t))
+            .collect();
+        Dst::of(outs[0], out)
+            .chunks(CHUNK)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(c, out)| {
-                let start = c * CHUNK;
-                let ins: Vec<&[f32]> = xs.iter().map(|x| &x[start..start + out.len()]).collect();
-                simd::run(ElementwiseChunk { op, ins: &ins, out });
+            .for_each(|(c, mut o)| {
+                let range = c * CHUNK..c * CHUNK + o.len();
+                let mut scratch: Vec<Scratch> = xs.iter().map(|_| Scratch::default()).collect();
+                let ins: Vec<&[f32]> = xs
+                    .iter()
+                    .zip(&mut scratch)
+                    .map(|(x, s)| x.slice(range.clone()).f32s(s))
+                    .collect();
+                o.store(&mut Scratch::default(), |out| {
+                    simd::run(ElementwiseChunk { op, ins: &ins, out })
+                });
             });
     })
 }
@@ -182,19 +195,24 @@ pub(super) fn dropout(
 ) -> Result<()> {
     let scale = rng::keep_scale(p);
     with_io(&[x], &[out], |ins, outs| {
-        let x = f32s(ins[0], x);
-        f32s_mut(outs[0], out)
-            .par_chunks_mut(CHUNK)
+        let x = Src::of(ins[0], x);
+        Dst::of(outs[0], out)
+            .chunks(CHUNK)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(c, o)| {
+            .for_each(|(c, mut o)| {
                 let start = c * CHUNK;
-                simd::run(DropoutChunk {
-                    key,
-                    first_element: start as u64,
-                    p,
-                    scale,
-                    x: &x[start..start + o.len()],
-                    out: o,
+                let mut scratch = Scratch::default();
+                let x = x.slice(start..start + o.len()).f32s(&mut scratch);
+                o.store(&mut Scratch::default(), |out| {
+                    simd::run(DropoutChunk {
+                        key,
+                        first_element: start as u64,
+                        p,
+                        scale,
+                        x,
+                        out,
+                    })
                 });
             });
     })

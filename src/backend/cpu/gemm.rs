@@ -1,13 +1,17 @@
 //! Matrix products through the `gemm` crate, and the transposes that hand it a right-hand
 //! side stored by columns as rows.
 
-use super::storage::{f32s, f32s_mut, with_io};
+use super::staging::{Dst, Scratch, Src};
+use super::storage::with_io;
 use super::CpuBackend;
 use crate::backend::MatmulSpec;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// `out[b] = op(a[b]) · op(b[b]) (+ bias)`, item by item.
+/// `out[b] = op(a[b]) · op(b[b]) (+ bias)`, item by item. Half-precision operands are widened
+/// an item at a time and the item's f32 result rounded into `out` ([`staging`]), so that the
+/// product runs on gemm's f32 kernels: faster here than its f16 ones (BENCHMARKS.md), and the
+/// sums stay f32 across the whole of K.
 pub(super) fn matmul(
     a: &Tensor<CpuBackend>,
     b: &Tensor<CpuBackend>,
@@ -18,15 +22,18 @@ pub(super) fn matmul(
     let mut inputs = vec![a, b];
     inputs.extend(bias);
     with_io(&inputs, &[out], |ins, outs| {
-        let out_words = &mut *outs[0];
-        let (a, b) = (f32s(ins[0], a), f32s(ins[1], b));
-        let bias = bias.map(|t| f32s(ins[2], t));
-        let c = f32s_mut(out_words, out);
+        let (a, b) = (Src::of(ins[0], a), Src::of(ins[1], b));
+        let mut bias_scratch = Scratch::default();
+        let bias = bias.map(|t| Src::of(ins[2], t).f32s(&mut bias_scratch));
+        let mut c = Dst::of(outs[0], out);
+        let [mut a_scratch, mut b_scratch, mut c_scratch] = Default::default();
+        let (mn, mk, kn) = (spec.m * spec.n, spec.m * spec.k, spec.k * spec.n);
         for item in 0..spec.batch {
-            let a = &a[item * spec.stride_a..];
-            let b = &b[item * spec.stride_b..];
-            let c = &mut c[item * spec.stride_c..][..spec.m * spec.n];
-            gemm_item(a, b, bias, c, spec);
+            let a = a.slice(item * spec.stride_a..item * spec.stride_a + mk);
+            let b = b.slice(item * spec.stride_b..item * spec.stride_b + kn);
+            let (a, b) = (a.f32s(&mut a_scratch), b.f32s(&mut b_scratch));
+            c.part(item * spec.stride_c..item * spec.stride_c + mn)
+                .store(&mut c_scratch, |c| gemm_item(a, b, bias, c, spec));
         }
     })?;
     Ok(())

@@ -20,6 +20,7 @@ mod optim;
 mod philox;
 mod reductions;
 mod simd;
+mod staging;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -117,10 +118,19 @@ impl Backend for CpuBackend {
         out: &Tensor<Self>,
     ) -> Result<()> {
         gemm::matmul(a, b, Some(bias), pre, spec)?;
+        // GELU reads `pre` as stored (rounded, in half precision), as the backward pass will.
+        let len = spec.m * spec.n;
+        if spec.batch <= 1 || spec.stride_c == len {
+            let all = spec.batch * len;
+            return map_chunks(
+                Elementwise::Gelu,
+                &[&pre.view(0, &[all])?],
+                &out.view(0, &[all])?,
+            );
+        }
         // Only the items' elements: strided items leave gaps that the product does not write.
         for item in 0..spec.batch {
             let at = item * spec.stride_c;
-            let len = spec.m * spec.n;
             let (pre, out) = (pre.view(at, &[len])?, out.view(at, &[len])?);
             map_chunks(Elementwise::Gelu, &[&pre], &out)?;
         }

@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use super::reductions::{sum_in_block_order, ROW_BLOCK};
 use super::simd::{self, Block, Simd, WithSimd};
-use super::storage::{f32s, f32s_mut, store, with_io, HostBlock};
+use super::staging::{Dst, Scratch, Src};
+use super::storage::{f32s, store, with_io, HostBlock};
 use super::{CpuBackend, CHUNK};
 use crate::backend::math::Real;
 use crate::error::Result;
@@ -270,21 +271,25 @@ pub(super) fn forward(
     let cols = w.len();
     let mut stats = vec![(0.0f32, 0.0f32); rows];
     with_io(&[x, w, b], &[y], |ins, outs| {
-        let words = &mut *outs[0];
-        let (x, w, b) = (f32s(ins[0], x), f32s(ins[1], w), f32s(ins[2], b));
-        let rows_per_task = rows_per_task(cols);
-        f32s_mut(words, y)
-            .par_chunks_mut(rows_per_task * cols)
-            .zip(x.par_chunks(rows_per_task * cols))
-            .zip(stats.par_chunks_mut(rows_per_task))
-            .for_each(|((y, x), stats)| {
-                simd::run(Forward {
-                    x,
-                    w,
-                    b,
-                    eps,
-                    y,
-                    stats,
+        let (x, w, b) = (Src::of(ins[0], x), f32s(ins[1], w), f32s(ins[2], b));
+        let task = rows_per_task(cols) * cols;
+        Dst::of(outs[0], y)
+            .chunks(task)
+            .into_par_iter()
+            .zip(stats.par_chunks_mut(task / cols))
+            .enumerate()
+            .for_each(|(i, (mut y, stats))| {
+                let mut scratch = Scratch::default();
+                let x = x.slice(i * task..i * task + y.len()).f32s(&mut scratch);
+                y.store(&mut Scratch::default(), |y| {
+                    simd::run(Forward {
+                        x,
+                        w,
+                        b,
+                        eps,
+                        y,
+                        stats,
+                    })
                 });
             });
     })?;
@@ -307,26 +312,29 @@ pub(super) fn backward(
     let cols = w.len();
     let mut param_grads = Vec::new();
     with_io(&[x, w, mean, rstd, dy], &[dx], |ins, outs| {
-        let words = &mut *outs[0];
-        let (x, w) = (f32s(ins[0], x), f32s(ins[1], w));
-        let (mean, rstd, dy) = (f32s(ins[2], mean), f32s(ins[3], rstd), f32s(ins[4], dy));
+        let (x, w) = (Src::of(ins[0], x), f32s(ins[1], w));
+        let (mean, rstd, dy) = (f32s(ins[2], mean), f32s(ins[3], rstd), Src::of(ins[4], dy));
         // One pass over the rows: dx row by row, and dw, db as partial sums over blocks
         // of rows (added up in block order afterwards), so that x and dy are read once.
-        let partials = f32s_mut(words, dx)
-            .par_chunks_mut(ROW_BLOCK * cols)
+        let partials = Dst::of(outs[0], dx)
+            .chunks(ROW_BLOCK * cols)
+            .into_par_iter()
             .enumerate()
-            .map(|(block, dx)| {
+            .map(|(block, mut dx)| {
                 let rows = block * ROW_BLOCK..block * ROW_BLOCK + dx.len() / cols;
                 let elements = rows.start * cols..rows.end * cols;
+                let [mut x_scratch, mut dy_scratch, mut dx_scratch] = Default::default();
                 let mut acc = HostBlock::zeroed(2 * cols);
-                simd::run(Backward {
-                    x: &x[elements.clone()],
-                    dy: &dy[elements],
-                    w,
-                    mean: &mean[rows.clone()],
-                    rstd: &rstd[rows],
-                    dx,
-                    acc: acc.as_f32s_mut(),
+                dx.store(&mut dx_scratch, |dx| {
+                    simd::run(Backward {
+                        x: x.slice(elements.clone()).f32s(&mut x_scratch),
+                        dy: dy.slice(elements).f32s(&mut dy_scratch),
+                        w,
+                        mean: &mean[rows.clone()],
+                        rstd: &rstd[rows],
+                        dx,
+                        acc: acc.as_f32s_mut(),
+                    })
                 });
                 acc
             })

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::simd::{self, Simd, WithSimd};
+use super::staging::{Dst, Scratch, Src};
 use super::storage::{f32s, f32s_mut, with_io, HostBlock};
 use super::CpuBackend;
 use crate::error::Result;
@@ -15,14 +16,18 @@ use crate::tensor::Tensor;
 pub(super) const ROW_BLOCK: usize = 64;
 
 /// Sums rows of `m` (rows of `cols`) into `cols` accumulators: partial sums over blocks of
-/// [`ROW_BLOCK`] rows in parallel, then the partials in block order.
-pub(super) fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
-    let partials = m
-        .par_chunks(ROW_BLOCK * cols)
-        .map(|rows| {
+/// [`ROW_BLOCK`] rows in parallel (each block widened to f32 where `m` is half precision),
+/// then the partials in block order.
+pub(super) fn column_sums(m: Src<'_>, cols: usize) -> Vec<f32> {
+    let block = ROW_BLOCK * cols;
+    let partials = (0..m.len().div_ceil(block))
+        .into_par_iter()
+        .map(|i| {
+            let mut scratch = Scratch::default();
+            let rows = m.slice(i * block..m.len().min((i + 1) * block));
             let mut sums = HostBlock::zeroed(cols);
             simd::run(ColumnSums {
-                rows,
+                rows: rows.f32s(&mut scratch),
                 sums: sums.as_f32s_mut(),
             });
             sums
@@ -107,7 +112,7 @@ pub(super) fn bias_grad(dy: &Tensor<CpuBackend>, db: &Tensor<CpuBackend>) -> Res
     let cols = db.len();
     with_io(&[dy], &[db], |ins, outs| {
         let words = &mut *outs[0];
-        let sums = column_sums(f32s(ins[0], dy), cols);
+        let sums = column_sums(Src::of(ins[0], dy), cols);
         f32s_mut(words, db).copy_from_slice(&sums);
     })?;
     Ok(())
@@ -124,23 +129,28 @@ pub(super) fn mean_pool(
         return Ok(());
     }
     with_io(&[h, mask], &[out], |ins, outs| {
-        let (h, mask) = (f32s(ins[0], h), f32s(ins[1], mask));
-        f32s_mut(outs[0], out)
-            .par_chunks_mut(d)
+        let (h, mask) = (Src::of(ins[0], h), f32s(ins[1], mask));
+        Dst::of(outs[0], out)
+            .chunks(d)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(b, o)| {
-                o.fill(0.0);
-                let m = &mask[b * t..(b + 1) * t];
-                for (s, &weight) in m.iter().enumerate() {
-                    if weight != 0.0 {
-                        let row = &h[(b * t + s) * d..(b * t + s + 1) * d];
-                        o.iter_mut().zip(row).for_each(|(o, x)| *o += weight * x);
+            .for_each(|(b, mut o)| {
+                let mut scratch = Scratch::default();
+                let h = h.slice(b * t * d..(b + 1) * t * d).f32s(&mut scratch);
+                o.store(&mut Scratch::default(), |o| {
+                    o.fill(0.0);
+                    let m = &mask[b * t..(b + 1) * t];
+                    for (s, &weight) in m.iter().enumerate() {
+                        if weight != 0.0 {
+                            let row = &h[s * d..(s + 1) * d];
+                            o.iter_mut().zip(row).for_each(|(o, x)| *o += weight * x);
+                        }
                     }
-                }
-                let count: f32 = m.iter().sum();
-                if count > 0.0 {
-                    o.iter_mut().for_each(|o| *o /= count);
-                }
+                    let count: f32 = m.iter().sum();
+                    if count > 0.0 {
+                        o.iter_mut().for_each(|o| *o /= count);
+                    }
+                });
             });
     })
 }
@@ -156,19 +166,22 @@ pub(super) fn mean_pool_backward(
         return Ok(());
     }
     with_io(&[dout, mask], &[dh], |ins, outs| {
-        let (dout, mask) = (f32s(ins[0], dout), f32s(ins[1], mask));
-        f32s_mut(outs[0], dh)
-            .par_chunks_mut(t * d)
+        let (dout, mask) = (Src::of(ins[0], dout), f32s(ins[1], mask));
+        Dst::of(outs[0], dh)
+            .chunks(t * d)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(b, clip)| {
+            .for_each(|(b, mut clip)| {
+                let mut scratch = Scratch::default();
+                let dout = dout.slice(b * d..(b + 1) * d).f32s(&mut scratch);
                 let m = &mask[b * t..(b + 1) * t];
                 let count: f32 = m.iter().sum();
-                for (s, row) in clip.chunks_exact_mut(d).enumerate() {
-                    let weight = if count > 0.0 { m[s] / count } else { 0.0 };
-                    row.iter_mut()
-                        .zip(&dout[b * d..(b + 1) * d])
-                        .for_each(|(o, g)| *o = weight * g);
-                }
+                clip.store(&mut Scratch::default(), |clip| {
+                    for (s, row) in clip.chunks_exact_mut(d).enumerate() {
+                        let weight = if count > 0.0 { m[s] / count } else { 0.0 };
+                        row.iter_mut().zip(dout).for_each(|(o, g)| *o = weight * g);
+                    }
+                });
             });
     })
 }

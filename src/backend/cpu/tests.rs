@@ -326,6 +326,7 @@ mod simd_paths {
 mod column_sums_order {
     use super::super::reductions::{column_sums, sum_in_block_order, ColumnSums, ROW_BLOCK};
     use super::super::simd::{Simd, WithSimd};
+    use super::super::staging::Src;
     use super::super::storage::HostBlock;
 
     /// Matrices of 5, 37 and 300 columns (whole vectors, whole strips and tails) and rows
@@ -367,7 +368,7 @@ mod column_sums_order {
     fn equal_row_by_row_sums() {
         for (cols, m, want) in cases() {
             assert_eq!(
-                bits(&column_sums(&m, cols)),
+                bits(&column_sums(Src::F32(&m), cols)),
                 bits(&sum_in_block_order(want, cols)),
                 "{} rows of {cols}",
                 m.len() / cols

@@ -13,8 +13,8 @@ use context::GpuContext;
 pub use context::Replay as GpuReplay;
 use kernel_config::KernelConfig;
 use ops::{
-    attention, cast, column_sums, cross_entropy, dropout, elementwise, layernorm, matmul, optim,
-    pool,
+    attention, cast, column_sums, cross_entropy, dropout, elementwise, f32_kernels_only, layernorm,
+    matmul, optim, pool,
 };
 
 use super::{
@@ -209,6 +209,9 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
+        let mut operands = vec![a, b, out];
+        operands.extend(bias);
+        f32_kernels_only("matmul", &operands)?;
         matmul::matmul(self, a, b, bias, None, out, spec)
     }
 
@@ -221,6 +224,7 @@ impl Backend for GpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("matmul_bias_gelu", &[a, b, bias, pre, out])?;
         matmul::matmul(self, a, b, Some(bias), Some(pre), out, spec)
     }
 
@@ -230,6 +234,7 @@ impl Backend for GpuBackend {
         inputs: &[&Tensor<Self>],
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only(op.name(), &[out])?;
         elementwise::elementwise(self, op, inputs, out)
     }
 
@@ -238,6 +243,7 @@ impl Backend for GpuBackend {
     }
 
     fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, rows: usize) -> Result<()> {
+        f32_kernels_only("bias_grad", &[dy])?;
         column_sums::bias_grad(self, dy, db, rows)
     }
 
@@ -252,6 +258,7 @@ impl Backend for GpuBackend {
         rstd: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
+        f32_kernels_only("layernorm", &[x])?;
         layernorm::forward(self, x, w, b, eps, y, mean, rstd, rows)
     }
 
@@ -267,6 +274,7 @@ impl Backend for GpuBackend {
         db: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
+        f32_kernels_only("layernorm_backward", &[x])?;
         layernorm::backward(self, x, w, mean, rstd, dy, dx, dw, db, rows)
     }
 
@@ -277,6 +285,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
+        f32_kernels_only("mean_pool", &[h])?;
         pool::forward(self, h, mask, out, dims)
     }
 
@@ -287,6 +296,7 @@ impl Backend for GpuBackend {
         dh: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
+        f32_kernels_only("mean_pool_backward", &[dout])?;
         pool::backward(self, dout, mask, dh, dims)
     }
 
@@ -302,6 +312,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
+        f32_kernels_only("cross_entropy", &[logits])?;
         cross_entropy::forward(self, logits, labels, w, s, loss, hits, lse, dims)
     }
 
@@ -317,6 +328,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
+        f32_kernels_only("cross_entropy_backward", &[logits])?;
         cross_entropy::backward(self, logits, labels, w, s, lse, scale, dlogits, dims)
     }
 
@@ -361,6 +373,7 @@ impl Backend for GpuBackend {
         key: &DropoutKey,
         out: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("dropout", &[x])?;
         dropout::dropout(self, x, p, key, out)
     }
 
@@ -372,6 +385,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("attention", &[qkv])?;
         attention::forward(self, qkv, key_mask, spec, out, lse)
     }
 
@@ -385,6 +399,7 @@ impl Backend for GpuBackend {
         dout: &Tensor<Self>,
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
+        f32_kernels_only("attention_backward", &[qkv])?;
         attention::backward(self, qkv, key_mask, spec, out, lse, dout, dqkv)
     }
 

@@ -16,6 +16,7 @@ pub mod pool;
 
 use super::shaders::{Entry, KernelFamily};
 use super::GpuBackend;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -30,6 +31,21 @@ pub(crate) fn index_u32(op: &'static str, value: usize) -> Result<u32> {
             format!("{value} elements exceed the kernels' 32-bit indexing"),
         )
     })
+}
+
+/// Until the f16 and bf16 variants of an op family's kernels exist, the GPU refuses half-precision
+/// operands of that family (the checks let them through for the CPU backend) rather than
+/// misread their 16-bit words as f32.
+pub(crate) fn f32_kernels_only(op: &'static str, operands: &[&GpuTensor]) -> Result<()> {
+    match operands.iter().find(|t| t.dtype() != DType::F32) {
+        None => Ok(()),
+        Some(t) => Err(Error::UnsupportedDtype {
+            op,
+            dtype: t.dtype(),
+            hint: "half-precision operands on the GPU need the f16/bf16 kernels (issue 20); \
+                   cast them to f32, or run on the CPU backend",
+        }),
+    }
 }
 
 /// A u64 as the (low, high) words WGSL takes.
