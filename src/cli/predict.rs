@@ -16,7 +16,12 @@ use signflow::fsio::guard::check_writes;
 use signflow::infer::{load_model, softmax, top_k, InferencePipeline, Prediction};
 use signflow::model::checkpoint::serialize_f32;
 use signflow::model::Checkpoint;
-use signflow::{with_backend, Backend, Error, Result};
+use signflow::{with_backend, Backend, DType, Error, Result};
+
+/// The `--precision` flag of predict and eval.
+pub const PRECISION_HELP: &str = "Storage precision of the model's weights and activations: \
+    f32, f16 (float16) or bf16 (bfloat16); arithmetic stays f32. Half precision runs on the CPU \
+    backend";
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -44,6 +49,8 @@ pub struct PredictArgs {
     /// length the model was trained on; ready features keep their own).
     #[arg(long)]
     pub seq_len: Option<usize>,
+    #[arg(long, default_value = "f32", help = PRECISION_HELP)]
+    pub precision: DType,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -137,7 +144,8 @@ fn all_logits<B: Backend>(
     args: &PredictArgs,
     ckpt: &Checkpoint,
 ) -> Result<(Vec<f32>, Vec<String>)> {
-    let mut pipeline = InferencePipeline::from_checkpoint(b, ckpt)?;
+    let mut pipeline =
+        InferencePipeline::from_checkpoint(b, ckpt)?.with_precision(args.precision)?;
     if let Some(seq_len) = args.seq_len {
         pipeline = pipeline.with_seq_len(seq_len)?;
     }
