@@ -270,7 +270,8 @@ impl<B: Backend> SignTransformer<B> {
             self.half = Some(HalfWeights { arena, views });
             self.refresh_half_weights(backend)?;
         }
-        if self.weight_rows.is_some() {
+        // Dropped before they are redone, so that both copies are never held at once.
+        if self.weight_rows.take().is_some() {
             self.keep_weight_rows(backend)?;
         }
         Ok(())
