@@ -520,3 +520,58 @@ fn half_precision_predicts_real_signing_as_f32_does() {
         );
     }
 }
+
+/// A checkpoint written in f16 loads, widened to f32, and predicts in any precision.
+#[test]
+fn an_f16_checkpoint_loads_widened() {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    let (f32_path, f16_path) = (dir.path().join("f32.st"), dir.path().join("f16.st"));
+    let classes: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+    let preprocessing = Preprocessing {
+        seq_len: 11,
+        layout: "features".into(),
+    };
+    let ckpt = Checkpoint::initial(config(), classes, preprocessing, 4).unwrap();
+    ckpt.save(&f32_path).unwrap();
+    let bytes = std::fs::read(&f32_path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let halves: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+            let h: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (name, t.shape().to_vec(), bytemuck::cast_slice(&h).to_vec())
+        })
+        .collect();
+    let views = halves.iter().map(|(name, shape, data)| {
+        (
+            name.clone(),
+            TensorView::new(Dtype::F16, shape.clone(), data).unwrap(),
+        )
+    });
+    let out = safetensors::serialize(views, header.metadata().clone()).unwrap();
+    std::fs::write(&f16_path, out).unwrap();
+
+    let loaded = Checkpoint::load(&f16_path).unwrap();
+    for (name, (_, values)) in &ckpt.tensors {
+        let rounded: Vec<f32> = values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(loaded.tensors[name].1, rounded, "{name}");
+    }
+    let b = cpu();
+    let cfg = config();
+    let batch = batch(&cfg);
+    for dtype in DType::ALL {
+        let pipeline = signflow::infer::InferencePipeline::load(&b, &f16_path)
+            .unwrap()
+            .with_precision(dtype)
+            .unwrap();
+        let logits = pipeline.logits(&batch, &[0, 1, 2]).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "{dtype}");
+    }
+}
