@@ -17,7 +17,12 @@ use signflow::fsio::guard::check_writes;
 use signflow::infer::{load_model, softmax, top_k, InferencePipeline, Prediction, StreamSettings};
 use signflow::model::checkpoint::serialize_f32;
 use signflow::model::Checkpoint;
-use signflow::{with_backend, AnyBackend, Backend, Error, Result};
+use signflow::{with_backend, AnyBackend, Backend, DType, Error, Result};
+
+/// The `--precision` flag of predict and eval.
+pub const PRECISION_HELP: &str = "Storage precision of the model's weights and activations: \
+    f32, f16 (float16) or bf16 (bfloat16); arithmetic stays f32. Half precision runs on the CPU \
+    backend";
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -45,6 +50,8 @@ pub struct PredictArgs {
     /// length the model was trained on; ready features keep their own).
     #[arg(long)]
     pub seq_len: Option<usize>,
+    #[arg(long, default_value = "f32", help = PRECISION_HELP)]
+    pub precision: DType,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
     #[command(flatten)]
@@ -157,7 +164,9 @@ pub fn pipeline<'b, B: Backend>(
     args: &PredictArgs,
     ckpt: &Checkpoint,
 ) -> Result<InferencePipeline<'b, B>> {
-    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?.optimize_for_inference()?;
+    let pipeline = InferencePipeline::from_checkpoint(b, ckpt)?
+        .with_precision(args.precision)?
+        .optimize_for_inference()?;
     match args.seq_len {
         Some(seq_len) => pipeline.with_seq_len(seq_len),
         None => Ok(pipeline),

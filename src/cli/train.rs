@@ -837,6 +837,8 @@ pub struct EvalArgs {
     /// Clips per batch.
     #[arg(long, default_value_t = 64, value_parser = super::positive)]
     pub batch_size: usize,
+    #[arg(long, default_value = "f32", help = super::predict::PRECISION_HELP)]
+    pub precision: DType,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -852,7 +854,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let device = super::open_device(&args.device)?;
     let loader = super::inference_loader(data, ckpt.preprocessing.seq_len, args.batch_size)?;
     let report = with_backend!(&device, b => {
-        evaluate(b, InferencePipeline::from_checkpoint(b, &ckpt)?.model(), &loader)
+        let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.with_precision(args.precision)?;
+        evaluate(b, pipeline.model(), &loader)
     })?;
     if args.json {
         let per_class: Vec<_> = ckpt

@@ -10,6 +10,7 @@ use std::path::Path;
 use crate::backend::Backend;
 use crate::data::features::{preprocess, NUM_FEATURES};
 use crate::data::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::model::{Checkpoint, Preprocessing, SignTransformer, Workspace};
 pub use model_file::load_model;
@@ -108,6 +109,24 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
         Ok(self)
     }
 
+    /// Runs the model in `dtype` (default f32): its weights are rounded once, here, and its
+    /// activations stored in `dtype` (f32 arithmetic; DESIGN.md, Precision). Half precision
+    /// runs on the CPU backend for now.
+    pub fn with_precision(mut self, dtype: DType) -> Result<InferencePipeline<'b, B>> {
+        if dtype != DType::F32 && self.backend.info().backend != "cpu" {
+            return Err(Error::UnsupportedDtype {
+                op: "inference",
+                dtype,
+                hint: "half-precision inference on the GPU needs the f16 GPU kernels (issue 20); \
+                       use --device cpu or --precision f32",
+            });
+        }
+        self.model.set_precision(self.backend, dtype)?;
+        // Plans hold workspaces and captured work of the previous precision's buffers.
+        self.plans = self.plans.take().map(|_| optimized::Plans::new());
+        Ok(self)
+    }
+
     pub fn model(&self) -> &SignTransformer<B> {
         &self.model
     }
@@ -129,7 +148,14 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
                 return Ok(logits);
             }
         }
-        let ws = Workspace::new(self.backend, cfg, batch.batch, batch.seq, false)?;
+        let ws = Workspace::new_in(
+            self.backend,
+            cfg,
+            batch.batch,
+            batch.seq,
+            false,
+            self.model.precision(),
+        )?;
         ws.load_inputs(self.backend, cfg, batch, ids)?;
         self.model.forward(self.backend, &ws, None)?;
         ws.logits().to_f32_vec()

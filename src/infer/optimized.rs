@@ -85,7 +85,14 @@ impl<B: Backend> Plans<B> {
         let plan = match plans.iter().position(|(s, _)| *s == shape) {
             Some(i) => plans.remove(i).1,
             None => {
-                let ws = Workspace::new(backend, model.config(), shape.0, shape.1, false)?;
+                let ws = Workspace::new_in(
+                    backend,
+                    model.config(),
+                    shape.0,
+                    shape.1,
+                    false,
+                    model.precision(),
+                )?;
                 if plans.len() == MAX_PLANS {
                     plans.remove(0);
                 }

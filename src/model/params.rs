@@ -206,6 +206,16 @@ impl<B: Backend> Arena<B> {
     /// An arena holding `values` (the layout's total length).
     pub fn upload(backend: &B, layout: &ParamLayout, values: Vec<f32>) -> Result<Arena<B>> {
         let all = backend.upload(&HostTensor::from_f32(&[layout.total], values)?)?;
+        Arena::over(layout, all)
+    }
+
+    /// An arena in `dtype` whose contents are unspecified until written (a half-precision copy
+    /// of the weights, cast into).
+    pub fn alloc(backend: &B, layout: &ParamLayout, dtype: DType) -> Result<Arena<B>> {
+        Arena::over(layout, backend.alloc(&[layout.total], dtype)?)
+    }
+
+    fn over(layout: &ParamLayout, all: Tensor<B>) -> Result<Arena<B>> {
         let views = layout
             .entries
             .iter()
@@ -223,8 +233,8 @@ impl<B: Backend> Arena<B> {
         self.all.to_f32_vec()
     }
 
-    /// Total f32 bytes of the arena.
+    /// Total bytes of the arena.
     pub fn bytes(&self) -> u64 {
-        (self.all.len() * DType::F32.size_bytes()) as u64
+        (self.all.len() * self.all.dtype().size_bytes()) as u64
     }
 }

@@ -8,6 +8,7 @@ use super::config::ModelConfig;
 use super::params::{Arena, ParamLayout};
 use super::workspace::Workspace;
 use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{HostTensor, Tensor};
 
@@ -157,6 +158,14 @@ impl Site {
     }
 }
 
+/// The weights rounded to a half-precision storage dtype S, which the products (and the
+/// positions' add) read when the model runs in S; biases and layer norms read the f32 master
+/// weights (DESIGN.md, Precision).
+struct HalfWeights<B: Backend> {
+    arena: Arena<B>,
+    views: Views<B>,
+}
+
 /// The sign-recognition transformer: parameters and their gradients, each in one arena.
 pub struct SignTransformer<B: Backend> {
     config: ModelConfig,
@@ -168,6 +177,8 @@ pub struct SignTransformer<B: Backend> {
     /// Each linear layer's weight copied into `[in, out]` rows
     /// ([`SignTransformer::keep_weight_rows`]).
     weight_rows: Option<HashMap<LinearId, Tensor<B>>>,
+    /// Present when the forward pass runs in f16 or bf16 ([`SignTransformer::set_precision`]).
+    half: Option<HalfWeights<B>>,
 }
 
 /// `y[m, out] = x[m, in] · Wᵀ + b`.
@@ -204,6 +215,7 @@ impl<B: Backend> SignTransformer<B> {
             w,
             g,
             weight_rows: None,
+            half: None,
         })
     }
 
@@ -227,20 +239,70 @@ impl<B: Backend> SignTransformer<B> {
                     .flat_map(|i| (0..outs).map(move |o| (o, i)))
                     .map(|(o, i)| values[o * ins + i])
                     .collect();
-                Ok((
-                    id,
-                    backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)?,
-                ))
+                let rows = backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)?;
+                Ok((id, self.in_precision(backend, rows)?))
             })
             .collect::<Result<_>>()?;
         self.weight_rows = Some(rows);
         Ok(())
     }
 
+    /// `t` (f32) cast to the model's storage dtype, or itself when that is f32.
+    fn in_precision(&self, backend: &B, t: Tensor<B>) -> Result<Tensor<B>> {
+        let dtype = self.precision();
+        if dtype == DType::F32 {
+            return Ok(t);
+        }
+        let out = backend.alloc(t.shape(), dtype)?;
+        backend.cast(&t, &out)?;
+        Ok(out)
+    }
+
+    /// Runs the forward pass in storage dtype `dtype` (f32, f16 or bf16): activations in
+    /// `dtype` (plan workspaces with [`Workspace::new_in`]), the products reading the weights
+    /// rounded to `dtype` once here, layer norms' parameters, statistics and the logits f32.
+    /// Kept weight rows are redone in `dtype`.
+    pub fn set_precision(&mut self, backend: &B, dtype: DType) -> Result<()> {
+        self.half = None;
+        if dtype != DType::F32 {
+            let arena = Arena::alloc(backend, &self.layout, dtype)?;
+            let views = Views::new(&self.config, &self.layout, &arena);
+            self.half = Some(HalfWeights { arena, views });
+            self.refresh_half_weights(backend)?;
+        }
+        // Dropped before they are redone, so that both copies are never held at once.
+        if self.weight_rows.take().is_some() {
+            self.keep_weight_rows(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Rounds the f32 master weights into the half-precision copies the products read: after
+    /// [`SignTransformer::set_precision`] and after every update of the weights. Nothing to do
+    /// in f32.
+    pub fn refresh_half_weights(&self, backend: &B) -> Result<()> {
+        match &self.half {
+            Some(h) => backend.cast(&self.weights.all, &h.arena.all),
+            None => Ok(()),
+        }
+    }
+
+    /// The storage dtype of the forward pass's activations.
+    pub fn precision(&self) -> DType {
+        self.half
+            .as_ref()
+            .map_or(DType::F32, |h| h.arena.all.dtype())
+    }
+
+    /// The weights the products read: the half-precision copies when there are some.
+    fn product_weights(&self) -> &Views<B> {
+        self.half.as_ref().map_or(&self.w, |h| &h.views)
+    }
+
     /// Linear layer `id`'s weight as the right-hand side of `x[m, in]·Wᵀ`, and the product's
     /// spec: the kept rows where there are some, else W read transposed.
     fn linear_rhs(&self, id: LinearId, m: usize) -> (&Tensor<B>, MatmulSpec) {
-        let w = &self.w.linear(id).w;
+        let w = &self.product_weights().linear(id).w;
         let (outs, ins) = (w.shape()[0], w.shape()[1]);
         match &self.weight_rows {
             Some(rows) => (&rows[&id], MatmulSpec::new(m, outs, ins)),
@@ -284,6 +346,17 @@ impl<B: Backend> SignTransformer<B> {
         ws: &Workspace<B>,
         dropout: Option<DropoutStep>,
     ) -> Result<()> {
+        if ws.dtype != self.precision() {
+            return Err(Error::shape(
+                "forward",
+                format!(
+                    "the workspace holds {} activations, the model runs in {}; plan it with \
+                     Workspace::new_in and the model's precision",
+                    ws.dtype,
+                    self.precision()
+                ),
+            ));
+        }
         let cfg = &self.config;
         let (batch, seq, d) = (ws.batch, ws.seq, cfg.d_model);
         let bt = batch * seq;
@@ -295,7 +368,7 @@ impl<B: Backend> SignTransformer<B> {
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
         let (w, spec) = self.linear_rhs(LinearId::InputProj, bt);
         backend.matmul(&x, w, Some(&self.w.input_proj.b), h0, &spec)?;
-        let pos = self.w.pos.view(0, &[seq * d])?;
+        let pos = self.product_weights().pos.view(0, &[seq * d])?;
         for b in 0..batch {
             let item = h0.view(b * seq * d, &[seq * d])?;
             backend.add(&item, &pos, &item)?;
@@ -388,6 +461,17 @@ impl<B: Backend> SignTransformer<B> {
                 "this workspace was planned for inference; plan it with training = true",
             )
         })?;
+        let half = [ws.dtype, self.precision()]
+            .into_iter()
+            .find(|&t| t != DType::F32);
+        if let Some(dtype) = half {
+            return Err(Error::UnsupportedDtype {
+                op: "backward",
+                dtype,
+                hint: "training in half precision needs mixed-precision training (issue 20); \
+                       train in f32",
+            });
+        }
         if self.weight_rows.is_some() {
             // Training would change the weights under their kept copies.
             return Err(Error::shape(

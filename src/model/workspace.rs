@@ -46,6 +46,8 @@ pub(crate) struct Grads<B: Backend> {
 pub struct Workspace<B: Backend> {
     pub batch: usize,
     pub seq: usize,
+    /// The activations' storage dtype (the model's [`super::SignTransformer::precision`]).
+    pub dtype: DType,
     pub(crate) x: Tensor<B>,
     pub(crate) mask: Tensor<B>,
     pub(crate) labels: Tensor<B>,
@@ -66,13 +68,27 @@ pub struct Workspace<B: Backend> {
 }
 
 impl<B: Backend> Workspace<B> {
-    /// Allocates every buffer of a step; `training` adds the backward pass's.
+    /// Allocates every buffer of a step in f32; `training` adds the backward pass's.
     pub fn new(
         backend: &B,
         cfg: &ModelConfig,
         batch: usize,
         seq: usize,
         training: bool,
+    ) -> Result<Workspace<B>> {
+        Workspace::new_in(backend, cfg, batch, seq, training, DType::F32)
+    }
+
+    /// As [`Workspace::new`], with the activations (inputs, residual stream, attention and
+    /// feed-forward values, pooled features) stored in `dtype`; statistics, the mask, labels,
+    /// logits and losses stay f32, as the dtype rule wants.
+    pub fn new_in(
+        backend: &B,
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        training: bool,
+        dtype: DType,
     ) -> Result<Workspace<B>> {
         if batch == 0 || seq == 0 || seq > cfg.max_seq_len {
             return Err(Error::shape(
@@ -85,22 +101,23 @@ impl<B: Backend> Workspace<B> {
             ));
         }
         let f32 = |shape: &[usize]| backend.alloc(shape, DType::F32);
+        let act = |shape: &[usize]| backend.alloc(shape, dtype);
         let (bt, d, ff) = (batch * seq, cfg.d_model, cfg.ff_dim);
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok(LayerActs {
                     mean1: f32(&[bt])?,
                     rstd1: f32(&[bt])?,
-                    a1: f32(&[bt, d])?,
-                    qkv: f32(&[bt, 3 * d])?,
-                    attn: f32(&[bt, d])?,
+                    a1: act(&[bt, d])?,
+                    qkv: act(&[bt, 3 * d])?,
+                    attn: act(&[bt, d])?,
                     lse: f32(&[batch, cfg.num_heads, seq])?,
-                    hmid: f32(&[bt, d])?,
+                    hmid: act(&[bt, d])?,
                     mean2: f32(&[bt])?,
                     rstd2: f32(&[bt])?,
-                    a2: f32(&[bt, d])?,
-                    fpre: f32(&[bt, ff])?,
-                    f: f32(&[bt, ff])?,
+                    a2: act(&[bt, d])?,
+                    fpre: act(&[bt, ff])?,
+                    f: act(&[bt, ff])?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -122,18 +139,19 @@ impl<B: Backend> Workspace<B> {
         Ok(Workspace {
             batch,
             seq,
-            x: f32(&[batch, seq, cfg.num_features])?,
+            dtype,
+            x: act(&[batch, seq, cfg.num_features])?,
             mask: f32(&[batch, seq])?,
             labels: f32(&[batch])?,
             hin: (0..=cfg.num_layers)
-                .map(|_| f32(&[bt, d]))
+                .map(|_| act(&[bt, d]))
                 .collect::<Result<_>>()?,
             layers,
-            o: f32(&[bt, d])?,
+            o: act(&[bt, d])?,
             meanf: f32(&[bt])?,
             rstdf: f32(&[bt])?,
-            hf: f32(&[bt, d])?,
-            pooled: f32(&[batch, d])?,
+            hf: act(&[bt, d])?,
+            pooled: act(&[batch, d])?,
             logits: f32(&[batch, cfg.num_classes])?,
             loss: f32(&[1])?,
             hits: f32(&[2])?,
@@ -194,9 +212,10 @@ impl<B: Backend> Workspace<B> {
             ));
         }
         batch.validate(ids)?;
+        // Rounded to the activations' dtype on the host (the `half` crate, nearest even).
         backend.write(
             &self.x,
-            &HostTensor::from_f32(self.x.shape(), batch.features.clone())?,
+            &HostTensor::from_f32_as(self.x.shape(), &batch.features, self.dtype)?,
         )?;
         backend.write(
             &self.mask,

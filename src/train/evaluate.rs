@@ -127,12 +127,13 @@ pub(crate) fn planned<'w, B: Backend>(
 ) -> Result<&'w Workspace<B>> {
     if ws.as_ref().is_none_or(|w| w.batch != batch || w.seq != seq) {
         *ws = None; // free the old plan's buffers before allocating the new one
-        *ws = Some(Workspace::new(
+        *ws = Some(Workspace::new_in(
             backend,
             model.config(),
             batch,
             seq,
             training,
+            model.precision(),
         )?);
     }
     Ok(ws.as_ref().expect("planned above"))
