@@ -7,7 +7,7 @@ use signflow::data::Batch;
 use signflow::infer::{InferencePipeline, MAX_PLANS};
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
 use signflow::profile::{profile_pipeline, ProfileSettings};
-use signflow::{Adapters, Backend, CpuBackend, Error, GpuBackend, GpuConfig};
+use signflow::{Adapters, Backend, CpuBackend, DType, Error, GpuBackend, GpuConfig};
 
 const SEQ: usize = 10;
 const FEATURES: usize = 7;
@@ -78,14 +78,20 @@ fn logits<B: Backend>(p: &InferencePipeline<'_, B>, batch: &Batch) -> Vec<u32> {
 
 /// Two different inputs in turn at each batch size, three times over: the optimized pipeline
 /// answers each with the plain pipeline's bits, so a replay that kept an earlier input, an
-/// earlier output, or another shape's buffers would show.
-fn same_bits_as_the_plain_pipeline<B: Backend>(b: &B) {
+/// earlier output, or another shape's buffers would show. The optimized pipeline is made
+/// before its precision is set, so plans of another precision would show too.
+fn same_bits_as_the_plain_pipeline<B: Backend>(b: &B, dtype: DType) {
     let ckpt = checkpoint();
-    let plain = InferencePipeline::from_checkpoint(b, &ckpt).unwrap();
+    let plain = InferencePipeline::from_checkpoint(b, &ckpt)
+        .unwrap()
+        .with_precision(dtype)
+        .unwrap();
     let fast = InferencePipeline::from_checkpoint(b, &ckpt)
         .unwrap()
         .optimize_for_inference()
         .unwrap();
+    logits(&fast, &clips(1, SEQ, 3));
+    let fast = fast.with_precision(dtype).unwrap();
     for (batch, seq) in [(1, SEQ), (3, SEQ), (2, 4), (1, SEQ)] {
         let inputs = [clips(batch, seq, 1), clips(batch, seq, 2)];
         let expected = inputs.each_ref().map(|x| logits(&plain, x));
@@ -106,12 +112,15 @@ fn same_bits_as_the_plain_pipeline<B: Backend>(b: &B) {
 
 #[test]
 fn optimized_predictions_are_the_plain_ones_to_the_bit_on_the_cpu() {
-    same_bits_as_the_plain_pipeline(&CpuBackend::new(&GpuConfig::default()).unwrap());
+    let b = CpuBackend::new(&GpuConfig::default()).unwrap();
+    for dtype in DType::ALL {
+        same_bits_as_the_plain_pipeline(&b, dtype);
+    }
 }
 
 #[test]
 fn optimized_predictions_are_the_plain_ones_to_the_bit_on_the_gpu() {
-    same_bits_as_the_plain_pipeline(&gpu());
+    same_bits_as_the_plain_pipeline(&gpu(), DType::F32);
 }
 
 #[test]
