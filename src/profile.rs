@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::bench::ModelCase;
 use crate::data::Batch;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::infer::InferencePipeline;
 use crate::model::checkpoint::FEATURES_LAYOUT;
@@ -27,29 +28,48 @@ pub struct ProfileSettings {
     /// A whole training step (forward with dropout, loss, backward, clipping, AdamW) rather
     /// than a prediction.
     pub train: bool,
+    /// Storage of the weights and activations (DESIGN.md, Precision); a training step in
+    /// half precision needs mixed-precision training.
+    pub precision: DType,
 }
 
-/// One profile (`signflow profile --json`).
+/// One profile (`signflow profile --json`, DESIGN.md's Machine-readable outputs).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Profile {
+    /// `predict` or `train_step`.
+    pub mode: &'static str,
+    pub dtype: DType,
     /// Adapter name, or the CPU's.
     pub device: String,
     /// `cpu`, or the graphics API.
     pub backend: String,
-    pub train: bool,
-    pub batch_size: usize,
-    pub seq_len: usize,
+    pub batch: usize,
+    pub seq: usize,
     pub iterations: usize,
-    /// Wall-clock time per call in ms, each call waited for: mean, median and 95th percentile.
+    /// Time per call in ms by `timer`'s clock: mean, median and 95th percentile.
     pub mean_ms: f64,
     pub median_ms: f64,
     pub p95_ms: f64,
-    /// The device's own time per call in ms, where it can time itself (mean).
-    pub device_mean_ms: Option<f64>,
     /// Clips per second at the median time.
     pub samples_per_s: f64,
     /// The most memory the calls held on the device at once, in MiB.
-    pub peak_memory_mb: f64,
+    pub peak_mb: f64,
+    /// `device` where the device timed its own work (timestamp queries), else `wall_clock`.
+    pub timer: &'static str,
+    /// Wall-clock time per call in ms, each call waited for (mean, median), whatever `timer`.
+    pub wall_mean_ms: f64,
+    pub wall_median_ms: f64,
+}
+
+impl Profile {
+    /// `mode`'s value for a training step or a prediction.
+    pub fn mode_name(train: bool) -> &'static str {
+        if train {
+            "train_step"
+        } else {
+            "predict"
+        }
+    }
 }
 
 /// Profiles a fresh model of `config` (its weights do not change the time) on `b`: random
@@ -69,6 +89,7 @@ pub fn profile_model<B: Backend>(
         s.batch_size,
         s.seq_len,
         s.train,
+        s.precision,
         &mut inputs,
     )?;
     time_calls(b, s, &mut || case.run(b))
@@ -99,7 +120,7 @@ pub fn profile_pipeline<B: Backend>(
         layout: FEATURES_LAYOUT.into(),
     };
     let ckpt = Checkpoint::initial(config.clone(), classes, preprocessing, 0)?;
-    let mut pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?;
+    let mut pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.with_precision(s.precision)?;
     if optimized {
         pipeline = pipeline.optimize_for_inference()?;
     }
@@ -154,35 +175,44 @@ fn time_calls<B: Backend>(
         device.extend(device_ms);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let median_ms = percentile(&wall, 0.5);
+    let (times, timer) = if device.len() == wall.len() {
+        (&device, "device")
+    } else {
+        (&wall, "wall_clock")
+    };
+    let median_ms = percentile(times, 0.5);
     Ok(Profile {
+        mode: Profile::mode_name(s.train),
+        dtype: s.precision,
         device: b.info().name.clone(),
         backend: b.info().backend.clone(),
-        train: s.train,
-        batch_size: s.batch_size,
-        seq_len: s.seq_len,
+        batch: s.batch_size,
+        seq: s.seq_len,
         iterations: s.iterations,
-        mean_ms: mean(&wall),
+        mean_ms: mean(times),
         median_ms,
-        p95_ms: percentile(&wall, 0.95),
-        device_mean_ms: (device.len() == wall.len()).then(|| mean(&device)),
+        p95_ms: percentile(times, 0.95),
         samples_per_s: s.batch_size as f64 / (median_ms / 1e3),
-        peak_memory_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
+        peak_mb: b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0),
+        timer,
+        wall_mean_ms: mean(&wall),
+        wall_median_ms: percentile(&wall, 0.5),
     })
 }
 
-/// The outcome of [`optimal_batch_size`].
+/// The outcome of [`optimal_batch_size`] (`signflow profile --find-batch-size --json`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BatchSearch {
+    /// `predict` or `train_step`.
+    pub mode: &'static str,
+    pub dtype: DType,
     /// The largest batch that ran within the budget.
     pub batch_size: usize,
-    /// Whether it was a training step (else a prediction).
-    pub train: bool,
-    pub seq_len: usize,
+    pub seq: usize,
+    /// The memory the step at `batch_size` held at its peak when run, in MiB.
+    pub planned_mb: f64,
     /// The device memory budget searched within, in MiB (None where it is not known).
     pub budget_mb: Option<f64>,
-    /// The most memory the step at `batch_size` held, in MiB.
-    pub peak_memory_mb: f64,
 }
 
 /// The largest batch from `min_batch` to `max_batch` clips of `seq_len` frames whose
@@ -196,6 +226,7 @@ pub fn optimal_batch_size<B: Backend>(
     config: &ModelConfig,
     seq_len: usize,
     train: bool,
+    dtype: DType,
     (min_batch, max_batch): (usize, usize),
 ) -> Result<BatchSearch> {
     if min_batch == 0 || min_batch > max_batch {
@@ -210,7 +241,7 @@ pub fn optimal_batch_size<B: Backend>(
         b.empty_cache();
         b.reset_peak_memory_stats();
         let mut inputs = Inputs::new(0);
-        let ran = ModelCase::new(b, config.clone(), batch, seq_len, train, &mut inputs)
+        let ran = ModelCase::new(b, config.clone(), batch, seq_len, train, dtype, &mut inputs)
             .and_then(|mut case| case.run(b).and_then(|()| b.synchronize()));
         let peak = b.memory_stats().peak_allocated_bytes as f64 / (1024.0 * 1024.0);
         b.empty_cache();
@@ -242,11 +273,12 @@ pub fn optimal_batch_size<B: Backend>(
         }
     }
     Ok(BatchSearch {
+        mode: Profile::mode_name(train),
+        dtype,
         batch_size: good,
-        train,
-        seq_len,
+        seq: seq_len,
+        planned_mb: peak,
         budget_mb,
-        peak_memory_mb: peak,
     })
 }
 

@@ -209,21 +209,45 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
         let (code, out, err) = profile(&args);
         assert_eq!(code, Some(0), "{err}");
         let p: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(p["train"], train);
+        let mode = if train { "train_step" } else { "predict" };
         assert_eq!(
-            (p["batch_size"].as_u64(), p["seq_len"].as_u64()),
+            (&p["mode"], &p["dtype"]),
+            (&mode.into(), &"f32".into()),
+            "{p}"
+        );
+        assert_eq!(
+            (p["batch"].as_u64(), p["seq"].as_u64()),
             (Some(3), Some(12))
         );
+        let timer = if device == "cpu" {
+            "wall_clock"
+        } else {
+            "device"
+        };
+        assert_eq!(p["timer"], timer, "{p}");
         let ms = |k: &str| p[k].as_f64().unwrap();
         assert!(
             0.0 < ms("median_ms") && ms("median_ms") <= ms("p95_ms"),
             "{p}"
         );
         assert!(
-            ms("samples_per_s") > 0.0 && ms("peak_memory_mb") > 0.0,
+            ms("samples_per_s") > 0.0 && ms("peak_mb") > 0.0 && ms("wall_median_ms") > 0.0,
             "{p}"
         );
     }
+    // Half precision: the prediction in f16 storage, and a training step refused until
+    // mixed-precision training exists.
+    let (code, out, err) = profile(&["--device", "cpu", "--precision", "f16", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&p["mode"], &p["dtype"]),
+        (&"predict".into(), &"f16".into()),
+        "{p}"
+    );
+    let (code, _, err) = profile(&["--device", "cpu", "--precision", "bf16", "--train"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("mixed-precision training"), "{err}");
     let (code, _, err) = profile(&["--device", "cpu", "--seq-len", "13"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("seq_len = 13"), "{err}");
@@ -245,15 +269,22 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
         .output()
         .unwrap();
     let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(p["seq_len"].as_u64(), Some(10), "{p}");
+    assert_eq!(p["seq"].as_u64(), Some(10), "{p}");
 }
 
 /// Under a memory limit, the batch found runs and one twice as large does not.
 fn the_batch_found_fits<B: Backend>(b: &B) {
     let config = checkpoint().config;
     for train in [false, true] {
-        let found =
-            signflow::profile::optimal_batch_size(b, &config, SEQ_LEN, train, (1, 4096)).unwrap();
+        let found = signflow::profile::optimal_batch_size(
+            b,
+            &config,
+            SEQ_LEN,
+            train,
+            DType::F32,
+            (1, 4096),
+        )
+        .unwrap();
         assert!(found.batch_size > 1 && found.batch_size < 4096, "{found:?}");
         let run = |batch_size| {
             let settings = signflow::profile::ProfileSettings {
@@ -262,6 +293,7 @@ fn the_batch_found_fits<B: Backend>(b: &B) {
                 iterations: 1,
                 warmup: 0,
                 train,
+                precision: DType::F32,
             };
             signflow::profile::profile_model(b, &config, &settings, 0)
         };

@@ -204,8 +204,8 @@ fn profile_times_a_whole_pipeline_call_plain_or_optimized() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{flag}: {err}");
         let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(p["batch_size"].as_u64(), Some(2), "{p}");
-        assert_eq!(p["train"], false, "{p}");
+        assert_eq!(p["batch"].as_u64(), Some(2), "{p}");
+        assert_eq!(p["mode"], "predict", "{p}");
         assert!(p["median_ms"].as_f64().unwrap() > 0.0, "{p}");
     }
     let out = profile(&["--optimized", "--train"]);
@@ -226,6 +226,7 @@ fn profile_pipeline_refuses_a_training_step() {
         iterations: 1,
         warmup: 0,
         train: true,
+        precision: DType::F32,
     };
     let config = checkpoint().config;
     for optimized in [false, true] {

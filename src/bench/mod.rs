@@ -336,7 +336,7 @@ impl<B: Backend> ModelCase<B> {
     fn standard(b: &B, training: bool, inputs: &mut Inputs) -> Result<ModelCase<B>> {
         let cfg = ModelConfig::default();
         let (batch, seq) = (if training { 32 } else { 1 }, cfg.max_seq_len);
-        Self::new(b, cfg, batch, seq, training, inputs)
+        Self::new(b, cfg, batch, seq, training, DType::F32, inputs)
     }
 
     /// A fresh model of `cfg` on `b` with a random batch of `batch` clips of `seq` frames
@@ -347,6 +347,7 @@ impl<B: Backend> ModelCase<B> {
         batch: usize,
         seq: usize,
         training: bool,
+        dtype: DType,
         inputs: &mut Inputs,
     ) -> Result<ModelCase<B>> {
         let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
@@ -354,7 +355,8 @@ impl<B: Backend> ModelCase<B> {
             // As InferencePipeline predicts.
             model.keep_weight_rows(b)?;
         }
-        let ws = Workspace::new(b, &cfg, batch, seq, training)?;
+        model.set_precision(b, dtype)?;
+        let ws = Workspace::new_in(b, &cfg, batch, seq, training, dtype)?;
         let input = Batch {
             features: inputs.uniform(batch * seq * cfg.num_features),
             mask: vec![1.0; batch * seq],

@@ -222,7 +222,7 @@ pub fn bench_training<B: Backend>(
     b.empty_cache();
     b.reset_peak_memory_stats();
     let seq = plan.model.max_seq_len;
-    let mut case = ModelCase::new(b, plan.model.clone(), BATCH, seq, true, inputs)?;
+    let mut case = ModelCase::new(b, plan.model.clone(), BATCH, seq, true, dtype, inputs)?;
     let times = time(b, budget, || case.run(b))?;
     let mut r = case.row(b, Op::Train50x10k, times);
     drop(case);

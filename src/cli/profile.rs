@@ -10,7 +10,7 @@ use signflow::profile::{
     optimal_batch_size, profile_model, profile_pipeline, Profile, ProfileSettings,
 };
 use signflow::train::TrainingConfig;
-use signflow::{with_backend, AnyBackend, GpuConfig, Result};
+use signflow::{with_backend, AnyBackend, DType, GpuConfig, Result};
 
 #[derive(Args)]
 pub struct ProfileArgs {
@@ -64,6 +64,8 @@ pub struct ProfileArgs {
     /// With --find-batch-size: the largest batch to consider.
     #[arg(long, default_value_t = 512, value_parser = super::positive)]
     pub max_batch_size: usize,
+    #[arg(long, default_value = "f32", help = super::predict::PRECISION_HELP)]
+    pub precision: DType,
     #[arg(long, help = super::JSON_HELP)]
     pub json: bool,
 }
@@ -84,6 +86,7 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
         iterations: args.iterations,
         warmup: args.warmup,
         train: args.train,
+        precision: args.precision,
     };
     if args.find_batch_size {
         return find_batch_size(&args, &config, settings.seq_len);
@@ -110,51 +113,56 @@ fn find_batch_size(args: &ProfileArgs, config: &ModelConfig, seq_len: usize) -> 
         ..GpuConfig::default()
     })?;
     let range = (args.min_batch_size, args.max_batch_size);
-    let found =
-        with_backend!(&device, b => optimal_batch_size(b, config, seq_len, args.train, range))?;
+    let found = with_backend!(&device, b => optimal_batch_size(b, config, seq_len, args.train, args.precision, range))?;
     if args.json {
         super::print_json(&found);
     } else {
-        let what = if found.train {
-            "a training step"
-        } else {
-            "a prediction"
+        let what = match found.mode {
+            "train_step" => "a training step",
+            _ => "a prediction",
         };
         let budget = found.budget_mb.map_or("no known budget".into(), |mb| {
             format!("a budget of {mb:.0} MiB")
         });
         println!(
-            "batch size {} ({}-frame clips): the largest from {} to {} at which {what} ran \
-             within {budget} (peak {:.1} MiB)",
+            "batch size {} ({}-frame clips, {}): the largest from {} to {} at which {what} \
+             ran within {budget} (peak {:.1} MiB)",
             found.batch_size,
-            found.seq_len,
+            found.seq,
+            found.dtype,
             args.min_batch_size,
             args.max_batch_size,
-            found.peak_memory_mb
+            found.planned_mb
         );
     }
     Ok(())
 }
 
 fn print_profile(p: &Profile) {
-    let what = if p.train {
-        "training step"
-    } else {
-        "prediction"
+    let what = match p.mode {
+        "train_step" => "training step",
+        _ => "prediction",
     };
     println!(
-        "{what} of {} clips × {} frames on {} ({}), {} iterations:",
-        p.batch_size, p.seq_len, p.device, p.backend, p.iterations
+        "{what} of {} clips × {} frames in {} on {} ({}), {} iterations:",
+        p.batch, p.seq, p.dtype, p.device, p.backend, p.iterations
     );
+    let clock = match p.timer {
+        "device" => "device",
+        _ => "wall  ",
+    };
     println!(
-        "  wall    mean {:.3} ms  median {:.3} ms  p95 {:.3} ms",
+        "  {clock}  mean {:.3} ms  median {:.3} ms  p95 {:.3} ms",
         p.mean_ms, p.median_ms, p.p95_ms
     );
-    if let Some(ms) = p.device_mean_ms {
-        println!("  device  mean {ms:.3} ms");
+    if p.timer == "device" {
+        println!(
+            "  wall    mean {:.3} ms  median {:.3} ms",
+            p.wall_mean_ms, p.wall_median_ms
+        );
     }
     println!(
         "  {:.1} clips/s at the median; peak memory {:.1} MiB",
-        p.samples_per_s, p.peak_memory_mb
+        p.samples_per_s, p.peak_mb
     );
 }

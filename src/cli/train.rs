@@ -775,7 +775,7 @@ fn batch_that_fits<B: Backend>(
     let Ok(_accumulator) = b.alloc(&[ParamLayout::new(config).total], DType::F32) else {
         return nothing_fits.into();
     };
-    match optimal_batch_size(b, config, seq_len, true, below) {
+    match optimal_batch_size(b, config, seq_len, true, DType::F32, below) {
         Ok(found) if found.batch_size < batch => {
             let accum = batch.div_ceil(found.batch_size);
             format!(
