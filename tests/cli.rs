@@ -1,16 +1,12 @@
 //! The command line: JSON outputs, readable errors for bad devices, the demo and its sample.
 
+mod cli_support;
+use cli_support::signflow;
+
 use std::path::Path;
 use std::process::Command;
 
 use signflow::data::ClipPack;
-
-fn signflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_signflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
 
 #[test]
 fn devices_json_lists_the_cpu_and_the_adapters() {

@@ -5,9 +5,7 @@
 
 mod cli_support;
 
-use std::process::Command;
-
-use cli_support::TINY_MODEL;
+use cli_support::{signflow, TINY_MODEL};
 use signflow::backend::MatmulSpec;
 use signflow::data::Batch;
 use signflow::model::transformer::NamedTensor;
@@ -272,13 +270,6 @@ fn a_workspace_in_another_dtype_and_half_training_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("backward") && err.contains("f16"), "{err}");
-}
-
-fn signflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_signflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
 }
 
 fn ok(args: &[&str]) -> String {

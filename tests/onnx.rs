@@ -5,6 +5,9 @@
 //! that are not SignFlow's are refused with what differs; and `signflow predict` gives the
 //! same logits from the `.onnx` as from the `.safetensors`.
 
+mod cli_support;
+use cli_support::signflow;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -472,13 +475,6 @@ fn truncated_and_foreign_files_are_refused_with_what_differs() {
         e.contains("classifier.bias") && e.contains("not finite"),
         "{e}"
     );
-}
-
-fn signflow(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_signflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
 }
 
 fn ok(args: &[&str]) -> String {

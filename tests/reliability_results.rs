@@ -5,19 +5,12 @@
 mod cli_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use cli_support::TINY_MODEL;
+use cli_support::{signflow, TINY_MODEL};
 use signflow::data::FeaturePack;
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
 use signflow::train::state::TrainingState;
-
-fn signflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_signflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -3,17 +3,8 @@
 
 mod cli_support;
 
-use cli_support::TINY_MODEL;
+use cli_support::{signflow, TINY_MODEL};
 use std::path::Path;
-use std::process::Command;
-
-fn signflow(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_signflow"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    out
-}
 
 fn ok(args: &[&str]) -> String {
     let out = signflow(args);

@@ -1,4 +1,15 @@
-//! What the command-line tests share.
+//! What the command-line tests share (each test crate uses a part of it).
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+
+/// Runs the built `signflow` with `args` and waits for it.
+pub fn signflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_signflow"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
 
 /// `train`'s size flags for a tiny model (d_model 16, 2 heads, 1 layer, ff_dim 32,
 /// max_seq_len 8), so that a run takes a moment.

@@ -115,6 +115,17 @@ fn wanted_features() -> wgpu::Features {
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
 }
 
+/// The first adapter with the default configuration, for unit tests (the software Vulkan
+/// adapter where no GPU is present).
+#[cfg(test)]
+pub(crate) fn test_gpu() -> GpuBackend {
+    let adapters = crate::device::Adapters::discover();
+    let (adapter, info) = adapters
+        .adapter(0)
+        .expect("no GPU adapter (install mesa-vulkan-drivers)");
+    GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).expect("the adapter opens")
+}
+
 impl GpuBackend {
     /// Opens `adapter` with its real limits and the compute features it offers.
     pub fn new(

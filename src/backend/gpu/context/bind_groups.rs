@@ -144,21 +144,11 @@ impl BindGroups {
 #[cfg(test)]
 mod tests {
     use super::MAX_BIND_GROUPS;
-    use crate::backend::gpu::GpuBackend;
+    use crate::backend::gpu::{test_gpu as gpu, GpuBackend};
     use crate::backend::{AttentionSpec, Backend, MatmulSpec};
-    use crate::config::GpuConfig;
-    use crate::device::Adapters;
     use crate::dtype::DType;
     use crate::error::Result;
     use crate::tensor::{HostTensor, Tensor};
-
-    fn gpu() -> GpuBackend {
-        let adapters = Adapters::discover();
-        let (adapter, info) = adapters
-            .adapter(0)
-            .expect("no GPU adapter (install mesa-vulkan-drivers)");
-        GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).expect("the adapter opens")
-    }
 
     /// Bind groups held: nothing is freed in these tests until they say so, so this grows
     /// exactly when a dispatch makes one.

@@ -101,21 +101,11 @@ pub(super) fn encode(pass: &mut wgpu::ComputePass<'_>, replay: &Replay) {
 
 #[cfg(test)]
 mod tests {
-    use crate::backend::gpu::GpuBackend;
+    use crate::backend::gpu::{test_gpu as gpu, GpuBackend};
     use crate::backend::{Backend, MatmulSpec};
-    use crate::config::GpuConfig;
-    use crate::device::Adapters;
     use crate::dtype::DType;
     use crate::error::Result;
     use crate::tensor::HostTensor;
-
-    fn gpu() -> GpuBackend {
-        let adapters = Adapters::discover();
-        let (adapter, info) = adapters
-            .adapter(0)
-            .expect("no GPU adapter (install mesa-vulkan-drivers)");
-        GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).expect("the adapter opens")
-    }
 
     fn fill(b: &GpuBackend, t: &crate::tensor::Tensor<GpuBackend>, value: f32) -> Result<()> {
         b.write(t, &HostTensor::filled(t.shape(), DType::F32, value))
