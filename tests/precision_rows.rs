@@ -114,3 +114,55 @@ fn bench_predicts_in_every_precision_on_the_cpu() {
     }
     assert_eq!(rows.len(), 3, "{rows:?}");
 }
+
+/// The model's products and the activations' elementwise ops in each half precision, where
+/// the backend runs them: on the CPU; not yet on the GPU, which leaves them out.
+#[test]
+fn bench_times_half_products_and_elementwise_ops_where_they_run() {
+    let args = |device| {
+        [
+            "bench",
+            "--device",
+            device,
+            "--filter",
+            "matmul 2048x256x469 f,matmul 2048x256x469 bf,add",
+            "--memory-rows",
+            "3",
+            "--samples",
+            "1",
+            "--json",
+        ]
+    };
+    let rows = json_rows(&args("cpu"));
+    for op in ["matmul", "add"] {
+        for dtype in ["f32", "f16", "bf16"] {
+            let row = rows
+                .iter()
+                .find(|r| r["op"] == op && r["dtype"] == dtype)
+                .unwrap_or_else(|| panic!("no {op} {dtype} row: {rows:?}"));
+            assert!(row["median_ms"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    let add_f16 = rows
+        .iter()
+        .find(|r| r["op"] == "add" && r["dtype"] == "f16");
+    assert_eq!(add_f16.unwrap()["bytes"], 3 * 3 * 1024 * 2);
+
+    let rows = json_rows(&[
+        "bench",
+        "--device",
+        "software",
+        "--filter",
+        "add",
+        "--memory-rows",
+        "3",
+        "--samples",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        rows.iter().any(|r| r["op"] == "add" && r["dtype"] == "f32"),
+        "{rows:?}"
+    );
+    assert!(rows.iter().all(|r| r["dtype"] == "f32"), "{rows:?}");
+}
