@@ -45,9 +45,7 @@ impl<'b> Case<'b> {
     }
 
     fn upload(&self, values: &[f32], dtype: DType) -> (Tensor<CpuBackend>, Vec<f64>) {
-        let host = HostTensor::from_f32_as(&[values.len()], values, dtype).unwrap();
-        let stored = host.to_f32_vec().iter().map(|&v| v as f64).collect();
-        (self.b.upload(&host).unwrap(), stored)
+        selftest::upload_as(self.b, &[values.len()], values, dtype).unwrap()
     }
 
     /// An output filled with NaN, so that an element left unwritten shows.

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crate::backend::{AdamW, AttentionSpec, Backend, DropoutKey, KernelTime, MatmulSpec};
 use crate::data::Batch;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{DropoutStep, ModelConfig, SignTransformer, Workspace};
 use crate::ops::Op;
-use crate::selftest::Inputs;
+use crate::selftest::{Inputs, HALVES};
 use crate::tensor::{HostTensor, Tensor};
 use crate::train::Optimizer;
-use seed::{PredictionMode, SeedPlan};
+use seed::{PredictionMode, SeedPlan, PRECISIONS};
 
 /// One line of `signflow bench --json`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -276,8 +276,17 @@ fn row<B: Backend>(
 }
 
 fn random<B: Backend>(b: &B, inputs: &mut Inputs, shape: &[usize]) -> Result<Tensor<B>> {
+    random_in(b, inputs, shape, DType::F32)
+}
+
+fn random_in<B: Backend>(
+    b: &B,
+    inputs: &mut Inputs,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Tensor<B>> {
     let n = shape.iter().product();
-    b.upload(&HostTensor::from_f32(shape, inputs.uniform(n))?)
+    b.upload(&HostTensor::from_f32_as(shape, &inputs.uniform(n), dtype)?)
 }
 
 /// The matrix product sizes: squares (4096³ only on hardware GPUs, where it takes
@@ -288,26 +297,34 @@ pub fn matmul_sizes<B: Backend>(b: &B) -> Vec<(usize, usize, usize)> {
     if info.backend != "cpu" && !info.software {
         sizes.push((4096, 4096, 4096));
     }
-    for (k, n) in [(469, 256), (256, 768), (256, 1024), (1024, 256)] {
-        sizes.push((2048, n, k));
-    }
+    sizes.extend(MODEL_MATMULS);
     sizes
 }
 
+/// The model's products (M = batch 32 × 64 frames), also timed in each half precision.
+const MODEL_MATMULS: [(usize, usize, usize); 4] = [
+    (2048, 256, 469),
+    (2048, 768, 256),
+    (2048, 1024, 256),
+    (2048, 256, 1024),
+];
+
+/// A product with its operands and result stored in `dtype`.
 pub fn bench_matmul<B: Backend>(
     b: &B,
     (m, n, k): (usize, usize, usize),
+    dtype: DType,
     budget: &BenchBudget,
     inputs: &mut Inputs,
 ) -> Result<BenchRow> {
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let x = random(b, inputs, &[m, k])?;
-    let w = random(b, inputs, &[k, n])?;
-    let out = b.alloc(&[m, n], DType::F32)?;
+    let x = random_in(b, inputs, &[m, k], dtype)?;
+    let w = random_in(b, inputs, &[k, n], dtype)?;
+    let out = b.alloc(&[m, n], dtype)?;
     let spec = MatmulSpec::new(m, n, k);
     let times = time(b, budget, || b.matmul(&x, &w, None, &out, &spec))?;
-    let mut r = row(b, Op::Matmul, DType::F32, times);
+    let mut r = row(b, Op::Matmul, dtype, times);
     r.m = Some(m);
     r.n = Some(n);
     r.k = Some(k);
@@ -328,15 +345,16 @@ pub(crate) struct ModelCase<B: Backend> {
     step: u64,
     batch: usize,
     seq: usize,
+    dtype: DType,
 }
 
 impl<B: Backend> ModelCase<B> {
     /// The benchmark's case: the default model, a training step at batch 32 or one clip's
-    /// prediction, at its full length.
-    fn standard(b: &B, training: bool, inputs: &mut Inputs) -> Result<ModelCase<B>> {
+    /// prediction, at its full length, in `dtype`.
+    fn standard(b: &B, training: bool, dtype: DType, inputs: &mut Inputs) -> Result<ModelCase<B>> {
         let cfg = ModelConfig::default();
         let (batch, seq) = (if training { 32 } else { 1 }, cfg.max_seq_len);
-        Self::new(b, cfg, batch, seq, training, DType::F32, inputs)
+        Self::new(b, cfg, batch, seq, training, dtype, inputs)
     }
 
     /// A fresh model of `cfg` on `b` with a random batch of `batch` clips of `seq` frames
@@ -375,6 +393,7 @@ impl<B: Backend> ModelCase<B> {
             step: 0,
             batch,
             seq,
+            dtype,
         })
     }
 
@@ -403,7 +422,7 @@ impl<B: Backend> ModelCase<B> {
     /// A row of `op` for this case, its sizes filled in.
     fn row(&self, b: &B, op: Op, samples: Samples) -> BenchRow {
         let cfg = self.model.config();
-        let mut r = row(b, op, DType::F32, samples);
+        let mut r = row(b, op, self.dtype, samples);
         r.batch = Some(self.batch);
         r.seq = Some(self.seq);
         r.heads = Some(cfg.num_heads);
@@ -412,16 +431,18 @@ impl<B: Backend> ModelCase<B> {
     }
 }
 
-/// A training step ([`Op::TrainStep`]) or a prediction ([`Op::Predict`]) of [`ModelCase`].
+/// A training step ([`Op::TrainStep`]) or a prediction ([`Op::Predict`]) of [`ModelCase`] in
+/// `dtype`.
 pub fn bench_model<B: Backend>(
     b: &B,
     op: Op,
+    dtype: DType,
     budget: &BenchBudget,
     inputs: &mut Inputs,
 ) -> Result<BenchRow> {
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut case = ModelCase::standard(b, op == Op::TrainStep, inputs)?;
+    let mut case = ModelCase::standard(b, op == Op::TrainStep, dtype, inputs)?;
     let times = time(b, budget, || case.run(b))?;
     Ok(case.row(b, op, times))
 }
@@ -438,7 +459,7 @@ pub fn bench_host_record<B: Backend>(
     const WARM_UP: usize = 2;
     b.empty_cache();
     b.reset_peak_memory_stats();
-    let mut case = ModelCase::standard(b, op == Op::TrainStep, inputs)?;
+    let mut case = ModelCase::standard(b, op == Op::TrainStep, DType::F32, inputs)?;
     for _ in 0..WARM_UP {
         case.run(b)?;
         b.synchronize()?;
@@ -471,8 +492,9 @@ type Timed<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 /// An op, its dtype, the bytes one call moves, and the call.
 type MemoryCase<'a> = (Op, DType, u64, Timed<'a>);
 
-/// Memory-bound ops on `elements` f32 values, those that `wanted`: copy (the ceiling), then
-/// each op timed in alternation with a copy of as many bytes ([`BenchRow::vs_copy`]).
+/// Memory-bound ops on `elements` f32 values (the activations' elementwise ones also in each
+/// half precision), those that `wanted`: copy (the ceiling), then each op timed in alternation
+/// with a copy of as many bytes ([`BenchRow::vs_copy`]).
 pub fn bench_memory_ops<B: Backend>(
     b: &B,
     elements: usize,
@@ -511,7 +533,16 @@ pub fn bench_memory_ops<B: Backend>(
         site: 0,
     };
     let hp = AdamW::default();
-    let cases: Vec<MemoryCase> = vec![
+    // The elementwise ops on activations also in each half precision: x, y and out.
+    let halves = HALVES
+        .iter()
+        .map(|&dtype| {
+            let x = random_in(b, inputs, &[elements], dtype)?;
+            let y = random_in(b, inputs, &[elements], dtype)?;
+            Ok((dtype, [x, y, b.alloc(&[elements], dtype)?]))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut cases: Vec<MemoryCase> = vec![
         (
             Op::Add,
             DType::F32,
@@ -579,6 +610,30 @@ pub fn bench_memory_ops<B: Backend>(
             Box::new(|| b.grad_norm(&y, &norm)),
         ),
     ];
+    for (dtype, [x, y, out]) in &halves {
+        let bytes = (dtype.size_bytes() * elements) as u64;
+        cases.extend([
+            (
+                Op::Add,
+                *dtype,
+                3 * bytes,
+                Box::new(|| b.add(x, y, out)) as Timed,
+            ),
+            (
+                Op::Scale,
+                *dtype,
+                2 * bytes,
+                Box::new(|| b.scale(x, 0.5, out)),
+            ),
+            (Op::GeluFwd, *dtype, 2 * bytes, Box::new(|| b.gelu(x, out))),
+            (
+                Op::GeluBwd,
+                *dtype,
+                3 * bytes,
+                Box::new(|| b.gelu_backward(x, y, out)),
+            ),
+        ]);
+    }
     let mut rows = Vec::new();
     if wanted(Op::Copy) {
         let times = time(b, budget, &mut || b.copy(&x, &out))?;
@@ -600,8 +655,10 @@ pub fn bench_memory_ops<B: Backend>(
         let n = copy_len(bytes);
         let (src, dst) = (copy_src.view(0, &[n])?, copy_dst.view(0, &[n])?);
         let copy_bytes = 8 * n as u64;
-        let [times, copies] =
-            time_alternating(b, budget, [&mut || f(), &mut || b.copy(&src, &dst)])?;
+        let timed = time_alternating(b, budget, [&mut || f(), &mut || b.copy(&src, &dst)]);
+        let Some([times, copies]) = unless_refused(&format!("{op} {dtype}"), timed)? else {
+            continue;
+        };
         let ratios: Vec<f64> = times
             .times
             .iter()
@@ -686,6 +743,19 @@ pub fn bench_attention<B: Backend>(
     Ok(rows)
 }
 
+/// A case's result, or nothing where the backend refuses its dtype (logged): its row appears
+/// once the backend runs that dtype.
+fn unless_refused<T>(case: &str, result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(rows) => Ok(Some(rows)),
+        Err(Error::UnsupportedDtype { op, hint, .. }) => {
+            tracing::info!("{case}: skipped, {op}: {hint}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Every case whose name contains `filter`, or one of its comma-separated parts (all when
 /// None), as `signflow bench` runs them, the memory-bound ones on `memory_rows` rows of
 /// [`MODEL_WIDTH`]; `progress` hears of each case before it runs.
@@ -699,11 +769,16 @@ pub fn run_all<B: Backend>(
     let wanted = |name: &str| filter.is_none_or(|f| f.split(',').any(|f| name.contains(f)));
     let mut inputs = Inputs::new(Inputs::fresh_seed());
     let mut rows = Vec::new();
-    for size in matmul_sizes(b) {
-        let name = format!("matmul {}x{}x{}", size.0, size.1, size.2);
+    let half_matmuls = HALVES
+        .iter()
+        .flat_map(|&dtype| MODEL_MATMULS.map(|size| (size, dtype)));
+    let matmuls = matmul_sizes(b).into_iter().map(|size| (size, DType::F32));
+    for (size, dtype) in matmuls.chain(half_matmuls) {
+        let name = format!("matmul {}x{}x{} {dtype}", size.0, size.1, size.2);
         if wanted(&name) {
             progress(&name);
-            rows.push(bench_matmul(b, size, budget, &mut inputs)?);
+            let result = bench_matmul(b, size, dtype, budget, &mut inputs);
+            rows.extend(unless_refused(&name, result)?);
         }
     }
     let memory_ops = [
@@ -730,10 +805,22 @@ pub fn run_all<B: Backend>(
             rows.extend(bench_attention(b, &spec, budget, &mut inputs)?);
         }
     }
-    for op in [Op::TrainStep, Op::Predict] {
-        if wanted(op.name()) {
-            progress(op.name());
-            rows.push(bench_model(b, op, budget, &mut inputs)?);
+    // Training runs in f32 until mixed-precision training exists (the model refuses a
+    // half-precision backward pass); a prediction runs in every precision the backend takes.
+    let model_cases = [
+        (Op::TrainStep, &[DType::F32][..]),
+        (Op::Predict, &PRECISIONS[..]),
+    ];
+    for (op, dtypes) in model_cases {
+        for &dtype in dtypes {
+            let name = format!("{op} {dtype}");
+            if wanted(&name) {
+                progress(&name);
+                rows.extend(unless_refused(
+                    &name,
+                    bench_model(b, op, dtype, budget, &mut inputs),
+                )?);
+            }
         }
     }
     for op in [Op::TrainStep, Op::Predict] {

@@ -107,7 +107,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         let rows = with_backend!(&device, b => signflow::selftest::run_all(b, args.seed, |_| {}))?;
         let failed: Vec<String> = rows
             .iter()
-            .filter(|r| !r.pass)
+            .filter(|r| r.failed())
             .map(|r| format!("{} {}", r.op.name(), r.shape))
             .collect();
         eprintln!(

@@ -11,6 +11,7 @@ mod attention;
 mod dropout;
 mod elementwise;
 mod gelu;
+mod half;
 mod loss;
 mod matmul;
 mod norm;
@@ -18,13 +19,14 @@ mod optim;
 mod pool;
 
 pub use gelu::{gelu_sweep, GeluValueErrors, ValueError};
+pub use half::{upload_as, HALVES};
 pub use matmul::check_matmul;
 
 use rand::{Rng, SeedableRng};
 
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{HostTensor, Tensor};
 use crate::tolerance::{tolerance, Deviation, OpClass};
@@ -39,6 +41,10 @@ pub struct ParityRow {
     pub max_rel_err: f64,
     pub tol: f64,
     pub pass: bool,
+    /// Why the backend did not run this check (it refused the dtype): neither a pass nor a
+    /// failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl ParityRow {
@@ -90,7 +96,27 @@ impl ParityRow {
             max_rel_err: d.max_rel_err,
             tol,
             pass: d.within(tol),
+            skipped: None,
         }
+    }
+
+    /// A check in `dtype` that the backend refused, with its reason.
+    fn skipped(op: Op, dtype: DType, tol: f64, reason: String) -> Self {
+        ParityRow {
+            op,
+            dtype,
+            shape: "-".into(),
+            max_abs_err: 0.0,
+            max_rel_err: 0.0,
+            tol,
+            pass: false,
+            skipped: Some(reason),
+        }
+    }
+
+    /// A check that ran and missed its tolerance.
+    pub fn failed(&self) -> bool {
+        !self.pass && self.skipped.is_none()
     }
 }
 
@@ -236,7 +262,10 @@ impl Family {
     }
 }
 
-/// Every check, as `signflow selftest` runs them.
+/// Every check, as `signflow selftest` runs them: each family in f32, then in each of
+/// [`HALVES`] where the backend runs it in that format. Whether it does is the backend's
+/// answer: an op it refuses with [`Error::UnsupportedDtype`] (the GPU until its half-precision
+/// kernels exist) turns the family's rows in that format into one skipped row with the reason.
 pub fn run_all<B: Backend>(
     b: &B,
     seed: u64,
@@ -250,6 +279,22 @@ pub fn run_all<B: Backend>(
     };
     for family in Family::ALL {
         family.run(b, Scope::Selftest, &mut inputs, &mut push)?;
+        for dtype in HALVES {
+            match half::run(family, b, dtype, &mut inputs, &mut push) {
+                Ok(()) => {}
+                Err(Error::UnsupportedDtype { op, hint, .. }) => {
+                    let first = half::first_op(family).expect("a family with half rows");
+                    let tol = tolerance(OpClass::Reduction, dtype);
+                    push(ParityRow::skipped(
+                        first,
+                        dtype,
+                        tol,
+                        format!("{op}: {hint}"),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(rows)
 }
