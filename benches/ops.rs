@@ -44,9 +44,9 @@ impl<B: Backend> Ops<'_, B> {
         self.b.alloc(shape, dtype).unwrap()
     }
 
-    /// Times `op` (each iteration waits for the device) as `family/backend/dtype/case`, at
-    /// `elements` per call. An op the backend refuses in `dtype` is skipped with a note: the
-    /// benchmark appears once the backend takes it.
+    /// Calls `op` once, then times it (each iteration waits for the device) as
+    /// `family/backend/dtype/case`, at `elements` per call. An op the backend refuses in
+    /// `dtype` is skipped with a note: the benchmark appears once the backend takes it.
     fn time(
         &self,
         c: &mut Criterion,
@@ -106,6 +106,7 @@ impl<B: Backend> Ops<'_, B> {
             self.time(c, "attention_forward", dtype, &case, flops, || {
                 self.b.attention(&qkv, &mask, spec, &out, &lse)
             });
+            // The forward's first call in `time` has filled `out` and `lse` for the backward.
             // FLOPs as `signflow bench` counts them: forward + backward = 3.5 forwards.
             self.time(c, "attention_backward", dtype, &case, 2.5 * flops, || {
                 self.b
@@ -137,10 +138,10 @@ impl<B: Backend> Ops<'_, B> {
                 self.out(&[rows, width], dtype),
                 self.out(&[rows, width], dtype),
             );
-            // The forward's statistics feed the backward, whether or not it is timed.
-            let forward = || self.b.layernorm(&x, &w, &bias, 1e-5, &y, &mean, &rstd);
-            forward().ok();
-            self.time(c, "layernorm_forward", dtype, &case, n, forward);
+            // The forward's first call in `time` has filled `mean` and `rstd` for the backward.
+            self.time(c, "layernorm_forward", dtype, &case, n, || {
+                self.b.layernorm(&x, &w, &bias, 1e-5, &y, &mean, &rstd)
+            });
             self.time(c, "layernorm_backward", dtype, &case, n, || {
                 self.b
                     .layernorm_backward(&x, &w, &mean, &rstd, &dy, &dx, &dw, &db)
@@ -222,12 +223,11 @@ impl<B: Backend> Ops<'_, B> {
             for dtype in DType::ALL {
                 let logits = self.random(&[batch, classes], dtype);
                 let dlogits = self.out(&[batch, classes], dtype);
-                let forward = || {
+                // The forward's first call in `time` has filled `lse` for the backward.
+                self.time(c, "cross_entropy_forward", dtype, &case, n, || {
                     self.b
                         .cross_entropy(&logits, &labels, None, 0.1, &loss, &hits, &lse)
-                };
-                forward().ok();
-                self.time(c, "cross_entropy_forward", dtype, &case, n, forward);
+                });
                 self.time(c, "cross_entropy_backward", dtype, &case, n, || {
                     self.b
                         .cross_entropy_backward(&logits, &labels, None, 0.1, &lse, 0.5, &dlogits)
