@@ -5,7 +5,7 @@
 
 mod cli_support;
 
-use cli_support::{signflow, TINY_MODEL};
+use cli_support::{ok, signflow, TINY_MODEL};
 use signflow::backend::MatmulSpec;
 use signflow::data::Batch;
 use signflow::model::transformer::NamedTensor;
@@ -270,16 +270,6 @@ fn a_workspace_in_another_dtype_and_half_training_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("backward") && err.contains("f16"), "{err}");
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = signflow(args);
-    assert!(
-        out.status.success(),
-        "signflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn top1(predictions: &str) -> Vec<u64> {

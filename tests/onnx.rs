@@ -6,7 +6,7 @@
 //! same logits from the `.onnx` as from the `.safetensors`.
 
 mod cli_support;
-use cli_support::signflow;
+use cli_support::{signflow, succeeds};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -478,13 +478,7 @@ fn truncated_and_foreign_files_are_refused_with_what_differs() {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = signflow(args);
-    assert!(
-        out.status.success(),
-        "signflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    String::from_utf8_lossy(&succeeds(args).stderr).into_owned()
 }
 
 fn logits_file(path: &Path) -> Vec<f32> {

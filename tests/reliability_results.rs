@@ -7,7 +7,7 @@ mod cli_support;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use cli_support::{signflow, TINY_MODEL};
+use cli_support::{signflow, succeeds, TINY_MODEL};
 use signflow::data::FeaturePack;
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
 use signflow::train::state::TrainingState;
@@ -18,12 +18,7 @@ fn stderr(out: &Output) -> String {
 
 /// Runs a command that must succeed; its standard output and error.
 fn ok(args: &[&str]) -> (String, String) {
-    let out = signflow(args);
-    assert!(
-        out.status.success(),
-        "signflow {args:?} failed:\n{}",
-        stderr(&out)
-    );
+    let out = succeeds(args);
     let err = stderr(&out);
     (String::from_utf8(out.stdout).unwrap(), err)
 }

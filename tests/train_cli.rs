@@ -3,18 +3,8 @@
 
 mod cli_support;
 
-use cli_support::{signflow, TINY_MODEL};
+use cli_support::{ok, signflow, TINY_MODEL};
 use std::path::Path;
-
-fn ok(args: &[&str]) -> String {
-    let out = signflow(args);
-    assert!(
-        out.status.success(),
-        "signflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn fails(args: &[&str]) -> String {
     let out = signflow(args);

@@ -11,6 +11,22 @@ pub fn signflow(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// Runs `signflow` with `args` and asserts that it succeeded (its standard error otherwise).
+pub fn succeeds(args: &[&str]) -> Output {
+    let out = signflow(args);
+    assert!(
+        out.status.success(),
+        "signflow {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The standard output of a run that [`succeeds`].
+pub fn ok(args: &[&str]) -> String {
+    String::from_utf8(succeeds(args).stdout).unwrap()
+}
+
 /// `train`'s size flags for a tiny model (d_model 16, 2 heads, 1 layer, ff_dim 32,
 /// max_seq_len 8), so that a run takes a moment.
 pub const TINY_MODEL: [&str; 10] = [
