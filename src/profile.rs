@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::bench::ModelCase;
+use crate::bench::{percentile, ModelCase};
 use crate::data::Batch;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -114,16 +114,7 @@ pub fn profile_pipeline<B: Backend>(
             allowed: "false: an inference pipeline predicts, it does not train",
         });
     }
-    let classes = (0..config.num_classes).map(|i| i.to_string()).collect();
-    let preprocessing = Preprocessing {
-        seq_len: s.seq_len,
-        layout: FEATURES_LAYOUT.into(),
-    };
-    let ckpt = Checkpoint::initial(config.clone(), classes, preprocessing, 0)?;
-    let mut pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.with_precision(s.precision)?;
-    if optimized {
-        pipeline = pipeline.optimize_for_inference()?;
-    }
+    let pipeline = untrained_pipeline(b, config, s.seq_len, s.precision, optimized)?;
     let (batch, seq) = (s.batch_size, s.seq_len);
     let clips = Batch {
         features: Inputs::new(seed).uniform(batch * seq * config.num_features),
@@ -135,6 +126,29 @@ pub fn profile_pipeline<B: Backend>(
     };
     let ids: Vec<usize> = (0..batch).collect();
     time_calls(b, s, &mut || pipeline.logits(&clips, &ids).map(drop))
+}
+
+/// A pipeline of a freshly initialised model of `config` (numbered classes, ready features
+/// of `seq_len` frames) in `dtype`, made [`InferencePipeline::optimize_for_inference`] when
+/// `optimized`: what the time of a prediction is measured on.
+pub(crate) fn untrained_pipeline<'b, B: Backend>(
+    b: &'b B,
+    config: &ModelConfig,
+    seq_len: usize,
+    dtype: DType,
+    optimized: bool,
+) -> Result<InferencePipeline<'b, B>> {
+    let classes = (0..config.num_classes).map(|i| i.to_string()).collect();
+    let preprocessing = Preprocessing {
+        seq_len,
+        layout: FEATURES_LAYOUT.into(),
+    };
+    let ckpt = Checkpoint::initial(config.clone(), classes, preprocessing, 0)?;
+    let pipeline = InferencePipeline::from_checkpoint(b, &ckpt)?.with_precision(dtype)?;
+    if optimized {
+        return pipeline.optimize_for_inference();
+    }
+    Ok(pipeline)
 }
 
 /// Checks the settings, then starts from an empty cache and a fresh peak.
@@ -282,17 +296,9 @@ pub fn optimal_batch_size<B: Backend>(
     })
 }
 
-/// The value at fraction `q` of the sorted values (nearest rank).
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use crate::bench::percentile;
 
     #[test]
     fn percentiles_are_nearest_ranks() {

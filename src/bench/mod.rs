@@ -223,6 +223,14 @@ fn add_kernel_times(sums: &mut Vec<KernelTime>, more: Vec<KernelTime>) {
     }
 }
 
+/// The value at fraction `q` of the sorted values (nearest rank).
+pub(crate) fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 /// The median of `values` (not empty).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
