@@ -89,7 +89,8 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     /// logits read back from the same buffer. On the CPU, whose ops run as they are called,
     /// the plan is the workspace alone. The last [`MAX_PLANS`] shapes are kept (their
     /// activations' memory stays held). Predictions are the same to the bit as without it.
-    /// The weights stay f32, the only precision the forward pass runs.
+    /// Plans are made in the model's precision ([`InferencePipeline::with_precision`] drops
+    /// them).
     pub fn optimize_for_inference(mut self) -> Result<InferencePipeline<'b, B>> {
         self.plans.get_or_insert_with(optimized::Plans::new);
         Ok(self)
@@ -113,7 +114,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     /// activations stored in `dtype` (f32 arithmetic; DESIGN.md, Precision). Half precision
     /// runs on the CPU backend for now.
     pub fn with_precision(mut self, dtype: DType) -> Result<InferencePipeline<'b, B>> {
-        if dtype != DType::F32 && self.backend.info().backend != "cpu" {
+        if dtype != DType::F32 && !self.backend.runs_half_precision() {
             return Err(Error::UnsupportedDtype {
                 op: "inference",
                 dtype,

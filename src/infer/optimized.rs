@@ -107,10 +107,9 @@ impl<B: Backend> Plans<B> {
 #[cfg(test)]
 mod tests {
     use super::{lock, Plans};
-    use crate::backend::{Backend, CpuBackend, GpuBackend};
+    use crate::backend::{Backend, CpuBackend};
     use crate::config::GpuConfig;
     use crate::data::Batch;
-    use crate::device::Adapters;
     use crate::dtype::DType;
     use crate::model::{ModelConfig, SignTransformer, Workspace};
     use crate::tensor::{HostTensor, Tensor};
@@ -172,11 +171,6 @@ mod tests {
 
     #[test]
     fn gpu_replays_compute_every_activation_again() {
-        let adapters = Adapters::discover();
-        let (adapter, info) = adapters
-            .adapter(0)
-            .expect("no GPU adapter (install mesa-vulkan-drivers)");
-        let b = GpuBackend::new(adapter, info.clone(), &GpuConfig::default()).unwrap();
-        replays_write_every_activation(&b, true);
+        replays_write_every_activation(&crate::backend::gpu::test_gpu(), true);
     }
 }

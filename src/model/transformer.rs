@@ -239,23 +239,12 @@ impl<B: Backend> SignTransformer<B> {
                     .flat_map(|i| (0..outs).map(move |o| (o, i)))
                     .map(|(o, i)| values[o * ins + i])
                     .collect();
-                let rows = backend.upload(&HostTensor::from_f32(&[ins, outs], rows)?)?;
-                Ok((id, self.in_precision(backend, rows)?))
+                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, self.precision())?;
+                Ok((id, backend.upload(&rows)?))
             })
             .collect::<Result<_>>()?;
         self.weight_rows = Some(rows);
         Ok(())
-    }
-
-    /// `t` (f32) cast to the model's storage dtype, or itself when that is f32.
-    fn in_precision(&self, backend: &B, t: Tensor<B>) -> Result<Tensor<B>> {
-        let dtype = self.precision();
-        if dtype == DType::F32 {
-            return Ok(t);
-        }
-        let out = backend.alloc(t.shape(), dtype)?;
-        backend.cast(&t, &out)?;
-        Ok(out)
     }
 
     /// Runs the forward pass in storage dtype `dtype` (f32, f16 or bf16): activations in

@@ -181,6 +181,11 @@ impl Backend for GpuBackend {
         &self.info
     }
 
+    /// Not until the f16/bf16 kernels exist ([`ops::f32_kernels_only`]).
+    fn runs_half_precision(&self) -> bool {
+        false
+    }
+
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
         let bytes = byte_len(shape, dtype);
         let block = self
