@@ -1,4 +1,4 @@
-//! The CPU backend in f16 and bf16 storage against the f64 reference fed the same rounded
+//! The CPU backend and the first GPU adapter in f16 and bf16 storage against the f64 reference fed the same rounded
 //! inputs and rounding where the kernels store (`signflow::reference`), within the
 //! tolerances `signflow::tolerance` derives from each format's unit roundoff; the dtype rule
 //! of every op (`Backend`'s docs); overflow to infinity; determinism.
@@ -8,7 +8,8 @@ use signflow::reference as r;
 use signflow::selftest::{self, Inputs};
 use signflow::tolerance::{tolerance_for, Deviation, OpClass};
 use signflow::{
-    AdamW, Backend, CpuBackend, DType, DropoutKey, Error, HostTensor, MatmulSpec, Tensor,
+    AdamW, Backend, CpuBackend, DType, DropoutKey, Error, GpuBackend, HostTensor, MatmulSpec,
+    Tensor,
 };
 
 const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
@@ -22,14 +23,14 @@ fn seed() -> u64 {
 
 /// Random inputs in one storage dtype, uploaded, and the same rounded values for the
 /// reference.
-struct Case<'b> {
-    b: &'b CpuBackend,
+struct Case<'b, B: Backend> {
+    b: &'b B,
     inputs: Inputs,
     seed: u64,
 }
 
-impl<'b> Case<'b> {
-    fn new(b: &'b CpuBackend) -> Case<'b> {
+impl<'b, B: Backend> Case<'b, B> {
+    fn new(b: &'b B) -> Case<'b, B> {
         let seed = seed();
         Case {
             b,
@@ -39,17 +40,17 @@ impl<'b> Case<'b> {
     }
 
     /// `len` values uniform in [-scale, scale) stored in `dtype`: the tensor, and its values.
-    fn tensor(&mut self, len: usize, dtype: DType, scale: f32) -> (Tensor<CpuBackend>, Vec<f64>) {
+    fn tensor(&mut self, len: usize, dtype: DType, scale: f32) -> (Tensor<B>, Vec<f64>) {
         let values: Vec<f32> = self.inputs.uniform(len).iter().map(|v| v * scale).collect();
         self.upload(&values, dtype)
     }
 
-    fn upload(&self, values: &[f32], dtype: DType) -> (Tensor<CpuBackend>, Vec<f64>) {
+    fn upload(&self, values: &[f32], dtype: DType) -> (Tensor<B>, Vec<f64>) {
         selftest::upload_as(self.b, &[values.len()], values, dtype).unwrap()
     }
 
     /// An output filled with NaN, so that an element left unwritten shows.
-    fn poisoned(&self, len: usize, dtype: DType) -> Tensor<CpuBackend> {
+    fn poisoned(&self, len: usize, dtype: DType) -> Tensor<B> {
         selftest::poisoned(self.b, &[len], dtype).unwrap()
     }
 
@@ -58,7 +59,7 @@ impl<'b> Case<'b> {
     fn expect(
         &self,
         what: &str,
-        got: &Tensor<CpuBackend>,
+        got: &Tensor<B>,
         want: &[f64],
         (class, n, min_scale): (OpClass, usize, f64),
     ) {
@@ -82,6 +83,31 @@ impl<'b> Case<'b> {
 fn cpu() -> CpuBackend {
     CpuBackend::default()
 }
+
+/// The first GPU adapter (lavapipe where no GPU is present).
+fn gpu() -> GpuBackend {
+    let adapters = signflow::Adapters::discover();
+    let (adapter, info) = adapters
+        .adapter(0)
+        .expect("no GPU adapter at all (install mesa-vulkan-drivers)");
+    GpuBackend::new(adapter, info.clone(), &signflow::GpuConfig::default())
+        .expect("the adapter opens")
+}
+
+/// `#[test]`s `on_cpu::NAME` and `on_gpu::NAME` running `NAME(&backend)` on the CPU backend and
+/// on the first GPU adapter.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_cpu {
+            $( #[test] fn $name() { super::$name(&super::cpu()) } )*
+        }
+        mod on_gpu {
+            $( #[test] fn $name() { super::$name(&super::gpu()) } )*
+        }
+    };
+}
+
+on_both!(elementwise_ops_and_dropout);
 
 #[test]
 fn matmul_in_every_layout_at_awkward_sizes() {
@@ -165,10 +191,8 @@ fn matmul_bias_gelu_stores_pre_and_out() {
 /// Lengths of 1, under and over a SIMD vector, and over the CPU's parallel chunk (2^15).
 const LENGTHS: [usize; 5] = [1, 3, 17, 127, 70_001];
 
-#[test]
-fn elementwise_ops_and_dropout() {
-    let b = cpu();
-    let mut c = Case::new(&b);
+fn elementwise_ops_and_dropout<B: Backend>(b: &B) {
+    let mut c = Case::new(b);
     let key = DropoutKey {
         seed: c.seed,
         step: 3,
@@ -677,18 +701,12 @@ fn half_precision_is_deterministic_across_runs_and_threads() {
 /// that lack them, saying so, rather than misreading their 16-bit words; casts run.
 #[test]
 fn the_gpu_refuses_half_operands_it_has_no_kernels_for() {
-    let adapters = signflow::Adapters::discover();
-    let (adapter, info) = adapters
-        .adapter(0)
-        .expect("no GPU adapter at all (install mesa-vulkan-drivers)");
-    let g = signflow::GpuBackend::new(adapter, info.clone(), &signflow::GpuConfig::default())
-        .expect("the adapter opens");
+    let g = gpu();
     let t = |len: usize, dtype: DType| g.alloc(&[len], dtype).unwrap();
     let (h, f) = (DType::F16, DType::F32);
     let spec = MatmulSpec::new(2, 2, 2);
     for result in [
         g.matmul(&t(4, h), &t(4, h), None, &t(4, f), &spec),
-        g.add(&t(4, h), &t(4, h), &t(4, h)),
         g.layernorm(
             &t(6, h),
             &t(3, f),

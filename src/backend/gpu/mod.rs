@@ -3,6 +3,7 @@
 mod context;
 #[doc(hidden)]
 pub mod kernel_config;
+mod operand;
 mod ops;
 #[doc(hidden)]
 pub mod shaders;
@@ -13,8 +14,8 @@ use context::GpuContext;
 pub use context::Replay as GpuReplay;
 use kernel_config::KernelConfig;
 use ops::{
-    attention, cast, column_sums, cross_entropy, dropout, elementwise, f32_kernels_only, layernorm,
-    matmul, optim, pool,
+    attention, cast, column_sums, cross_entropy, dropout, elementwise, f16_needs_shader_f16,
+    f32_kernels_only, layernorm, matmul, optim, pool,
 };
 
 use super::{
@@ -250,7 +251,7 @@ impl Backend for GpuBackend {
         inputs: &[&Tensor<Self>],
         out: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only(op.name(), &[out])?;
+        f16_needs_shader_f16(self, op.name(), &[out])?;
         elementwise::elementwise(self, op, inputs, out)
     }
 
@@ -389,7 +390,7 @@ impl Backend for GpuBackend {
         key: &DropoutKey,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only("dropout", &[x])?;
+        f16_needs_shader_f16(self, "dropout", &[out])?;
         dropout::dropout(self, x, p, key, out)
     }
 

@@ -9,6 +9,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 
 use super::kernel_config::{AttentionVariant, ELEMENTWISE_WORKGROUP};
+use super::operand::hoist_directives;
 use super::ops::cast::CastKernel;
 use super::ops::column_sums::ColumnSumsKernel;
 use super::ops::cross_entropy::CrossEntropyKernel;
@@ -147,9 +148,9 @@ pub(crate) trait KernelFamily:
     /// without a GPU.
     fn all() -> Vec<Self>;
 
-    /// The WGSL source, `struct Params` included.
+    /// The WGSL source, `struct Params` included (and `enable` directives in front).
     fn source(&self) -> String {
-        format!("{}\n{}", Self::Params::WGSL, self.body())
+        hoist_directives(&format!("{}\n{}", Self::Params::WGSL, self.body()))
     }
 }
 
@@ -192,6 +193,53 @@ macro_rules! workgroup_family {
     };
 }
 pub(crate) use workgroup_family;
+
+/// A kernel family whose knobs are its operands' storage dtype and its workgroup size: the
+/// variant struct and its [`KernelFamily`] impl, from the name's prefix, the Params type, the
+/// entry table and a closure from the dtype to the WGSL body (which declares its operands
+/// with [`super::operand::declare`]).
+macro_rules! storage_family {
+    ($(#[$meta:meta])* $kernel:ident, $prefix:literal, $params:ty, $entries:expr, $body:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub struct $kernel {
+            pub dtype: $crate::dtype::DType,
+            pub workgroup: u32,
+        }
+
+        impl $crate::backend::gpu::shaders::KernelFamily for $kernel {
+            type Params = $params;
+
+            fn name(&self) -> String {
+                format!(concat!($prefix, "_{}_wg{}"), self.dtype, self.workgroup)
+            }
+
+            fn constants(&self) -> Vec<(&'static str, f64)> {
+                $crate::backend::gpu::shaders::workgroup_constant(self.workgroup)
+            }
+
+            fn body(&self) -> String {
+                let body: fn($crate::dtype::DType) -> String = $body;
+                body(self.dtype)
+            }
+
+            fn entries(&self) -> &'static [$crate::backend::gpu::shaders::EntryPoint] {
+                $entries
+            }
+
+            fn all() -> Vec<Self> {
+                $crate::dtype::DType::ALL
+                    .into_iter()
+                    .map(|dtype| $kernel {
+                        dtype,
+                        workgroup: $crate::backend::gpu::shaders::CHECKED_WORKGROUP,
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use storage_family;
 
 /// The `override WG` constant of a family that takes nothing else.
 pub(crate) fn workgroup_constant(workgroup: u32) -> Vec<(&'static str, f64)> {
@@ -255,7 +303,7 @@ kernels! {
     Matmul(MatmulKernel),
     /// matmul_splits.wgsl: the second pass of a product split over K.
     MatmulSplits(MatmulSplitsKernel),
-    /// elementwise.wgsl: add, scale, GELU and its gradient.
+    /// elementwise.wgsl in one storage dtype: add, scale, GELU and its gradient.
     Elementwise(ElementwiseKernel),
     /// layernorm.wgsl: forward and the dx part of backward.
     LayerNorm(LayerNormKernel),

@@ -2,6 +2,7 @@
 //! plain copy of the GPU backend.
 
 use super::{index_u32, GpuTensor};
+use crate::backend::gpu::operand::HALF;
 use crate::backend::gpu::shaders::{
     wgsl_params, workgroup_constant, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP,
 };
@@ -51,14 +52,12 @@ impl KernelFamily for CastKernel {
     }
 
     fn body(&self) -> String {
-        SOURCE.replace(
-            "//!CONSTS",
-            &format!(
-                "const SRC: u32 = {}u;\nconst DST: u32 = {}u;",
-                dtype_code(self.from),
-                dtype_code(self.to)
-            ),
-        )
+        let consts = format!(
+            "const SRC: u32 = {}u;\nconst DST: u32 = {}u;",
+            dtype_code(self.from),
+            dtype_code(self.to)
+        );
+        format!("{HALF}\n{}", SOURCE.replace("//!CONSTS", &consts))
     }
 
     fn entries(&self) -> &'static [EntryPoint] {

@@ -1,7 +1,9 @@
-//! Dropout with the counter-based Philox mask (philox.wgsl + dropout.wgsl).
+//! Dropout with the counter-based Philox mask (philox.wgsl + dropout.wgsl), in f32, f16 or
+//! bf16 storage.
 
 use super::{index_u32, words, GpuTensor};
-use crate::backend::gpu::shaders::{wgsl_params, workgroup_family, Entry, EntryPoint, PHILOX};
+use crate::backend::gpu::operand::{declare, Operand};
+use crate::backend::gpu::shaders::{storage_family, wgsl_params, Entry, EntryPoint, PHILOX};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::DropoutKey;
 use crate::error::Result;
@@ -25,8 +27,11 @@ wgsl_params! {
     }
 }
 
-workgroup_family! {
-    DropoutKernel, "dropout", DropoutParams, ENTRIES, format!("{PHILOX}\n{SOURCE}")
+storage_family! {
+    DropoutKernel, "dropout", DropoutParams, ENTRIES, |d| {
+        let operands = declare(&[Operand::read("x", 1, d), Operand::write("out", 2, d)]);
+        format!("{PHILOX}\n{}", SOURCE.replace("//!OPERANDS", &operands))
+    }
 }
 
 const DROPOUT: Entry<DropoutKernel, 2> = Entry::new("dropout", [1, 2]);
@@ -58,6 +63,7 @@ pub(crate) fn dropout(
         ..DropoutParams::default()
     };
     let kernel = DropoutKernel {
+        dtype: out.dtype(),
         workgroup: gpu.kernels.elementwise_workgroup,
     };
     gpu.launch(kernel, &DROPOUT, &params, [x, out], grid)

@@ -1,7 +1,9 @@
-//! The [`Elementwise`] ops (elementwise.wgsl), one invocation per element.
+//! The [`Elementwise`] ops (elementwise.wgsl) in f32, f16 or bf16, one invocation per output
+//! word.
 
 use super::{index_u32, GpuTensor};
-use crate::backend::gpu::shaders::{gelu_source, wgsl_params, workgroup_family, Entry, EntryPoint};
+use crate::backend::gpu::operand::{declare, per_word, Operand};
+use crate::backend::gpu::shaders::{gelu_source, storage_family, wgsl_params, Entry, EntryPoint};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Elementwise;
 use crate::error::{Error, Result};
@@ -20,8 +22,16 @@ wgsl_params! {
     }
 }
 
-workgroup_family! {
-    ElementwiseKernel, "elementwise", ElementwiseParams, ENTRIES, format!("{}\n{SOURCE}", gelu_source())
+storage_family! {
+    ElementwiseKernel, "elementwise", ElementwiseParams, ENTRIES, |d| {
+        let operands = declare(&[
+            Operand::read("a", 1, d),
+            Operand::read("b", 2, d),
+            Operand::write("out", 3, d),
+        ]);
+        let operands = format!("const PER: u32 = {}u;\n{operands}", per_word(d));
+        format!("{}\n{}", gelu_source(), SOURCE.replace("//!OPERANDS", &operands))
+    }
 }
 
 const ADD: Entry<ElementwiseKernel, 3> = Entry::new("add", [1, 2, 3]);
@@ -54,7 +64,7 @@ pub(crate) fn elementwise(
     }
 }
 
-/// One invocation per element of the output. `operands` are (a, out) or (a, b, out), as the
+/// One invocation per word of the output. `operands` are (a, out) or (a, b, out), as the
 /// entry binds them.
 fn run<const N: usize>(
     gpu: &GpuBackend,
@@ -68,7 +78,7 @@ fn run<const N: usize>(
     if out.is_empty() {
         return Ok(());
     }
-    let grid = gpu.grid(out.len());
+    let grid = gpu.grid(out.len().div_ceil(per_word(out.dtype()) as usize));
     let params = ElementwiseParams {
         n: index_u32(op, out.len())?,
         a_offset: index_u32(op, a.offset())?,
@@ -79,6 +89,7 @@ fn run<const N: usize>(
         ..ElementwiseParams::default()
     };
     let kernel = ElementwiseKernel {
+        dtype: out.dtype(),
         workgroup: gpu.kernels.elementwise_workgroup,
     };
     gpu.launch(kernel, entry, &params, operands, grid)

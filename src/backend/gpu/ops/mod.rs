@@ -48,6 +48,29 @@ pub(crate) fn f32_kernels_only(op: &'static str, operands: &[&GpuTensor]) -> Res
     }
 }
 
+/// f16 kernels declare `array<f16>` operands, which need SHADER_F16: on an adapter without it
+/// f16 operands are refused (bf16 runs everywhere).
+pub(crate) fn f16_needs_shader_f16(
+    gpu: &GpuBackend,
+    op: &'static str,
+    operands: &[&GpuTensor],
+) -> Result<()> {
+    let has_f16 = gpu
+        .ctx
+        .device
+        .features()
+        .contains(wgpu::Features::SHADER_F16);
+    if has_f16 || operands.iter().all(|t| t.dtype() != DType::F16) {
+        return Ok(());
+    }
+    Err(Error::UnsupportedDtype {
+        op,
+        dtype: DType::F16,
+        hint: "this adapter has no f16 shader support (SHADER_F16); use bf16, which runs on \
+               every adapter",
+    })
+}
+
 /// A u64 as the (low, high) words WGSL takes.
 pub(crate) fn words(x: u64) -> [u32; 2] {
     [x as u32, (x >> 32) as u32]
