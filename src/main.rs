@@ -286,6 +286,21 @@ fn print_devices(infos: &[DeviceInfo]) {
             info.device_type,
             if info.software { " (software)" } else { "" },
         );
+        let precisions: Vec<&str> = info.precisions.iter().map(|d| d.name()).collect();
+        let coop: Vec<String> = info
+            .cooperative_matrix
+            .iter()
+            .map(|c| format!("{}x{}x{} {}->{}", c.m, c.n, c.k, c.ab, c.cr))
+            .collect();
+        println!(
+            "       precisions {}, cooperative matrices: {}",
+            precisions.join(" "),
+            if coop.is_empty() {
+                "none".to_string()
+            } else {
+                coop.join(", ")
+            }
+        );
         if info.index.is_some() {
             println!("       driver {} {}", info.driver, info.driver_info);
             println!(

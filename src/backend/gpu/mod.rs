@@ -12,6 +12,7 @@ use std::sync::Arc;
 use context::GpuContext;
 pub use context::Replay as GpuReplay;
 use kernel_config::KernelConfig;
+pub use ops::matmul_coop::{product as coop_matrix_product, CoopProduct};
 use ops::{
     attention, cast, column_sums, cross_entropy, dropout, elementwise, f32_kernels_only, layernorm,
     matmul, optim, pool,
@@ -20,7 +21,7 @@ use ops::{
 use super::{
     AdamW, AttentionSpec, Backend, DropoutKey, Elementwise, KernelTime, MatmulSpec, Storage,
 };
-use crate::config::GpuConfig;
+use crate::config::{CoopMatrix, GpuConfig};
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -107,12 +108,17 @@ pub struct GpuBackend {
     pool: MemoryPool<GpuAllocator>,
 }
 
-/// Features SignFlow's kernels use where the adapter has them.
-fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16
+/// Features SignFlow's kernels use where the adapter has them; cooperative matrices only
+/// where the switch allows them.
+fn wanted_features(coop: CoopMatrix) -> wgpu::Features {
+    let features = wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    match coop {
+        CoopMatrix::Auto => features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+        CoopMatrix::Off => features,
+    }
 }
 
 /// The first adapter with the default configuration, for unit tests (the software Vulkan
@@ -134,10 +140,22 @@ impl GpuBackend {
         config: &GpuConfig,
     ) -> Result<GpuBackend> {
         let limits = adapter.limits();
+        let required_features = adapter.features() & wanted_features(config.cooperative_matrix);
+        let experimental_features =
+            if required_features.intersects(wgpu::Features::all_experimental_mask()) {
+                // SAFETY: wgpu marks cooperative matrices experimental (its implementation may have
+                // bugs); the product that uses them is checked against the tiled one before any
+                // model runs on it (`check_coop_matrix_with`), and `--coop-matrix off` never
+                // requests them.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("signflow"),
-            required_features: adapter.features() & wanted_features(),
+            required_features,
             required_limits: limits.clone(),
+            experimental_features,
             ..Default::default()
         }))
         .map_err(|e| Error::DeviceOpen {
@@ -151,12 +169,19 @@ impl GpuBackend {
                 .max_buffer_size
                 .min(limits.max_storage_buffer_binding_size),
         };
-        Ok(GpuBackend {
+        let mut kernels = KernelConfig::for_limits(&limits);
+        kernels.coop_matrix = config.cooperative_matrix == CoopMatrix::Auto
+            && kernel_config::coop_matrix_usable(ctx.device.features(), &info, &limits);
+        let mut gpu = GpuBackend {
             pool: MemoryPool::new(allocator, config.budget_bytes(info.memory_bytes)),
-            kernels: KernelConfig::for_limits(&limits),
+            kernels,
             ctx,
             info,
-        })
+        };
+        if gpu.kernels.coop_matrix {
+            gpu.check_coop_matrix_with(&ops::matmul_coop::product);
+        }
+        Ok(gpu)
     }
 
     /// A guard that empties this backend's buffer cache when dropped.
