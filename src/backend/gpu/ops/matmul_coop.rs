@@ -301,3 +301,28 @@ impl GpuBackend {
         self.kernels.coop_matrix
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::gpu::test_gpu;
+
+    #[test]
+    fn only_f16_products_go_to_cooperative_matrices_and_only_when_configured() {
+        let mut gpu = test_gpu();
+        let spec = MatmulSpec::new(4, 4, 4);
+        let operand = |dtype| gpu.alloc(&[4, 4], dtype).unwrap();
+        let (f16, f32, bf16) = (
+            operand(DType::F16),
+            operand(DType::F32),
+            operand(DType::Bf16),
+        );
+        // The software adapter has no cooperative matrices: `auto` leaves them off.
+        assert!(!gpu.kernels.coop_matrix);
+        assert!(!takes(&gpu, &f16, &f16, &spec));
+        gpu.kernels.coop_matrix = true;
+        assert!(takes(&gpu, &f16, &f16, &spec));
+        assert!(!takes(&gpu, &f32, &f32, &spec));
+        assert!(!takes(&gpu, &bf16, &bf16, &spec));
+    }
+}
