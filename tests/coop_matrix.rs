@@ -136,6 +136,9 @@ fn forced_check(product: &CoopProduct) -> (bool, bool, String) {
     let mut gpu = gpu(CoopMatrix::Auto);
     gpu.kernel_config_mut().coop_matrix = true;
     let (kept, log) = logged(|| gpu.check_coop_matrix_with(product));
+    // The check leaves the memory statistics as a freshly opened device has them.
+    let stats = gpu.memory_stats();
+    assert_eq!((stats.reserved_bytes, stats.peak_allocated_bytes), (0, 0));
     (kept, gpu.kernel_config().coop_matrix, log)
 }
 

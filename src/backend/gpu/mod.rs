@@ -143,10 +143,10 @@ impl GpuBackend {
         let required_features = adapter.features() & wanted_features(config.cooperative_matrix);
         let experimental_features =
             if required_features.intersects(wgpu::Features::all_experimental_mask()) {
-                // SAFETY: wgpu marks cooperative matrices experimental (its implementation may have
-                // bugs); the product that uses them is checked against the tiled one before any
-                // model runs on it (`check_coop_matrix_with`), and `--coop-matrix off` never
-                // requests them.
+                // SAFETY: wgpu marks cooperative matrices experimental (its implementation
+                // may have bugs); the product that uses them is checked against the tiled one
+                // before any model runs on it (`check_coop_matrix_with`), and
+                // `--coop-matrix off` never requests them.
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
                 wgpu::ExperimentalFeatures::disabled()

@@ -298,6 +298,9 @@ impl GpuBackend {
             );
             self.kernels.coop_matrix = false;
         }
+        // The backend's memory statistics start from an untouched device.
+        self.pool.empty_cache();
+        self.pool.reset_peak_memory_stats();
         self.kernels.coop_matrix
     }
 }
