@@ -101,8 +101,7 @@ pub const COOP_WORKGROUP_BYTES: u32 =
 /// The narrowest subgroup matmul_coop.wgsl runs with: one per block of its tile.
 pub const COOP_MIN_SUBGROUP: u32 = COOP_WORKGROUP / ((COOP_BM / COOP_SM) * (COOP_BN / COOP_SN));
 
-/// Whether a device opened with `features` on the adapter `info` describes can run
-/// matmul_coop.wgsl: cooperative matrices with the 16×16 f16 → f32 configuration, f16 in
+/// Whether the adapter `info` describes, offering `features`, can run matmul_coop.wgsl: cooperative matrices with the 16×16 f16 → f32 configuration, f16 in
 /// shaders, subgroups from [`COOP_MIN_SUBGROUP`] to the whole workgroup wide (the kernel gives
 /// each a block of its tile), and room for its workgroup.
 pub fn coop_matrix_usable(

@@ -109,15 +109,16 @@ pub struct GpuBackend {
 }
 
 /// Features SignFlow's kernels use where the adapter has them; cooperative matrices only
-/// where the switch allows them.
-fn wanted_features(coop: CoopMatrix) -> wgpu::Features {
+/// where the f16 products will run on them.
+fn wanted_features(coop_matrix: bool) -> wgpu::Features {
     let features = wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-    match coop {
-        CoopMatrix::Auto => features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
-        CoopMatrix::Off => features,
+    if coop_matrix {
+        features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    } else {
+        features
     }
 }
 
@@ -140,13 +141,15 @@ impl GpuBackend {
         config: &GpuConfig,
     ) -> Result<GpuBackend> {
         let limits = adapter.limits();
-        let required_features = adapter.features() & wanted_features(config.cooperative_matrix);
+        let coop_matrix = config.cooperative_matrix == CoopMatrix::Auto
+            && kernel_config::coop_matrix_usable(adapter.features(), &info, &limits);
+        let required_features = adapter.features() & wanted_features(coop_matrix);
         let experimental_features =
             if required_features.intersects(wgpu::Features::all_experimental_mask()) {
                 // SAFETY: wgpu marks cooperative matrices experimental (its implementation
                 // may have bugs); the product that uses them is checked against the tiled one
-                // before any model runs on it (`check_coop_matrix_with`), and
-                // `--coop-matrix off` never requests them.
+                // before any model runs on it (`check_coop_matrix_with`), and they are
+                // requested only where that product will run (never with `--coop-matrix off`).
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             } else {
                 wgpu::ExperimentalFeatures::disabled()
@@ -170,8 +173,7 @@ impl GpuBackend {
                 .min(limits.max_storage_buffer_binding_size),
         };
         let mut kernels = KernelConfig::for_limits(&limits);
-        kernels.coop_matrix = config.cooperative_matrix == CoopMatrix::Auto
-            && kernel_config::coop_matrix_usable(ctx.device.features(), &info, &limits);
+        kernels.coop_matrix = coop_matrix;
         let mut gpu = GpuBackend {
             pool: MemoryPool::new(allocator, config.budget_bytes(info.memory_bytes)),
             kernels,
