@@ -15,6 +15,29 @@ pub struct GpuConfig {
     pub memory_limit_mb: Option<u64>,
     /// Empty the buffer pool's cache every this many training steps (0 = never).
     pub empty_cache_interval: u32,
+    /// Whether f16 matrix products use the adapter's cooperative matrices (tensor cores).
+    pub cooperative_matrix: CoopMatrix,
+}
+
+/// The cooperative-matrix switch (`--coop-matrix`): `auto` uses them where the adapter
+/// reports 16×16 f16 matrices with f32 accumulators and they pass a check when the adapter is
+/// opened; `off` runs the register-tiled kernels everywhere.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CoopMatrix {
+    #[default]
+    Auto,
+    Off,
 }
 
 impl Default for GpuConfig {
@@ -24,6 +47,7 @@ impl Default for GpuConfig {
             memory_fraction: 0.9,
             memory_limit_mb: None,
             empty_cache_interval: 0,
+            cooperative_matrix: CoopMatrix::Auto,
         }
     }
 }

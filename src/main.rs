@@ -94,12 +94,12 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn open(&self) -> signflow::Result<AnyBackend> {
-        let config = GpuConfig {
+        let config = cli::with_coop_matrix(GpuConfig {
             device: self.device.clone(),
             memory_fraction: self.memory_fraction,
             memory_limit_mb: self.memory_limit_mb,
             ..GpuConfig::default()
-        };
+        });
         let device = AnyBackend::open(&config)?;
         tracing::info!("device: {} ({})", device.info().name, device.info().backend);
         Ok(device)
@@ -116,7 +116,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,signflow=info".into()),
         )
         .init();
-    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command().get_matches();
+    if let Some((_, sub)) = matches.subcommand() {
+        if let Ok(Some(&coop)) = sub.try_get_one::<signflow::CoopMatrix>("coop_matrix") {
+            cli::set_coop_matrix(coop);
+        }
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -129,11 +135,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command line as `main` parses it: clap's tree from [`Cli`], with the defaults of
+/// The command line as `main` parses it: clap's tree from [`Cli`], `--coop-matrix` beside
+/// every `--device` (one flag, read once, [`cli::with_coop_matrix`]), and the defaults of
 /// `train`'s flags written into their help lines (clap cannot show them itself, see
 /// [`cli::train::flag_defaults`]).
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("train", |train| {
+    let command = cli::DEVICE_COMMANDS
+        .into_iter()
+        .fold(Cli::command(), |command, name| {
+            command.mut_subcommand(name, |sub| sub.arg(cli::coop_matrix_arg()))
+        });
+    command.mut_subcommand("train", |train| {
         cli::train::flag_defaults()
             .into_iter()
             .fold(train, |train, (id, default)| {
@@ -285,6 +297,21 @@ fn print_devices(infos: &[DeviceInfo]) {
             info.backend,
             info.device_type,
             if info.software { " (software)" } else { "" },
+        );
+        let precisions: Vec<&str> = info.precisions.iter().map(|d| d.name()).collect();
+        let coop: Vec<String> = info
+            .cooperative_matrix
+            .iter()
+            .map(|c| format!("{}x{}x{} {}->{}", c.m, c.n, c.k, c.ab, c.cr))
+            .collect();
+        println!(
+            "       precisions {}, cooperative matrices: {}",
+            precisions.join(" "),
+            if coop.is_empty() {
+                "none".to_string()
+            } else {
+                coop.join(", ")
+            }
         );
         if info.index.is_some() {
             println!("       driver {} {}", info.driver, info.driver_info);

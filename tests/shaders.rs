@@ -183,8 +183,13 @@ impl Target {
                     .map_err(|e| e.to_string())
             }
             Target::Msl => {
+                // wgpu's Metal backend offers cooperative matrices from MSL 2.3 on.
+                let coop = module
+                    .types
+                    .iter()
+                    .any(|(_, t)| matches!(t.inner, naga::TypeInner::CooperativeMatrix { .. }));
                 let options = msl::Options {
-                    lang_version: (2, 0),
+                    lang_version: if coop { (2, 3) } else { (2, 0) },
                     bounds_check_policies: bounds_checks(BoundsCheckPolicy::Restrict),
                     zero_initialize_workgroup_memory: false,
                     ..Default::default()

@@ -89,10 +89,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             ));
         }
     }
-    let device = AnyBackend::open(&GpuConfig {
+    let device = AnyBackend::open(&super::with_coop_matrix(GpuConfig {
         device: args.device.clone(),
         ..GpuConfig::default()
-    })?;
+    }))?;
     eprintln!(
         "1/5 device: {} ({}{})",
         device.info().name,

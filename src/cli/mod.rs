@@ -11,10 +11,10 @@ pub mod subset;
 pub mod train;
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use signflow::data::{Dataset, Loader, LoaderConfig, Source};
-use signflow::{AnyBackend, GpuConfig, Result};
+use signflow::{AnyBackend, CoopMatrix, GpuConfig, Result};
 
 /// The help line of every `--device` flag.
 pub const DEVICE_HELP: &str =
@@ -95,12 +95,45 @@ pub fn class_difference(
     }
 }
 
+/// The commands that take `--device`, and with it `--coop-matrix`.
+pub const DEVICE_COMMANDS: [&str; 7] = [
+    "selftest", "bench", "demo", "train", "eval", "predict", "profile",
+];
+
+/// The `--coop-matrix` flag's argument, which `main` adds to every command of
+/// [`DEVICE_COMMANDS`].
+pub fn coop_matrix_arg() -> clap::Arg {
+    clap::Arg::new("coop_matrix")
+        .long("coop-matrix")
+        .value_parser(clap::builder::EnumValueParser::<CoopMatrix>::new())
+        .default_value("auto")
+        .help(
+            "Cooperative matrices (tensor cores) for f16 matrix products: auto (where the \
+             adapter has them and they pass a check when it is opened) or off",
+        )
+}
+
+/// The `--coop-matrix` the command line gave, set once by `main`.
+static COOP_MATRIX: OnceLock<CoopMatrix> = OnceLock::new();
+
+pub fn set_coop_matrix(value: CoopMatrix) {
+    let _ = COOP_MATRIX.set(value);
+}
+
+/// The one place a command's device settings meet `--coop-matrix`: `config` with it.
+pub fn with_coop_matrix(config: GpuConfig) -> GpuConfig {
+    GpuConfig {
+        cooperative_matrix: COOP_MATRIX.get().copied().unwrap_or_default(),
+        ..config
+    }
+}
+
 /// Opens the device a `--device` flag names, and says which it is.
 pub fn open_device(request: &str) -> Result<AnyBackend> {
-    let device = AnyBackend::open(&GpuConfig {
+    let device = AnyBackend::open(&with_coop_matrix(GpuConfig {
         device: request.to_string(),
         ..GpuConfig::default()
-    })?;
+    }))?;
     tracing::info!("device: {} ({})", device.info().name, device.info().backend);
     Ok(device)
 }

@@ -106,12 +106,12 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
 }
 
 fn find_batch_size(args: &ProfileArgs, config: &ModelConfig, seq_len: usize) -> Result<()> {
-    let device = AnyBackend::open(&GpuConfig {
+    let device = AnyBackend::open(&super::with_coop_matrix(GpuConfig {
         device: args.device.clone(),
         memory_fraction: args.max_memory_fraction,
         memory_limit_mb: args.memory_limit_mb,
         ..GpuConfig::default()
-    })?;
+    }))?;
     let range = (args.min_batch_size, args.max_batch_size);
     let found = with_backend!(&device, b => optimal_batch_size(b, config, seq_len, args.train, args.precision, range))?;
     if args.json {

@@ -341,7 +341,7 @@ impl TrainArgs {
 }
 
 fn open_device(t: &TrainingConfig) -> Result<AnyBackend> {
-    let device = AnyBackend::open(&t.gpu_config())?;
+    let device = AnyBackend::open(&super::with_coop_matrix(t.gpu_config()))?;
     tracing::info!("device: {} ({})", device.info().name, device.info().backend);
     Ok(device)
 }

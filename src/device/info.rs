@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::precision::{self, CoopMatrixShape};
 use super::select::{AdapterSummary, ApiBackend, DeviceType};
+use crate::dtype::DType;
 
 /// Description of one adapter (or of the CPU backend), as `signflow devices --json` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -27,6 +29,10 @@ pub struct DeviceInfo {
     pub subgroup_max: u32,
     /// True on the device that `auto` selects.
     pub auto: bool,
+    /// The storage precisions it runs natively ([`precision::adapter_precisions`]).
+    pub precisions: Vec<DType>,
+    /// The cooperative-matrix configurations the adapter reports; empty when none.
+    pub cooperative_matrix: Vec<CoopMatrixShape>,
 }
 
 impl DeviceInfo {
@@ -62,6 +68,8 @@ impl DeviceInfo {
             subgroup_min: 0,
             subgroup_max: 0,
             auto: false,
+            precisions: precision::cpu_precisions(),
+            cooperative_matrix: Vec::new(),
         }
     }
 }
@@ -191,5 +199,7 @@ pub(crate) fn adapter_info(adapter: &wgpu::Adapter) -> DeviceInfo {
         subgroup_min: info.subgroup_min_size,
         subgroup_max: info.subgroup_max_size,
         auto: false,
+        precisions: precision::adapter_precisions(adapter.features()),
+        cooperative_matrix: precision::adapter_coop_matrix(adapter),
     }
 }

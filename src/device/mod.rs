@@ -1,11 +1,13 @@
 //! Adapter discovery, selection and description (DESIGN.md, Devices).
 
 mod info;
+mod precision;
 mod select;
 #[cfg(not(any(target_os = "macos", target_os = "ios", target_arch = "wasm32")))]
 mod vulkan_memory;
 
 pub use info::DeviceInfo;
+pub use precision::{adapter_precisions, cpu_precisions, precision_that_runs, CoopMatrixShape};
 pub use select::{
     describe, rank, resolve, AdapterSummary, ApiBackend, DeviceRequest, DeviceType, Selection,
 };

@@ -297,6 +297,7 @@ impl TrainingConfig {
             memory_fraction: self.memory_fraction,
             memory_limit_mb: self.memory_limit_mb,
             empty_cache_interval: self.empty_cache_interval,
+            ..GpuConfig::default()
         }
     }
 

@@ -1,6 +1,8 @@
 //! Kernel configuration derived from the adapter's limits: the one place where tile and
 //! workgroup sizes are chosen.
 
+use crate::device::{CoopMatrixShape, DeviceInfo};
+
 /// A register-tiled matrix product's shape: each workgroup computes a `bm`×`bn` tile of C in
 /// steps of `bk`, each thread a `tm`×`tn` block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +76,51 @@ pub struct KernelConfig {
     pub workgroup_storage_bytes: u32,
     /// A tile every product uses, whatever its size (for tests and tuning).
     pub forced_matmul_tile: Option<MatmulTile>,
+    /// Whether f16 products run on cooperative matrices (matmul_coop.wgsl): set where the
+    /// switch allows them and [`coop_matrix_usable`] holds, cleared when the check on opening
+    /// the adapter fails.
+    pub coop_matrix: bool,
+}
+
+/// The cooperative-matrix product's tile (matmul_coop.wgsl): a workgroup of
+/// [`COOP_WORKGROUP`] invocations computes COOP_BM×COOP_BN of C in K steps of COOP_BK, each
+/// subgroup a COOP_SM×COOP_SN block of 16×16 matrices.
+pub const COOP_BM: u32 = 64;
+pub const COOP_BN: u32 = 64;
+pub const COOP_BK: u32 = 32;
+pub const COOP_SM: u32 = 32;
+pub const COOP_SN: u32 = 32;
+/// Four subgroups of 32 (NVIDIA), one block each.
+pub const COOP_WORKGROUP: u32 = 128;
+
+/// Workgroup memory of the cooperative-matrix product: the f16 slices of op(A) and op(B), and
+/// one f32 16×16 scratch per subgroup block for the epilogue.
+pub const COOP_WORKGROUP_BYTES: u32 =
+    2 * COOP_BK * (COOP_BM + COOP_BN) + 4 * 256 * (COOP_BM / COOP_SM) * (COOP_BN / COOP_SN);
+
+/// The narrowest subgroup matmul_coop.wgsl runs with: one per block of its tile.
+pub const COOP_MIN_SUBGROUP: u32 = COOP_WORKGROUP / ((COOP_BM / COOP_SM) * (COOP_BN / COOP_SN));
+
+/// Whether the adapter `info` describes, offering `features`, can run matmul_coop.wgsl: cooperative matrices with the 16×16 f16 → f32 configuration, f16 in
+/// shaders, subgroups from [`COOP_MIN_SUBGROUP`] to the whole workgroup wide (the kernel gives
+/// each a block of its tile), and room for its workgroup.
+pub fn coop_matrix_usable(
+    features: wgpu::Features,
+    info: &DeviceInfo,
+    limits: &wgpu::Limits,
+) -> bool {
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP;
+    features.contains(needed)
+        && info
+            .cooperative_matrix
+            .contains(&CoopMatrixShape::F16_16X16_F32)
+        && info.subgroup_min >= COOP_MIN_SUBGROUP
+        && info.subgroup_max <= COOP_WORKGROUP
+        && COOP_WORKGROUP <= limits.max_compute_invocations_per_workgroup
+        && COOP_WORKGROUP <= limits.max_compute_workgroup_size_x
+        && COOP_WORKGROUP_BYTES <= limits.max_compute_workgroup_storage_size
 }
 
 /// The elementwise kernels' preferred workgroup size; also the most the reduction kernels'
@@ -186,6 +233,7 @@ impl KernelConfig {
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             workgroup_storage_bytes: limits.max_compute_workgroup_storage_size,
             forced_matmul_tile: None,
+            coop_matrix: false,
         }
     }
 
@@ -260,6 +308,64 @@ mod tests {
         assert_eq!(v(33, 127, 49152), (64, 64, 64));
         // WebGPU's minimum workgroup memory still holds a tile at every head size.
         assert_eq!(v(128, 200, 16384), (128, 128, 8));
+    }
+
+    /// An adapter as an NVIDIA card describes itself, as far as cooperative matrices go.
+    fn coop_adapter(configs: Vec<CoopMatrixShape>) -> DeviceInfo {
+        DeviceInfo {
+            cooperative_matrix: configs,
+            subgroup_min: 32,
+            subgroup_max: 32,
+            ..DeviceInfo::cpu()
+        }
+    }
+
+    #[test]
+    fn coop_matrix_needs_the_feature_the_configuration_f16_and_subgroups() {
+        let all = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        let limits = wgpu::Limits::default();
+        let nvidia = coop_adapter(vec![CoopMatrixShape::F16_16X16_F32]);
+        assert!(coop_matrix_usable(all, &nvidia, &limits));
+        for missing in [
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            wgpu::Features::SHADER_F16,
+            wgpu::Features::SUBGROUP,
+        ] {
+            assert!(!coop_matrix_usable(all - missing, &nvidia, &limits));
+        }
+        // Apple's simdgroup matrices (8×8 only) and f16 accumulators do not serve.
+        let others = coop_adapter(vec![
+            CoopMatrixShape {
+                m: 8,
+                n: 8,
+                k: 8,
+                ..CoopMatrixShape::F16_16X16_F32
+            },
+            CoopMatrixShape {
+                cr: "f16",
+                ..CoopMatrixShape::F16_16X16_F32
+            },
+        ]);
+        assert!(!coop_matrix_usable(all, &others, &limits));
+        assert!(!coop_matrix_usable(all, &coop_adapter(vec![]), &limits));
+        // Subgroups of 64 (AMD) take turns; 16 wide would leave blocks without one.
+        let amd = DeviceInfo {
+            subgroup_max: 64,
+            ..nvidia.clone()
+        };
+        assert!(coop_matrix_usable(all, &amd, &limits));
+        let narrow = DeviceInfo {
+            subgroup_min: 16,
+            ..nvidia.clone()
+        };
+        assert!(!coop_matrix_usable(all, &narrow, &limits));
+        let small = wgpu::Limits {
+            max_compute_workgroup_storage_size: COOP_WORKGROUP_BYTES - 1,
+            ..limits
+        };
+        assert!(!coop_matrix_usable(all, &nvidia, &small));
     }
 
     #[test]

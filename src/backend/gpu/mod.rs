@@ -13,6 +13,7 @@ use std::sync::Arc;
 use context::GpuContext;
 pub use context::Replay as GpuReplay;
 use kernel_config::KernelConfig;
+pub use ops::matmul_coop::{product as coop_matrix_product, CoopProduct};
 use ops::{
     attention, cast, column_sums, cross_entropy, dropout, elementwise, f16_needs_shader_f16,
     f32_kernels_only, layernorm, matmul, optim, pool,
@@ -21,7 +22,7 @@ use ops::{
 use super::{
     AdamW, AttentionSpec, Backend, DropoutKey, Elementwise, KernelTime, MatmulSpec, Storage,
 };
-use crate::config::GpuConfig;
+use crate::config::{CoopMatrix, GpuConfig};
 use crate::device::DeviceInfo;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -108,12 +109,18 @@ pub struct GpuBackend {
     pool: MemoryPool<GpuAllocator>,
 }
 
-/// Features SignFlow's kernels use where the adapter has them.
-fn wanted_features() -> wgpu::Features {
-    wgpu::Features::SHADER_F16
+/// Features SignFlow's kernels use where the adapter has them; cooperative matrices only
+/// where the f16 products will run on them.
+fn wanted_features(coop_matrix: bool) -> wgpu::Features {
+    let features = wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+    if coop_matrix {
+        features | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+    } else {
+        features
+    }
 }
 
 /// The first adapter with the default configuration, for unit tests (the software Vulkan
@@ -135,10 +142,24 @@ impl GpuBackend {
         config: &GpuConfig,
     ) -> Result<GpuBackend> {
         let limits = adapter.limits();
+        let coop_matrix = config.cooperative_matrix == CoopMatrix::Auto
+            && kernel_config::coop_matrix_usable(adapter.features(), &info, &limits);
+        let required_features = adapter.features() & wanted_features(coop_matrix);
+        let experimental_features =
+            if required_features.intersects(wgpu::Features::all_experimental_mask()) {
+                // SAFETY: wgpu marks cooperative matrices experimental (its implementation
+                // may have bugs); the product that uses them is checked against the tiled one
+                // before any model runs on it (`check_coop_matrix_with`), and they are
+                // requested only where that product will run (never with `--coop-matrix off`).
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("signflow"),
-            required_features: adapter.features() & wanted_features(),
+            required_features,
             required_limits: limits.clone(),
+            experimental_features,
             ..Default::default()
         }))
         .map_err(|e| Error::DeviceOpen {
@@ -152,12 +173,18 @@ impl GpuBackend {
                 .max_buffer_size
                 .min(limits.max_storage_buffer_binding_size),
         };
-        Ok(GpuBackend {
+        let mut kernels = KernelConfig::for_limits(&limits);
+        kernels.coop_matrix = coop_matrix;
+        let mut gpu = GpuBackend {
             pool: MemoryPool::new(allocator, config.budget_bytes(info.memory_bytes)),
-            kernels: KernelConfig::for_limits(&limits),
+            kernels,
             ctx,
             info,
-        })
+        };
+        if gpu.kernels.coop_matrix {
+            gpu.check_coop_matrix_with(&ops::matmul_coop::product);
+        }
+        Ok(gpu)
     }
 
     /// A guard that empties this backend's buffer cache when dropped.

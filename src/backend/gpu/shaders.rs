@@ -17,6 +17,7 @@ use super::ops::dropout::DropoutKernel;
 use super::ops::elementwise::ElementwiseKernel;
 use super::ops::layernorm::LayerNormKernel;
 use super::ops::matmul::{MatmulKernel, MatmulSplitsKernel};
+use super::ops::matmul_coop::MatmulCoopKernel;
 use super::ops::optim::OptimKernel;
 use super::ops::pool::PoolKernel;
 use crate::backend::math;
@@ -303,6 +304,9 @@ kernels! {
     Matmul(MatmulKernel),
     /// matmul_splits.wgsl: the second pass of a product split over K.
     MatmulSplits(MatmulSplitsKernel),
+    /// matmul_coop.wgsl: f16 products on cooperative matrices, per layout, output and bias
+    /// type, with or without the GELU epilogue.
+    MatmulCoop(MatmulCoopKernel),
     /// elementwise.wgsl in one storage dtype: add, scale, GELU and its gradient.
     Elementwise(ElementwiseKernel),
     /// layernorm.wgsl: forward and the dx part of backward.

@@ -1,7 +1,7 @@
 //! Matrix products (matmul.wgsl): register-tiled, generated per tile, layout, loader and
 //! epilogue; and the second pass of a product split over K (matmul_splits.wgsl).
 
-use super::{index_u32, GpuTensor};
+use super::{index_u32, matmul_coop, GpuTensor};
 use crate::backend::gpu::kernel_config::{self, MatmulTile};
 use crate::backend::gpu::shaders::{
     gelu_source, repeat_marked_lines, wgsl_params, workgroup_family, Entry, EntryPoint,
@@ -184,6 +184,9 @@ pub(crate) fn matmul(
     let a = apart_from(gpu, a, &outputs)?;
     let b = apart_from(gpu, b, &outputs)?;
     let bias = bias.map(|t| apart_from(gpu, t, &outputs)).transpose()?;
+    if matmul_coop::takes(gpu, &a, &b, spec) {
+        return matmul_coop::matmul(gpu, &a, &b, bias.as_ref(), pre, out, spec);
+    }
     let vec4 = vec4_aligned(spec.lda(), a.offset(), spec.stride_a, spec.batch)
         && vec4_aligned(spec.ldb(), b.offset(), spec.stride_b, spec.batch);
     let tile = gpu.kernels.matmul_tile(spec.m, spec.n, spec.batch);

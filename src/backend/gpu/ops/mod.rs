@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod layernorm;
 pub mod matmul;
+pub mod matmul_coop;
 pub mod optim;
 pub mod pool;
 
