@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod layernorm;
 pub mod matmul;
 pub mod optim;
+mod pairs;
 pub mod pool;
 
 use super::shaders::{Entry, KernelFamily};
