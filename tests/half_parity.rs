@@ -133,6 +133,7 @@ on_both!(
     layernorm_forward_and_backward,
     mean_pool_forward_and_backward,
     cross_entropy_of_half_logits,
+    norms_pools_and_losses_repeat_their_bits,
 );
 
 #[test]
@@ -442,6 +443,70 @@ fn cross_entropy_of_half_logits<B: Backend>(b: &B) {
                 .unwrap();
             c.expect(&format!("{what} in place"), &logits, &want, sums);
         }
+    }
+}
+
+/// Layer norm, its column sums, mean pool and cross-entropy give the same bits twice: fixed
+/// reduction orders, and a word shared by two rows' ends keeps both halves whichever row's
+/// workgroup writes first.
+fn norms_pools_and_losses_repeat_their_bits<B: Backend>(b: &B) {
+    let seed = seed();
+    let outputs = |dtype: DType| {
+        let mut c = Case {
+            b,
+            inputs: Inputs::new(seed),
+            seed,
+        };
+        let (rows, cols) = (67, 129);
+        let (x, _) = c.tensor(rows * cols, dtype, 2.0);
+        let (dy, _) = c.tensor(rows * cols, dtype, 1.0);
+        let (w, _) = c.tensor(cols, DType::F32, 1.0);
+        let (y, dx) = (
+            c.poisoned(rows * cols, dtype),
+            c.poisoned(rows * cols, dtype),
+        );
+        let (mean, rstd) = (c.poisoned(rows, DType::F32), c.poisoned(rows, DType::F32));
+        let [dw, db, bias_db] = [(); 3].map(|()| c.poisoned(cols, DType::F32));
+        b.layernorm(&x, &w, &w, 1e-5, &y, &mean, &rstd).unwrap();
+        b.layernorm_backward(&x, &w, &mean, &rstd, &dy, &dx, &dw, &db)
+            .unwrap();
+        b.bias_grad(&dy, &bias_db).unwrap();
+        let (batch, t, d) = (5, 9, 33);
+        let (h, _) = c.tensor_at(0, &[batch, t, d], dtype, 2.0);
+        let (mask, _) = c.upload(&key_mask(batch, t, true), DType::F32);
+        let mask = mask.view(0, &[batch, t]).unwrap();
+        let (pooled, dh) = (
+            c.poisoned_at(0, &[batch, d], dtype),
+            c.poisoned_at(0, &[batch, t, d], dtype),
+        );
+        b.mean_pool(&h, &mask, &pooled).unwrap();
+        b.mean_pool_backward(&pooled, &mask, &dh).unwrap();
+        let (logits, _) = c.tensor_at(0, &[17, 33], dtype, 4.0);
+        let labels: Vec<f32> = (0..17).map(|i| (i * 5 % 33) as f32).collect();
+        let (labels, _) = c.upload(&labels, DType::F32);
+        let (loss, hits, lse) = (
+            c.poisoned(1, DType::F32),
+            c.poisoned(2, DType::F32),
+            c.poisoned(17, DType::F32),
+        );
+        b.cross_entropy(&logits, &labels, None, 0.1, &loss, &hits, &lse)
+            .unwrap();
+        let dlogits = c.poisoned_at(0, &[17, 33], dtype);
+        b.cross_entropy_backward(&logits, &labels, None, 0.1, &lse, 1.0, &dlogits)
+            .unwrap();
+        [
+            &y, &mean, &rstd, &dx, &dw, &db, &bias_db, &pooled, &dh, &loss, &lse, &dlogits,
+        ]
+        .map(|t| {
+            let values = t.to_f32_vec().unwrap();
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        })
+    };
+    for dtype in HALVES {
+        assert!(
+            outputs(dtype) == outputs(dtype),
+            "seed {seed}: {dtype}: two runs differ"
+        );
     }
 }
 
