@@ -54,6 +54,26 @@ impl<'b, B: Backend> Case<'b, B> {
         selftest::poisoned(self.b, &[len], dtype).unwrap()
     }
 
+    /// [`Case::tensor`] viewed as `shape` from element `offset` (even) on.
+    fn tensor_at(
+        &mut self,
+        offset: usize,
+        shape: &[usize],
+        dtype: DType,
+        scale: f32,
+    ) -> (Tensor<B>, Vec<f64>) {
+        let len = shape.iter().product::<usize>();
+        let (t, values) = self.tensor(offset + len, dtype, scale);
+        (t.view(offset, shape).unwrap(), values[offset..].to_vec())
+    }
+
+    /// [`Case::poisoned`] viewed as `shape` from element `offset` (even) on.
+    fn poisoned_at(&self, offset: usize, shape: &[usize], dtype: DType) -> Tensor<B> {
+        let len = shape.iter().product::<usize>();
+        let t = self.poisoned(offset + len, dtype);
+        t.view(offset, shape).unwrap()
+    }
+
     /// `got` within the tolerance of the dtype it is stored in for sums of `n` terms,
     /// relative to at least `min_scale`; never NaN.
     fn expect(
@@ -107,7 +127,14 @@ macro_rules! on_both {
     };
 }
 
-on_both!(elementwise_ops_and_dropout);
+on_both!(
+    elementwise_ops_and_dropout,
+    bias_grad_sums_half_rows_into_f32,
+    layernorm_forward_and_backward,
+    mean_pool_forward_and_backward,
+    cross_entropy_of_half_logits,
+    norms_pools_and_losses_repeat_their_bits,
+);
 
 #[test]
 fn matmul_in_every_layout_at_awkward_sizes() {
@@ -243,14 +270,18 @@ fn elementwise_ops_and_dropout<B: Backend>(b: &B) {
     }
 }
 
-#[test]
-fn bias_grad_sums_half_rows_into_f32() {
-    let b = cpu();
-    let mut c = Case::new(&b);
+/// Odd row lengths put a row's last element and the next row's first in one 32-bit word;
+/// views start at element 0 or 2 of their buffer.
+fn bias_grad_sums_half_rows_into_f32<B: Backend>(b: &B) {
+    let mut c = Case::new(b);
     for dtype in HALVES {
-        for (rows, cols) in [(1, 1), (3, 17), (129, 65), (300, 469)] {
-            let (dy, dyv) = c.tensor(rows * cols, dtype, 1.0);
-            let db = c.poisoned(cols, DType::F32);
+        for (case, (rows, cols)) in [(1, 1), (3, 17), (129, 65), (300, 469), (70, 64)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = 2 * (case % 2);
+            let (dy, dyv) = c.tensor_at(at, &[rows * cols], dtype, 1.0);
+            let db = c.poisoned_at(at, &[cols], DType::F32);
             b.bias_grad(&dy, &db).unwrap();
             let what = format!("bias_grad {rows}x{cols} of {dtype}");
             c.expect(
@@ -263,16 +294,18 @@ fn bias_grad_sums_half_rows_into_f32() {
     }
 }
 
-#[test]
-fn layernorm_forward_and_backward() {
-    let b = cpu();
-    let mut c = Case::new(&b);
+fn layernorm_forward_and_backward<B: Backend>(b: &B) {
+    let mut c = Case::new(b);
     for dtype in HALVES {
-        for (rows, cols) in [(1, 1), (5, 3), (17, 65), (130, 469)] {
-            let (x, xv) = c.tensor(rows * cols, dtype, 3.0);
+        for (case, (rows, cols)) in [(1, 1), (5, 3), (17, 65), (130, 469), (9, 64)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = 2 * (case % 2);
+            let (x, xv) = c.tensor_at(at, &[rows * cols], dtype, 3.0);
             let (w, wv) = c.tensor(cols, DType::F32, 1.0);
             let (bias, bv) = c.tensor(cols, DType::F32, 1.0);
-            let y = c.poisoned(rows * cols, dtype);
+            let y = c.poisoned_at(at, &[rows * cols], dtype);
             let (mean, rstd) = (c.poisoned(rows, DType::F32), c.poisoned(rows, DType::F32));
             b.layernorm(&x, &w, &bias, 1e-5, &y, &mean, &rstd).unwrap();
             let (want_y, want_mean, want_rstd) = r::layernorm(&xv, &wv, &bv, 1e-5);
@@ -300,8 +333,8 @@ fn layernorm_forward_and_backward() {
                 &rstd_v.iter().map(|&v| v as f32).collect::<Vec<_>>(),
                 DType::F32,
             );
-            let (dy, dyv) = c.tensor(rows * cols, dtype, 1.0);
-            let dx = c.poisoned(rows * cols, dtype);
+            let (dy, dyv) = c.tensor_at(at, &[rows * cols], dtype, 1.0);
+            let dx = c.poisoned_at(at, &[rows * cols], dtype);
             let (dw, db) = (c.poisoned(cols, DType::F32), c.poisoned(cols, DType::F32));
             b.layernorm_backward(&x, &w, &mean, &rstd, &dy, &dx, &dw, &db)
                 .unwrap();
@@ -337,20 +370,20 @@ fn key_mask(batch: usize, t: usize, empty: bool) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn mean_pool_forward_and_backward() {
-    let b = cpu();
-    let mut c = Case::new(&b);
+/// Odd d puts the end of one clip's (or frame's) row and the start of the next in one word.
+fn mean_pool_forward_and_backward<B: Backend>(b: &B) {
+    let mut c = Case::new(b);
     for dtype in HALVES {
-        for (batch, t, d) in [(1, 1, 1), (3, 5, 17), (4, 33, 65)] {
-            let (h, hv) = c.tensor(batch * t * d, dtype, 2.0);
+        for (case, (batch, t, d)) in [(1, 1, 1), (3, 5, 17), (4, 33, 65), (3, 4, 8)]
+            .into_iter()
+            .enumerate()
+        {
+            let at = 2 * (case % 2);
+            let (h, hv) = c.tensor_at(at, &[batch, t, d], dtype, 2.0);
             let mask_values = key_mask(batch, t, batch > 1);
             let (mask, maskv) = c.upload(&mask_values, DType::F32);
-            let (h, mask) = (
-                h.view(0, &[batch, t, d]).unwrap(),
-                mask.view(0, &[batch, t]).unwrap(),
-            );
-            let out = selftest::poisoned(&b, &[batch, d], dtype).unwrap();
+            let mask = mask.view(0, &[batch, t]).unwrap();
+            let out = c.poisoned_at(at, &[batch, d], dtype);
             b.mean_pool(&h, &mask, &out).unwrap();
             let want = r::cast(&r::mean_pool(&hv, &maskv, batch, d), dtype);
             c.expect(
@@ -359,9 +392,8 @@ fn mean_pool_forward_and_backward() {
                 &want,
                 (OpClass::Elementwise, t, 0.0),
             );
-            let (dout, doutv) = c.tensor(batch * d, dtype, 1.0);
-            let dout = dout.view(0, &[batch, d]).unwrap();
-            let dh = selftest::poisoned(&b, &[batch, t, d], dtype).unwrap();
+            let (dout, doutv) = c.tensor_at(at, &[batch, d], dtype, 1.0);
+            let dh = c.poisoned_at(at, &[batch, t, d], dtype);
             b.mean_pool_backward(&dout, &mask, &dh).unwrap();
             let want = r::cast(&r::mean_pool_backward(&doutv, &maskv, batch, d), dtype);
             let what = format!("mean_pool_backward {dtype}");
@@ -370,14 +402,15 @@ fn mean_pool_forward_and_backward() {
     }
 }
 
-#[test]
-fn cross_entropy_of_half_logits() {
-    let b = cpu();
-    let mut c = Case::new(&b);
+/// Odd class counts put a row's last logit and the next row's first in one word; the gradient
+/// also overwrites the logits in place.
+fn cross_entropy_of_half_logits<B: Backend>(b: &B) {
+    let mut c = Case::new(b);
     for dtype in HALVES {
-        for (batch, classes) in [(1, 1), (3, 7), (33, 250)] {
-            let (logits, zv) = c.tensor(batch * classes, dtype, 4.0);
-            let logits = logits.view(0, &[batch, classes]).unwrap();
+        for (case, (batch, classes)) in [(1, 1), (3, 7), (5, 33), (33, 250)].into_iter().enumerate()
+        {
+            let at = 2 * (case % 2);
+            let (logits, zv) = c.tensor_at(at, &[batch, classes], dtype, 4.0);
             let labels_v: Vec<f32> = (0..batch).map(|i| ((i * 7) % classes) as f32).collect();
             let (labels, labelsv) = c.upload(&labels_v, DType::F32);
             let (loss, hits, lse) = (
@@ -395,7 +428,7 @@ fn cross_entropy_of_half_logits() {
                 hits.to_f32_vec().unwrap(),
                 [want.top1 as f32, want.top5 as f32]
             );
-            let dlogits = selftest::poisoned(&b, &[batch, classes], dtype).unwrap();
+            let dlogits = c.poisoned_at(at, &[batch, classes], dtype);
             // lse as the forward pass stored it.
             b.cross_entropy_backward(&logits, &labels, None, 0.1, &lse, 2.0, &dlogits)
                 .unwrap();
@@ -404,8 +437,76 @@ fn cross_entropy_of_half_logits() {
                 dtype,
             );
             let what = format!("cross_entropy_backward {dtype}");
-            c.expect(&what, &dlogits, &want, (OpClass::Reduction, classes, 0.0));
+            let sums = (OpClass::Reduction, classes, 0.0);
+            c.expect(&what, &dlogits, &want, sums);
+            b.cross_entropy_backward(&logits, &labels, None, 0.1, &lse, 2.0, &logits)
+                .unwrap();
+            c.expect(&format!("{what} in place"), &logits, &want, sums);
         }
+    }
+}
+
+/// Layer norm, its column sums, mean pool and cross-entropy give the same bits twice: fixed
+/// reduction orders, and a word shared by two rows' ends keeps both halves whichever row's
+/// workgroup writes first.
+fn norms_pools_and_losses_repeat_their_bits<B: Backend>(b: &B) {
+    let seed = seed();
+    let outputs = |dtype: DType| {
+        let mut c = Case {
+            b,
+            inputs: Inputs::new(seed),
+            seed,
+        };
+        let (rows, cols) = (67, 129);
+        let (x, _) = c.tensor(rows * cols, dtype, 2.0);
+        let (dy, _) = c.tensor(rows * cols, dtype, 1.0);
+        let (w, _) = c.tensor(cols, DType::F32, 1.0);
+        let (y, dx) = (
+            c.poisoned(rows * cols, dtype),
+            c.poisoned(rows * cols, dtype),
+        );
+        let (mean, rstd) = (c.poisoned(rows, DType::F32), c.poisoned(rows, DType::F32));
+        let [dw, db, bias_db] = [(); 3].map(|()| c.poisoned(cols, DType::F32));
+        b.layernorm(&x, &w, &w, 1e-5, &y, &mean, &rstd).unwrap();
+        b.layernorm_backward(&x, &w, &mean, &rstd, &dy, &dx, &dw, &db)
+            .unwrap();
+        b.bias_grad(&dy, &bias_db).unwrap();
+        let (batch, t, d) = (5, 9, 33);
+        let (h, _) = c.tensor_at(0, &[batch, t, d], dtype, 2.0);
+        let (mask, _) = c.upload(&key_mask(batch, t, true), DType::F32);
+        let mask = mask.view(0, &[batch, t]).unwrap();
+        let (pooled, dh) = (
+            c.poisoned_at(0, &[batch, d], dtype),
+            c.poisoned_at(0, &[batch, t, d], dtype),
+        );
+        b.mean_pool(&h, &mask, &pooled).unwrap();
+        b.mean_pool_backward(&pooled, &mask, &dh).unwrap();
+        let (logits, _) = c.tensor_at(0, &[17, 33], dtype, 4.0);
+        let labels: Vec<f32> = (0..17).map(|i| (i * 5 % 33) as f32).collect();
+        let (labels, _) = c.upload(&labels, DType::F32);
+        let (loss, hits, lse) = (
+            c.poisoned(1, DType::F32),
+            c.poisoned(2, DType::F32),
+            c.poisoned(17, DType::F32),
+        );
+        b.cross_entropy(&logits, &labels, None, 0.1, &loss, &hits, &lse)
+            .unwrap();
+        let dlogits = c.poisoned_at(0, &[17, 33], dtype);
+        b.cross_entropy_backward(&logits, &labels, None, 0.1, &lse, 1.0, &dlogits)
+            .unwrap();
+        [
+            &y, &mean, &rstd, &dx, &dw, &db, &bias_db, &pooled, &dh, &loss, &lse, &dlogits,
+        ]
+        .map(|t| {
+            let values = t.to_f32_vec().unwrap();
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        })
+    };
+    for dtype in HALVES {
+        assert!(
+            outputs(dtype) == outputs(dtype),
+            "seed {seed}: {dtype}: two runs differ"
+        );
     }
 }
 
@@ -707,15 +808,6 @@ fn the_gpu_refuses_half_operands_it_has_no_kernels_for() {
     let spec = MatmulSpec::new(2, 2, 2);
     for result in [
         g.matmul(&t(4, h), &t(4, h), None, &t(4, f), &spec),
-        g.layernorm(
-            &t(6, h),
-            &t(3, f),
-            &t(3, f),
-            1e-5,
-            &t(6, h),
-            &t(2, f),
-            &t(2, f),
-        ),
         g.attention(
             &t(12, h),
             &t(2, f),

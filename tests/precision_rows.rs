@@ -76,9 +76,11 @@ fn selftest_on_the_software_adapter_skips_what_it_refuses() {
             .copied()
             .filter(|r| r.get("skipped").is_some())
             .collect();
-        // Casts into the format run on the GPU (the f32 family's rows); every family with
-        // half rows refuses them.
-        assert_eq!(skipped.len(), 9, "{half:?}");
+        // Casts into the format run on the GPU (the f32 family's rows); the families without
+        // half-precision kernels yet refuse them, each one skipped row named by its first op.
+        let mut refused: Vec<&str> = skipped.iter().map(|r| r["op"].as_str().unwrap()).collect();
+        refused.dedup();
+        assert_eq!(refused, ["matmul", "attention_fwd"], "{half:?}");
         for r in &skipped {
             let reason = r["skipped"].as_str().unwrap();
             assert!(reason.contains("issue 20"), "{reason}");

@@ -287,7 +287,7 @@ impl Backend for GpuBackend {
     }
 
     fn bias_grad_unchecked(&self, dy: &Tensor<Self>, db: &Tensor<Self>, rows: usize) -> Result<()> {
-        f32_kernels_only("bias_grad", &[dy])?;
+        f16_needs_shader_f16(self, "bias_grad", &[dy])?;
         column_sums::bias_grad(self, dy, db, rows)
     }
 
@@ -302,7 +302,7 @@ impl Backend for GpuBackend {
         rstd: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
-        f32_kernels_only("layernorm", &[x])?;
+        f16_needs_shader_f16(self, "layernorm", &[x])?;
         layernorm::forward(self, x, w, b, eps, y, mean, rstd, rows)
     }
 
@@ -318,7 +318,7 @@ impl Backend for GpuBackend {
         db: &Tensor<Self>,
         rows: usize,
     ) -> Result<()> {
-        f32_kernels_only("layernorm_backward", &[x])?;
+        f16_needs_shader_f16(self, "layernorm_backward", &[x])?;
         layernorm::backward(self, x, w, mean, rstd, dy, dx, dw, db, rows)
     }
 
@@ -329,7 +329,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
-        f32_kernels_only("mean_pool", &[h])?;
+        f16_needs_shader_f16(self, "mean_pool", &[h])?;
         pool::forward(self, h, mask, out, dims)
     }
 
@@ -340,7 +340,7 @@ impl Backend for GpuBackend {
         dh: &Tensor<Self>,
         dims: (usize, usize, usize),
     ) -> Result<()> {
-        f32_kernels_only("mean_pool_backward", &[dout])?;
+        f16_needs_shader_f16(self, "mean_pool_backward", &[dout])?;
         pool::backward(self, dout, mask, dh, dims)
     }
 
@@ -356,7 +356,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
-        f32_kernels_only("cross_entropy", &[logits])?;
+        f16_needs_shader_f16(self, "cross_entropy", &[logits])?;
         cross_entropy::forward(self, logits, labels, w, s, loss, hits, lse, dims)
     }
 
@@ -372,7 +372,7 @@ impl Backend for GpuBackend {
         dims: (usize, usize),
     ) -> Result<()> {
         let (w, s) = (weights, label_smoothing);
-        f32_kernels_only("cross_entropy_backward", &[logits])?;
+        f16_needs_shader_f16(self, "cross_entropy_backward", &[logits])?;
         cross_entropy::backward(self, logits, labels, w, s, lse, scale, dlogits, dims)
     }
 

@@ -1,8 +1,11 @@
 //! Column sums in a fixed order (column_sums.wgsl): bias gradients, and layer norm's dw and db,
-//! as per-block partial sums and then a pass that adds the blocks in order.
+//! as per-block partial sums and then a pass that adds the blocks in order. The rows summed
+//! (dy, and layer norm's x) are stored in f32, f16 or bf16; the sums are f32.
 
+use super::pairs::declare_paired;
 use super::{index_u32, GpuTensor};
 use crate::backend::gpu::kernel_config::COLUMN_ROW_BLOCK;
+use crate::backend::gpu::operand::{per_word, Operand};
 use crate::backend::gpu::shaders::{
     wgsl_params, Entry, EntryPoint, KernelFamily, CHECKED_WORKGROUP,
 };
@@ -34,6 +37,8 @@ wgsl_params! {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ColumnSumsKernel {
+    /// The storage dtype of the rows summed.
+    pub dtype: DType,
     pub workgroup: u32,
     /// Rows each invocation of the partials passes adds up.
     pub row_block: u32,
@@ -53,7 +58,10 @@ impl KernelFamily for ColumnSumsKernel {
     type Params = ColumnSumParams;
 
     fn name(&self) -> String {
-        format!("column_sums_wg{}_rows{}", self.workgroup, self.row_block)
+        format!(
+            "column_sums_{}_wg{}_rows{}",
+            self.dtype, self.workgroup, self.row_block
+        )
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
@@ -64,7 +72,18 @@ impl KernelFamily for ColumnSumsKernel {
     }
 
     fn body(&self) -> String {
-        SOURCE.into()
+        let (d, f) = (self.dtype, DType::F32);
+        let operands = declare_paired(
+            d,
+            &[Operand::read("dy", 1, d), Operand::read("x", 2, d)],
+            &[
+                Operand::read("mean", 3, f),
+                Operand::read("rstd", 4, f),
+                Operand::write("partials", 5, f),
+                Operand::write("out", 6, f),
+            ],
+        );
+        SOURCE.replace("//!OPERANDS", &operands)
     }
 
     fn entries(&self) -> &'static [EntryPoint] {
@@ -72,10 +91,14 @@ impl KernelFamily for ColumnSumsKernel {
     }
 
     fn all() -> Vec<Self> {
-        vec![ColumnSumsKernel {
-            workgroup: CHECKED_WORKGROUP,
-            row_block: COLUMN_ROW_BLOCK,
-        }]
+        DType::ALL
+            .into_iter()
+            .map(|dtype| ColumnSumsKernel {
+                dtype,
+                workgroup: CHECKED_WORKGROUP,
+                row_block: COLUMN_ROW_BLOCK,
+            })
+            .collect()
     }
 }
 
@@ -95,12 +118,13 @@ pub(crate) fn bias_grad(
         dy_offset: index_u32(OP, dy.offset())?,
         ..ColumnSumParams::default()
     };
-    let (partials, base, grid) = partials(gpu, base)?;
+    let (partials, base, grid) = partials(gpu, base, dy.dtype())?;
     let params = ColumnSumParams {
         groups_x: grid[0],
         ..base
     };
-    gpu.launch(kernel(gpu), &BIAS_PARTIALS, &params, [dy, &partials], grid)?;
+    let kernel = kernel(gpu, dy.dtype());
+    gpu.launch(kernel, &BIAS_PARTIALS, &params, [dy, &partials], grid)?;
     finish(gpu, &partials, base, 0, db)
 }
 
@@ -125,35 +149,40 @@ pub(crate) fn layernorm_grads(
         rstd_offset: index_u32(OP, rstd.offset())?,
         ..ColumnSumParams::default()
     };
-    let (partials, base, grid) = partials(gpu, base)?;
+    let (partials, base, grid) = partials(gpu, base, dy.dtype())?;
     let params = ColumnSumParams {
         groups_x: grid[0],
         ..base
     };
     let bound = [dy, x, mean, rstd, &partials];
-    gpu.launch(kernel(gpu), &LAYERNORM_PARTIALS, &params, bound, grid)?;
+    let kernel = kernel(gpu, dy.dtype());
+    gpu.launch(kernel, &LAYERNORM_PARTIALS, &params, bound, grid)?;
     finish(gpu, &partials, base, 0, dw)?;
     finish(gpu, &partials, base, cols, db)
 }
 
-fn kernel(gpu: &GpuBackend) -> ColumnSumsKernel {
+fn kernel(gpu: &GpuBackend, dtype: DType) -> ColumnSumsKernel {
     ColumnSumsKernel {
+        dtype,
         workgroup: gpu.kernels.elementwise_workgroup,
         row_block: COLUMN_ROW_BLOCK,
     }
 }
 
 /// For the first pass: a new `[blocks, base.width]` matrix, one row of partial sums per block
-/// of rows; `base` with the block count; the grid of one invocation per (block, column).
+/// of rows; `base` with the block count; the grid of one invocation per (block, column), or per
+/// (block, pair of columns) when the rows are in 16-bit `dtype`.
 fn partials(
     gpu: &GpuBackend,
     base: ColumnSumParams,
+    dtype: DType,
 ) -> Result<(GpuTensor, ColumnSumParams, [u32; 3])> {
     let blocks = (base.rows as usize)
         .div_ceil(COLUMN_ROW_BLOCK as usize)
         .max(1);
     let matrix = gpu.alloc(&[blocks, base.width as usize], DType::F32)?;
-    let grid = gpu.grid(blocks * base.cols as usize);
+    let slots = (base.cols as usize).div_ceil(per_word(dtype) as usize);
+    let grid = gpu.grid(blocks * slots);
     let base = ColumnSumParams {
         blocks: blocks as u32,
         ..base
@@ -177,5 +206,7 @@ fn finish(
         groups_x: grid[0],
         ..base
     };
-    gpu.launch(kernel(gpu), &FINISH_COLUMNS, &params, [partials, out], grid)
+    // The partials are f32 whatever the rows were.
+    let kernel = kernel(gpu, DType::F32);
+    gpu.launch(kernel, &FINISH_COLUMNS, &params, [partials, out], grid)
 }

@@ -1,9 +1,13 @@
 //! Cross-entropy with label smoothing and class weights (cross_entropy.wgsl): per-row passes,
-//! one that sums the rows in order, and the gradient.
+//! one that sums the rows in order, and the gradient. The logits and their gradient are stored
+//! in f32, f16 or bf16; labels, weights, the loss, hits and log-sum-exps are f32, and so is
+//! the arithmetic.
 
+use super::pairs::{declare_paired, ROW_SLOTS};
 use super::{index_u32, GpuTensor};
+use crate::backend::gpu::operand::Operand;
 use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_family, workgroup_reduce_source, Entry, EntryPoint,
+    storage_family, wgsl_params, workgroup_reduce_source, Entry, EntryPoint,
 };
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
@@ -33,9 +37,29 @@ wgsl_params! {
     }
 }
 
-workgroup_family! {
+storage_family! {
     /// A power-of-two workgroup: rows are reduced down a tree.
-    CrossEntropyKernel, "cross_entropy", CrossEntropyParams, ENTRIES, format!("{}\n{SOURCE}", workgroup_reduce_source())
+    CrossEntropyKernel, "cross_entropy", CrossEntropyParams, ENTRIES, |d| {
+        let f = DType::F32;
+        let operands = declare_paired(
+            d,
+            &[Operand::read("logits", 1, d), Operand::write("dlogits", 8, d)],
+            &[
+                Operand::read("labels", 2, f),
+                Operand::read("weights", 3, f),
+                Operand::write("lse", 4, f),
+                Operand::write("rows", 5, f),
+                Operand::write("loss", 6, f),
+                Operand::write("hits", 7, f),
+            ],
+        );
+        let operands = format!("{operands}{ROW_SLOTS}");
+        format!(
+            "{}\n{}",
+            workgroup_reduce_source(),
+            SOURCE.replace("//!OPERANDS", &operands)
+        )
+    }
 }
 
 /// Without class weights, the labels stand in for them at binding 3.
@@ -75,9 +99,10 @@ pub(crate) fn forward(
     };
     let weights = weights.unwrap_or(labels);
     let bound = [logits, labels, weights, lse, &rows];
-    gpu.launch(kernel(gpu), &ROWS, &params, bound, grid)?;
+    gpu.launch(kernel(gpu, logits.dtype()), &ROWS, &params, bound, grid)?;
+    // The row terms are f32 whatever the logits were.
     gpu.launch(
-        kernel(gpu),
+        kernel(gpu, DType::F32),
         &FINISH,
         &params,
         [&rows, loss, hits],
@@ -114,11 +139,12 @@ pub(crate) fn backward(
     };
     let weights = weights.unwrap_or(labels);
     let bound = [logits, labels, weights, lse, dlogits];
-    gpu.launch(kernel(gpu), &BACKWARD, &params, bound, grid)
+    gpu.launch(kernel(gpu, logits.dtype()), &BACKWARD, &params, bound, grid)
 }
 
-fn kernel(gpu: &GpuBackend) -> CrossEntropyKernel {
+fn kernel(gpu: &GpuBackend, dtype: DType) -> CrossEntropyKernel {
     CrossEntropyKernel {
+        dtype,
         workgroup: gpu.kernels.elementwise_workgroup,
     }
 }

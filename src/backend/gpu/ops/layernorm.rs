@@ -1,11 +1,15 @@
 //! Layer norm over the last dimension (layernorm.wgsl): the forward pass and the dx part of
-//! the backward pass, one workgroup per row; dw and db are column sums (column_sums.rs).
+//! the backward pass, one workgroup per row; dw and db are column sums (column_sums.rs). x, y,
+//! dy and dx are stored in f32, f16 or bf16; w, b, mean and rstd are f32.
 
+use super::pairs::{declare_paired, ROW_SLOTS};
 use super::{column_sums, index_u32, GpuTensor};
+use crate::backend::gpu::operand::Operand;
 use crate::backend::gpu::shaders::{
-    wgsl_params, workgroup_family, workgroup_reduce_source, Entry, EntryPoint,
+    storage_family, wgsl_params, workgroup_reduce_source, Entry, EntryPoint,
 };
 use crate::backend::gpu::GpuBackend;
+use crate::dtype::DType;
 use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/layernorm.wgsl");
@@ -27,9 +31,28 @@ wgsl_params! {
     }
 }
 
-workgroup_family! {
+storage_family! {
     /// A power-of-two workgroup: rows are reduced down a tree.
-    LayerNormKernel, "layernorm", LayerNormParams, ENTRIES, format!("{}\n{SOURCE}", workgroup_reduce_source())
+    LayerNormKernel, "layernorm", LayerNormParams, ENTRIES, |d| {
+        let f = DType::F32;
+        let operands = declare_paired(
+            d,
+            &[
+                Operand::read("x", 1, d),
+                Operand::read("w", 2, f),
+                Operand::read("b", 3, f),
+                Operand::write("y", 4, d),
+                Operand::read("dy", 7, d),
+            ],
+            &[Operand::write("mean", 5, f), Operand::write("rstd", 6, f)],
+        );
+        let operands = format!("{operands}{ROW_SLOTS}");
+        format!(
+            "{}\n{}",
+            workgroup_reduce_source(),
+            SOURCE.replace("//!OPERANDS", &operands)
+        )
+    }
 }
 
 const FORWARD: Entry<LayerNormKernel, 6> = Entry::new("layernorm_fwd", [1, 2, 3, 4, 5, 6]);
@@ -66,7 +89,7 @@ pub(crate) fn forward(
         ..LayerNormParams::default()
     };
     let bound = [x, w, b, y, mean, rstd];
-    gpu.launch(kernel(gpu), &FORWARD, &params, bound, grid)
+    gpu.launch(kernel(gpu, x.dtype()), &FORWARD, &params, bound, grid)
 }
 
 /// dx by rows here, then dw and db by column sums.
@@ -98,12 +121,13 @@ pub(crate) fn backward(
         ..LayerNormParams::default()
     };
     let bound = [x, w, dx, mean, rstd, dy];
-    gpu.launch(kernel(gpu), &BACKWARD, &params, bound, grid)?;
+    gpu.launch(kernel(gpu, x.dtype()), &BACKWARD, &params, bound, grid)?;
     column_sums::layernorm_grads(gpu, [dy, x, mean, rstd], dw, db, rows)
 }
 
-fn kernel(gpu: &GpuBackend) -> LayerNormKernel {
+fn kernel(gpu: &GpuBackend, dtype: DType) -> LayerNormKernel {
     LayerNormKernel {
+        dtype,
         workgroup: gpu.kernels.elementwise_workgroup,
     }
 }

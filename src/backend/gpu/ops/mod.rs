@@ -13,6 +13,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod matmul_coop;
 pub mod optim;
+mod pairs;
 pub mod pool;
 
 use super::shaders::{Entry, KernelFamily};

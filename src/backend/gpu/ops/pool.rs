@@ -1,8 +1,12 @@
-//! Masked mean pool over time and its gradient (pool.wgsl).
+//! Masked mean pool over time and its gradient (pool.wgsl): the frames and the pooled rows in
+//! f32, f16 or bf16, the mask f32.
 
+use super::pairs::declare_paired;
 use super::{index_u32, GpuTensor};
-use crate::backend::gpu::shaders::{wgsl_params, workgroup_family, Entry, EntryPoint};
+use crate::backend::gpu::operand::{per_word, Operand};
+use crate::backend::gpu::shaders::{storage_family, wgsl_params, Entry, EntryPoint};
 use crate::backend::gpu::GpuBackend;
+use crate::dtype::DType;
 use crate::error::Result;
 
 const SOURCE: &str = include_str!("../../../../shaders/pool.wgsl");
@@ -20,12 +24,26 @@ wgsl_params! {
     }
 }
 
-workgroup_family! {
-    PoolKernel, "pool", PoolParams, ENTRIES, SOURCE.into()
+storage_family! {
+    PoolKernel, "pool", PoolParams, ENTRIES, |d| {
+        let operands = declare_paired(
+            d,
+            &[
+                Operand::read("h", 1, d),
+                Operand::write("pooled", 3, d),
+                Operand::read("dpooled", 4, d),
+                Operand::write("dh", 5, d),
+            ],
+            &[Operand::read("mask", 2, DType::F32)],
+        );
+        SOURCE.replace("//!OPERANDS", &operands)
+    }
 }
 
 const FORWARD: Entry<PoolKernel, 3> = Entry::new("mean_pool_fwd", [1, 2, 3]);
-const BACKWARD: Entry<PoolKernel, 3> = Entry::new("mean_pool_bwd", [1, 2, 3]);
+/// What each pass reads and writes has its own binding, so that reads of a written 16-bit
+/// operand never go through its atomic words.
+const BACKWARD: Entry<PoolKernel, 3> = Entry::new("mean_pool_bwd", [5, 2, 4]);
 const ENTRIES: &[EntryPoint] = &[FORWARD.point(), BACKWARD.point()];
 
 /// `out[b, j]`: the mean of `h[b, s, j]` over the real frames s of clip b.
@@ -52,8 +70,8 @@ pub(crate) fn backward(
     run(gpu, &BACKWARD, dims, [dh, mask, dout], batch * t * d)
 }
 
-/// One dispatch of `entry` over `items` invocations, with the frames `h`, the `mask` and the
-/// pooled rows bound in that order.
+/// One dispatch of `entry` over the words of its `items` output elements, with the frames
+/// `h`, the `mask` and the pooled rows bound in that order.
 fn run(
     gpu: &GpuBackend,
     entry: &Entry<PoolKernel, 3>,
@@ -62,7 +80,7 @@ fn run(
     items: usize,
 ) -> Result<()> {
     let op = entry.name;
-    let grid = gpu.grid(items);
+    let grid = gpu.grid(items.div_ceil(per_word(h.dtype()) as usize));
     let params = PoolParams {
         batch: index_u32(op, batch)?,
         t: index_u32(op, t)?,
@@ -74,6 +92,7 @@ fn run(
         ..PoolParams::default()
     };
     let kernel = PoolKernel {
+        dtype: h.dtype(),
         workgroup: gpu.kernels.elementwise_workgroup,
     };
     gpu.launch(kernel, entry, &params, [h, mask, pooled], grid)
