@@ -1,9 +1,51 @@
 //! `GpuConfig`: which device to use and how much of its memory to take.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
+/// The half-precision format of mixed-precision training (DESIGN.md, Precision), as the
+/// replaced system's `amp_dtype`: `f16` (also `float16`) or `bf16` (also `bfloat16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum AmpDtype {
+    #[default]
+    #[serde(rename = "f16", alias = "float16")]
+    F16,
+    #[serde(rename = "bf16", alias = "bfloat16")]
+    Bf16,
+}
+
+impl AmpDtype {
+    /// The storage dtype of activations and of the products' weight copies.
+    pub fn dtype(self) -> DType {
+        match self {
+            AmpDtype::F16 => DType::F16,
+            AmpDtype::Bf16 => DType::Bf16,
+        }
+    }
+
+    /// `none` (None), or a format by either of its names.
+    pub fn parse_amp(text: &str) -> Result<Option<AmpDtype>> {
+        match text {
+            "none" => Ok(None),
+            "f16" | "float16" => Ok(Some(AmpDtype::F16)),
+            "bf16" | "bfloat16" => Ok(Some(AmpDtype::Bf16)),
+            _ => Err(Error::InvalidConfig {
+                field: "amp",
+                value: text.to_string(),
+                allowed: "none, f16 (float16) or bf16 (bfloat16)",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for AmpDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dtype().name())
+    }
+}
+
 /// Device and memory settings, the counterpart of the PyTorch system's `GPUConfig`.
-/// Autotuning and precision settings join when those features land.
+/// Autotuning settings join when that feature lands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct GpuConfig {
@@ -15,6 +57,10 @@ pub struct GpuConfig {
     pub memory_limit_mb: Option<u64>,
     /// Empty the buffer pool's cache every this many training steps (0 = never).
     pub empty_cache_interval: u32,
+    /// Mixed-precision training (the replaced system's `enable_amp`).
+    pub enable_amp: bool,
+    /// Its half-precision format.
+    pub amp_dtype: AmpDtype,
 }
 
 impl Default for GpuConfig {
@@ -24,6 +70,8 @@ impl Default for GpuConfig {
             memory_fraction: 0.9,
             memory_limit_mb: None,
             empty_cache_interval: 0,
+            enable_amp: false,
+            amp_dtype: AmpDtype::default(),
         }
     }
 }

@@ -64,7 +64,7 @@ pub use backend::{
     AdamW, AnyBackend, AnyMemoryGuard, AttentionSpec, Backend, CpuBackend, Elementwise, GpuBackend,
     MatmulSpec,
 };
-pub use config::GpuConfig;
+pub use config::{AmpDtype, GpuConfig};
 pub use device::{Adapters, DeviceInfo};
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use signflow::model::ModelConfig;
 use signflow::train::state::TrainingState;
 use signflow::train::trainer::STATE_FILE;
 use signflow::train::{Augment, Schedule, TrainingConfig};
-use signflow::{Error, Result};
+use signflow::{AmpDtype, Error, Result};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -97,7 +97,9 @@ pub struct TrainArgs {
     /// Write a step record to metrics.jsonl every this many updates.
     #[arg(long)]
     pub log_every: Option<usize>,
-    /// Mixed precision: only `none` until it lands.
+    /// Mixed-precision training: `none`, `f16` (with dynamic loss scaling) or `bf16`.
+    /// Activations and the products' weight copies are stored in that format; master weights,
+    /// AdamW's moments, layer-norm statistics and the loss stay f32 (`use_amp`, `amp_dtype`).
     #[arg(long)]
     pub amp: Option<String>,
     /// Share of the device's memory the buffer pool may hold, in (0, 1].
@@ -187,7 +189,7 @@ pub fn flag_defaults() -> Vec<(&'static str, String)> {
         ("augment", name(serde_json::to_value(t.augment))),
         ("seed", t.seed.to_string()),
         ("log_every", t.log_every.to_string()),
-        ("amp", t.amp),
+        ("amp", "none".into()),
         ("memory_fraction", t.memory_fraction.to_string()),
         ("d_model", m.d_model.to_string()),
         ("num_heads", m.num_heads.to_string()),
@@ -267,7 +269,13 @@ impl TrainArgs {
         set!(t.min_delta, self.min_delta);
         set!(t.seed, self.seed);
         set!(t.log_every, self.log_every);
-        set!(t.amp, self.amp);
+        if let Some(amp) = &self.amp {
+            // Flags override the file: `none` turns AMP off whatever its dtype says.
+            match AmpDtype::parse_amp(amp)? {
+                Some(dtype) => (t.use_amp, t.amp_dtype) = (true, dtype),
+                None => t.use_amp = false,
+            }
+        }
         set!(t.memory_fraction, self.memory_fraction);
         if self.memory_limit_mb.is_some() {
             t.memory_limit_mb = self.memory_limit_mb;
