@@ -14,7 +14,7 @@ use super::curves::write_curves_svg;
 use super::evaluate::{evaluate, planned, EvalReport};
 use super::metrics::{split_records, EpochRecord, MetricsLog, StepRecord};
 use super::optimizer::Optimizer;
-use super::scaler::LossScaler;
+use super::scaler::{LossScaler, ScalerState};
 use super::schedule::LrSchedule;
 use super::state::{Progress, TrainingState};
 use crate::backend::{AdamW, Backend};
@@ -368,9 +368,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
                     / (1024.0 * 1024.0),
                 seconds,
             };
-            epoch_bar.set_message(epoch_message(&record));
+            let scaler = cfg.use_amp.then(|| self.scaler.state());
+            let message = epoch_message(&record, scaler);
+            epoch_bar.set_message(message.clone());
             epoch_bar.inc(1);
-            tracing::info!("{}", epoch_message(&record));
+            tracing::info!("{message}");
             self.end_epoch(report.as_ref(), &preprocessing)?;
             if let Some(log) = log.as_mut() {
                 log.append(record.clone())?;
@@ -734,11 +736,18 @@ fn check_state_values(path: &Path, state: &TrainingState) -> Result<()> {
     ))
 }
 
-fn epoch_message(r: &EpochRecord) -> String {
+/// An epoch's summary; with AMP, the loss scale and the updates skipped so far.
+fn epoch_message(r: &EpochRecord, scaler: Option<&ScalerState>) -> String {
     let mut s = format!(
         "epoch {}: train loss {:.4}, {:.0} samples/s, peak {:.0} MB, {:.1} s",
         r.epoch, r.train_loss, r.samples_per_s, r.peak_mb, r.seconds
     );
+    if let Some(scaler) = scaler {
+        s += &format!(
+            ", loss scale {} ({} updates skipped)",
+            scaler.scale, scaler.skipped
+        );
+    }
     if let (Some(l), Some(t1), Some(t5)) = (r.val_loss, r.val_top1, r.val_top5) {
         let l = if l.is_finite() {
             format!("{l:.4}")
