@@ -234,9 +234,10 @@ fn run_training<B: Backend>(
             budget_bytes,
             hint,
         }) if hint.is_empty() => {
-            let (config, batch) = (
+            let (config, batch, precision) = (
                 trainer.model().config().clone(),
                 trainer.config().batch_size,
+                trainer.model().precision(),
             );
             // The run's own buffers would crowd the search.
             drop(trainer);
@@ -245,7 +246,7 @@ fn run_training<B: Backend>(
                 requested_bytes,
                 in_use_bytes,
                 budget_bytes,
-                hint: batch_that_fits(b, &config, seq_len, batch),
+                hint: batch_that_fits(b, &config, seq_len, batch, precision),
             });
         }
         other => other?,
@@ -269,12 +270,13 @@ fn run_training<B: Backend>(
 
 /// What to say after a training step ran out of memory at `batch` clips: the largest batch
 /// that runs within the same budget, and the gradient accumulation that keeps the effective
-/// batch.
+/// batch, in the run's `precision`.
 fn batch_that_fits<B: Backend>(
     b: &B,
     config: &ModelConfig,
     seq_len: usize,
     batch: usize,
+    precision: DType,
 ) -> String {
     let below = (1, batch.saturating_sub(1).max(1));
     let nothing_fits = "; not even a batch of 1 fits: lower --max-seq-len or the model's size, or \
@@ -284,7 +286,7 @@ fn batch_that_fits<B: Backend>(
     let Ok(_accumulator) = b.alloc(&[ParamLayout::new(config).total], DType::F32) else {
         return nothing_fits.into();
     };
-    match optimal_batch_size(b, config, seq_len, true, DType::F32, below) {
+    match optimal_batch_size(b, config, seq_len, true, precision, below) {
         Ok(found) if found.batch_size < batch => {
             let accum = batch.div_ceil(found.batch_size);
             format!(
