@@ -23,6 +23,15 @@ impl AmpDtype {
         }
     }
 
+    /// The AMP format whose storage dtype is `dtype`; None for f32 (no AMP).
+    pub fn of(dtype: DType) -> Option<AmpDtype> {
+        match dtype {
+            DType::F32 => None,
+            DType::F16 => Some(AmpDtype::F16),
+            DType::Bf16 => Some(AmpDtype::Bf16),
+        }
+    }
+
     /// `none` (None), or a format by either of its names.
     pub fn parse_amp(text: &str) -> Result<Option<AmpDtype>> {
         match text {
