@@ -1,9 +1,60 @@
 //! `GpuConfig`: which device to use and how much of its memory to take.
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 
+/// The half-precision format of mixed-precision training (DESIGN.md, Precision), as the
+/// replaced system's `amp_dtype`: `f16` (also `float16`) or `bf16` (also `bfloat16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum AmpDtype {
+    #[default]
+    #[serde(rename = "f16", alias = "float16")]
+    F16,
+    #[serde(rename = "bf16", alias = "bfloat16")]
+    Bf16,
+}
+
+impl AmpDtype {
+    /// The storage dtype of activations and of the products' weight copies.
+    pub fn dtype(self) -> DType {
+        match self {
+            AmpDtype::F16 => DType::F16,
+            AmpDtype::Bf16 => DType::Bf16,
+        }
+    }
+
+    /// The AMP format whose storage dtype is `dtype`; None for f32 (no AMP).
+    pub fn of(dtype: DType) -> Option<AmpDtype> {
+        match dtype {
+            DType::F32 => None,
+            DType::F16 => Some(AmpDtype::F16),
+            DType::Bf16 => Some(AmpDtype::Bf16),
+        }
+    }
+
+    /// `none` (None), or a format by either of its names.
+    pub fn parse_amp(text: &str) -> Result<Option<AmpDtype>> {
+        match text {
+            "none" => Ok(None),
+            "f16" | "float16" => Ok(Some(AmpDtype::F16)),
+            "bf16" | "bfloat16" => Ok(Some(AmpDtype::Bf16)),
+            _ => Err(Error::InvalidConfig {
+                field: "amp",
+                value: text.to_string(),
+                allowed: "none, f16 (float16) or bf16 (bfloat16)",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for AmpDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dtype().name())
+    }
+}
+
 /// Device and memory settings, the counterpart of the PyTorch system's `GPUConfig`.
-/// Autotuning and precision settings join when those features land.
+/// Autotuning settings join when that feature lands.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct GpuConfig {
@@ -17,6 +68,10 @@ pub struct GpuConfig {
     pub empty_cache_interval: u32,
     /// Whether f16 matrix products use the adapter's cooperative matrices (tensor cores).
     pub cooperative_matrix: CoopMatrix,
+    /// Mixed-precision training (the replaced system's `enable_amp`).
+    pub enable_amp: bool,
+    /// Its half-precision format.
+    pub amp_dtype: AmpDtype,
 }
 
 /// The cooperative-matrix switch (`--coop-matrix`): `auto` uses them where the adapter
@@ -48,6 +103,8 @@ impl Default for GpuConfig {
             memory_limit_mb: None,
             empty_cache_interval: 0,
             cooperative_matrix: CoopMatrix::Auto,
+            enable_amp: false,
+            amp_dtype: AmpDtype::default(),
         }
     }
 }

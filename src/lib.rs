@@ -64,7 +64,7 @@ pub use backend::{
     AdamW, AnyBackend, AnyMemoryGuard, AttentionSpec, Backend, CpuBackend, Elementwise, GpuBackend,
     MatmulSpec,
 };
-pub use config::{CoopMatrix, GpuConfig};
+pub use config::{AmpDtype, CoopMatrix, GpuConfig};
 pub use device::{Adapters, DeviceInfo};
 pub use dtype::DType;
 pub use error::{Error, Result};

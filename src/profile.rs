@@ -29,7 +29,7 @@ pub struct ProfileSettings {
     /// than a prediction.
     pub train: bool,
     /// Storage of the weights and activations (DESIGN.md, Precision); a training step in
-    /// half precision needs mixed-precision training.
+    /// half precision is a mixed-precision step (`signflow train --amp`).
     pub precision: DType,
 }
 

@@ -500,6 +500,7 @@ fn training_state() -> TrainingState {
             finished: false,
         },
         config: TrainingConfig::default(),
+        scaler: None,
     }
 }
 

@@ -247,13 +247,25 @@ fn half_forward_is_deterministic() {
     }
 }
 
+/// A workspace of another dtype is refused; in half precision the backward pass (mixed-precision
+/// training's) gives f32 gradients near the f32 pass's.
 #[test]
-fn a_workspace_in_another_dtype_and_half_training_are_refused() {
+fn a_workspace_in_another_dtype_is_refused_and_half_backward_follows_f32() {
     let b = cpu();
     let cfg = config();
+    let batch = batch(&cfg);
+    let grads = |dtype: DType| {
+        let mut model = SignTransformer::new(&b, cfg.clone(), 1).unwrap();
+        model.set_precision(&b, dtype).unwrap();
+        let ws = Workspace::new_in(&b, &cfg, batch.batch, batch.seq, true, dtype).unwrap();
+        ws.load(&b, &cfg, &batch, &[0, 1, 2]).unwrap();
+        model.forward(&b, &ws, None).unwrap();
+        model.loss(&b, &ws, 0.0).unwrap();
+        model.backward(&b, &ws, 0.0, 1.0, None).unwrap();
+        model.named_grads().unwrap()
+    };
     let mut model = SignTransformer::new(&b, cfg.clone(), 1).unwrap();
     model.set_precision(&b, DType::F16).unwrap();
-    let batch = batch(&cfg);
     let ws = Workspace::new(&b, &cfg, batch.batch, batch.seq, true).unwrap();
     ws.load(&b, &cfg, &batch, &[0, 1, 2]).unwrap();
     let err = model.forward(&b, &ws, None).unwrap_err().to_string();
@@ -261,15 +273,24 @@ fn a_workspace_in_another_dtype_and_half_training_are_refused() {
         err.contains("f32 activations") && err.contains("f16"),
         "{err}"
     );
-    let ws = Workspace::new_in(&b, &cfg, batch.batch, batch.seq, true, DType::F16).unwrap();
-    ws.load(&b, &cfg, &batch, &[0, 1, 2]).unwrap();
-    model.forward(&b, &ws, None).unwrap();
-    model.loss(&b, &ws, 0.0).unwrap();
     let err = model
         .backward(&b, &ws, 0.0, 1.0, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("backward") && err.contains("f16"), "{err}");
+
+    let want = grads(DType::F32);
+    for (dtype, tol) in [(DType::F16, 5e-3), (DType::Bf16, 5e-2)] {
+        for ((name, _, w), (_, _, g)) in want.iter().zip(&grads(dtype)) {
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = w
+                .iter()
+                .zip(g)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(err <= tol * scale, "{dtype} {name}: {err} of {scale}");
+        }
+    }
 }
 
 fn top1(predictions: &str) -> Vec<u64> {

@@ -235,8 +235,7 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
             "{p}"
         );
     }
-    // Half precision: the prediction in f16 storage, and a training step refused until
-    // mixed-precision training exists.
+    // Half precision: the prediction in f16 storage, and a mixed-precision training step.
     let (code, out, err) = profile(&["--device", "cpu", "--precision", "f16", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -245,9 +244,21 @@ fn profile_reports_times_and_memory_of_a_prediction_and_a_training_step() {
         (&"predict".into(), &"f16".into()),
         "{p}"
     );
-    let (code, _, err) = profile(&["--device", "cpu", "--precision", "bf16", "--train"]);
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("mixed-precision training"), "{err}");
+    let (code, out, err) = profile(&[
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--train",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&p["mode"], &p["dtype"]),
+        (&"train_step".into(), &"bf16".into()),
+        "{p}"
+    );
     let (code, _, err) = profile(&["--device", "cpu", "--seq-len", "13"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("seq_len = 13"), "{err}");

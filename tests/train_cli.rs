@@ -239,11 +239,14 @@ fn bad_requests_are_explained() {
         "--data",
         pack.to_str().unwrap(),
         "--amp",
-        "f16",
+        "fp16",
         "--device",
         "cpu",
     ]);
-    assert!(err.contains("only `none`"), "{err}");
+    assert!(
+        err.contains("amp = fp16") && err.contains("none, f16"),
+        "{err}"
+    );
     let err = fails(&[
         "train",
         "--data",

@@ -9,7 +9,7 @@ use signflow::train::{
     split_records, write_curves_svg, Augment, EpochRecord, LrSchedule, MetricsLog, Record,
     Schedule, StepRecord, TrainingConfig,
 };
-use signflow::Error;
+use signflow::{AmpDtype, Error};
 
 // ---------------------------------------------------------------------------------------------
 // TrainingConfig
@@ -19,7 +19,9 @@ fn defaults_validate_and_match_the_design() {
     let c = TrainingConfig::default();
     c.validate().unwrap();
     assert_eq!(c.device, "auto");
-    assert_eq!(c.amp, "none");
+    assert!(!c.use_amp);
+    assert_eq!(c.amp_dtype, AmpDtype::F16);
+    assert_eq!((c.amp_init_scale, c.amp_growth_interval), (65536.0, 2000));
     assert_eq!((c.batch_size, c.gradient_accumulation_steps), (32, 1));
     assert_eq!((c.num_workers, c.num_epochs), (2, 30));
     assert_eq!((c.learning_rate, c.weight_decay), (3e-4, 0.05));
@@ -79,20 +81,63 @@ fn bad_values_are_rejected_naming_the_field() {
     }
 }
 
+/// `amp` in a config file is the command line's shorthand for `use_amp` and `amp_dtype`; the
+/// dtype takes PyTorch's names too; a conflict names both keys.
 #[test]
-fn amp_other_than_none_says_mixed_precision_is_not_available() {
-    for amp in ["bf16", "f16", "fp16", "auto", ""] {
-        let c = TrainingConfig {
-            amp: amp.into(),
-            ..TrainingConfig::default()
-        };
-        let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("amp"), "{msg}");
-        assert!(
-            msg.contains("mixed precision is not available yet"),
-            "{msg}"
-        );
-        assert!(msg.contains("`none`"), "{msg}");
+fn amp_settings_resolve_from_either_form_and_conflicts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (r#"{"amp": "f16"}"#, true, AmpDtype::F16),
+        (r#"{"amp": "bfloat16"}"#, true, AmpDtype::Bf16),
+        (
+            r#"{"amp": "none", "amp_dtype": "bf16"}"#,
+            false,
+            AmpDtype::Bf16,
+        ),
+        (
+            r#"{"use_amp": true, "amp_dtype": "float16"}"#,
+            true,
+            AmpDtype::F16,
+        ),
+        (
+            r#"{"use_amp": true, "amp_dtype": "bf16", "amp": "bf16"}"#,
+            true,
+            AmpDtype::Bf16,
+        ),
+        (r#"{"amp_dtype": "bf16"}"#, false, AmpDtype::Bf16),
+    ];
+    for (k, (text, use_amp, dtype)) in cases.into_iter().enumerate() {
+        let path = write(dir.path(), &format!("amp{k}.json"), text);
+        let (c, _) = TrainingConfig::from_file(&path).unwrap();
+        assert_eq!((c.use_amp, c.amp_dtype), (use_amp, dtype), "{text}");
+    }
+    let refused = [
+        (r#"{"amp": "fp16"}"#, ["amp", "none, f16"]),
+        (r#"{"amp": true}"#, ["amp", "none, f16"]),
+        (r#"{"amp_dtype": "f8"}"#, ["amp_dtype", "f16"]),
+        (
+            r#"{"amp": "none", "use_amp": true}"#,
+            ["`amp` none", "`use_amp` true"],
+        ),
+        (
+            r#"{"amp": "f16", "amp_dtype": "bf16"}"#,
+            ["`amp` f16", "`amp_dtype` \"bf16\""],
+        ),
+        (
+            r#"{"amp_init_scale": 0}"#,
+            ["amp_init_scale", "greater than 0"],
+        ),
+        (
+            r#"{"amp_growth_interval": 0}"#,
+            ["amp_growth_interval", "at least 1"],
+        ),
+    ];
+    for (k, (text, named)) in refused.into_iter().enumerate() {
+        let path = write(dir.path(), &format!("bad_amp{k}.json"), text);
+        let msg = TrainingConfig::from_file(&path).unwrap_err().to_string();
+        for n in named {
+            assert!(msg.contains(n), "{text}: {msg}");
+        }
     }
 }
 
@@ -106,15 +151,19 @@ fn a_bad_device_request_is_rejected() {
 }
 
 #[test]
-fn gpu_config_carries_the_device_and_memory_settings() {
+fn gpu_config_carries_the_device_memory_and_amp_settings() {
     let c = TrainingConfig {
         device: "cpu".into(),
         memory_fraction: 0.5,
         memory_limit_mb: Some(512),
         empty_cache_interval: 7,
+        use_amp: true,
+        amp_dtype: AmpDtype::Bf16,
         ..TrainingConfig::default()
     };
     let g = c.gpu_config();
+    assert!(g.enable_amp);
+    assert_eq!(g.amp_dtype, AmpDtype::Bf16);
     assert_eq!(g.device, "cpu");
     assert_eq!(g.memory_fraction, 0.5);
     assert_eq!(g.memory_limit_mb, Some(512));
@@ -177,7 +226,7 @@ fn from_file_errors_name_the_file_and_the_setting() {
         (r#"{"schedule": "linear"}"#, "schedule"),
         // A value of the right type, out of range.
         (r#"{"learning_rate": -0.5}"#, "learning_rate"),
-        (r#"{"amp": "bf16"}"#, "mixed precision is not available yet"),
+        (r#"{"amp": "fp8"}"#, "amp = fp8"),
         // Not a config at all.
         (r#"[1, 2, 3]"#, "JSON object"),
         (r#"{"model": 3}"#, "`model` must be a JSON object"),
@@ -353,6 +402,8 @@ fn step(step: usize, epoch: usize, loss: f64) -> StepRecord {
         epoch,
         loss,
         lr: 1e-4 * step as f64,
+        loss_scale: None,
+        skipped: None,
     }
 }
 

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use signflow::data::{split, synth_clips, Dataset, Source, SplitSpec};
 use signflow::model::{Checkpoint, ModelConfig, Preprocessing};
-use signflow::train::{initial_model, Trainer, TrainingConfig};
-use signflow::{CpuBackend, Error, GpuConfig};
+use signflow::train::state::TrainingState;
+use signflow::train::TrainingConfig;
+use signflow::train::{initial_model, split_records, MetricsLog, StepRecord, Trainer};
+use signflow::{AmpDtype, CpuBackend, Error, GpuConfig};
+use std::path::Path;
 
 fn tiny() -> ModelConfig {
     ModelConfig {
@@ -47,6 +50,41 @@ fn config(out: &std::path::Path) -> TrainingConfig {
 
 #[test]
 fn resumed_run_matches_unbroken_run() {
+    let state = resumes_to_the_unbroken_run(config);
+    assert_eq!(state.scaler, None);
+}
+
+/// With `--amp f16` the scale starts where the first updates overflow and doubles after every
+/// clean one, so that a scaler state or a skipped count not carried over would show; bf16
+/// neither scales nor skips.
+#[test]
+fn resumed_amp_runs_match_unbroken_runs() {
+    for amp_dtype in [AmpDtype::F16, AmpDtype::Bf16] {
+        let state = resumes_to_the_unbroken_run(|out| TrainingConfig {
+            use_amp: true,
+            amp_dtype,
+            amp_init_scale: 1048576.0,
+            amp_growth_interval: 1,
+            ..config(out)
+        });
+        let scaler = state.scaler.unwrap();
+        match amp_dtype {
+            AmpDtype::F16 => {
+                assert!(scaler.skipped > 0, "no update overflowed: {scaler:?}");
+                assert!(
+                    scaler.skipped < state.progress.step,
+                    "every update overflowed"
+                );
+            }
+            AmpDtype::Bf16 => assert_eq!((scaler.scale, scaler.skipped), (1.0, 0)),
+        }
+    }
+}
+
+/// Trains a run of `config` unbroken, and again interrupted after its first update (mid-epoch)
+/// then resumed from its directory: the same parameters, losses, step rows, moments and loss
+/// scaler. Returns the unbroken run's final state.
+fn resumes_to_the_unbroken_run(config: impl Fn(&Path) -> TrainingConfig) -> TrainingState {
     let b = CpuBackend::new(&GpuConfig::default()).unwrap();
     let (train, val, classes) = data();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -57,7 +95,6 @@ fn resumed_run_matches_unbroken_run() {
     assert_eq!(epochs.len(), 2);
     let want = unbroken.model().named_parameters().unwrap();
 
-    // Interrupted after its first update (mid-epoch), then resumed from the directory.
     let (model, _) = initial_model(&b, &tiny(), &classes, None, 7).unwrap();
     let mut broken = Trainer::new(&b, model, config(dirs.1.path()), classes.clone()).unwrap();
     broken.interrupt_flag().store(true, Ordering::SeqCst);
@@ -67,24 +104,19 @@ fn resumed_run_matches_unbroken_run() {
     let mut resumed = Trainer::resume(&b, dirs.1.path()).unwrap();
     let epochs_resumed = resumed.fit(train, Some(val)).unwrap();
     let got = resumed.model().named_parameters().unwrap();
-    assert_eq!(got, want, "the resumed run ends at other parameters");
+    assert!(got == want, "the resumed run ends at other parameters");
     assert_eq!(epochs_resumed.len(), 2);
     for (a, b) in epochs.iter().zip(&epochs_resumed) {
         assert_eq!(a.train_loss, b.train_loss);
         assert_eq!(a.val_top1, b.val_top1);
     }
-    let log = |d: &std::path::Path| {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("\"step\""))
-            .count()
+    // One step record per update, the same in both.
+    let steps = |d: &Path| {
+        let (steps, _) = split_records(MetricsLog::read(&d.join("metrics.jsonl")).unwrap());
+        let row = |s: &StepRecord| (s.step, s.loss.to_bits(), s.lr, s.loss_scale, s.skipped);
+        steps.iter().map(row).collect::<Vec<_>>()
     };
-    assert_eq!(
-        log(dirs.0.path()),
-        log(dirs.1.path()),
-        "one step record per update"
-    );
+    assert_eq!(steps(dirs.0.path()), steps(dirs.1.path()));
     for f in [
         "best.safetensors",
         "final.safetensors",
@@ -94,10 +126,15 @@ fn resumed_run_matches_unbroken_run() {
     ] {
         assert!(dirs.1.path().join(f).exists(), "{f} missing");
     }
+    let state = |d: &Path| TrainingState::load(&d.join("state.safetensors")).unwrap();
+    let (a, z) = (state(dirs.0.path()), state(dirs.1.path()));
+    assert!(a.exp_avg == z.exp_avg && a.exp_avg_sq == z.exp_avg_sq);
+    assert_eq!((&a.progress, &a.scaler), (&z.progress, &z.scaler));
     // The run's config.json repeats the run through --config.
     let (again, model) = TrainingConfig::from_file(&dirs.0.path().join("config.json")).unwrap();
     assert_eq!(again, config(dirs.0.path()));
     assert_eq!(model.unwrap()["d_model"], 16);
+    a
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::model::{DropoutStep, ModelConfig, SignTransformer, Workspace};
 use crate::ops::Op;
 use crate::selftest::{Inputs, HALVES};
 use crate::tensor::{HostTensor, Tensor};
-use crate::train::Optimizer;
+use crate::train::{LossScaler, Optimizer, TrainingConfig};
 use seed::{PredictionMode, SeedPlan, PRECISIONS};
 
 /// One line of `signflow bench --json`.
@@ -344,12 +344,13 @@ pub fn bench_matmul<B: Backend>(
 /// of one training step or one prediction, as `shared/peers/torch_cpu.py` times PyTorch: a
 /// training step at batch 32 × 64 frames (forward with dropout, loss, backward, clipping,
 /// AdamW; peak memory counts the parameters, gradients, moments and every activation), and a
-/// single clip's prediction.
+/// single clip's prediction. A training step in f16 or bf16 is a mixed-precision step, as
+/// `signflow train --amp` takes it (in f16 with its loss scaling).
 pub(crate) struct ModelCase<B: Backend> {
     model: SignTransformer<B>,
     ws: Workspace<B>,
     /// Present for a training step.
-    optimizer: Option<Optimizer<B>>,
+    optimizer: Option<(Optimizer<B>, LossScaler<B>)>,
     step: u64,
     batch: usize,
     seq: usize,
@@ -393,7 +394,19 @@ impl<B: Backend> ModelCase<B> {
         };
         let ids: Vec<usize> = (0..batch).collect();
         ws.load(b, &cfg, &input, &ids)?;
-        let optimizer = training.then(|| Optimizer::new(b, &model)).transpose()?;
+        let optimizer = training
+            .then(|| {
+                let amp = TrainingConfig::default();
+                let scaler = LossScaler::new(
+                    b,
+                    dtype,
+                    amp.amp_init_scale as f32,
+                    amp.amp_growth_interval,
+                    None,
+                )?;
+                Ok::<_, Error>((Optimizer::new(b, &model)?, scaler))
+            })
+            .transpose()?;
         Ok(ModelCase {
             model,
             ws,
@@ -407,7 +420,7 @@ impl<B: Backend> ModelCase<B> {
 
     /// Records one training step, or one prediction.
     pub(crate) fn run(&mut self, b: &B) -> Result<()> {
-        let Some(optimizer) = &mut self.optimizer else {
+        let Some((optimizer, scaler)) = &mut self.optimizer else {
             return self.model.forward(b, &self.ws, None);
         };
         self.step += 1;
@@ -417,7 +430,12 @@ impl<B: Backend> ModelCase<B> {
         });
         self.model.forward(b, &self.ws, dropout)?;
         self.model.loss(b, &self.ws, 0.0)?;
-        self.model.backward(b, &self.ws, 0.0, 1.0, dropout)?;
+        self.model
+            .backward(b, &self.ws, 0.0, scaler.scale(), dropout)?;
+        scaler.unscale(b, &self.model.grads().all)?;
+        if scaler.update()? {
+            return Ok(());
+        }
         optimizer.step(
             b,
             &self.model,
@@ -813,12 +831,9 @@ pub fn run_all<B: Backend>(
             rows.extend(bench_attention(b, &spec, budget, &mut inputs)?);
         }
     }
-    // Training runs in f32 until mixed-precision training exists (the model refuses a
-    // half-precision backward pass); a prediction runs in every precision the backend takes.
-    let model_cases = [
-        (Op::TrainStep, &[DType::F32][..]),
-        (Op::Predict, &PRECISIONS[..]),
-    ];
+    // A training step (mixed precision in f16 and bf16) and a prediction in every precision
+    // the backend takes.
+    let model_cases = [(Op::TrainStep, &PRECISIONS), (Op::Predict, &PRECISIONS)];
     for (op, dtypes) in model_cases {
         for &dtype in dtypes {
             let name = format!("{op} {dtype}");

@@ -10,6 +10,7 @@ use super::{
     median, percentile, row, time, unless_refused, BenchBudget, BenchRow, ModelCase, Samples, Timer,
 };
 use crate::backend::Backend;
+use crate::config::AmpDtype;
 use crate::data::{synth_clips, Batch, Dataset, Source};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -21,7 +22,7 @@ use crate::selftest::Inputs;
 use crate::train::{Trainer, TrainingConfig};
 
 /// The precisions the model's rows are measured in, where the backend runs the case in them
-/// (training in half precision waits for mixed-precision training).
+/// (training in half precision is mixed-precision training).
 pub const PRECISIONS: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
 
 /// The case names that `--filter` matches (`seed` selects both). They avoid the other cases'
@@ -219,13 +220,14 @@ pub fn bench_training<B: Backend>(
     r.step_ms = Some(r.median_ms);
     let steps = PROJECTED_CLIPS.div_ceil(BATCH) * PROJECTED_EPOCHS;
     r.projected_s = Some(r.median_ms * steps as f64 / 1e3);
-    r.run_step_ms = Some(real_run_step_ms(b, plan)?);
+    r.run_step_ms = Some(real_run_step_ms(b, plan, dtype)?);
     Ok(r)
 }
 
 /// The time per step of the epochs after the first of a real [`Trainer`] run of
-/// `plan.run_clips` generated clips at batch [`BATCH`], no validation, nothing written.
-fn real_run_step_ms<B: Backend>(b: &B, plan: &SeedPlan) -> Result<f64> {
+/// `plan.run_clips` generated clips at batch [`BATCH`], no validation, nothing written; in
+/// f16 or bf16 a mixed-precision run.
+fn real_run_step_ms<B: Backend>(b: &B, plan: &SeedPlan, dtype: DType) -> Result<f64> {
     const SEED: u64 = 0;
     let classes = plan.model.num_classes;
     let pack = synth_clips(
@@ -243,6 +245,8 @@ fn real_run_step_ms<B: Backend>(b: &B, plan: &SeedPlan) -> Result<f64> {
         batch_size: BATCH,
         num_epochs: epochs,
         seed: SEED,
+        use_amp: AmpDtype::of(dtype).is_some(),
+        amp_dtype: AmpDtype::of(dtype).unwrap_or_default(),
         ..TrainingConfig::default()
     };
     let mut trainer = Trainer::new(b, model, config, names)?;

@@ -9,6 +9,7 @@ pub mod predict_stream;
 pub mod profile;
 pub mod subset;
 pub mod train;
+pub mod train_args;
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};

@@ -434,8 +434,10 @@ impl<B: Backend> SignTransformer<B> {
     }
 
     /// Gradients of `scale ·` the loss of [`SignTransformer::loss`] with respect to every
-    /// parameter, into [`SignTransformer::grads`] (overwritten). `dropout` must be the
-    /// forward pass's.
+    /// parameter, into [`SignTransformer::grads`] (overwritten, f32). `dropout` must be the
+    /// forward pass's. In half precision the activations' gradients are stored in the
+    /// activations' dtype and the products read the half weight copies, as the forward pass
+    /// does; `scale` is then the loss scale that keeps those gradients within f16's range.
     pub fn backward(
         &self,
         backend: &B,
@@ -450,16 +452,15 @@ impl<B: Backend> SignTransformer<B> {
                 "this workspace was planned for inference; plan it with training = true",
             )
         })?;
-        let half = [ws.dtype, self.precision()]
-            .into_iter()
-            .find(|&t| t != DType::F32);
-        if let Some(dtype) = half {
-            return Err(Error::UnsupportedDtype {
-                op: "backward",
-                dtype,
-                hint: "training in half precision needs mixed-precision training (issue 20); \
-                       train in f32",
-            });
+        if ws.dtype != self.precision() {
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "the workspace holds {} activations, the model runs in {}",
+                    ws.dtype,
+                    self.precision()
+                ),
+            ));
         }
         if self.weight_rows.is_some() {
             // Training would change the weights under their kept copies.
@@ -499,9 +500,18 @@ impl<B: Backend> SignTransformer<B> {
             &gr.dlogits,
         )?;
         let c = cfg.num_classes;
-        weight_grad(&gr.dlogits, &ws.pooled, &self.g.classifier.w, batch, c, d)?;
+        let pw = self.product_weights();
+        // The products read the loss's gradient in the activations' dtype.
+        let dlogits = match &gr.dlogits_half {
+            Some(half) => {
+                backend.cast(&gr.dlogits, half)?;
+                half
+            }
+            None => &gr.dlogits,
+        };
+        weight_grad(dlogits, &ws.pooled, &self.g.classifier.w, batch, c, d)?;
         backend.bias_grad(&gr.dlogits, &self.g.classifier.b)?;
-        input_grad(&gr.dlogits, &self.w.classifier.w, &gr.dpooled, batch, c, d)?;
+        input_grad(dlogits, &pw.classifier.w, &gr.dpooled, batch, c, d)?;
         let dhf = &gr.dtmp;
         backend.mean_pool_backward(&gr.dpooled, &ws.mask, &dhf.reshape(&[batch, seq, d])?)?;
         backend.layernorm_backward(
@@ -518,17 +528,18 @@ impl<B: Backend> SignTransformer<B> {
         // gr.dh holds d(loss)/d(the residual stream leaving layer l).
         for l in (0..cfg.num_layers).rev() {
             let (layer, grad, acts) = (&self.w.layers[l], &self.g.layers[l], &ws.layers[l]);
+            let products = &pw.layers[l];
             // Feed-forward block.
             let dg = &ws.o;
             self.dropout_into(backend, &gr.dh, p, key(Site::FeedForwardOut(l)), dg)?;
             weight_grad(dg, &acts.f, &grad.linear2.w, bt, d, ff)?;
             backend.bias_grad(dg, &grad.linear2.b)?;
-            input_grad(dg, &layer.linear2.w, &gr.dff, bt, d, ff)?;
+            input_grad(dg, &products.linear2.w, &gr.dff, bt, d, ff)?;
             self.dropout(backend, &gr.dff, p, key(Site::FeedForwardHidden(l)))?;
             backend.gelu_backward(&acts.fpre, &gr.dff, &gr.dff2)?;
             weight_grad(&gr.dff2, &acts.a2, &grad.linear1.w, bt, ff, d)?;
             backend.bias_grad(&gr.dff2, &grad.linear1.b)?;
-            input_grad(&gr.dff2, &layer.linear1.w, &gr.dattn, bt, ff, d)?;
+            input_grad(&gr.dff2, &products.linear1.w, &gr.dattn, bt, ff, d)?;
             backend.layernorm_backward(
                 &acts.hmid,
                 &layer.norm2.w,
@@ -546,14 +557,14 @@ impl<B: Backend> SignTransformer<B> {
             self.dropout_into(backend, &gr.dhmid, p, key(Site::AttentionOut(l)), dout)?;
             weight_grad(dout, &acts.attn, &grad.out_proj.w, bt, d, d)?;
             backend.bias_grad(dout, &grad.out_proj.b)?;
-            input_grad(dout, &layer.out_proj.w, &gr.dattn, bt, d, d)?;
+            input_grad(dout, &products.out_proj.w, &gr.dattn, bt, d, d)?;
             let spec = self.attention_spec(ws, p, key(Site::AttentionProbs(l)));
             backend.attention_backward(
                 &acts.qkv, &ws.mask, &spec, &acts.attn, &acts.lse, &gr.dattn, &gr.dqkv,
             )?;
             weight_grad(&gr.dqkv, &acts.a1, &grad.in_proj.w, bt, 3 * d, d)?;
             backend.bias_grad(&gr.dqkv, &grad.in_proj.b)?;
-            input_grad(&gr.dqkv, &layer.in_proj.w, &gr.dattn, bt, 3 * d, d)?;
+            input_grad(&gr.dqkv, &products.in_proj.w, &gr.dattn, bt, 3 * d, d)?;
             backend.layernorm_backward(
                 &ws.hin[l],
                 &layer.norm1.w,

@@ -28,9 +28,12 @@ pub(crate) struct LayerActs<B: Backend> {
     pub f: Tensor<B>,
 }
 
-/// Buffers used only by the backward pass.
+/// Buffers used only by the backward pass: the activations' gradients, stored in the
+/// activations' dtype, but for the loss's (f32, as the loss).
 pub(crate) struct Grads<B: Backend> {
     pub dlogits: Tensor<B>,
+    /// `dlogits` rounded to the activations' half-precision dtype for the products; None in f32.
+    pub dlogits_half: Option<Tensor<B>>,
     pub dpooled: Tensor<B>,
     pub dh: Tensor<B>,
     pub dhmid: Tensor<B>,
@@ -80,8 +83,9 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// As [`Workspace::new`], with the activations (inputs, residual stream, attention and
-    /// feed-forward values, pooled features) stored in `dtype`; statistics, the mask, labels,
-    /// logits and losses stay f32, as the dtype rule wants.
+    /// feed-forward values, pooled features) and their gradients stored in `dtype`;
+    /// statistics, the mask, labels, logits, losses and the loss's gradient stay f32, as the
+    /// dtype rule wants.
     pub fn new_in(
         backend: &B,
         cfg: &ModelConfig,
@@ -124,14 +128,17 @@ impl<B: Backend> Workspace<B> {
         let grads = if training {
             Some(Grads {
                 dlogits: f32(&[batch, cfg.num_classes])?,
-                dpooled: f32(&[batch, d])?,
-                dh: f32(&[bt, d])?,
-                dhmid: f32(&[bt, d])?,
-                dtmp: f32(&[bt, d])?,
-                dff: f32(&[bt, ff])?,
-                dff2: f32(&[bt, ff])?,
-                dqkv: f32(&[bt, 3 * d])?,
-                dattn: f32(&[bt, d])?,
+                dlogits_half: (dtype != DType::F32)
+                    .then(|| act(&[batch, cfg.num_classes]))
+                    .transpose()?,
+                dpooled: act(&[batch, d])?,
+                dh: act(&[bt, d])?,
+                dhmid: act(&[bt, d])?,
+                dtmp: act(&[bt, d])?,
+                dff: act(&[bt, ff])?,
+                dff2: act(&[bt, ff])?,
+                dqkv: act(&[bt, 3 * d])?,
+                dattn: act(&[bt, d])?,
             })
         } else {
             None

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::GpuConfig;
+use crate::config::{AmpDtype, GpuConfig};
 use crate::error::{Error, Result};
 use crate::fsio::fingerprint::Fingerprint;
 use crate::fsio::read::read_text_file;
@@ -59,8 +59,20 @@ pub struct TrainingConfig {
     /// A device request as DESIGN.md's Devices section reads (`auto`, `cpu`, `gpu:1`, ...).
     /// Default `auto`.
     pub device: String,
-    /// Mixed precision. Only `none` until mixed precision lands. Default `none`.
-    pub amp: String,
+    /// Mixed-precision training (DESIGN.md, Precision; the replaced system's `use_amp`):
+    /// activations and the products' weight copies in `amp_dtype`, master weights, moments,
+    /// statistics and the loss f32. A config file may say `"amp": "none" | "f16" | "bf16"`
+    /// instead, as the command line's `--amp` does. Default false.
+    pub use_amp: bool,
+    /// The half-precision format of `use_amp`: `f16` (`float16`) or `bf16` (`bfloat16`).
+    /// Default `f16`.
+    pub amp_dtype: AmpDtype,
+    /// The f16 loss scale the run starts from (PyTorch's `GradScaler(init_scale)`); bf16 needs
+    /// no scaling. Default 65536.
+    pub amp_init_scale: f64,
+    /// Clean f16 updates in a row after which the loss scale doubles (`growth_interval`).
+    /// Default 2000.
+    pub amp_growth_interval: u32,
     /// Clips per micro-batch. Default 32.
     pub batch_size: usize,
     /// Micro-batches whose gradients are summed into one optimizer update. Default 1.
@@ -131,7 +143,10 @@ impl Default for TrainingConfig {
             val_fingerprint: None,
             split: None,
             device: "auto".into(),
-            amp: "none".into(),
+            use_amp: false,
+            amp_dtype: AmpDtype::F16,
+            amp_init_scale: 65536.0,
+            amp_growth_interval: 2000,
             batch_size: 32,
             gradient_accumulation_steps: 1,
             num_workers: 2,
@@ -203,11 +218,18 @@ impl TrainingConfig {
                 "unset when a validation pack (val) is given: one or the other",
             ));
         }
-        if self.amp != "none" {
+        check_f64(
+            "amp_init_scale",
+            self.amp_init_scale,
+            // f32 holds the scale, as PyTorch's does.
+            |v| v > 0.0 && v <= f32::MAX as f64,
+            "a finite f32 scale greater than 0, such as 65536",
+        )?;
+        if self.amp_growth_interval == 0 {
             return Err(invalid(
-                "amp",
-                &self.amp,
-                "mixed precision is not available yet; only `none` is accepted",
+                "amp_growth_interval",
+                0,
+                "at least 1 clean update before the loss scale doubles",
             ));
         }
         at_least_one("batch_size", self.batch_size, "at least 1 clip per batch")?;
@@ -297,7 +319,17 @@ impl TrainingConfig {
             memory_fraction: self.memory_fraction,
             memory_limit_mb: self.memory_limit_mb,
             empty_cache_interval: self.empty_cache_interval,
+            enable_amp: self.use_amp,
+            amp_dtype: self.amp_dtype,
             ..GpuConfig::default()
+        }
+    }
+
+    /// The storage dtype of the run's activations: f32, or `amp_dtype` with AMP.
+    pub fn precision(&self) -> crate::DType {
+        match self.use_amp {
+            true => self.amp_dtype.dtype(),
+            false => crate::DType::F32,
         }
     }
 
@@ -321,6 +353,7 @@ impl TrainingConfig {
         for key in RUN_RECORD_KEYS {
             settings.remove(*key);
         }
+        resolve_amp_shorthand(&mut settings).map_err(|e| Error::data(path, e))?;
         if let Some(m) = &model {
             if !m.is_object() {
                 return Err(Error::data(
@@ -351,6 +384,46 @@ pub const RUN_RECORD_KEYS: &[&str] = &[
     "data_fingerprint",
     "val_fingerprint",
 ];
+
+/// A config file may set mixed precision as the command line does, `"amp": "none" | "f16" |
+/// "bf16"` (or `float16`, `bfloat16`), instead of `use_amp` and `amp_dtype`: the shorthand is
+/// rewritten here into those two. Beside either of them it must agree with it; a conflict is
+/// an error naming both keys.
+pub(crate) fn resolve_amp_shorthand(
+    settings: &mut serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), String> {
+    let Some(amp) = settings.remove("amp") else {
+        return Ok(());
+    };
+    let amp = match amp.as_str() {
+        Some(text) => AmpDtype::parse_amp(text).map_err(|e| e.to_string())?,
+        None => return Err(format!("amp = {amp} is not one of none, f16 or bf16")),
+    };
+    let use_amp = serde_json::Value::Bool(amp.is_some());
+    if let Some(given) = settings.get("use_amp") {
+        if *given != use_amp {
+            return Err(format!(
+                "`amp` {} and `use_amp` {given} disagree: give one of them (or make them agree)",
+                amp.map_or("none".into(), |d| d.to_string())
+            ));
+        }
+    }
+    settings.insert("use_amp".into(), use_amp);
+    if let Some(dtype) = amp {
+        let named = serde_json::to_value(dtype).expect("a unit variant serialises");
+        if let Some(given) = settings.get("amp_dtype") {
+            let same = serde_json::from_value::<AmpDtype>(given.clone()).is_ok_and(|g| g == dtype);
+            if !same {
+                return Err(format!(
+                    "`amp` {dtype} and `amp_dtype` {given} disagree: give one of them (or make \
+                     them agree)"
+                ));
+            }
+        }
+        settings.insert("amp_dtype".into(), named);
+    }
+    Ok(())
+}
 
 /// serde's message for a bad value ("invalid type: string, expected usize") does not say which
 /// key held it. Deserializing the keys one at a time (the others take their defaults) finds

@@ -3,6 +3,8 @@
 //!
 //! - `{"kind": "step", "step", "epoch", "loss", "lr"}`: step and epoch count from 1; loss is the
 //!   mean over the micro-batches of that update, computed before it; lr is the rate it used.
+//!   With mixed precision also `loss_scale` and `skipped` (true when the loss scaler skipped
+//!   the update).
 //! - `{"kind": "epoch", "epoch", "train_loss", "val_loss", "val_top1", "val_top5",
 //!   "samples_per_s", "peak_mb", "seconds"}`: accuracies as fractions; the `val_` fields are
 //!   null when there is no validation set.
@@ -32,6 +34,14 @@ pub struct StepRecord {
     /// The learning rate the update used.
     #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
+    /// With mixed precision: the loss scale the update's gradients were computed with (1 in
+    /// bf16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// With mixed precision: whether the loss scaler skipped the update (a non-finite
+    /// gradient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<bool>,
 }
 
 /// One finished epoch.

@@ -11,7 +11,7 @@ use crate::tensor::{HostTensor, Tensor};
 pub struct Optimizer<B: Backend> {
     pub(crate) m: Tensor<B>,
     pub(crate) v: Tensor<B>,
-    /// Updates taken so far.
+    /// Updates taken so far (those the loss scaler skipped not counted).
     pub(crate) step: u64,
     norm: Tensor<B>,
 }
@@ -40,6 +40,8 @@ impl<B: Backend> Optimizer<B> {
 
     /// One update of `model`'s weights from `grads` (the model's own gradients, or an
     /// accumulation of several): clipped to a global norm of `max_norm` when it is positive.
+    /// The half-precision copies the products read (mixed precision) are refreshed from the
+    /// updated weights in the same recording.
     pub fn step(
         &mut self,
         backend: &B,
@@ -53,7 +55,8 @@ impl<B: Backend> Optimizer<B> {
             backend.clip_grads(grads, &self.norm, max_norm)?;
         }
         self.step += 1;
-        backend.adamw(&model.weights().all, grads, &self.m, &self.v, hp, self.step)
+        backend.adamw(&model.weights().all, grads, &self.m, &self.v, hp, self.step)?;
+        model.refresh_half_weights(backend)
     }
 
     /// The moments on the host, for a training state file.

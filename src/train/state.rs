@@ -1,13 +1,15 @@
 //! The training state file (`state.safetensors`): AdamW's moments, the step and the position
 //! in the run, the early-stopping record and the training configuration, beside the model
-//! file, so that `--resume DIR` continues exactly where the run stopped.
+//! file, and with mixed precision the loss scaler's, so that `--resume DIR` continues exactly
+//! where the run stopped.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::SafeTensors;
 
-use super::config::TrainingConfig;
+use super::config::{resolve_amp_shorthand, TrainingConfig};
+use super::scaler::ScalerState;
 use crate::error::{Error, Result};
 use crate::fsio::read::read_safetensors;
 use crate::fsio::write_atomic;
@@ -43,6 +45,8 @@ pub struct TrainingState {
     pub exp_avg_sq: Vec<f32>,
     pub progress: Progress,
     pub config: TrainingConfig,
+    /// The loss scaler's state, with mixed precision.
+    pub scaler: Option<ScalerState>,
 }
 
 impl TrainingState {
@@ -59,6 +63,12 @@ impl TrainingState {
             "training_config".to_string(),
             serde_json::to_string(&self.config).map_err(json)?,
         );
+        if let Some(scaler) = &self.scaler {
+            meta.insert(
+                "loss_scaler".to_string(),
+                serde_json::to_string(scaler).map_err(json)?,
+            );
+        }
         let tensors = [
             ("weights", [n], self.weights.as_slice()),
             ("exp_avg", [n], self.exp_avg.as_slice()),
@@ -99,8 +109,18 @@ impl TrainingState {
         };
         let progress: Progress = serde_json::from_str(json("progress")?)
             .map_err(|e| err(format!("metadata `progress` is malformed: {e}")))?;
-        let config = serde_json::from_str(json("training_config")?)
-            .map_err(|e| err(format!("metadata `training_config` is malformed: {e}")))?;
+        let malformed = |e: String| err(format!("metadata `training_config` is malformed: {e}"));
+        // A state from before mixed precision records `amp`, which the shorthand resolves.
+        let mut settings = serde_json::from_str(json("training_config")?)
+            .map_err(|e: serde_json::Error| malformed(e.to_string()))?;
+        resolve_amp_shorthand(&mut settings).map_err(malformed)?;
+        let config = serde_json::from_value(settings.into())
+            .map_err(|e: serde_json::Error| malformed(e.to_string()))?;
+        let scaler = meta
+            .get("loss_scaler")
+            .map(|text| serde_json::from_str(text))
+            .transpose()
+            .map_err(|e| err(format!("metadata `loss_scaler` is malformed: {e}")))?;
         let read = |name: &str| {
             let t = st
                 .tensor(name)
@@ -118,6 +138,7 @@ impl TrainingState {
             exp_avg_sq: read("exp_avg_sq")?,
             progress,
             config,
+            scaler,
         })
     }
 }

@@ -14,12 +14,14 @@ use super::curves::write_curves_svg;
 use super::evaluate::{evaluate, planned, EvalReport};
 use super::metrics::{split_records, EpochRecord, MetricsLog, StepRecord};
 use super::optimizer::Optimizer;
+use super::scaler::{LossScaler, ScalerState};
 use super::schedule::LrSchedule;
 use super::state::{Progress, TrainingState};
 use crate::backend::{AdamW, Backend};
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{Loader, LoaderConfig, Source};
 use crate::data::packs::{Dataset, LAYOUT_258};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::model::checkpoint::{non_finite, FEATURES_LAYOUT};
@@ -41,6 +43,7 @@ pub struct Trainer<'b, B: Backend> {
     config: TrainingConfig,
     model: SignTransformer<B>,
     optimizer: Optimizer<B>,
+    scaler: LossScaler<B>,
     classes: Vec<String>,
     progress: Progress,
     interrupt: Arc<AtomicBool>,
@@ -98,10 +101,12 @@ pub fn initial_model<B: Backend>(
 }
 
 impl<'b, B: Backend> Trainer<'b, B> {
-    /// A trainer for `model` (see [`initial_model`]) whose outputs are `classes`.
+    /// A trainer for `model` (see [`initial_model`]) whose outputs are `classes`; with
+    /// `config.use_amp`, the model is set to run in `amp_dtype` (refused where the backend
+    /// does not run half precision).
     pub fn new(
         backend: &'b B,
-        model: SignTransformer<B>,
+        mut model: SignTransformer<B>,
         config: TrainingConfig,
         classes: Vec<String>,
     ) -> Result<Trainer<'b, B>> {
@@ -116,12 +121,24 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 ),
             ));
         }
+        let precision = amp_precision(&config, backend.runs_half_precision())?;
+        // f16 on an adapter without SHADER_F16 trains in bf16 (and says so).
+        let precision = crate::device::precision_that_runs(precision, backend.info());
+        model.set_precision(backend, precision)?;
         let optimizer = Optimizer::new(backend, &model)?;
+        let scaler = LossScaler::new(
+            backend,
+            precision,
+            config.amp_init_scale as f32,
+            config.amp_growth_interval,
+            None,
+        )?;
         Ok(Trainer {
             backend,
             config,
             model,
             optimizer,
+            scaler,
             classes,
             progress: Progress {
                 step: 0,
@@ -165,11 +182,20 @@ impl<'b, B: Backend> Trainer<'b, B> {
             ..state.config.clone()
         };
         let mut trainer = Trainer::new(backend, model, config, ckpt.classes)?;
+        let skipped = state.scaler.as_ref().map_or(0, |s| s.skipped);
         trainer.optimizer = Optimizer::from_state(
             backend,
             state.exp_avg,
             state.exp_avg_sq,
-            state.progress.step,
+            state.progress.step.saturating_sub(skipped),
+        )?;
+        let c = &trainer.config;
+        trainer.scaler = LossScaler::new(
+            backend,
+            trainer.model.precision(),
+            c.amp_init_scale as f32,
+            c.amp_growth_interval,
+            state.scaler,
         )?;
         trainer.progress = state.progress;
         Ok(trainer)
@@ -344,9 +370,11 @@ impl<'b, B: Backend> Trainer<'b, B> {
                     / (1024.0 * 1024.0),
                 seconds,
             };
-            epoch_bar.set_message(epoch_message(&record));
+            let scaler = cfg.use_amp.then(|| self.scaler.state());
+            let message = epoch_message(&record, scaler);
+            epoch_bar.set_message(message.clone());
             epoch_bar.inc(1);
-            tracing::info!("{}", epoch_message(&record));
+            tracing::info!("{message}");
             self.end_epoch(report.as_ref(), &preprocessing)?;
             if let Some(log) = log.as_mut() {
                 log.append(record.clone())?;
@@ -400,37 +428,32 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 true,
             )?;
             w.load(self.backend, self.model.config(), &batch, &ids)?;
+            // Updates are counted with those the loss scaler skipped, so that the schedule and
+            // dropout's masks move on past a skipped one.
+            let update = self.progress.step + 1;
             let dropout = Some(DropoutStep {
                 seed: cfg.seed,
-                step: self.optimizer.step_count() * accum as u64 + micro as u64,
+                step: (update - 1) * accum as u64 + micro as u64,
             });
             let smoothing = cfg.label_smoothing as f32;
+            let loss_scale = self.scaler.scale();
             self.model.forward(self.backend, w, dropout)?;
             self.model.loss(self.backend, w, smoothing)?;
-            self.model
-                .backward(self.backend, w, smoothing, 1.0 / group as f32, dropout)?;
+            self.model.backward(
+                self.backend,
+                w,
+                smoothing,
+                loss_scale / group as f32,
+                dropout,
+            )?;
             let grads = self.accumulate(micro)?;
             let last_of_update = micro + 1 == group;
             if last_of_update {
-                let lr = schedule.lr(self.optimizer.step_count() as usize + 1);
-                let hp = AdamW {
-                    lr: lr as f32,
-                    ..hp_base
-                };
-                self.optimizer.step(
-                    self.backend,
-                    &self.model,
-                    &grads,
-                    &hp,
-                    cfg.grad_clip as f32,
-                )?;
-                if cfg.empty_cache_interval > 0
-                    && self.optimizer.step_count() % cfg.empty_cache_interval as u64 == 0
-                {
-                    self.backend.empty_cache();
-                }
+                self.scaler.unscale(self.backend, &grads)?;
             }
-            // Reading the loss waits for the step; the next batch is already being prepared.
+            // Reading the loss waits for the step (and the scaler's check of its gradients);
+            // the next batch is already being prepared. The update is recorded after it, into
+            // the next step's submission.
             let (loss, top1, _) = w.loss_and_hits()?;
             if !loss.is_finite() {
                 return Err(Error::data(
@@ -450,22 +473,47 @@ impl<'b, B: Backend> Trainer<'b, B> {
             self.progress.batches_done = i + 1;
             bar.inc(1);
             if last_of_update {
-                let step = self.optimizer.step_count();
+                let lr = schedule.lr(update as usize);
+                let skipped = self.scaler.update()?;
+                if !skipped {
+                    let hp = AdamW {
+                        lr: lr as f32,
+                        ..hp_base
+                    };
+                    self.optimizer.step(
+                        self.backend,
+                        &self.model,
+                        &grads,
+                        &hp,
+                        cfg.grad_clip as f32,
+                    )?;
+                }
+                if cfg.empty_cache_interval > 0 && update % cfg.empty_cache_interval as u64 == 0 {
+                    self.backend.empty_cache();
+                }
+                let amp = cfg.use_amp;
                 let record = StepRecord {
-                    step: step as usize,
+                    step: update as usize,
                     epoch: self.progress.epoch,
                     loss: update_loss / update_micro as f64,
-                    lr: schedule.lr(step as usize),
+                    lr,
+                    loss_scale: amp.then_some(loss_scale as f64),
+                    skipped: amp.then_some(skipped),
                 };
-                self.progress.step = step;
-                bar.set_message(format!(
+                self.progress.step = update;
+                let mut message = format!(
                     "loss {:.4} acc {:.3} lr {:.2e}",
                     record.loss,
                     hits as f64 / seen.max(1) as f64,
                     record.lr
-                ));
+                );
+                if amp {
+                    let s = self.scaler.state();
+                    message += &format!(" scale {} skipped {}", s.scale, s.skipped);
+                }
+                bar.set_message(message);
                 if let Some(log) = log.as_deref_mut() {
-                    if step as usize % cfg.log_every == 0 {
+                    if update as usize % cfg.log_every == 0 {
                         log.append(record)?;
                     }
                 }
@@ -587,6 +635,7 @@ impl<'b, B: Backend> Trainer<'b, B> {
             exp_avg_sq,
             progress: self.progress.clone(),
             config: self.config.clone(),
+            scaler: self.config.use_amp.then(|| self.scaler.state().clone()),
         }
         .save(&dir.join(STATE_FILE))
     }
@@ -645,6 +694,21 @@ impl<'b, B: Backend> Trainer<'b, B> {
     }
 }
 
+/// The storage dtype of a run's activations: f32, or with AMP its format, which the backend
+/// (`runs_half` is its [`Backend::runs_half_precision`]) must run.
+fn amp_precision(config: &TrainingConfig, runs_half: bool) -> Result<DType> {
+    let precision = config.precision();
+    if precision != DType::F32 && !runs_half {
+        return Err(Error::UnsupportedDtype {
+            op: "mixed-precision training",
+            dtype: precision,
+            hint: "this device's backend does not run the model's ops in half precision yet; \
+                   train with --amp none, or with AMP on --device cpu",
+        });
+    }
+    Ok(precision)
+}
+
 /// A state whose weights or moments are not finite (or whose second moments are negative)
 /// would make the first update NaN: it is a corrupt file, not a run that diverged.
 fn check_state_values(path: &Path, state: &TrainingState) -> Result<()> {
@@ -674,11 +738,18 @@ fn check_state_values(path: &Path, state: &TrainingState) -> Result<()> {
     ))
 }
 
-fn epoch_message(r: &EpochRecord) -> String {
+/// An epoch's summary; with AMP, the loss scale and the updates skipped so far.
+fn epoch_message(r: &EpochRecord, scaler: Option<&ScalerState>) -> String {
     let mut s = format!(
         "epoch {}: train loss {:.4}, {:.0} samples/s, peak {:.0} MB, {:.1} s",
         r.epoch, r.train_loss, r.samples_per_s, r.peak_mb, r.seconds
     );
+    if let Some(scaler) = scaler {
+        s += &format!(
+            ", loss scale {} ({} updates skipped)",
+            scaler.scale, scaler.skipped
+        );
+    }
     if let (Some(l), Some(t1), Some(t5)) = (r.val_loss, r.val_top1, r.val_top5) {
         let l = if l.is_finite() {
             format!("{l:.4}")
@@ -692,4 +763,29 @@ fn epoch_message(r: &EpochRecord) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AmpDtype;
+
+    #[test]
+    fn amp_is_refused_where_the_backend_runs_no_half_precision() {
+        for amp_dtype in [AmpDtype::F16, AmpDtype::Bf16] {
+            let config = TrainingConfig {
+                use_amp: true,
+                amp_dtype,
+                ..TrainingConfig::default()
+            };
+            let msg = amp_precision(&config, false).unwrap_err().to_string();
+            assert!(msg.contains("mixed-precision training"), "{msg}");
+            assert!(msg.contains(&amp_dtype.to_string()), "{msg}");
+            assert!(msg.contains("--amp none"), "{msg}");
+            assert_eq!(amp_precision(&config, true).unwrap(), amp_dtype.dtype());
+        }
+        // Without AMP nothing is asked of the backend.
+        let f32_run = amp_precision(&TrainingConfig::default(), false).unwrap();
+        assert_eq!(f32_run, DType::F32);
+    }
 }
