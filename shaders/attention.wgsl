@@ -4,9 +4,9 @@
 // qkv [batch, t, 3·dm] packs q | k | v; head h owns columns h·d .. h·d + d of each part
 // (dm = heads·d). key_mask [batch, t]: 1.0 = real frame. out [batch, t, dm]. lse, delta
 // [batch, heads, t]. qkv, out, dout and dqkv are in the storage dtype (f32, f16 or bf16);
-// key_mask, lse and delta in f32; all arithmetic and the tiles in f32. Scores are (q·k)/√d over real keys; dropout (probability p) multiplies
-// the softmax probability of (query, key) by keep_scale or 0, by element
-// ((b·heads + h)·t + query)·t + key of the mask.
+// key_mask, lse and delta in f32; all arithmetic and the tiles in f32. Scores are (q·k)/√d
+// over real keys; dropout (probability p) multiplies the softmax probability of (query, key)
+// by keep_scale or 0, by element ((b·heads + h)·t + query)·t + key of the mask.
 //   attention_fwd:   one invocation per query row, BQ per workgroup; keys and values stream
 //                    through workgroup memory in tiles of BK; online softmax. Saves
 //                    lse = max + log Σ exp (NO_KEYS when no key is real: the output is then 0).
@@ -233,7 +233,8 @@ fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         let inv = select(0.0, 1.0 / l, l > 0.0);
         let at = p.out_offset + head_index(row.b, row.s, row.h, 0u);
         put_out4(at, $j, acc$j * inv);
-        lse_st(p.lse_offset + stat_index(row.b, row.h, row.s), select(NO_KEYS, m + log(l), l > 0.0));
+        let row_lse = select(NO_KEYS, m + log(l), l > 0.0);
+        lse_st(p.lse_offset + stat_index(row.b, row.h, row.s), row_lse);
     }
 }
 
