@@ -3,9 +3,10 @@
 //
 // qkv [batch, t, 3·dm] packs q | k | v; head h owns columns h·d .. h·d + d of each part
 // (dm = heads·d). key_mask [batch, t]: 1.0 = real frame. out [batch, t, dm]. lse, delta
-// [batch, heads, t]. Scores are (q·k)/√d over real keys; dropout (probability p) multiplies
-// the softmax probability of (query, key) by keep_scale or 0, by element
-// ((b·heads + h)·t + query)·t + key of the mask.
+// [batch, heads, t]. qkv, out, dout and dqkv are in the storage dtype (f32, f16 or bf16);
+// key_mask, lse and delta in f32; all arithmetic and the tiles in f32. Scores are (q·k)/√d
+// over real keys; dropout (probability p) multiplies the softmax probability of (query, key)
+// by keep_scale or 0, by element ((b·heads + h)·t + query)·t + key of the mask.
 //   attention_fwd:   one invocation per query row, BQ per workgroup; keys and values stream
 //                    through workgroup memory in tiles of BK; online softmax. Saves
 //                    lse = max + log Σ exp (NO_KEYS when no key is real: the output is then 0).
@@ -13,7 +14,13 @@
 //   attention_dq:    one invocation per query: dq = Σ_s dS·k_s/√d, dS = P·(Z·dO·v_s − delta).
 //   attention_dkv:   one invocation per key: dv = Σ_t P·Z·dO_t, dk = Σ_t dS·q_t/√d, queries
 //                    streaming through workgroup memory.
-// Every sum runs in a fixed order (no atomics): the same bits on every run.
+// Every sum runs in a fixed order (no atomics): the same bits on every run. Each output is
+// rounded to its storage dtype once, when stored (dq, dk and dv stay in registers).
+//
+// The operands and their access functions (qkv_ld, out_st2, ...) are generated per storage
+// dtype by src/backend/gpu/operand.rs, with PAIRS: whether 16-bit rows are read and written a
+// 32-bit word (two elements) at a time. That takes an even head size (16-bit views start on an
+// even element, so every row then starts on a word); an odd one goes element by element.
 //
 // HEAD_DIM (16, 32, 64 or 128: the head size rounded up; the extra dimensions are zeros), HD4
 // (HEAD_DIM / 4), BQ (queries per workgroup), BK (rows per tile, at most BQ), FWD_KEYS and
@@ -36,13 +43,7 @@
 // struct Params (binding 0) is generated in front of this file from its Rust declaration
 // in src/backend/gpu/ops/attention.rs.
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> qkv: array<f32>;
-@group(0) @binding(2) var<storage, read_write> key_mask: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dout: array<f32>;
-@group(0) @binding(6) var<storage, read_write> delta: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>;
+//!OPERANDS
 
 // Tiles of BK rows of two operands (k and v, or q and dO), as vec4s, and per-row values of the
 // tile.
@@ -84,15 +85,31 @@ fn stat_index(b: u32, h: u32, s: u32) -> u32 {
     return (b * p.heads + h) * p.t + s;
 }
 
+// Whether rows go a word at a time (see PAIRS): the same for every invocation.
+fn by_pairs() -> bool {
+    return PAIRS && (p.d & 1u) == 0u;
+}
+
 // Element `at` of qkv or dout (3 = dout), or 0 where `real` is false.
 fn element_or_zero(part: u32, at: u32, real: bool) -> f32 {
     if !real {
         return 0.0;
     }
     if part == 3u {
-        return dout[at];
+        return dout_ld(at);
     }
-    return qkv[at];
+    return qkv_ld(at);
+}
+
+// Elements at, at + 1 (at even) of qkv or dout, as element_or_zero.
+fn pair_or_zero(part: u32, at: u32, real: bool) -> vec2<f32> {
+    if !real {
+        return vec2<f32>(0.0);
+    }
+    if part == 3u {
+        return dout_ld2(at);
+    }
+    return qkv_ld2(at);
 }
 
 // Elements 4j .. 4j + 3 of head h's part (0 = q, 1 = k, 2 = v; 3 = dout) of frame s of clip b:
@@ -104,6 +121,13 @@ fn row4(b: u32, s: u32, part: u32, h: u32, j: u32) -> vec4<f32> {
     if real {
         at = select(qkv_index(b, s, part, h, i), p.dout_offset + head_index(b, s, h, i), part == 3u);
     }
+    if by_pairs() {
+        // With d even, i + 1 < d whenever i < d.
+        return vec4<f32>(
+            pair_or_zero(part, at, real && i < p.d),
+            pair_or_zero(part, at + 2u, real && i + 2u < p.d),
+        );
+    }
     return vec4<f32>(
         element_or_zero(part, at, real && i < p.d),
         element_or_zero(part, at + 1u, real && i + 1u < p.d),
@@ -112,25 +136,46 @@ fn row4(b: u32, s: u32, part: u32, h: u32, j: u32) -> vec4<f32> {
     );
 }
 
-// Writes the first d elements of a row four at a time: elements 4j .. of out at `at`.
+// Writes the first d elements of a row four at a time: elements 4j .. of out at `at`. The
+// invocation owns the whole row, so with pairs it stores whole words.
 fn put_out4(at: u32, j: u32, v: vec4<f32>) {
+    let i = 4u * j;
+    if by_pairs() {
+        if i < p.d {
+            out_st2(at + i, v.xy);
+        }
+        if i + 2u < p.d {
+            out_st2(at + i + 2u, v.zw);
+        }
+        return;
+    }
     for (var c = 0u; c < 4u; c++) {
-        if 4u * j + c < p.d {
-            out[at + 4u * j + c] = v[c];
+        if i + c < p.d {
+            out_st(at + i + c, v[c]);
         }
     }
 }
 
 fn put_dqkv4(at: u32, j: u32, v: vec4<f32>) {
+    let i = 4u * j;
+    if by_pairs() {
+        if i < p.d {
+            dqkv_st2(at + i, v.xy);
+        }
+        if i + 2u < p.d {
+            dqkv_st2(at + i + 2u, v.zw);
+        }
+        return;
+    }
     for (var c = 0u; c < 4u; c++) {
-        if 4u * j + c < p.d {
-            dqkv[at + 4u * j + c] = v[c];
+        if i + c < p.d {
+            dqkv_st(at + i + c, v[c]);
         }
     }
 }
 
 fn real_key(b: u32, s: u32) -> bool {
-    return s < p.t && key_mask[p.mask_offset + b * p.t + s] != 0.0;
+    return s < p.t && key_mask_ld(p.mask_offset + b * p.t + s) != 0.0;
 }
 
 // The dropout factor of (query, key): keep_scale or 0 (1 without dropout).
@@ -188,7 +233,8 @@ fn attention_fwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         let inv = select(0.0, 1.0 / l, l > 0.0);
         let at = p.out_offset + head_index(row.b, row.s, row.h, 0u);
         put_out4(at, $j, acc$j * inv);
-        lse[p.lse_offset + stat_index(row.b, row.h, row.s)] = select(NO_KEYS, m + log(l), l > 0.0);
+        let row_lse = select(NO_KEYS, m + log(l), l > 0.0);
+        lse_st(p.lse_offset + stat_index(row.b, row.h, row.s), row_lse);
     }
 }
 
@@ -199,11 +245,20 @@ fn attention_delta(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         return;
     }
     var sum = 0.0;
-    for (var i = 0u; i < p.d; i++) {
-        let at = head_index(row.b, row.s, row.h, i);
-        sum += dout[p.dout_offset + at] * out[p.out_offset + at];
+    if by_pairs() {
+        for (var i = 0u; i < p.d; i += 2u) {
+            let at = head_index(row.b, row.s, row.h, i);
+            let terms = dout_ld2(p.dout_offset + at) * out_ld2(p.out_offset + at);
+            sum += terms.x;
+            sum += terms.y;
+        }
+    } else {
+        for (var i = 0u; i < p.d; i++) {
+            let at = head_index(row.b, row.s, row.h, i);
+            sum += dout_ld(p.dout_offset + at) * out_ld(p.out_offset + at);
+        }
     }
-    delta[stat_index(row.b, row.h, row.s)] = sum;
+    delta_st(stat_index(row.b, row.h, row.s), sum);
 }
 
 @compute @workgroup_size(BQ)
@@ -215,8 +270,8 @@ fn attention_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var row_lse = NO_KEYS;
     var row_delta = 0.0;
     if row.valid {
-        row_lse = lse[p.lse_offset + stat_index(row.b, row.h, row.s)];
-        row_delta = delta[stat_index(row.b, row.h, row.s)];
+        row_lse = lse_ld(p.lse_offset + stat_index(row.b, row.h, row.s));
+        row_delta = delta_ld(stat_index(row.b, row.h, row.s));
     }
     for (var s0 = 0u; s0 < p.t; s0 += BK) {
         load_tiles(row.b, row.h, s0, 1u, 2u, lid);
@@ -261,8 +316,8 @@ fn attention_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
             var l = NO_KEYS;
             var dl = 0.0;
             if row.b < p.batch && t < p.t {
-                l = lse[p.lse_offset + stat_index(row.b, row.h, t)];
-                dl = delta[stat_index(row.b, row.h, t)];
+                l = lse_ld(p.lse_offset + stat_index(row.b, row.h, t));
+                dl = delta_ld(stat_index(row.b, row.h, t));
             }
             tile_x[lid] = l;
             tile_y[lid] = dl;

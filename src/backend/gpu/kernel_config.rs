@@ -2,6 +2,7 @@
 //! workgroup sizes are chosen.
 
 use crate::device::{CoopMatrixShape, DeviceInfo};
+use crate::dtype::DType;
 
 /// A register-tiled matrix product's shape: each workgroup computes a `bm`×`bn` tile of C in
 /// steps of `bk`, each thread a `tm`×`tn` block.
@@ -149,12 +150,18 @@ pub const ATTENTION_QUERY_BLOCKS: [u32; 3] = [64, 128, 256];
 pub const ATTENTION_FORWARD_KEYS: u32 = 4;
 pub const ATTENTION_DQ_KEYS: u32 = 2;
 
-/// The attention variant for heads of `head_dim` over `seq` frames: the smallest generated
-/// head size that holds it, the largest query block the sequence fills (the smallest when it
+/// The attention variant for `dtype` storage and heads of `head_dim` over `seq` frames: the
+/// smallest generated head size that holds it, the largest query block the sequence fills (the smallest when it
 /// fills none), and the largest power-of-two key tile (up to BQ, at least the keys taken at
-/// once) whose two tiles of rows and two per-row arrays fit the adapter's workgroup memory.
-/// WebGPU's minimum of 16 KiB holds the smallest tile at every head size.
-pub fn attention_variant(head_dim: usize, seq: usize, workgroup_bytes: u32) -> AttentionVariant {
+/// once) whose two tiles of rows and two per-row arrays fit the adapter's workgroup memory
+/// (tiles hold f32 whatever the storage dtype). WebGPU's minimum of 16 KiB holds the smallest
+/// tile at every head size.
+pub fn attention_variant(
+    dtype: DType,
+    head_dim: usize,
+    seq: usize,
+    workgroup_bytes: u32,
+) -> AttentionVariant {
     let dim = ATTENTION_HEAD_DIMS
         .into_iter()
         .find(|&d| d as usize >= head_dim)
@@ -169,6 +176,7 @@ pub fn attention_variant(head_dim: usize, seq: usize, workgroup_bytes: u32) -> A
         bk /= 2;
     }
     AttentionVariant {
+        dtype,
         head_dim: dim,
         bq,
         bk,
@@ -185,22 +193,30 @@ const MIN_ATTENTION_KEY_TILE: u32 = if ATTENTION_FORWARD_KEYS > ATTENTION_DQ_KEY
 /// Every variant [`attention_variant`] can choose, on any adapter.
 pub fn attention_variants() -> Vec<AttentionVariant> {
     let mut all = Vec::new();
-    for head_dim in ATTENTION_HEAD_DIMS {
-        for bq in ATTENTION_QUERY_BLOCKS {
-            let mut bk = bq;
-            while bk >= MIN_ATTENTION_KEY_TILE {
-                all.push(AttentionVariant { head_dim, bq, bk });
-                bk /= 2;
+    for dtype in DType::ALL {
+        for head_dim in ATTENTION_HEAD_DIMS {
+            for bq in ATTENTION_QUERY_BLOCKS {
+                let mut bk = bq;
+                while bk >= MIN_ATTENTION_KEY_TILE {
+                    all.push(AttentionVariant {
+                        dtype,
+                        head_dim,
+                        bq,
+                        bk,
+                    });
+                    bk /= 2;
+                }
             }
         }
     }
     all
 }
 
-/// One generated attention kernel: heads of up to `head_dim`, `bq` queries per workgroup, keys
-/// streamed in tiles of `bk`.
+/// One generated attention kernel: qkv, out, dout and dqkv in `dtype`, heads of up to
+/// `head_dim`, `bq` queries per workgroup, keys streamed in tiles of `bk`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AttentionVariant {
+    pub dtype: DType,
     pub head_dim: u32,
     pub bq: u32,
     pub bk: u32,
@@ -296,7 +312,9 @@ mod tests {
     #[test]
     fn attention_variant_follows_head_size_sequence_and_workgroup_memory() {
         let v = |d, t, bytes| {
-            let AttentionVariant { head_dim, bq, bk } = attention_variant(d, t, bytes);
+            let AttentionVariant {
+                head_dim, bq, bk, ..
+            } = attention_variant(DType::F32, d, t, bytes);
             (head_dim, bq, bk)
         };
         // The model's shape, and a sequence shorter than any block.
@@ -371,10 +389,12 @@ mod tests {
     #[test]
     fn attention_variants_list_every_choice() {
         let all = attention_variants();
-        for d in [1, 16, 17, 33, 64, 65, 128, 200] {
-            for t in [1, 63, 64, 127, 128, 255, 256, 1000] {
-                for bytes in [0, 16384, 32768, 49152, 65536] {
-                    assert!(all.contains(&attention_variant(d, t, bytes)));
+        for dtype in DType::ALL {
+            for d in [1, 16, 17, 33, 64, 65, 128, 200] {
+                for t in [1, 63, 64, 127, 128, 255, 256, 1000] {
+                    for bytes in [0, 16384, 32768, 49152, 65536] {
+                        assert!(all.contains(&attention_variant(dtype, d, t, bytes)));
+                    }
                 }
             }
         }

@@ -429,7 +429,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only("attention", &[qkv])?;
+        f16_needs_shader_f16(self, "attention", &[qkv])?;
         attention::forward(self, qkv, key_mask, spec, out, lse)
     }
 
@@ -443,7 +443,7 @@ impl Backend for GpuBackend {
         dout: &Tensor<Self>,
         dqkv: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only("attention_backward", &[qkv])?;
+        f16_needs_shader_f16(self, "attention_backward", &[qkv])?;
         attention::backward(self, qkv, key_mask, spec, out, lse, dout, dqkv)
     }
 

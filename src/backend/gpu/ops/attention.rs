@@ -1,11 +1,12 @@
 //! Fused, streaming multi-head attention (philox.wgsl + attention.wgsl): the forward pass and
-//! the three passes of the backward, for the variant kernel_config chooses per head size,
-//! sequence length and workgroup memory.
+//! the three passes of the backward, for the variant kernel_config chooses per storage dtype,
+//! head size, sequence length and workgroup memory.
 
 use super::{index_u32, words, GpuTensor};
 use crate::backend::gpu::kernel_config::{
     self, AttentionVariant, ATTENTION_DQ_KEYS, ATTENTION_FORWARD_KEYS,
 };
+use crate::backend::gpu::operand::{declare, Operand};
 use crate::backend::gpu::shaders::{
     repeat_marked_lines, wgsl_params, Entry, EntryPoint, KernelFamily, PHILOX,
 };
@@ -51,8 +52,13 @@ impl KernelFamily for AttentionVariant {
     type Params = AttentionParams;
 
     fn name(&self) -> String {
-        let AttentionVariant { head_dim, bq, bk } = self;
-        format!("attention_d{head_dim}_bq{bq}_bk{bk}")
+        let AttentionVariant {
+            dtype,
+            head_dim,
+            bq,
+            bk,
+        } = self;
+        format!("attention_{dtype}_d{head_dim}_bq{bq}_bk{bk}")
     }
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
@@ -60,16 +66,35 @@ impl KernelFamily for AttentionVariant {
     }
 
     fn body(&self) -> String {
-        let AttentionVariant { head_dim, bq, bk } = *self;
+        let AttentionVariant {
+            dtype,
+            head_dim,
+            bq,
+            bk,
+        } = *self;
+        let f32 = DType::F32;
+        let operands = declare(&[
+            Operand::read("qkv", 1, dtype),
+            Operand::read("key_mask", 2, f32),
+            Operand::write("out", 3, dtype),
+            Operand::write("lse", 4, f32),
+            Operand::read("dout", 5, dtype),
+            Operand::write("delta", 6, f32),
+            Operand::write("dqkv", 7, dtype),
+        ]);
         let consts = format!(
             "const HEAD_DIM: u32 = {head_dim}u;\nconst HD4: u32 = {}u;\n\
              const BK: u32 = {bk}u;\nconst BQ: u32 = {bq}u;\n\
              const FWD_KEYS: u32 = {ATTENTION_FORWARD_KEYS}u;\n\
-             const DQ_KEYS: u32 = {ATTENTION_DQ_KEYS}u;\nconst NO_KEYS: f32 = {:e};",
+             const DQ_KEYS: u32 = {ATTENTION_DQ_KEYS}u;\nconst NO_KEYS: f32 = {:e};\n\
+             const PAIRS: bool = {};",
             head_dim / 4,
-            crate::backend::NO_KEYS_LSE
+            crate::backend::NO_KEYS_LSE,
+            dtype != f32,
         );
-        let body = SOURCE.replace("//!CONSTS", &consts);
+        let body = SOURCE
+            .replace("//!CONSTS", &consts)
+            .replace("//!OPERANDS", &operands);
         let body = repeat_marked_lines(&body, 'j', head_dim / 4);
         let body = repeat_marked_lines(&body, 'f', ATTENTION_FORWARD_KEYS);
         let body = repeat_marked_lines(&body, 'q', ATTENTION_DQ_KEYS);
@@ -134,6 +159,7 @@ fn shared(
     [qkv, key_mask, out, lse]: [&GpuTensor; 4],
 ) -> Result<(AttentionVariant, AttentionParams, [u32; 3])> {
     let variant = kernel_config::attention_variant(
+        qkv.dtype(),
         spec.head_dim,
         spec.seq,
         gpu.kernels.workgroup_storage_bytes,
