@@ -226,9 +226,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
-        let mut operands = vec![a, b, out];
-        operands.extend(bias);
-        f32_kernels_only("matmul", &operands)?;
+        f16_needs_shader_f16(self, "matmul", &[a, out])?;
         matmul::matmul(self, a, b, bias, None, out, spec)
     }
 
@@ -241,7 +239,7 @@ impl Backend for GpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only("matmul_bias_gelu", &[a, b, bias, pre, out])?;
+        f16_needs_shader_f16(self, "matmul_bias_gelu", &[a])?;
         matmul::matmul(self, a, b, Some(bias), Some(pre), out, spec)
     }
 
