@@ -26,13 +26,14 @@
 // src/backend/gpu/operand.rs), the tile loader (scalar, or four elements a load when the
 // contiguous dimensions and offsets are multiples of 4) and the epilogue (store C, or store
 // the pre-activation and C = GELU of it, with gelu.wgsl in front) are generated per variant by
-// src/backend/gpu/ops/matmul.rs. So is the straight-line code over a
-// thread's registers: a code line holding `$i` is repeated for each of its TM rows, `$j` for
-// each vec4 of its TN columns, `$a` for each vec4 of its TM rows (`$i4` and `$ic` are row i's
-// vec4 and component), `$u` and `$w` for each of its loader slots of op(A) and op(B). The
-// accumulators and slots are named variables, never an array: a private array indexed in a
-// loop lives in local memory on NVIDIA's driver, not in registers, and the kernel then runs a
-// small fraction of the card's f32 rate (BENCHMARKS.md).
+// src/backend/gpu/ops/matmul.rs. So is the straight-line code over a thread's registers: a code
+// line holding `$i` is repeated for each of its TM rows, `$j` for each vec4 of its TN columns,
+// `$a` for each vec4 of its TM rows (`$i4` and `$ic` are row i's vec4 and component), `$u` and
+// `$w` for each of its loader slots of op(A) and op(B). The accumulators and slots are named
+// variables, never an array: a private array indexed in a loop lives in local memory on
+// NVIDIA's driver, not in registers, and the kernel then runs a small fraction of the card's
+// f32 rate (BENCHMARKS.md). The loaders widen 16-bit elements to f32 as they stash them, so
+// that workgroup memory and the multiply-adds are f32 in every dtype.
 
 //!CONSTS
 
