@@ -1,7 +1,6 @@
-// Tile loader for any sizes and offsets: one element per load. A slot is one element of a
-// slice: BM·BK of op(A), BK·BN of op(B).
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+// Tile loader for any sizes and offsets: one element per load (a_ld, b_ld: the operands'
+// generated access functions). A slot is one element of a slice: BM·BK of op(A), BK·BN of
+// op(B).
 
 alias Staged = f32;
 const A_SLOTS: u32 = BM * BK;
@@ -31,9 +30,9 @@ fn fetch_a(i: u32, m0: u32, k0: u32, k_end: u32, a_base: u32) -> Staged {
         return 0.0;
     }
     if TRANS_A {
-        return a[a_base + gk * p.m + gm];
+        return a_ld(a_base + gk * p.m + gm);
     }
-    return a[a_base + gm * p.k + gk];
+    return a_ld(a_base + gm * p.k + gk);
 }
 
 fn fetch_b(i: u32, n0: u32, k0: u32, k_end: u32, b_base: u32) -> Staged {
@@ -44,9 +43,9 @@ fn fetch_b(i: u32, n0: u32, k0: u32, k_end: u32, b_base: u32) -> Staged {
         return 0.0;
     }
     if TRANS_B {
-        return b[b_base + gn * p.k + gk];
+        return b_ld(b_base + gn * p.k + gk);
     }
-    return b[b_base + gk * p.n + gn];
+    return b_ld(b_base + gk * p.n + gn);
 }
 
 fn stash_a(i: u32, v: Staged) {

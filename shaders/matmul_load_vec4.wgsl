@@ -1,10 +1,11 @@
-// Tile loader with vec4 loads. Chosen only when each operand's contiguous dimension, offset
-// and batch stride are multiples of 4, so a vec4 is either wholly inside the matrix or wholly
-// outside it. A slot is one vec4 of a slice: BM·BK/4 of op(A), BK·BN/4 of op(B).
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-
-alias Staged = vec4<f32>;
+// Tile loader with four elements a load. Chosen only when each operand's contiguous
+// dimension, offset and batch stride are multiples of 4, so that four elements are either
+// wholly inside the matrix or wholly outside it. A slot is four elements of a slice: BM·BK/4
+// of op(A), BK·BN/4 of op(B).
+//
+// The bindings a and b (arrays of Staged: vec4<f32>; vec4<f16>, or the two words of four
+// bf16, which halve the bytes and the staging registers) and widen(Staged) -> vec4<f32> are
+// generated per dtype by src/backend/gpu/ops/matmul.rs.
 const A_SLOTS: u32 = BM * BK / 4u;
 const B_SLOTS: u32 = BK * BN / 4u;
 
@@ -32,7 +33,7 @@ fn fetch_a(i: u32, m0: u32, k0: u32, k_end: u32, a_base: u32) -> Staged {
     let gk = k0 + s.x;
     let gm = m0 + s.y;
     if i >= A_SLOTS || gk >= k_end || gm >= p.m {
-        return Staged(0.0);
+        return Staged();
     }
     if TRANS_A {
         return a[(a_base + gk * p.m + gm) / 4u];
@@ -45,7 +46,7 @@ fn fetch_b(i: u32, n0: u32, k0: u32, k_end: u32, b_base: u32) -> Staged {
     let gk = k0 + s.x;
     let gn = n0 + s.y;
     if i >= B_SLOTS || gk >= k_end || gn >= p.n {
-        return Staged(0.0);
+        return Staged();
     }
     if TRANS_B {
         return b[(b_base + gn * p.k + gk) / 4u];
@@ -58,11 +59,12 @@ fn stash_a(i: u32, v: Staged) {
         return;
     }
     let s = a_slot(i);
+    let w = widen(v);
     if TRANS_A {
-        a_tile[(s.x * BM + s.y) / 4u] = v;
+        a_tile[(s.x * BM + s.y) / 4u] = w;
     } else {
         for (var t = 0u; t < 4u; t++) {
-            put_a(s.x + t, s.y, v[t]);
+            put_a(s.x + t, s.y, w[t]);
         }
     }
 }
@@ -72,11 +74,12 @@ fn stash_b(i: u32, v: Staged) {
         return;
     }
     let s = b_slot(i);
+    let w = widen(v);
     if TRANS_B {
         for (var t = 0u; t < 4u; t++) {
-            put_b(s.x + t, s.y, v[t]);
+            put_b(s.x + t, s.y, w[t]);
         }
     } else {
-        b_tile[(s.x * BN + s.y) / 4u] = v;
+        b_tile[(s.x * BN + s.y) / 4u] = w;
     }
 }

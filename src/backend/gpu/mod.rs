@@ -16,7 +16,7 @@ use kernel_config::KernelConfig;
 pub use ops::matmul_coop::{product as coop_matrix_product, CoopProduct};
 use ops::{
     attention, cast, column_sums, cross_entropy, dropout, elementwise, f16_needs_shader_f16,
-    f32_kernels_only, layernorm, matmul, optim, pool,
+    layernorm, matmul, optim, pool,
 };
 
 use super::{
@@ -209,9 +209,9 @@ impl Backend for GpuBackend {
         &self.info
     }
 
-    /// Not until the f16/bf16 kernels exist ([`ops::f32_kernels_only`]).
+    /// Every op has f16 and bf16 kernels (f16 where the adapter has SHADER_F16).
     fn runs_half_precision(&self) -> bool {
-        false
+        true
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
@@ -253,9 +253,7 @@ impl Backend for GpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
-        let mut operands = vec![a, b, out];
-        operands.extend(bias);
-        f32_kernels_only("matmul", &operands)?;
+        f16_needs_shader_f16(self, "matmul", &[a, out])?;
         matmul::matmul(self, a, b, bias, None, out, spec)
     }
 
@@ -268,7 +266,7 @@ impl Backend for GpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        f32_kernels_only("matmul_bias_gelu", &[a, b, bias, pre, out])?;
+        f16_needs_shader_f16(self, "matmul_bias_gelu", &[a])?;
         matmul::matmul(self, a, b, Some(bias), Some(pre), out, spec)
     }
 

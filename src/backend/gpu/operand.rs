@@ -31,6 +31,10 @@ pub(crate) const HALF: &str = include_str!("../../../shaders/half.wgsl");
 pub(crate) enum Access {
     Read,
     Write,
+    /// Read through a `read` binding: one buffer may then back several such operands and
+    /// the product's other read-only bindings (weights and biases share the parameter arena),
+    /// but none of the dispatch's writable ones.
+    ReadOnly,
 }
 
 /// One tensor operand of a kernel: its WGSL name, binding index, dtype and access.
@@ -52,6 +56,15 @@ impl Operand {
         }
     }
 
+    pub const fn read_only(name: &'static str, binding: u32, dtype: DType) -> Operand {
+        Operand {
+            name,
+            binding,
+            dtype,
+            access: Access::ReadOnly,
+        }
+    }
+
     pub const fn write(name: &'static str, binding: u32, dtype: DType) -> Operand {
         Operand {
             name,
@@ -64,6 +77,11 @@ impl Operand {
     fn wgsl(&self) -> String {
         let Operand { name, binding, .. } = *self;
         let write = self.access == Access::Write;
+        let mode = if self.access == Access::ReadOnly {
+            "read"
+        } else {
+            "read_write"
+        };
         let (element, ld, st) = match (self.dtype, write) {
             (DType::F32, _) => ("f32", format!("{name}[i]"), format!("{name}[i] = v;")),
             (DType::F16, _) => (
@@ -89,7 +107,7 @@ impl Operand {
             ),
         };
         let mut out = format!(
-            "@group(0) @binding({binding}) var<storage, read_write> {name}: array<{element}>;\n\
+            "@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{element}>;\n\
              fn {name}_ld(i: u32) -> f32 {{\n    return {ld};\n}}\n\
              fn {name}_ld2(i: u32) -> vec2<f32> {{\n    \
              return vec2<f32>({name}_ld(i), {name}_ld(i + 1u));\n}}\n"

@@ -155,46 +155,6 @@ pub(crate) trait KernelFamily:
     }
 }
 
-/// A kernel family whose only knob is its workgroup size (`override WG`): the variant struct
-/// and its [`KernelFamily`] impl, from the name's prefix, the Params type, the entry table and
-/// an expression giving the WGSL body.
-macro_rules! workgroup_family {
-    ($(#[$meta:meta])* $kernel:ident, $prefix:literal, $params:ty, $entries:expr, $body:expr) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub struct $kernel {
-            pub workgroup: u32,
-        }
-
-        impl $crate::backend::gpu::shaders::KernelFamily for $kernel {
-            type Params = $params;
-
-            fn name(&self) -> String {
-                format!(concat!($prefix, "_wg{}"), self.workgroup)
-            }
-
-            fn constants(&self) -> Vec<(&'static str, f64)> {
-                $crate::backend::gpu::shaders::workgroup_constant(self.workgroup)
-            }
-
-            fn body(&self) -> String {
-                $body
-            }
-
-            fn entries(&self) -> &'static [$crate::backend::gpu::shaders::EntryPoint] {
-                $entries
-            }
-
-            fn all() -> Vec<Self> {
-                vec![$kernel {
-                    workgroup: $crate::backend::gpu::shaders::CHECKED_WORKGROUP,
-                }]
-            }
-        }
-    };
-}
-pub(crate) use workgroup_family;
-
 /// A kernel family whose knobs are its operands' storage dtype and its workgroup size: the
 /// variant struct and its [`KernelFamily`] impl, from the name's prefix, the Params type, the
 /// entry table and a closure from the dtype to the WGSL body (which declares its operands

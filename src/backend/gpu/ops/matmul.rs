@@ -1,11 +1,13 @@
-//! Matrix products (matmul.wgsl): register-tiled, generated per tile, layout, loader and
-//! epilogue; and the second pass of a product split over K (matmul_splits.wgsl).
+//! Matrix products (matmul.wgsl): register-tiled, generated per tile, layout, loader,
+//! epilogue and operand dtypes (A and B in f32, f16 or bf16; C and the bias in that dtype or
+//! f32; f32 arithmetic); and the second pass of a product split over K (matmul_splits.wgsl).
 
 use super::{index_u32, matmul_coop, GpuTensor};
 use crate::backend::gpu::kernel_config::{self, MatmulTile};
+use crate::backend::gpu::operand::{declare, per_word, Operand};
 use crate::backend::gpu::shaders::{
-    gelu_source, repeat_marked_lines, wgsl_params, workgroup_family, Entry, EntryPoint,
-    KernelFamily,
+    gelu_source, repeat_marked_lines, wgsl_params, workgroup_constant, Entry, EntryPoint,
+    KernelFamily, CHECKED_WORKGROUP,
 };
 use crate::backend::gpu::GpuBackend;
 use crate::backend::{Backend, MatmulSpec};
@@ -54,8 +56,8 @@ wgsl_params! {
     }
 }
 
-/// matmul.wgsl for a tile and layout, with vec4 or scalar loads, and with or without the bias +
-/// GELU epilogue.
+/// matmul.wgsl for a tile and layout, with vec4 or scalar loads, with or without the bias +
+/// GELU epilogue, for one combination of operand dtypes the dtype rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulKernel {
     pub tile: MatmulTile,
@@ -63,6 +65,12 @@ pub struct MatmulKernel {
     pub trans_b: bool,
     pub vec4: bool,
     pub gelu: bool,
+    /// A's and B's storage dtype.
+    pub dtype: DType,
+    /// C's (and the pre-activation's): `dtype` or f32.
+    pub out: DType,
+    /// The bias's: `dtype` or f32 (f32 where there is none).
+    pub bias: DType,
 }
 
 /// A, B, the bias (a placeholder without one) and C.
@@ -77,7 +85,8 @@ impl KernelFamily for MatmulKernel {
 
     fn name(&self) -> String {
         format!(
-            "matmul_{}_{}{}_{}{}",
+            "matmul_{}_{}_{}{}_{}{}",
+            dtypes_name(self.dtype, self.out, self.bias),
             self.tile.name(),
             if self.trans_a { 't' } else { 'n' },
             if self.trans_b { 't' } else { 'n' },
@@ -97,17 +106,35 @@ impl KernelFamily for MatmulKernel {
             trans_b,
             vec4,
             gelu,
+            dtype,
+            out,
+            bias,
         } = *self;
+        let pairs = per_word(out) == 2;
         let consts = format!(
             "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
              const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n\
-             const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};"
+             const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n\
+             const PAIRS: bool = {pairs};"
         );
+        let mut operands = vec![
+            Operand::read_only("bias", 3, bias),
+            Operand::write("c", 4, out),
+        ];
+        operands.extend(gelu.then_some(Operand::write("pre", 5, out)));
+        let operands = if vec4 {
+            format!("{}{}", declare(&operands), vec4_operands(dtype))
+        } else {
+            operands.push(Operand::read_only("a", 1, dtype));
+            operands.push(Operand::read_only("b", 2, dtype));
+            declare(&operands)
+        };
         let loader = if vec4 { LOAD_VEC4 } else { LOAD_SCALAR };
         let body = SOURCE
             .replace("//!CONSTS", &consts)
+            .replace("//!OPERANDS", &operands)
             .replace("//!LOADER", loader);
-        // A thread's share of a slice's loader slots (a vec4 or one element each).
+        // A thread's share of a slice's loader slots (four elements or one each).
         let slot_width = if vec4 { 4 } else { 1 };
         let threads = (bm / tm) * (bn / tn);
         let slots = |elements: u32| (elements / slot_width).div_ceil(threads);
@@ -118,8 +145,9 @@ impl KernelFamily for MatmulKernel {
         let body = repeat_marked_lines(&body, 'j', tn / 4);
         if gelu {
             format!(
-                "{}\n{}",
+                "{}\n{}\n{}",
                 gelu_source(),
+                kept(out),
                 body.replace("//!EPILOGUE", STORE_GELU)
             )
         } else {
@@ -137,17 +165,25 @@ impl KernelFamily for MatmulKernel {
 
     fn all() -> Vec<Self> {
         let mut all = Vec::new();
-        for tile in MatmulTile::CANDIDATES {
-            for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-                for vec4 in [false, true] {
-                    for gelu in [false, true] {
-                        all.push(MatmulKernel {
-                            tile,
-                            trans_a,
-                            trans_b,
-                            vec4,
-                            gelu,
-                        });
+        for (dtype, out, bias) in dtype_combinations() {
+            for tile in MatmulTile::CANDIDATES {
+                for (trans_a, trans_b) in
+                    [(false, false), (false, true), (true, false), (true, true)]
+                {
+                    for vec4 in [false, true] {
+                        // GELU's outputs are activations: in the storage dtype.
+                        for gelu in [false, true].into_iter().filter(|&g| !g || out == dtype) {
+                            all.push(MatmulKernel {
+                                tile,
+                                trans_a,
+                                trans_b,
+                                vec4,
+                                gelu,
+                                dtype,
+                                out,
+                                bias,
+                            });
+                        }
                     }
                 }
             }
@@ -156,9 +192,121 @@ impl KernelFamily for MatmulKernel {
     }
 }
 
-workgroup_family! {
-    /// matmul_splits.wgsl: the slices' partial products added in order, and the bias.
-    MatmulSplitsKernel, "matmul_splits", MatmulSplitsParams, SPLITS_ENTRIES, SPLITS.into()
+/// Every (A and B, C, bias) dtype combination the dtype rule allows: C and the bias in the
+/// storage dtype or f32.
+fn dtype_combinations() -> Vec<(DType, DType, DType)> {
+    let mut all = Vec::new();
+    for dtype in DType::ALL {
+        let either = if dtype == DType::F32 {
+            vec![dtype]
+        } else {
+            vec![dtype, DType::F32]
+        };
+        for &out in &either {
+            for &bias in &either {
+                all.push((dtype, out, bias));
+            }
+        }
+    }
+    all
+}
+
+/// A variant's dtypes in its name: the storage dtype, then C's and the bias's where f32 in a
+/// half-precision product.
+fn dtypes_name(dtype: DType, out: DType, bias: DType) -> String {
+    let mut name = dtype.to_string();
+    if out != dtype {
+        name.push_str(&format!("_c{out}"));
+    }
+    if bias != dtype {
+        name.push_str(&format!("_bias{bias}"));
+    }
+    name
+}
+
+/// The vec4 loader's bindings of A and B for a storage dtype: arrays of four elements a load
+/// (`Staged`), and `widen` to f32. bf16 words hold two elements, low half first (operand.rs);
+/// a bf16 is the upper half of the f32 of the same value.
+fn vec4_operands(dtype: DType) -> String {
+    let (enable, staged, widen) = match dtype {
+        DType::F32 => ("", "vec4<f32>", "v"),
+        DType::F16 => ("enable f16;\n", "vec4<f16>", "vec4<f32>(v)"),
+        DType::Bf16 => (
+            "",
+            "vec2<u32>",
+            "vec4<f32>(bitcast<f32>(v.x << 16u), bitcast<f32>(v.x & 0xffff0000u), \
+             bitcast<f32>(v.y << 16u), bitcast<f32>(v.y & 0xffff0000u))",
+        ),
+    };
+    format!(
+        "{enable}@group(0) @binding(1) var<storage, read> a: array<{staged}>;\n\
+         @group(0) @binding(2) var<storage, read> b: array<{staged}>;\n\
+         alias Staged = {staged};\n\
+         fn widen(v: Staged) -> vec4<f32> {{\n    return {widen};\n}}\n"
+    )
+}
+
+/// `kept(v)`: what a tensor of `dtype` keeps of v, for the GELU epilogue, which computes GELU
+/// of the pre-activation as stored (half.wgsl's rounding, which the stores use).
+fn kept(dtype: DType) -> String {
+    let kept = match dtype {
+        DType::F32 => "v",
+        DType::F16 => "f16_to_f32(f32_to_f16(v))",
+        DType::Bf16 => "bf16_to_f32(f32_to_bf16(v))",
+    };
+    format!("fn kept(v: f32) -> f32 {{\n    return {kept};\n}}\n")
+}
+
+/// matmul_splits.wgsl: the slices' f32 partial products added in order, and the bias, stored
+/// into C of `out` (f32 or a storage dtype) with a bias of `bias` (f32 or C's storage dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulSplitsKernel {
+    pub out: DType,
+    pub bias: DType,
+    pub workgroup: u32,
+}
+
+impl KernelFamily for MatmulSplitsKernel {
+    type Params = MatmulSplitsParams;
+
+    fn name(&self) -> String {
+        format!(
+            "matmul_splits_c{}_bias{}_wg{}",
+            self.out, self.bias, self.workgroup
+        )
+    }
+
+    fn constants(&self) -> Vec<(&'static str, f64)> {
+        workgroup_constant(self.workgroup)
+    }
+
+    fn body(&self) -> String {
+        let operands = declare(&[
+            Operand::read_only("partials", 1, DType::F32),
+            Operand::read_only("bias", 2, self.bias),
+            Operand::write("c", 3, self.out),
+        ]);
+        let operands = format!("const PER: u32 = {}u;\n{operands}", per_word(self.out));
+        SPLITS.replace("//!OPERANDS", &operands)
+    }
+
+    fn entries(&self) -> &'static [EntryPoint] {
+        SPLITS_ENTRIES
+    }
+
+    fn all() -> Vec<Self> {
+        let mut all: Vec<Self> = dtype_combinations()
+            .into_iter()
+            .map(|(_, out, bias)| MatmulSplitsKernel {
+                out,
+                bias,
+                workgroup: CHECKED_WORKGROUP,
+            })
+            .collect();
+        all.sort_by_key(|k| (k.out as u8, k.bias as u8));
+        all.dedup();
+        all
+    }
 }
 
 /// The partial products, the bias (a placeholder without one) and C.
@@ -196,6 +344,9 @@ pub(crate) fn matmul(
         trans_b: spec.trans_b,
         vec4,
         gelu: pre.is_some(),
+        dtype: a.dtype(),
+        out: out.dtype(),
+        bias: bias.as_ref().map_or(DType::F32, |t| t.dtype()),
     };
     let groups_x = spec.n.div_ceil(tile.bn as usize);
     let groups_y = spec.m.div_ceil(tile.bm as usize);
@@ -266,9 +417,9 @@ pub(crate) fn matmul(
     Ok(())
 }
 
-/// One product split over K (`params.k_split`): each of the grid's z slices stores its
+/// One product split over K (`params.k_split`): each of the grid's z slices stores its f32
 /// partial product into a scratch tensor, then `sum_slices` adds them in slice order, and the
-/// bias, into `out`.
+/// bias, into `out`, rounding once.
 fn split_over_k(
     gpu: &GpuBackend,
     kernel: MatmulKernel,
@@ -282,6 +433,12 @@ fn split_over_k(
     let len = params.m as usize * params.n as usize;
     let slices = grid[2];
     let partials = gpu.alloc(&[slices as usize * len], DType::F32)?;
+    // The slices store f32 without bias; `sum_slices` adds it and rounds into C's dtype.
+    let partial = MatmulKernel {
+        out: DType::F32,
+        bias: DType::F32,
+        ..kernel
+    };
     index_u32(OP, partials.offset().saturating_add(slices as usize * len))?;
     let (has_bias, bias_offset) = (params.has_bias, params.bias_offset);
     params.c_offset = index_u32(OP, partials.offset())?;
@@ -293,8 +450,8 @@ fn split_over_k(
         placeholder,
         partials.storage().buffer(),
     ];
-    gpu.launch_buffers(kernel, &MATMUL, &params, bound, grid)?;
-    let sum_grid = gpu.grid(len);
+    gpu.launch_buffers(partial, &MATMUL, &params, bound, grid)?;
+    let sum_grid = gpu.grid(len.div_ceil(per_word(out.dtype()) as usize));
     let sum = MatmulSplitsParams {
         m: params.m,
         n: params.n,
@@ -306,6 +463,8 @@ fn split_over_k(
         ..MatmulSplitsParams::default()
     };
     let sum_kernel = MatmulSplitsKernel {
+        out: out.dtype(),
+        bias: kernel.bias,
         workgroup: gpu.kernels.elementwise_workgroup,
     };
     let bias = bias.map_or(placeholder, |t| t.storage().buffer());
@@ -325,7 +484,7 @@ fn apart_from(gpu: &GpuBackend, x: &GpuTensor, outputs: &[&GpuTensor]) -> Result
 }
 
 /// True when a matrix stored with rows of `ld` elements, starting at `offset`, with items
-/// `stride` apart, can be read as whole vec4s.
+/// `stride` apart, can be read four elements at a time (in any dtype).
 fn vec4_aligned(ld: usize, offset: usize, stride: usize, batch: usize) -> bool {
     ld % 4 == 0 && offset % 4 == 0 && (batch <= 1 || stride % 4 == 0)
 }

@@ -227,8 +227,9 @@ const CHECK_N: usize = 29;
 const CHECK_K: usize = 45;
 const CHECK_SEED: u64 = 0x5eed;
 
-/// Whether `product` lands within the f16 product tolerance of the tiled f32 product of the
-/// same f16 values, on random operands; else what went wrong.
+/// Whether `product` lands within the f16 product tolerance of the tiled f16 product (f32
+/// accumulation) of the same operands, on random values; else what went wrong. The caller
+/// routes `gpu`'s products to the tiled kernels meanwhile.
 fn compare_with_tiled(gpu: &GpuBackend, product: &CoopProduct) -> std::result::Result<(), String> {
     let text = |e: Error| e.to_string();
     let spec = MatmulSpec::new(CHECK_M, CHECK_N, CHECK_K).transpose(false, true);
@@ -243,12 +244,10 @@ fn compare_with_tiled(gpu: &GpuBackend, product: &CoopProduct) -> std::result::R
     let upload = |t: Result<HostTensor>| t.and_then(|t| gpu.upload(&t)).map_err(text);
     let a16 = upload(HostTensor::from_f32_as(&a_shape, &a, DType::F16))?;
     let b16 = upload(HostTensor::from_f32_as(&b_shape, &b, DType::F16))?;
-    let a32 = upload(HostTensor::from_f32(&a_shape, a))?;
-    let b32 = upload(HostTensor::from_f32(&b_shape, b))?;
     // NaN wherever the product writes nothing.
     let got = upload(Ok(HostTensor::filled(&c_shape, DType::F32, f32::NAN)))?;
     let want = upload(Ok(HostTensor::filled(&c_shape, DType::F32, 0.0)))?;
-    gpu.matmul(&a32, &b32, None, &want, &spec).map_err(text)?;
+    gpu.matmul(&a16, &b16, None, &want, &spec).map_err(text)?;
     product(gpu, &a16, &b16, &got, &spec).map_err(text)?;
     let got = got.to_f32_vec().map_err(text)?;
     let want: Vec<f64> = want
@@ -277,7 +276,10 @@ impl GpuBackend {
     /// named in one warning. Returns whether cooperative matrices stay on.
     #[doc(hidden)]
     pub fn check_coop_matrix_with(&mut self, product: &CoopProduct) -> bool {
-        if let Err(error) = compare_with_tiled(self, product) {
+        let on = std::mem::replace(&mut self.kernels.coop_matrix, false);
+        let checked = compare_with_tiled(self, product);
+        self.kernels.coop_matrix = on;
+        if let Err(error) = checked {
             tracing::warn!(
                 "cooperative matrices on {} are off (the tiled kernels run instead): {error}",
                 self.info.name

@@ -35,21 +35,6 @@ pub(crate) fn index_u32(op: &'static str, value: usize) -> Result<u32> {
     })
 }
 
-/// Until the f16 and bf16 variants of an op family's kernels exist, the GPU refuses half-precision
-/// operands of that family (the checks let them through for the CPU backend) rather than
-/// misread their 16-bit words as f32.
-pub(crate) fn f32_kernels_only(op: &'static str, operands: &[&GpuTensor]) -> Result<()> {
-    match operands.iter().find(|t| t.dtype() != DType::F32) {
-        None => Ok(()),
-        Some(t) => Err(Error::UnsupportedDtype {
-            op,
-            dtype: t.dtype(),
-            hint: "half-precision operands on the GPU need the f16/bf16 kernels (issue 20); \
-                   cast them to f32, or run on the CPU backend",
-        }),
-    }
-}
-
 /// f16 kernels declare `array<f16>` operands, which need SHADER_F16: on an adapter without it
 /// f16 operands are refused (bf16 runs everywhere).
 pub(crate) fn f16_needs_shader_f16(
