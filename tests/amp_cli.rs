@@ -1,6 +1,6 @@
-//! `signflow train --amp f16|bf16` on the CPU backend: a tiny problem is learnt, step rows
-//! carry the loss scale and whether the update was skipped, config.json records the resolved
-//! settings, bad values are refused; `signflow bench` gives a mixed-precision training step
+//! `signflow train --amp f16|bf16` on the CPU backend and the first GPU adapter: a tiny
+//! problem is learnt, step rows carry the loss scale and whether the update was skipped,
+//! config.json records the resolved settings, bad values are refused; `signflow bench` gives a mixed-precision training step
 //! within 70% of f32's peak memory.
 
 mod cli_support;
@@ -40,8 +40,9 @@ fn records(run: &Path, kind: &str) -> Vec<Value> {
 fn train_with_amp_learns_and_reports_the_loss_scale() {
     let dir = tempfile::tempdir().unwrap();
     let pack = synth(dir.path());
-    for (amp, scale) in [("f16", 65536.0), ("bf16", 1.0)] {
-        let run = dir.path().join(format!("run-{amp}"));
+    let cases = [("f16", 65536.0), ("bf16", 1.0)];
+    for ((amp, scale), device) in cases.into_iter().flat_map(|c| [(c, "cpu"), (c, "gpu:0")]) {
+        let run = dir.path().join(format!("run-{amp}-{device}"));
         let mut args = vec![
             "train",
             "--data",
@@ -49,7 +50,7 @@ fn train_with_amp_learns_and_reports_the_loss_scale() {
             "--out",
             run.to_str().unwrap(),
             "--device",
-            "cpu",
+            device,
             "--epochs",
             "6",
             "--batch-size",
@@ -69,7 +70,10 @@ fn train_with_amp_learns_and_reports_the_loss_scale() {
         let epochs = records(&run, "epoch");
         let loss = |r: &Value| r["train_loss"].as_f64().unwrap();
         let (first, last) = (loss(&epochs[0]), loss(epochs.last().unwrap()));
-        assert!(last < 0.8 * first, "{amp}: train loss {first} -> {last}");
+        assert!(
+            last < 0.8 * first,
+            "{amp} on {device}: train loss {first} -> {last}"
+        );
         let steps = records(&run, "step");
         assert_eq!(steps.len(), 6 * 3);
         for s in &steps {
