@@ -176,12 +176,6 @@ pub trait Backend: Send + Sync + Sized + 'static {
         false
     }
 
-    /// Whether the model's ops run with f16/bf16 activations on this backend (DESIGN.md,
-    /// Precision), so that a model can be set to a half precision before any op refuses it.
-    fn runs_half_precision(&self) -> bool {
-        true
-    }
-
     /// A tensor whose contents are unspecified.
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>>;
 

@@ -111,19 +111,10 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     }
 
     /// Runs the model in `dtype` (default f32): its weights are rounded once, here, and its
-    /// activations stored in `dtype` (f32 arithmetic; DESIGN.md, Precision). Half precision
-    /// runs on the CPU backend for now. f16 on an adapter without SHADER_F16 runs bf16
-    /// ([`crate::device::precision_that_runs`]).
+    /// activations stored in `dtype` (f32 arithmetic; DESIGN.md, Precision). f16 on an
+    /// adapter without SHADER_F16 runs bf16 ([`crate::device::precision_that_runs`]).
     pub fn with_precision(mut self, dtype: DType) -> Result<InferencePipeline<'b, B>> {
         let dtype = crate::device::precision_that_runs(dtype, self.backend.info());
-        if dtype != DType::F32 && !self.backend.runs_half_precision() {
-            return Err(Error::UnsupportedDtype {
-                op: "inference",
-                dtype,
-                hint: "half-precision inference on the GPU needs the f16 GPU kernels (issue 20); \
-                       use --device cpu or --precision f32",
-            });
-        }
         self.model.set_precision(self.backend, dtype)?;
         // Plans hold workspaces and captured work of the previous precision's buffers.
         self.plans = self.plans.take().map(|_| optimized::Plans::new());

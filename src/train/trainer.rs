@@ -21,7 +21,6 @@ use crate::backend::{AdamW, Backend};
 use crate::data::augment::AugmentConfig;
 use crate::data::loader::{Loader, LoaderConfig, Source};
 use crate::data::packs::{Dataset, LAYOUT_258};
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::model::checkpoint::{non_finite, FEATURES_LAYOUT};
@@ -102,8 +101,8 @@ pub fn initial_model<B: Backend>(
 
 impl<'b, B: Backend> Trainer<'b, B> {
     /// A trainer for `model` (see [`initial_model`]) whose outputs are `classes`; with
-    /// `config.use_amp`, the model is set to run in `amp_dtype` (refused where the backend
-    /// does not run half precision).
+    /// `config.use_amp`, the model is set to run in `amp_dtype` (bf16 for f16 on an adapter
+    /// without SHADER_F16).
     pub fn new(
         backend: &'b B,
         mut model: SignTransformer<B>,
@@ -121,9 +120,8 @@ impl<'b, B: Backend> Trainer<'b, B> {
                 ),
             ));
         }
-        let precision = amp_precision(&config, backend.runs_half_precision())?;
         // f16 on an adapter without SHADER_F16 trains in bf16 (and says so).
-        let precision = crate::device::precision_that_runs(precision, backend.info());
+        let precision = crate::device::precision_that_runs(config.precision(), backend.info());
         model.set_precision(backend, precision)?;
         let optimizer = Optimizer::new(backend, &model)?;
         let scaler = LossScaler::new(
@@ -694,21 +692,6 @@ impl<'b, B: Backend> Trainer<'b, B> {
     }
 }
 
-/// The storage dtype of a run's activations: f32, or with AMP its format, which the backend
-/// (`runs_half` is its [`Backend::runs_half_precision`]) must run.
-fn amp_precision(config: &TrainingConfig, runs_half: bool) -> Result<DType> {
-    let precision = config.precision();
-    if precision != DType::F32 && !runs_half {
-        return Err(Error::UnsupportedDtype {
-            op: "mixed-precision training",
-            dtype: precision,
-            hint: "this device's backend does not run the model's ops in half precision yet; \
-                   train with --amp none, or with AMP on --device cpu",
-        });
-    }
-    Ok(precision)
-}
-
 /// A state whose weights or moments are not finite (or whose second moments are negative)
 /// would make the first update NaN: it is a corrupt file, not a run that diverged.
 fn check_state_values(path: &Path, state: &TrainingState) -> Result<()> {
@@ -763,29 +746,4 @@ fn epoch_message(r: &EpochRecord, scaler: Option<&ScalerState>) -> String {
         );
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::AmpDtype;
-
-    #[test]
-    fn amp_is_refused_where_the_backend_runs_no_half_precision() {
-        for amp_dtype in [AmpDtype::F16, AmpDtype::Bf16] {
-            let config = TrainingConfig {
-                use_amp: true,
-                amp_dtype,
-                ..TrainingConfig::default()
-            };
-            let msg = amp_precision(&config, false).unwrap_err().to_string();
-            assert!(msg.contains("mixed-precision training"), "{msg}");
-            assert!(msg.contains(&amp_dtype.to_string()), "{msg}");
-            assert!(msg.contains("--amp none"), "{msg}");
-            assert_eq!(amp_precision(&config, true).unwrap(), amp_dtype.dtype());
-        }
-        // Without AMP nothing is asked of the backend.
-        let f32_run = amp_precision(&TrainingConfig::default(), false).unwrap();
-        assert_eq!(f32_run, DType::F32);
-    }
 }

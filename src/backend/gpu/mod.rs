@@ -209,11 +209,6 @@ impl Backend for GpuBackend {
         &self.info
     }
 
-    /// Every op has f16 and bf16 kernels (f16 where the adapter has SHADER_F16).
-    fn runs_half_precision(&self) -> bool {
-        true
-    }
-
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {
         let bytes = byte_len(shape, dtype);
         let block = self
