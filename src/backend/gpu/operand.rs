@@ -106,11 +106,21 @@ impl Operand {
                 ),
             ),
         };
+        // A bf16 pair is one word, read once.
+        let ld2 = match (self.dtype, write) {
+            (DType::Bf16, false) => format!("let w = {name}[i >> 1u];"),
+            (DType::Bf16, true) => format!("let w = atomicLoad(&{name}[i >> 1u]);"),
+            _ => String::new(),
+        };
+        let ld2 = if ld2.is_empty() {
+            format!("return vec2<f32>({name}_ld(i), {name}_ld(i + 1u));")
+        } else {
+            format!("{ld2}\n    return vec2<f32>(bf16_to_f32(w & 0xffffu), bf16_to_f32(w >> 16u));")
+        };
         let mut out = format!(
             "@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{element}>;\n\
              fn {name}_ld(i: u32) -> f32 {{\n    return {ld};\n}}\n\
-             fn {name}_ld2(i: u32) -> vec2<f32> {{\n    \
-             return vec2<f32>({name}_ld(i), {name}_ld(i + 1u));\n}}\n"
+             fn {name}_ld2(i: u32) -> vec2<f32> {{\n    {ld2}\n}}\n"
         );
         if write {
             let st2 = if self.dtype == DType::Bf16 {
