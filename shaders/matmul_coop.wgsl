@@ -1,5 +1,5 @@
 // Matrix product on cooperative matrices (tensor cores): C[M,N] = op(A)·op(B) (+ bias[N])
-// for each batch item, A and B f16, accumulated in f32, C stored as CT (f16 or f32).
+// for each batch item, A and B f16, accumulated in f32, C stored in f16 or f32.
 //
 // Layout as matmul.wgsl: row-major; A is [M,K] ([K,M] when TRANS_A), B is [K,N] ([N,K] when
 // TRANS_B), C is [M,N]. Item z of the dispatch is item `batch_base + z` and starts `stride_*`
@@ -21,8 +21,9 @@
 // from which the subgroup's lanes add the bias and store the elements inside C (`store`:
 // C, or the pre-activation and C = GELU of it).
 //
-// BM, BN, BK, SM, SN, WG (kernel_config.rs), TRANS_A, TRANS_B, the element types CT (C and
-// the pre-activation) and BiasT, and the epilogue are generated per variant by
+// BM, BN, BK, SM, SN, WG (kernel_config.rs), TRANS_A, TRANS_B, the operands (a, b, bias, c
+// and pre, with their access functions: src/backend/gpu/operand.rs) and the epilogue (the
+// tiled product's, matmul_store*.wgsl) are generated per variant by
 // src/backend/gpu/ops/matmul_coop.rs.
 
 enable f16;
@@ -38,10 +39,7 @@ const MATRIX: u32 = 256u;
 // struct Params (binding 0) is generated in front of this file from its Rust declaration
 // in src/backend/gpu/ops/matmul.rs (the tiled product's; k_split is unused here).
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f16>;
-@group(0) @binding(2) var<storage, read> b: array<f16>;
-@group(0) @binding(3) var<storage, read> bias: array<BiasT>;
-@group(0) @binding(4) var<storage, read_write> c: array<CT>;
+//!OPERANDS
 
 // op(A) slice [BM][BK] and op(B) slice [BK][BN], row-major; one 16×16 scratch per block.
 var<workgroup> a_tile: array<f16, BM * BK>;
@@ -119,7 +117,7 @@ fn finish(
         if gm < p.m && gn < p.n {
             var x = c_scratch[scratch + i];
             if p.has_bias != 0u {
-                x += f32(bias[p.bias_offset + gn]);
+                x += bias_ld(p.bias_offset + gn);
             }
             store(c_base + gm * p.n + gn, x);
         }

@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 const SOURCE: &str = include_str!("../../../../shaders/matmul.wgsl");
 const LOAD_SCALAR: &str = include_str!("../../../../shaders/matmul_load_scalar.wgsl");
 const LOAD_VEC4: &str = include_str!("../../../../shaders/matmul_load_vec4.wgsl");
-const STORE: &str = include_str!("../../../../shaders/matmul_store.wgsl");
-const STORE_GELU: &str = include_str!("../../../../shaders/matmul_store_gelu.wgsl");
+pub(crate) const STORE: &str = include_str!("../../../../shaders/matmul_store.wgsl");
+pub(crate) const STORE_GELU: &str = include_str!("../../../../shaders/matmul_store_gelu.wgsl");
 const SPLITS: &str = include_str!("../../../../shaders/matmul_splits.wgsl");
 
 wgsl_params! {
@@ -248,7 +248,7 @@ fn vec4_operands(dtype: DType) -> String {
 
 /// `kept(v)`: what a tensor of `dtype` keeps of v, for the GELU epilogue, which computes GELU
 /// of the pre-activation as stored (half.wgsl's rounding, which the stores use).
-fn kept(dtype: DType) -> String {
+pub(crate) fn kept(dtype: DType) -> String {
     let kept = match dtype {
         DType::F32 => "v",
         DType::F16 => "f16_to_f32(f32_to_f16(v))",

@@ -5,11 +5,12 @@
 
 use rand::{Rng, SeedableRng};
 
-use super::matmul::MatmulParams;
+use super::matmul::{kept, MatmulParams, STORE, STORE_GELU};
 use super::{index_u32, GpuTensor};
 use crate::backend::gpu::kernel_config::{
     COOP_BK, COOP_BM, COOP_BN, COOP_SM, COOP_SN, COOP_WORKGROUP,
 };
+use crate::backend::gpu::operand::{declare, Operand};
 use crate::backend::gpu::shaders::{gelu_source, Entry, EntryPoint, KernelFamily};
 use crate::backend::gpu::GpuBackend;
 use crate::backend::{Backend, MatmulSpec};
@@ -19,8 +20,6 @@ use crate::tensor::HostTensor;
 use crate::tolerance::{tolerance_for, Deviation, OpClass};
 
 const SOURCE: &str = include_str!("../../../../shaders/matmul_coop.wgsl");
-const STORE: &str = include_str!("../../../../shaders/matmul_coop_store.wgsl");
-const STORE_GELU: &str = include_str!("../../../../shaders/matmul_coop_store_gelu.wgsl");
 
 // The kernel names its four accumulators: a subgroup's block is 2×2 matrices of 16×16.
 const _: () = assert!(COOP_SM == 32 && COOP_SN == 32 && COOP_BK % 16 == 0);
@@ -78,14 +77,27 @@ impl KernelFamily for MatmulCoopKernel {
             "const BM: u32 = {COOP_BM}u;\nconst BN: u32 = {COOP_BN}u;\nconst BK: u32 = {COOP_BK}u;\n\
              const SM: u32 = {COOP_SM}u;\nconst SN: u32 = {COOP_SN}u;\n\
              const WG: u32 = {COOP_WORKGROUP}u;\n\
-             const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};\n\
-             alias CT = {out};\nalias BiasT = {bias};"
+             const TRANS_A: bool = {trans_a};\nconst TRANS_B: bool = {trans_b};"
         );
-        let body = SOURCE.replace("//!CONSTS", &consts);
+        // The tiled product's operands and epilogue: its rounding of C, and GELU of the
+        // pre-activation as stored.
+        let mut operands = vec![
+            Operand::read_only("a", 1, DType::F16),
+            Operand::read_only("b", 2, DType::F16),
+            Operand::read_only("bias", 3, bias),
+            Operand::write("c", 4, out),
+        ];
+        if gelu {
+            operands.push(Operand::write("pre", 5, out));
+        }
+        let body = SOURCE
+            .replace("//!CONSTS", &consts)
+            .replace("//!OPERANDS", &declare(&operands));
         if gelu {
             format!(
-                "{}\n{}",
+                "{}\n{}\n{}",
                 body.replace("//!EPILOGUE", STORE_GELU),
+                kept(out),
                 gelu_source()
             )
         } else {
