@@ -414,7 +414,9 @@ pub fn attention_backward(
     p: f64,
     key: &crate::rng::DropoutKey,
 ) -> Vec<f64> {
-    attention_backward_from(qkv, mask, None, dout, (batch, t, heads, head_dim), p, key)
+    let (_, lse) = attention(qkv, mask, batch, t, heads, head_dim, p, key);
+    let dims = (batch, t, heads, head_dim);
+    attention_backward_from(qkv, mask, (None, &lse), dout, dims, p, key)
 }
 
 /// [`attention_backward`] as the kernels compute it in `dtype` storage: rowsum(dO∘O) from the
@@ -432,21 +434,19 @@ pub fn attention_backward_in(
     p: f64,
     key: &crate::rng::DropoutKey,
 ) -> Vec<f64> {
-    let out = cast(
-        &attention(qkv, mask, batch, t, heads, head_dim, p, key).0,
-        dtype,
-    );
+    let (out, lse) = attention(qkv, mask, batch, t, heads, head_dim, p, key);
+    let out = cast(&out, dtype);
     let dims = (batch, t, heads, head_dim);
-    let d = attention_backward_from(qkv, mask, Some(&out), dout, dims, p, key);
+    let d = attention_backward_from(qkv, mask, (Some(&out), &lse), dout, dims, p, key);
     cast(&d, dtype)
 }
 
-/// The gradient of [`attention`], with rowsum(dO∘O) from `out` where given (a stored
-/// output), else from the exact probabilities.
+/// The gradient of [`attention`] given the forward's log-sum-exp, with rowsum(dO∘O) from
+/// `out` where given (a stored output), else from the exact probabilities.
 fn attention_backward_from(
     qkv: &[f64],
     mask: &[f64],
-    out: Option<&[f64]>,
+    (out, lse): (Option<&[f64]>, &[f64]),
     dout: &[f64],
     (batch, t, heads, head_dim): (usize, usize, usize, usize),
     p: f64,
@@ -457,7 +457,6 @@ fn attention_backward_from(
     let idx = |b: usize, s: usize, part: usize, h: usize, i: usize| {
         (b * t + s) * 3 * d_model + part * d_model + h * head_dim + i
     };
-    let (_, lse) = attention(qkv, mask, batch, t, heads, head_dim, p, key);
     let mut d = vec![0.0; qkv.len()];
     for b in 0..batch {
         for h in 0..heads {

@@ -15,7 +15,7 @@ use signflow::rng::DropoutKey;
 use signflow::tolerance::{tolerance_for, Deviation, OpClass};
 use signflow::{CpuBackend, DType, GpuConfig};
 
-const HALF: [DType; 2] = [DType::F16, DType::Bf16];
+use signflow::selftest::HALVES;
 
 /// Awkward sizes: nothing a multiple of a tile or a vector width.
 fn config() -> ModelConfig {
@@ -207,7 +207,7 @@ fn half_forward_matches_the_rounding_reference() {
             model.keep_weight_rows(&b).unwrap();
         }
         let params = model.named_parameters().unwrap();
-        for dtype in HALF {
+        for dtype in HALVES {
             let got = logits(&mut model, &b, dtype);
             assert!(got.iter().all(|v| v.is_finite()), "{dtype}: {got:?}");
             let want = reference_logits(&cfg, &params, &batch(&cfg), dtype);
@@ -237,7 +237,7 @@ fn half_forward_matches_the_rounding_reference() {
 #[test]
 fn half_forward_is_deterministic() {
     let b = cpu();
-    for dtype in HALF {
+    for dtype in HALVES {
         let mut model = SignTransformer::new(&b, config(), 3).unwrap();
         model.keep_weight_rows(&b).unwrap();
         let first = logits(&mut model, &b, dtype);

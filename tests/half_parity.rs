@@ -5,14 +5,12 @@
 
 use signflow::backend::AttentionSpec;
 use signflow::reference as r;
-use signflow::selftest::{self, Inputs};
+use signflow::selftest::{self, Inputs, HALVES};
 use signflow::tolerance::{tolerance_for, Deviation, OpClass};
 use signflow::{
     AdamW, Backend, CpuBackend, DType, DropoutKey, Error, GpuBackend, HostTensor, MatmulSpec,
     Tensor,
 };
-
-const HALVES: [DType; 2] = [DType::F16, DType::Bf16];
 
 /// A fresh seed, printed so that a failure can be replayed.
 fn seed() -> u64 {
