@@ -397,13 +397,8 @@ impl<B: Backend> ModelCase<B> {
         let optimizer = training
             .then(|| {
                 let amp = TrainingConfig::default();
-                let scaler = LossScaler::new(
-                    b,
-                    dtype,
-                    amp.amp_init_scale as f32,
-                    amp.amp_growth_interval,
-                    None,
-                )?;
+                let scaler =
+                    LossScaler::new(b, dtype, amp.amp_init_scale as f32, amp.amp_growth_interval)?;
                 Ok::<_, Error>((Optimizer::new(b, &model)?, scaler))
             })
             .transpose()?;

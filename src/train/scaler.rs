@@ -31,29 +31,33 @@ pub struct LossScaler<B: Backend> {
 }
 
 impl<B: Backend> LossScaler<B> {
-    /// The scaler of a run whose activations are stored in `precision`: from `state` when
-    /// resuming, else starting at `init_scale` (f16 only).
+    /// The scaler of a run whose activations are stored in `precision`, starting at
+    /// `init_scale` (f16 only; [`LossScaler::restore`] continues a saved one).
     pub fn new(
         backend: &B,
         precision: DType,
         init_scale: f32,
         growth_interval: u32,
-        state: Option<ScalerState>,
     ) -> Result<LossScaler<B>> {
         let scaling = precision == DType::F16;
         let found_inf = scaling
             .then(|| backend.alloc(&[1], DType::F32))
             .transpose()?;
-        let state = state.unwrap_or(ScalerState {
+        let state = ScalerState {
             scale: if scaling { init_scale } else { 1.0 },
             growth_tracker: 0,
             skipped: 0,
-        });
+        };
         Ok(LossScaler {
             state,
             growth_interval,
             found_inf,
         })
+    }
+
+    /// Continues from a saved state (`--resume`).
+    pub fn restore(&mut self, state: ScalerState) {
+        self.state = state;
     }
 
     /// The factor the loss gradient is multiplied by.
@@ -123,7 +127,7 @@ mod tests {
     #[test]
     fn an_injected_inf_skips_and_halves_then_clean_updates_grow_the_scale() {
         let b = cpu();
-        let mut s = LossScaler::new(&b, DType::F16, 1024.0, 3, None).unwrap();
+        let mut s = LossScaler::new(&b, DType::F16, 1024.0, 3).unwrap();
         let grads = b
             .upload(&HostTensor::from_f32(&[3], vec![512.0, f32::INFINITY, 2.0]).unwrap())
             .unwrap();
@@ -158,7 +162,7 @@ mod tests {
     #[test]
     fn the_scale_never_grows_past_f32() {
         let b = cpu();
-        let mut s = LossScaler::new(&b, DType::F16, f32::MAX, 1, None).unwrap();
+        let mut s = LossScaler::new(&b, DType::F16, f32::MAX, 1).unwrap();
         s.advance(false);
         assert_eq!(s.scale(), f32::MAX);
     }
@@ -167,7 +171,7 @@ mod tests {
     fn bf16_and_f32_neither_scale_nor_skip() {
         let b = cpu();
         for precision in [DType::Bf16, DType::F32] {
-            let mut s = LossScaler::new(&b, precision, 65536.0, 1, None).unwrap();
+            let mut s = LossScaler::new(&b, precision, 65536.0, 1).unwrap();
             let grads = b
                 .upload(&HostTensor::from_f32(&[1], vec![f32::NAN]).unwrap())
                 .unwrap();

@@ -129,7 +129,6 @@ impl<'b, B: Backend> Trainer<'b, B> {
             precision,
             config.amp_init_scale as f32,
             config.amp_growth_interval,
-            None,
         )?;
         Ok(Trainer {
             backend,
@@ -187,14 +186,9 @@ impl<'b, B: Backend> Trainer<'b, B> {
             state.exp_avg_sq,
             state.progress.step.saturating_sub(skipped),
         )?;
-        let c = &trainer.config;
-        trainer.scaler = LossScaler::new(
-            backend,
-            trainer.model.precision(),
-            c.amp_init_scale as f32,
-            c.amp_growth_interval,
-            state.scaler,
-        )?;
+        if let Some(scaler) = state.scaler {
+            trainer.scaler.restore(scaler);
+        }
         trainer.progress = state.progress;
         Ok(trainer)
     }
