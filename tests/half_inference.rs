@@ -69,8 +69,9 @@ fn logits(model: &mut SignTransformer<CpuBackend>, b: &CpuBackend, dtype: DType)
 }
 
 /// The f64 model in storage dtype `s`: products read weights and inputs rounded to `s`;
-/// biases and layer norms' parameters are f32; every activation the kernels store in `s` is
-/// rounded there; the logits are f32.
+/// biases, positions and layer norms' parameters are f32; every activation the kernels store
+/// in `s` is rounded there; the residual stream is f32 and rounded to `s` where the layer
+/// norms read it; the logits are f32.
 fn reference_logits(
     cfg: &ModelConfig,
     params: &[NamedTensor],
@@ -88,10 +89,11 @@ fn reference_logits(
         r::matmul(x, &half(w), Some(&get(b)), &spec)
     };
     let eps = cfg.layer_norm_eps as f64;
-    let norm = |x: &[f64], p: &str| {
+    let f32 = |x: &[f64]| r::cast(x, DType::F32);
+    let norm = |h: &[f64], p: &str| {
         r::cast(
             &r::layernorm(
-                x,
+                &r::cast(h, s),
                 &get(&format!("{p}.weight")),
                 &get(&format!("{p}.bias")),
                 eps,
@@ -103,22 +105,19 @@ fn reference_logits(
     let features: Vec<f64> = batch.features.iter().map(|&x| x as f64).collect();
     let mask: Vec<f64> = batch.mask.iter().map(|&x| x as f64).collect();
     let x = r::cast(&features, s);
-    let proj = r::cast(
-        &linear(
-            &x,
-            "input_proj.weight",
-            "input_proj.bias",
-            bt,
-            cfg.num_features,
-            d,
-        ),
-        s,
-    );
-    let pos = half("pos_embedding");
+    let proj = f32(&linear(
+        &x,
+        "input_proj.weight",
+        "input_proj.bias",
+        bt,
+        cfg.num_features,
+        d,
+    ));
+    let pos = get("pos_embedding");
     let seq_d = batch.seq * d;
     let mut h: Vec<f64> = proj
         .chunks(seq_d)
-        .flat_map(|item| r::cast(&r::add(item, &pos[..seq_d]), s))
+        .flat_map(|item| f32(&r::add(item, &pos[..seq_d])))
         .collect();
     for l in 0..cfg.num_layers {
         let p = format!("encoder.layers.{l}");
@@ -159,7 +158,7 @@ fn reference_logits(
             d,
             d,
         );
-        let hmid = r::cast(&r::add(&h, &r::cast(&o, s)), s);
+        let hmid = f32(&r::add(&h, &f32(&o)));
         let a2 = norm(&hmid, &format!("{p}.norm2"));
         let spec = MatmulSpec::new(bt, cfg.ff_dim, d).transpose(false, true);
         let w1 = half(&format!("{p}.linear1.weight"));
@@ -172,7 +171,7 @@ fn reference_logits(
             cfg.ff_dim,
             d,
         );
-        h = r::cast(&r::add(&hmid, &r::cast(&o, s)), s);
+        h = f32(&r::add(&hmid, &f32(&o)));
     }
     let hf = norm(&h, "encoder.norm");
     let pooled = r::cast(&r::mean_pool(&hf, &mask, batch.batch, d), s);

@@ -121,7 +121,7 @@ mod tests {
             .iter()
             .flat_map(|l| [&l.a1, &l.qkv, &l.attn, &l.hmid, &l.a2, &l.f]);
         let rest = [&ws.o, &ws.hf, &ws.pooled, &ws.logits];
-        for t in ws.hin.iter().chain(layers).chain(rest) {
+        for t in ws.hin.iter().chain(layers).chain(rest).chain(&ws.stream) {
             let t: &Tensor<B> = t;
             b.write(t, &HostTensor::filled(t.shape(), DType::F32, f32::NAN))
                 .unwrap();

@@ -158,9 +158,9 @@ impl Site {
     }
 }
 
-/// The weights rounded to a half-precision storage dtype S, which the products (and the
-/// positions' add) read when the model runs in S; biases and layer norms read the f32 master
-/// weights (DESIGN.md, Precision).
+/// The weights rounded to a half-precision storage dtype S, which the products read when the
+/// model runs in S; biases, positions and layer norms read the f32 master weights (DESIGN.md,
+/// Precision).
 struct HalfWeights<B: Backend> {
     arena: Arena<B>,
     views: Views<B>,
@@ -352,20 +352,22 @@ impl<B: Backend> SignTransformer<B> {
         let p = if dropout.is_some() { cfg.dropout } else { 0.0 };
         let key = |site: Site| dropout_key(dropout, site);
 
-        // Embedding: input projection, learned positions, dropout.
-        let h0 = &ws.hin[0];
+        // Embedding: input projection, learned positions, dropout; into the residual stream
+        // (f32), whose rounded copies (hin, hmid) the layer norms read.
+        let h0 = ws.stream_at(&ws.hin[0]);
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
         let (w, spec) = self.linear_rhs(LinearId::InputProj, bt);
         backend.matmul(&x, w, Some(&self.w.input_proj.b), h0, &spec)?;
-        let pos = self.product_weights().pos.view(0, &[seq * d])?;
+        let pos = self.w.pos.view(0, &[seq * d])?;
         for b in 0..batch {
             let item = h0.view(b * seq * d, &[seq * d])?;
             backend.add(&item, &pos, &item)?;
         }
         self.dropout(backend, h0, p, key(Site::Embedding))?;
+        ws.save_stream(backend, &ws.hin[0])?;
 
         for (l, (layer, acts)) in self.w.layers.iter().zip(&ws.layers).enumerate() {
-            let (hin, hout) = (&ws.hin[l], &ws.hin[l + 1]);
+            let hin = &ws.hin[l];
             // Attention block: h + dropout(out_proj(attention(norm1(h)))).
             backend.layernorm(
                 hin,
@@ -383,7 +385,8 @@ impl<B: Backend> SignTransformer<B> {
             let (w, spec) = self.linear_rhs(LinearId::OutProj(l), bt);
             backend.matmul(&acts.attn, w, Some(&layer.out_proj.b), &ws.o, &spec)?;
             self.dropout(backend, &ws.o, p, key(Site::AttentionOut(l)))?;
-            backend.add(hin, &ws.o, &acts.hmid)?;
+            backend.add(ws.stream_at(hin), &ws.o, ws.stream_at(&acts.hmid))?;
+            ws.save_stream(backend, &acts.hmid)?;
 
             // Feed-forward block: h + dropout(linear2(dropout(gelu(linear1(norm2(h)))))).
             backend.layernorm(
@@ -401,7 +404,9 @@ impl<B: Backend> SignTransformer<B> {
             let (w, spec) = self.linear_rhs(LinearId::Linear2(l), bt);
             backend.matmul(&acts.f, w, Some(&layer.linear2.b), &ws.o, &spec)?;
             self.dropout(backend, &ws.o, p, key(Site::FeedForwardOut(l)))?;
-            backend.add(&acts.hmid, &ws.o, hout)?;
+            let hout = &ws.hin[l + 1];
+            backend.add(ws.stream_at(&acts.hmid), &ws.o, ws.stream_at(hout))?;
+            ws.save_stream(backend, hout)?;
         }
 
         // Final norm, masked mean over real frames, classifier.
@@ -512,17 +517,33 @@ impl<B: Backend> SignTransformer<B> {
         weight_grad(dlogits, &ws.pooled, &self.g.classifier.w, batch, c, d)?;
         backend.bias_grad(&gr.dlogits, &self.g.classifier.b)?;
         input_grad(dlogits, &pw.classifier.w, &gr.dpooled, batch, c, d)?;
-        let dhf = &gr.dtmp;
+        let dhf = &gr.dattn;
         backend.mean_pool_backward(&gr.dpooled, &ws.mask, &dhf.reshape(&[batch, seq, d])?)?;
-        backend.layernorm_backward(
+        // A layer norm's dx (into the f32 residual gradient), written in the activations'
+        // dtype as its x is.
+        let norm_backward = |x, norm: &Norm<B>, grad: &Norm<B>, (mean, rstd), dy, dx: &Tensor<B>| {
+            let stored = gr.dres_half.as_ref().unwrap_or(dx);
+            backend.layernorm_backward(x, &norm.w, mean, rstd, dy, stored, &grad.w, &grad.b)?;
+            match &gr.dres_half {
+                Some(half) => backend.cast(half, dx),
+                None => Ok(()),
+            }
+        };
+        // A residual gradient (f32) as the products read it: rounded to the activations'
+        // dtype.
+        let for_products = |g| -> Result<&Tensor<B>> {
+            match &gr.dres_half {
+                Some(half) => backend.cast(g, half).map(|()| half),
+                None => Ok(g),
+            }
+        };
+        norm_backward(
             &ws.hin[cfg.num_layers],
-            &self.w.final_norm.w,
-            &ws.meanf,
-            &ws.rstdf,
+            &self.w.final_norm,
+            &self.g.final_norm,
+            (&ws.meanf, &ws.rstdf),
             dhf,
             &gr.dh,
-            &self.g.final_norm.w,
-            &self.g.final_norm.b,
         )?;
 
         // gr.dh holds d(loss)/d(the residual stream leaving layer l).
@@ -530,33 +551,31 @@ impl<B: Backend> SignTransformer<B> {
             let (layer, grad, acts) = (&self.w.layers[l], &self.g.layers[l], &ws.layers[l]);
             let products = &pw.layers[l];
             // Feed-forward block.
-            let dg = &ws.o;
-            self.dropout_into(backend, &gr.dh, p, key(Site::FeedForwardOut(l)), dg)?;
+            self.dropout_into(backend, &gr.dh, p, key(Site::FeedForwardOut(l)), &ws.o)?;
+            backend.bias_grad(&ws.o, &grad.linear2.b)?;
+            let dg = for_products(&ws.o)?;
             weight_grad(dg, &acts.f, &grad.linear2.w, bt, d, ff)?;
-            backend.bias_grad(dg, &grad.linear2.b)?;
             input_grad(dg, &products.linear2.w, &gr.dff, bt, d, ff)?;
             self.dropout(backend, &gr.dff, p, key(Site::FeedForwardHidden(l)))?;
             backend.gelu_backward(&acts.fpre, &gr.dff, &gr.dff2)?;
             weight_grad(&gr.dff2, &acts.a2, &grad.linear1.w, bt, ff, d)?;
             backend.bias_grad(&gr.dff2, &grad.linear1.b)?;
             input_grad(&gr.dff2, &products.linear1.w, &gr.dattn, bt, ff, d)?;
-            backend.layernorm_backward(
+            norm_backward(
                 &acts.hmid,
-                &layer.norm2.w,
-                &acts.mean2,
-                &acts.rstd2,
+                &layer.norm2,
+                &grad.norm2,
+                (&acts.mean2, &acts.rstd2),
                 &gr.dattn,
                 &gr.dtmp,
-                &grad.norm2.w,
-                &grad.norm2.b,
             )?;
             backend.add(&gr.dh, &gr.dtmp, &gr.dhmid)?;
 
             // Attention block.
-            let dout = &ws.o;
-            self.dropout_into(backend, &gr.dhmid, p, key(Site::AttentionOut(l)), dout)?;
+            self.dropout_into(backend, &gr.dhmid, p, key(Site::AttentionOut(l)), &ws.o)?;
+            backend.bias_grad(&ws.o, &grad.out_proj.b)?;
+            let dout = for_products(&ws.o)?;
             weight_grad(dout, &acts.attn, &grad.out_proj.w, bt, d, d)?;
-            backend.bias_grad(dout, &grad.out_proj.b)?;
             input_grad(dout, &products.out_proj.w, &gr.dattn, bt, d, d)?;
             let spec = self.attention_spec(ws, p, key(Site::AttentionProbs(l)));
             backend.attention_backward(
@@ -565,15 +584,13 @@ impl<B: Backend> SignTransformer<B> {
             weight_grad(&gr.dqkv, &acts.a1, &grad.in_proj.w, bt, 3 * d, d)?;
             backend.bias_grad(&gr.dqkv, &grad.in_proj.b)?;
             input_grad(&gr.dqkv, &products.in_proj.w, &gr.dattn, bt, 3 * d, d)?;
-            backend.layernorm_backward(
+            norm_backward(
                 &ws.hin[l],
-                &layer.norm1.w,
-                &acts.mean1,
-                &acts.rstd1,
+                &layer.norm1,
+                &grad.norm1,
+                (&acts.mean1, &acts.rstd1),
                 &gr.dattn,
                 &gr.dtmp,
-                &grad.norm1.w,
-                &grad.norm1.b,
             )?;
             backend.add(&gr.dhmid, &gr.dtmp, &gr.dh)?;
         }
@@ -585,9 +602,10 @@ impl<B: Backend> SignTransformer<B> {
             let rest = self.g.pos.view(seq * d, &[(cfg.max_seq_len - seq) * d])?;
             backend.scale(&rest, 0.0, &rest)?;
         }
+        backend.bias_grad(&gr.dh, &self.g.input_proj.b)?;
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
-        weight_grad(&gr.dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)?;
-        backend.bias_grad(&gr.dh, &self.g.input_proj.b)
+        let dh = for_products(&gr.dh)?;
+        weight_grad(dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)
     }
 
     fn attention_spec(&self, ws: &Workspace<B>, p: f32, key: DropoutKey) -> AttentionSpec {

@@ -17,7 +17,8 @@ pub(crate) struct LayerActs<B: Backend> {
     pub qkv: Tensor<B>,
     pub attn: Tensor<B>,
     pub lse: Tensor<B>,
-    /// The residual stream after the attention block.
+    /// The residual stream after the attention block (a copy in the activations' dtype where
+    /// the stream itself is [`Workspace::stream`]).
     pub hmid: Tensor<B>,
     pub mean2: Tensor<B>,
     pub rstd2: Tensor<B>,
@@ -29,15 +30,20 @@ pub(crate) struct LayerActs<B: Backend> {
 }
 
 /// Buffers used only by the backward pass: the activations' gradients, stored in the
-/// activations' dtype, but for the loss's (f32, as the loss).
+/// activations' dtype, but for the loss's and the residual stream's (f32, as the loss and the
+/// stream).
 pub(crate) struct Grads<B: Backend> {
     pub dlogits: Tensor<B>,
     /// `dlogits` rounded to the activations' half-precision dtype for the products; None in f32.
     pub dlogits_half: Option<Tensor<B>>,
     pub dpooled: Tensor<B>,
+    /// The residual stream's gradient, f32.
     pub dh: Tensor<B>,
     pub dhmid: Tensor<B>,
     pub dtmp: Tensor<B>,
+    /// A residual gradient rounded to the activations' half-precision dtype, as the products
+    /// and the layer norms read and write it; None in f32.
+    pub dres_half: Option<Tensor<B>>,
     pub dff: Tensor<B>,
     pub dff2: Tensor<B>,
     pub dqkv: Tensor<B>,
@@ -54,10 +60,16 @@ pub struct Workspace<B: Backend> {
     pub(crate) x: Tensor<B>,
     pub(crate) mask: Tensor<B>,
     pub(crate) labels: Tensor<B>,
-    /// The residual stream entering each layer, and after the last one (`num_layers + 1`).
+    /// The residual stream entering each layer, and after the last one (`num_layers + 1`), in
+    /// the activations' dtype: what the layer norms read.
     pub(crate) hin: Vec<Tensor<B>>,
+    /// In half precision, the residual stream itself, in f32 (as PyTorch's autocast keeps it):
+    /// the blocks' outputs are added to it in f32, and `hin`, `hmid` are its rounded copies.
+    /// None in f32, where `hin` and `hmid` are the stream.
+    pub(crate) stream: Option<Tensor<B>>,
     pub(crate) layers: Vec<LayerActs<B>>,
-    /// Scratch for the attention block's and the feed-forward block's outputs.
+    /// Scratch for the attention block's and the feed-forward block's outputs, f32 as the
+    /// stream they are added to.
     pub(crate) o: Tensor<B>,
     pub(crate) meanf: Tensor<B>,
     pub(crate) rstdf: Tensor<B>,
@@ -82,10 +94,11 @@ impl<B: Backend> Workspace<B> {
         Workspace::new_in(backend, cfg, batch, seq, training, DType::F32)
     }
 
-    /// As [`Workspace::new`], with the activations (inputs, residual stream, attention and
-    /// feed-forward values, pooled features) and their gradients stored in `dtype`;
+    /// As [`Workspace::new`], with the activations (inputs, attention and feed-forward values,
+    /// pooled features, the layer norms' inputs) and their gradients stored in `dtype`;
     /// statistics, the mask, labels, logits, losses and the loss's gradient stay f32, as the
-    /// dtype rule wants.
+    /// dtype rule wants, and so do the residual stream and its gradient, which sum many small
+    /// updates.
     pub fn new_in(
         backend: &B,
         cfg: &ModelConfig,
@@ -107,6 +120,9 @@ impl<B: Backend> Workspace<B> {
         let f32 = |shape: &[usize]| backend.alloc(shape, DType::F32);
         let act = |shape: &[usize]| backend.alloc(shape, dtype);
         let (bt, d, ff) = (batch * seq, cfg.d_model, cfg.ff_dim);
+        let halved = dtype != DType::F32;
+        // Buffers only half precision has.
+        let half = |shape: &[usize]| halved.then(|| act(shape)).transpose();
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok(LayerActs {
@@ -128,13 +144,12 @@ impl<B: Backend> Workspace<B> {
         let grads = if training {
             Some(Grads {
                 dlogits: f32(&[batch, cfg.num_classes])?,
-                dlogits_half: (dtype != DType::F32)
-                    .then(|| act(&[batch, cfg.num_classes]))
-                    .transpose()?,
+                dlogits_half: half(&[batch, cfg.num_classes])?,
                 dpooled: act(&[batch, d])?,
-                dh: act(&[bt, d])?,
-                dhmid: act(&[bt, d])?,
-                dtmp: act(&[bt, d])?,
+                dh: f32(&[bt, d])?,
+                dhmid: f32(&[bt, d])?,
+                dtmp: f32(&[bt, d])?,
+                dres_half: half(&[bt, d])?,
                 dff: act(&[bt, ff])?,
                 dff2: act(&[bt, ff])?,
                 dqkv: act(&[bt, 3 * d])?,
@@ -153,8 +168,9 @@ impl<B: Backend> Workspace<B> {
             hin: (0..=cfg.num_layers)
                 .map(|_| act(&[bt, d]))
                 .collect::<Result<_>>()?,
+            stream: halved.then(|| f32(&[bt, d])).transpose()?,
             layers,
-            o: act(&[bt, d])?,
+            o: f32(&[bt, d])?,
             meanf: f32(&[bt])?,
             rstdf: f32(&[bt])?,
             hf: act(&[bt, d])?,
@@ -233,6 +249,21 @@ impl<B: Backend> Workspace<B> {
     /// The logits of the last forward pass, `[batch, num_classes]`.
     pub fn logits(&self) -> &Tensor<B> {
         &self.logits
+    }
+
+    /// Where the residual stream saved as `saved` (an entry of `hin`, or a `hmid`) is summed:
+    /// the f32 stream in half precision, `saved` itself in f32.
+    pub(crate) fn stream_at<'t>(&'t self, saved: &'t Tensor<B>) -> &'t Tensor<B> {
+        self.stream.as_ref().unwrap_or(saved)
+    }
+
+    /// Rounds the f32 stream into `saved`, its copy in the activations' dtype; nothing to do
+    /// in f32.
+    pub(crate) fn save_stream(&self, backend: &B, saved: &Tensor<B>) -> Result<()> {
+        match &self.stream {
+            Some(stream) => backend.cast(stream, saved),
+            None => Ok(()),
+        }
     }
 
     /// `[loss, top-1 hits, top-5 hits]` of the last [`super::SignTransformer::loss`].
