@@ -521,14 +521,15 @@ impl<B: Backend> SignTransformer<B> {
         backend.mean_pool_backward(&gr.dpooled, &ws.mask, &dhf.reshape(&[batch, seq, d])?)?;
         // A layer norm's dx (into the f32 residual gradient), written in the activations'
         // dtype as its x is.
-        let norm_backward = |x, norm: &Norm<B>, grad: &Norm<B>, (mean, rstd), dy, dx: &Tensor<B>| {
-            let stored = gr.dres_half.as_ref().unwrap_or(dx);
-            backend.layernorm_backward(x, &norm.w, mean, rstd, dy, stored, &grad.w, &grad.b)?;
-            match &gr.dres_half {
-                Some(half) => backend.cast(half, dx),
-                None => Ok(()),
-            }
-        };
+        let norm_backward =
+            |x, norm: &Norm<B>, grad: &Norm<B>, (mean, rstd), dy, dx: &Tensor<B>| {
+                let stored = gr.dres_half.as_ref().unwrap_or(dx);
+                backend.layernorm_backward(x, &norm.w, mean, rstd, dy, stored, &grad.w, &grad.b)?;
+                match &gr.dres_half {
+                    Some(half) => backend.cast(half, dx),
+                    None => Ok(()),
+                }
+            };
         // A residual gradient (f32) as the products read it: rounded to the activations'
         // dtype.
         let for_products = |g| -> Result<&Tensor<B>> {
