@@ -1,6 +1,8 @@
 //! Matrix products through the `gemm` crate, and the transposes that hand it a right-hand
 //! side stored by columns as rows.
 
+use std::ops::Range;
+
 use super::staging::{Dst, Scratch, Src};
 use super::storage::with_io;
 use super::CpuBackend;
@@ -103,35 +105,59 @@ pub(super) unsafe fn gemm_by_rows(
     } else {
         (rhs, rhs_rs, rhs_cs)
     };
-    // SAFETY: the caller's views, or the scratch's k×n rows.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            read_dst,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    // Columns `cols` of the product, by gemm; addresses rather than pointers, so that the two
+    // halves can be sent to threads.
+    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    let columns = |cols: Range<usize>, parallelism| {
+        // SAFETY: the caller's views, or the scratch's k×n rows, narrowed to columns `cols`;
+        // calls for disjoint columns write disjoint elements of dst.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols.len(),
+                k,
+                (dst as *mut f32).add(cols.start),
+                1,
+                dst_rs as isize,
+                read_dst,
+                lhs as *const f32,
+                lhs_cs as isize,
+                lhs_rs as isize,
+                (rhs as *const f32).add(cols.start * rhs_cs),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                alpha,
+                beta,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    match parallelism {
+        gemm::Parallelism::Rayon(_) if m <= SPLIT_COLUMNS_UP_TO_ROWS && n >= 2 * SPLIT_ALIGN => {
+            let half = (n / 2).next_multiple_of(SPLIT_ALIGN);
+            rayon::join(
+                || columns(0..half, gemm::Parallelism::None),
+                || columns(half..n, gemm::Parallelism::None),
+            );
+        }
+        _ => columns(0..n, parallelism),
     }
     // A weight's worth is kept for the next product; an outsized one is let go.
     if scratch.capacity() <= MAX_KEPT_SCRATCH {
         RHS_SCRATCH.set(scratch);
     }
 }
+
+/// Products of at most this many rows (a clip's frames, in inference) split their columns in
+/// two halves, each computed by one thread without gemm's own threading, which hands work to
+/// its threads once per block of K: at these sizes the hand-offs cost more than they share
+/// (BENCHMARKS.md). The split does not depend on the thread count.
+const SPLIT_COLUMNS_UP_TO_ROWS: usize = 128;
+/// The halves split at a multiple of this many columns: whole vectors of gemm's kernels.
+const SPLIT_ALIGN: usize = 16;
 
 /// The most floats the transposed right-hand side's scratch keeps between products (16 MiB).
 const MAX_KEPT_SCRATCH: usize = 1 << 22;
