@@ -239,7 +239,8 @@ impl<B: Backend> SignTransformer<B> {
                     .flat_map(|i| (0..outs).map(move |o| (o, i)))
                     .map(|(o, i)| values[o * ins + i])
                     .collect();
-                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, self.precision())?;
+                let dtype = self.product_weights_of(id).linear(id).w.dtype();
+                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, dtype)?;
                 Ok((id, backend.upload(&rows)?))
             })
             .collect::<Result<_>>()?;
@@ -250,7 +251,10 @@ impl<B: Backend> SignTransformer<B> {
     /// Runs the forward pass in storage dtype `dtype` (f32, f16 or bf16): activations in
     /// `dtype` (plan workspaces with [`Workspace::new_in`]), the products reading the weights
     /// rounded to `dtype` once here, layer norms' parameters, statistics and the logits f32.
-    /// Kept weight rows are redone in `dtype`.
+    /// Kept weight rows are redone in `dtype`. The input projection stays f32, features and
+    /// weight: the features are landmark positions whose hand shapes differ by less than
+    /// bf16's spacing at those positions (2⁻⁷ between 1 and 2 shoulder widths), and the
+    /// projection is a small share of the products.
     pub fn set_precision(&mut self, backend: &B, dtype: DType) -> Result<()> {
         self.half = None;
         if dtype != DType::F32 {
@@ -288,10 +292,19 @@ impl<B: Backend> SignTransformer<B> {
         self.half.as_ref().map_or(&self.w, |h| &h.views)
     }
 
+    /// The weights linear layer `id`'s product reads: the f32 master weights for the input
+    /// projection, which runs in f32 ([`SignTransformer::set_precision`]).
+    fn product_weights_of(&self, id: LinearId) -> &Views<B> {
+        match id {
+            LinearId::InputProj => &self.w,
+            _ => self.product_weights(),
+        }
+    }
+
     /// Linear layer `id`'s weight as the right-hand side of `x[m, in]·Wᵀ`, and the product's
     /// spec: the kept rows where there are some, else W read transposed.
     fn linear_rhs(&self, id: LinearId, m: usize) -> (&Tensor<B>, MatmulSpec) {
-        let w = &self.product_weights().linear(id).w;
+        let w = &self.product_weights_of(id).linear(id).w;
         let (outs, ins) = (w.shape()[0], w.shape()[1]);
         match &self.weight_rows {
             Some(rows) => (&rows[&id], MatmulSpec::new(m, outs, ins)),
@@ -441,8 +454,8 @@ impl<B: Backend> SignTransformer<B> {
     /// Gradients of `scale ·` the loss of [`SignTransformer::loss`] with respect to every
     /// parameter, into [`SignTransformer::grads`] (overwritten, f32). `dropout` must be the
     /// forward pass's. In half precision the activations' gradients are stored in the
-    /// activations' dtype and the products read the half weight copies, as the forward pass
-    /// does; `scale` is then the loss scale that keeps those gradients within f16's range.
+    /// activations' dtype, but for the residual stream's (f32, as the stream), and the products
+    /// read the half weight copies, as the forward pass does; `scale` is then the loss scale that keeps those gradients within f16's range.
     pub fn backward(
         &self,
         backend: &B,
@@ -547,7 +560,8 @@ impl<B: Backend> SignTransformer<B> {
             &gr.dh,
         )?;
 
-        // gr.dh holds d(loss)/d(the residual stream leaving layer l).
+        // gr.dh holds d(loss)/d(the residual stream leaving layer l). ws.o holds a block's
+        // output gradient, then its layer norm's dx.
         for l in (0..cfg.num_layers).rev() {
             let (layer, grad, acts) = (&self.w.layers[l], &self.g.layers[l], &ws.layers[l]);
             let products = &pw.layers[l];
@@ -568,9 +582,9 @@ impl<B: Backend> SignTransformer<B> {
                 &grad.norm2,
                 (&acts.mean2, &acts.rstd2),
                 &gr.dattn,
-                &gr.dtmp,
+                &ws.o,
             )?;
-            backend.add(&gr.dh, &gr.dtmp, &gr.dhmid)?;
+            backend.add(&gr.dh, &ws.o, &gr.dhmid)?;
 
             // Attention block.
             self.dropout_into(backend, &gr.dhmid, p, key(Site::AttentionOut(l)), &ws.o)?;
@@ -591,9 +605,9 @@ impl<B: Backend> SignTransformer<B> {
                 &grad.norm1,
                 (&acts.mean1, &acts.rstd1),
                 &gr.dattn,
-                &gr.dtmp,
+                &ws.o,
             )?;
-            backend.add(&gr.dhmid, &gr.dtmp, &gr.dh)?;
+            backend.add(&gr.dhmid, &ws.o, &gr.dh)?;
         }
 
         // Embedding: the positions' gradient sums over the batch; rows past seq get none.
@@ -604,9 +618,9 @@ impl<B: Backend> SignTransformer<B> {
             backend.scale(&rest, 0.0, &rest)?;
         }
         backend.bias_grad(&gr.dh, &self.g.input_proj.b)?;
+        // The input projection's product is f32 (set_precision).
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
-        let dh = for_products(&gr.dh)?;
-        weight_grad(dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)
+        weight_grad(&gr.dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)
     }
 
     fn attention_spec(&self, ws: &Workspace<B>, p: f32, key: DropoutKey) -> AttentionSpec {

@@ -40,7 +40,6 @@ pub(crate) struct Grads<B: Backend> {
     /// The residual stream's gradient, f32.
     pub dh: Tensor<B>,
     pub dhmid: Tensor<B>,
-    pub dtmp: Tensor<B>,
     /// A residual gradient rounded to the activations' half-precision dtype, as the products
     /// and the layer norms read and write it; None in f32.
     pub dres_half: Option<Tensor<B>>,
@@ -68,8 +67,8 @@ pub struct Workspace<B: Backend> {
     /// None in f32, where `hin` and `hmid` are the stream.
     pub(crate) stream: Option<Tensor<B>>,
     pub(crate) layers: Vec<LayerActs<B>>,
-    /// Scratch for the attention block's and the feed-forward block's outputs, f32 as the
-    /// stream they are added to.
+    /// Scratch for the attention block's and the feed-forward block's outputs (in backward:
+    /// their gradients, then the layer norms' dx), f32 as the stream they are added to.
     pub(crate) o: Tensor<B>,
     pub(crate) meanf: Tensor<B>,
     pub(crate) rstdf: Tensor<B>,
@@ -94,11 +93,11 @@ impl<B: Backend> Workspace<B> {
         Workspace::new_in(backend, cfg, batch, seq, training, DType::F32)
     }
 
-    /// As [`Workspace::new`], with the activations (inputs, attention and feed-forward values,
-    /// pooled features, the layer norms' inputs) and their gradients stored in `dtype`;
-    /// statistics, the mask, labels, logits, losses and the loss's gradient stay f32, as the
-    /// dtype rule wants, and so do the residual stream and its gradient, which sum many small
-    /// updates.
+    /// As [`Workspace::new`], with the activations (attention and feed-forward values, pooled
+    /// features, the layer norms' inputs) and their gradients stored in `dtype`; statistics,
+    /// the mask, labels, logits, losses and the loss's gradient stay f32, as the dtype rule
+    /// wants, and so do the residual stream and its gradient, which sum many small updates,
+    /// and the input features (see [`super::SignTransformer::set_precision`]).
     pub fn new_in(
         backend: &B,
         cfg: &ModelConfig,
@@ -148,7 +147,6 @@ impl<B: Backend> Workspace<B> {
                 dpooled: act(&[batch, d])?,
                 dh: f32(&[bt, d])?,
                 dhmid: f32(&[bt, d])?,
-                dtmp: f32(&[bt, d])?,
                 dres_half: half(&[bt, d])?,
                 dff: act(&[bt, ff])?,
                 dff2: act(&[bt, ff])?,
@@ -162,7 +160,7 @@ impl<B: Backend> Workspace<B> {
             batch,
             seq,
             dtype,
-            x: act(&[batch, seq, cfg.num_features])?,
+            x: f32(&[batch, seq, cfg.num_features])?,
             mask: f32(&[batch, seq])?,
             labels: f32(&[batch])?,
             hin: (0..=cfg.num_layers)
@@ -235,10 +233,9 @@ impl<B: Backend> Workspace<B> {
             ));
         }
         batch.validate(ids)?;
-        // Rounded to the activations' dtype on the host (the `half` crate, nearest even).
         backend.write(
             &self.x,
-            &HostTensor::from_f32_as(self.x.shape(), &batch.features, self.dtype)?,
+            &HostTensor::from_f32(self.x.shape(), batch.features.clone())?,
         )?;
         backend.write(
             &self.mask,
