@@ -532,13 +532,17 @@ impl<B: Backend> SignTransformer<B> {
         input_grad(dlogits, &pw.classifier.w, &gr.dpooled, batch, c, d)?;
         let dhf = &gr.dattn;
         backend.mean_pool_backward(&gr.dpooled, &ws.mask, &dhf.reshape(&[batch, seq, d])?)?;
+        // In half precision, a residual gradient rounded to the activations' dtype, as the
+        // products and the layer norms read and write it: in ws.hf, the final norm's output,
+        // which backward does not read (the classifier's gradients read the pooled features).
+        let dres_half = ws.stream.as_ref().map(|_| &ws.hf);
         // A layer norm's dx (into the f32 residual gradient), written in the activations'
         // dtype as its x is.
         let norm_backward =
             |x, norm: &Norm<B>, grad: &Norm<B>, (mean, rstd), dy, dx: &Tensor<B>| {
-                let stored = gr.dres_half.as_ref().unwrap_or(dx);
+                let stored = dres_half.unwrap_or(dx);
                 backend.layernorm_backward(x, &norm.w, mean, rstd, dy, stored, &grad.w, &grad.b)?;
-                match &gr.dres_half {
+                match dres_half {
                     Some(half) => backend.cast(half, dx),
                     None => Ok(()),
                 }
@@ -546,7 +550,7 @@ impl<B: Backend> SignTransformer<B> {
         // A residual gradient (f32) as the products read it: rounded to the activations'
         // dtype.
         let for_products = |g| -> Result<&Tensor<B>> {
-            match &gr.dres_half {
+            match dres_half {
                 Some(half) => backend.cast(g, half).map(|()| half),
                 None => Ok(g),
             }

@@ -40,9 +40,6 @@ pub(crate) struct Grads<B: Backend> {
     /// The residual stream's gradient, f32.
     pub dh: Tensor<B>,
     pub dhmid: Tensor<B>,
-    /// A residual gradient rounded to the activations' half-precision dtype, as the products
-    /// and the layer norms read and write it; None in f32.
-    pub dres_half: Option<Tensor<B>>,
     pub dff: Tensor<B>,
     pub dff2: Tensor<B>,
     pub dqkv: Tensor<B>,
@@ -72,6 +69,8 @@ pub struct Workspace<B: Backend> {
     pub(crate) o: Tensor<B>,
     pub(crate) meanf: Tensor<B>,
     pub(crate) rstdf: Tensor<B>,
+    /// The final norm's output; in a half-precision backward pass, scratch for residual
+    /// gradients rounded to the activations' dtype.
     pub(crate) hf: Tensor<B>,
     pub(crate) pooled: Tensor<B>,
     pub(crate) logits: Tensor<B>,
@@ -147,7 +146,6 @@ impl<B: Backend> Workspace<B> {
                 dpooled: act(&[batch, d])?,
                 dh: f32(&[bt, d])?,
                 dhmid: f32(&[bt, d])?,
-                dres_half: half(&[bt, d])?,
                 dff: act(&[bt, ff])?,
                 dff2: act(&[bt, ff])?,
                 dqkv: act(&[bt, 3 * d])?,
