@@ -68,8 +68,7 @@ fn logits(model: &mut SignTransformer<CpuBackend>, b: &CpuBackend, dtype: DType)
     ws.logits().to_f32_vec().unwrap()
 }
 
-/// The f64 model in storage dtype `s`: products read weights and inputs rounded to `s`, but
-/// for the input projection's (f32);
+/// The f64 model in storage dtype `s`: products read weights and inputs rounded to `s`;
 /// biases, positions and layer norms' parameters are f32; every activation the kernels store
 /// in `s` is rounded there; the residual stream is f32 and rounded to `s` where the layer
 /// norms read it; the logits are f32.
@@ -85,12 +84,9 @@ fn reference_logits(
     };
     let half = |name: &str| r::cast(&get(name), s);
     let (bt, d) = (batch.batch * batch.seq, cfg.d_model);
-    let product = |x: &[f64], w: &[f64], b: &str, rows: usize, ins: usize, outs: usize| {
-        let spec = MatmulSpec::new(rows, outs, ins).transpose(false, true);
-        r::matmul(x, w, Some(&get(b)), &spec)
-    };
     let linear = |x: &[f64], w: &str, b: &str, rows: usize, ins: usize, outs: usize| {
-        product(x, &half(w), b, rows, ins, outs)
+        let spec = MatmulSpec::new(rows, outs, ins).transpose(false, true);
+        r::matmul(x, &half(w), Some(&get(b)), &spec)
     };
     let eps = cfg.layer_norm_eps as f64;
     let f32 = |x: &[f64]| r::cast(x, DType::F32);
@@ -108,10 +104,10 @@ fn reference_logits(
     };
     let features: Vec<f64> = batch.features.iter().map(|&x| x as f64).collect();
     let mask: Vec<f64> = batch.mask.iter().map(|&x| x as f64).collect();
-    // The input projection runs in f32.
-    let proj = f32(&product(
-        &features,
-        &get("input_proj.weight"),
+    let x = r::cast(&features, s);
+    let proj = f32(&linear(
+        &x,
+        "input_proj.weight",
         "input_proj.bias",
         bt,
         cfg.num_features,

@@ -239,8 +239,7 @@ impl<B: Backend> SignTransformer<B> {
                     .flat_map(|i| (0..outs).map(move |o| (o, i)))
                     .map(|(o, i)| values[o * ins + i])
                     .collect();
-                let dtype = self.product_weights_of(id).linear(id).w.dtype();
-                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, dtype)?;
+                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, self.precision())?;
                 Ok((id, backend.upload(&rows)?))
             })
             .collect::<Result<_>>()?;
@@ -251,10 +250,7 @@ impl<B: Backend> SignTransformer<B> {
     /// Runs the forward pass in storage dtype `dtype` (f32, f16 or bf16): activations in
     /// `dtype` (plan workspaces with [`Workspace::new_in`]), the products reading the weights
     /// rounded to `dtype` once here, layer norms' parameters, statistics and the logits f32.
-    /// Kept weight rows are redone in `dtype`. The input projection stays f32, features and
-    /// weight: the features are landmark positions whose hand shapes differ by less than
-    /// bf16's spacing at those positions (2⁻⁷ between 1 and 2 shoulder widths), and the
-    /// projection is a small share of the products.
+    /// Kept weight rows are redone in `dtype`.
     pub fn set_precision(&mut self, backend: &B, dtype: DType) -> Result<()> {
         self.half = None;
         if dtype != DType::F32 {
@@ -292,19 +288,10 @@ impl<B: Backend> SignTransformer<B> {
         self.half.as_ref().map_or(&self.w, |h| &h.views)
     }
 
-    /// The weights linear layer `id`'s product reads: the f32 master weights for the input
-    /// projection, which runs in f32 ([`SignTransformer::set_precision`]).
-    fn product_weights_of(&self, id: LinearId) -> &Views<B> {
-        match id {
-            LinearId::InputProj => &self.w,
-            _ => self.product_weights(),
-        }
-    }
-
     /// Linear layer `id`'s weight as the right-hand side of `x[m, in]·Wᵀ`, and the product's
     /// spec: the kept rows where there are some, else W read transposed.
     fn linear_rhs(&self, id: LinearId, m: usize) -> (&Tensor<B>, MatmulSpec) {
-        let w = &self.product_weights_of(id).linear(id).w;
+        let w = &self.product_weights().linear(id).w;
         let (outs, ins) = (w.shape()[0], w.shape()[1]);
         match &self.weight_rows {
             Some(rows) => (&rows[&id], MatmulSpec::new(m, outs, ins)),
@@ -622,9 +609,15 @@ impl<B: Backend> SignTransformer<B> {
             backend.scale(&rest, 0.0, &rest)?;
         }
         backend.bias_grad(&gr.dh, &self.g.input_proj.b)?;
-        // The input projection's product is f32 (set_precision).
         let x = ws.x.reshape(&[bt, cfg.num_features])?;
-        weight_grad(&gr.dh, &x, &self.g.input_proj.w, bt, d, cfg.num_features)
+        weight_grad(
+            for_products(&gr.dh)?,
+            &x,
+            &self.g.input_proj.w,
+            bt,
+            d,
+            cfg.num_features,
+        )
     }
 
     fn attention_spec(&self, ws: &Workspace<B>, p: f32, key: DropoutKey) -> AttentionSpec {

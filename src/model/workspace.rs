@@ -92,11 +92,11 @@ impl<B: Backend> Workspace<B> {
         Workspace::new_in(backend, cfg, batch, seq, training, DType::F32)
     }
 
-    /// As [`Workspace::new`], with the activations (attention and feed-forward values, pooled
-    /// features, the layer norms' inputs) and their gradients stored in `dtype`; statistics,
-    /// the mask, labels, logits, losses and the loss's gradient stay f32, as the dtype rule
-    /// wants, and so do the residual stream and its gradient, which sum many small updates,
-    /// and the input features (see [`super::SignTransformer::set_precision`]).
+    /// As [`Workspace::new`], with the activations (inputs, attention and feed-forward values,
+    /// pooled features, the layer norms' inputs) and their gradients stored in `dtype`;
+    /// statistics, the mask, labels, logits, losses and the loss's gradient stay f32, as the
+    /// dtype rule wants, and so do the residual stream and its gradient, which sum many small
+    /// updates.
     pub fn new_in(
         backend: &B,
         cfg: &ModelConfig,
@@ -158,7 +158,7 @@ impl<B: Backend> Workspace<B> {
             batch,
             seq,
             dtype,
-            x: f32(&[batch, seq, cfg.num_features])?,
+            x: act(&[batch, seq, cfg.num_features])?,
             mask: f32(&[batch, seq])?,
             labels: f32(&[batch])?,
             hin: (0..=cfg.num_layers)
@@ -231,9 +231,10 @@ impl<B: Backend> Workspace<B> {
             ));
         }
         batch.validate(ids)?;
+        // Rounded to the activations' dtype on the host (the `half` crate, nearest even).
         backend.write(
             &self.x,
-            &HostTensor::from_f32(self.x.shape(), batch.features.clone())?,
+            &HostTensor::from_f32_as(self.x.shape(), &batch.features, self.dtype)?,
         )?;
         backend.write(
             &self.mask,
