@@ -442,7 +442,8 @@ impl<B: Backend> SignTransformer<B> {
     /// parameter, into [`SignTransformer::grads`] (overwritten, f32). `dropout` must be the
     /// forward pass's. In half precision the activations' gradients are stored in the
     /// activations' dtype, but for the residual stream's (f32, as the stream), and the products
-    /// read the half weight copies, as the forward pass does; `scale` is then the loss scale that keeps those gradients within f16's range.
+    /// read the half weight copies, as the forward pass does; `scale` is then the loss scale
+    /// that keeps those gradients within f16's range.
     pub fn backward(
         &self,
         backend: &B,
