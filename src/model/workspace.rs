@@ -118,9 +118,8 @@ impl<B: Backend> Workspace<B> {
         let f32 = |shape: &[usize]| backend.alloc(shape, DType::F32);
         let act = |shape: &[usize]| backend.alloc(shape, dtype);
         let (bt, d, ff) = (batch * seq, cfg.d_model, cfg.ff_dim);
-        let halved = dtype != DType::F32;
         // Buffers only half precision has.
-        let half = |shape: &[usize]| halved.then(|| act(shape)).transpose();
+        let halved = dtype != DType::F32;
         let layers = (0..cfg.num_layers)
             .map(|_| {
                 Ok(LayerActs {
@@ -142,7 +141,7 @@ impl<B: Backend> Workspace<B> {
         let grads = if training {
             Some(Grads {
                 dlogits: f32(&[batch, cfg.num_classes])?,
-                dlogits_half: half(&[batch, cfg.num_classes])?,
+                dlogits_half: halved.then(|| act(&[batch, cfg.num_classes])).transpose()?,
                 dpooled: act(&[batch, d])?,
                 dh: f32(&[bt, d])?,
                 dhmid: f32(&[bt, d])?,

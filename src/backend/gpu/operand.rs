@@ -107,15 +107,16 @@ impl Operand {
             ),
         };
         // A bf16 pair is one word, read once.
-        let ld2 = match (self.dtype, write) {
-            (DType::Bf16, false) => format!("let w = {name}[i >> 1u];"),
-            (DType::Bf16, true) => format!("let w = atomicLoad(&{name}[i >> 1u]);"),
-            _ => String::new(),
+        let bf16_pair = |word: String| {
+            format!(
+                "let w = {word};\n    \
+                 return vec2<f32>(bf16_to_f32(w & 0xffffu), bf16_to_f32(w >> 16u));"
+            )
         };
-        let ld2 = if ld2.is_empty() {
-            format!("return vec2<f32>({name}_ld(i), {name}_ld(i + 1u));")
-        } else {
-            format!("{ld2}\n    return vec2<f32>(bf16_to_f32(w & 0xffffu), bf16_to_f32(w >> 16u));")
+        let ld2 = match (self.dtype, write) {
+            (DType::Bf16, false) => bf16_pair(format!("{name}[i >> 1u]")),
+            (DType::Bf16, true) => bf16_pair(format!("atomicLoad(&{name}[i >> 1u])")),
+            _ => format!("return vec2<f32>({name}_ld(i), {name}_ld(i + 1u));"),
         };
         let mut out = format!(
             "@group(0) @binding({binding}) var<storage, {mode}> {name}: array<{element}>;\n\
