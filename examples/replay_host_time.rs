@@ -32,7 +32,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn run<B: Backend>(b: &B, calls: usize) -> Result<()> {
     let cfg = ModelConfig::default();
     let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
-    model.keep_weight_rows(b)?;
+    model.pack_weights(b)?;
     let seq = cfg.max_seq_len;
     let clip = Batch {
         features: Inputs::new(0).uniform(seq * cfg.num_features),

@@ -12,6 +12,7 @@ use crate::dtype::DType;
 /// `C = op(A)·op(B) (+ bias)` for every batch item, per [`MatmulSpec`]. Returns C with
 /// `spec.c_len()` elements; elements between items (when `stride_c > M·N`) are 0.
 pub fn matmul(a: &[f64], b: &[f64], bias: Option<&[f64]>, spec: &MatmulSpec) -> Vec<f64> {
+    assert!(!spec.packed_b, "the reference reads B as it is, unpacked");
     let MatmulSpec { m, n, k, .. } = *spec;
     let mut c = vec![0.0; spec.c_len()];
     for item in 0..spec.batch {

@@ -56,7 +56,7 @@ fn cpu() -> CpuBackend {
     CpuBackend::new(&GpuConfig::default()).unwrap()
 }
 
-/// The logits of `model` run in `dtype`, with or without its weights kept in rows.
+/// The logits of `model` run in `dtype`, with or without its weights packed.
 fn logits(model: &mut SignTransformer<CpuBackend>, b: &CpuBackend, dtype: DType) -> Vec<f32> {
     let cfg = model.config().clone();
     model.set_precision(b, dtype).unwrap();
@@ -200,10 +200,10 @@ fn forward_tolerance(cfg: &ModelConfig, dtype: DType) -> f64 {
 fn half_forward_matches_the_rounding_reference() {
     let b = cpu();
     let cfg = config();
-    for keep_rows in [false, true] {
+    for packed in [false, true] {
         let mut model = SignTransformer::new(&b, cfg.clone(), 11).unwrap();
-        if keep_rows {
-            model.keep_weight_rows(&b).unwrap();
+        if packed {
+            model.pack_weights(&b).unwrap();
         }
         let params = model.named_parameters().unwrap();
         for dtype in HALVES {
@@ -214,7 +214,7 @@ fn half_forward_matches_the_rounding_reference() {
             let tol = forward_tolerance(&cfg, dtype);
             assert!(
                 dev.within(tol),
-                "{dtype} (rows kept: {keep_rows}): rel err {:.3e} > {tol:.3e}",
+                "{dtype} (packed: {packed}): rel err {:.3e} > {tol:.3e}",
                 dev.max_rel_err
             );
             // The rounding is what the reference models: the f32 model is farther away.
@@ -238,7 +238,7 @@ fn half_forward_is_deterministic() {
     let b = cpu();
     for dtype in HALVES {
         let mut model = SignTransformer::new(&b, config(), 3).unwrap();
-        model.keep_weight_rows(&b).unwrap();
+        model.pack_weights(&b).unwrap();
         let first = logits(&mut model, &b, dtype);
         let second = logits(&mut model, &b, dtype);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

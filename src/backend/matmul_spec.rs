@@ -16,6 +16,9 @@ pub struct MatmulSpec {
     pub k: usize,
     pub trans_a: bool,
     pub trans_b: bool,
+    /// B is a weight packed by [`Backend::pack_weight`](super::Backend::pack_weight): a
+    /// tensor [⌈n/NR⌉, k, NR] of the backend's panel width NR ([`MatmulSpec::packed`]).
+    pub packed_b: bool,
     pub batch: usize,
     pub stride_a: usize,
     pub stride_b: usize,
@@ -31,6 +34,7 @@ impl MatmulSpec {
             k,
             trans_a: false,
             trans_b: false,
+            packed_b: false,
             batch: 1,
             stride_a: m.saturating_mul(k),
             stride_b: k.saturating_mul(n),
@@ -41,6 +45,13 @@ impl MatmulSpec {
     pub fn transpose(mut self, trans_a: bool, trans_b: bool) -> MatmulSpec {
         self.trans_a = trans_a;
         self.trans_b = trans_b;
+        self
+    }
+
+    /// B is a packed weight (one item, A in rows): `x·Wᵀ` for a linear layer's W [n, k]
+    /// that [`Backend::pack_weight`](super::Backend::pack_weight) packed.
+    pub fn packed(mut self) -> MatmulSpec {
+        self.packed_b = true;
         self
     }
 
@@ -133,16 +144,24 @@ impl MatmulSpec {
         out: &Tensor<B>,
     ) -> Result<()> {
         const OP: &str = "matmul";
+        // A packed B is in the dtype its backend packs in (the CPU's: f32).
+        let b_role = if self.packed_b {
+            self.check_packed(b)?;
+            Role::StorageOrF32
+        } else {
+            Role::Storage
+        };
         let mut operands = vec![
             ("A", a, Role::Storage),
-            ("B", b, Role::Storage),
+            ("B", b, b_role),
             ("C", out, Role::StorageOrF32),
         ];
         operands.extend(bias.map(|t| ("bias", t, Role::StorageOrF32)));
         check::dtypes(OP, &operands)?;
+        let b_len = if self.packed_b { b.len() } else { self.b_len() };
         for (name, t, need) in [
             ("A", a, self.a_len()),
-            ("B", b, self.b_len()),
+            ("B", b, b_len),
             ("C", out, self.c_len()),
         ] {
             if t.len() < need {
@@ -185,5 +204,29 @@ impl MatmulSpec {
             }
         }
         Ok(())
+    }
+
+    /// A packed B ([`MatmulSpec::packed`]): one item, A in rows, B [⌈n/NR⌉, k, NR].
+    fn check_packed<B: Backend>(&self, b: &Tensor<B>) -> Result<()> {
+        let fits = match *b.shape() {
+            [panels, k, nr] => nr > 0 && k == self.k && panels == self.n.div_ceil(nr),
+            _ => false,
+        };
+        if fits && !self.trans_a && !self.trans_b && self.batch == 1 {
+            return Ok(());
+        }
+        Err(Error::shape(
+            "matmul",
+            format!(
+                "a packed B of shape {:?} does not fit {}×{}×{} {} with batch {}: it takes one \
+                 item, A in rows, and B [⌈N/NR⌉, K, NR] as Backend::pack_weight packs it",
+                b.shape(),
+                self.m,
+                self.n,
+                self.k,
+                self.layout(),
+                self.batch
+            ),
+        ))
     }
 }

@@ -16,7 +16,7 @@ pub use matmul_spec::MatmulSpec;
 use crate::config::GpuConfig;
 use crate::device::{Adapters, DeviceInfo, DeviceRequest, Selection};
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::memory::MemoryStats;
 pub use crate::rng::DropoutKey;
 use crate::tensor::{HostTensor, Tensor};
@@ -168,12 +168,31 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The device this backend runs on.
     fn info(&self) -> &DeviceInfo;
 
-    /// Whether a product whose right-hand side is stored transposed (a linear layer's `Wᵀ`)
-    /// costs this backend a copy of that operand into rows at every call, so that an operand of
-    /// many products is better kept in rows ([`crate::model::SignTransformer::keep_weight_rows`]).
-    /// The CPU copies it; the GPU's kernels read either layout.
-    fn copies_transposed_rhs(&self) -> bool {
-        false
+    /// Runs `f`, a sequence of ops (a forward or backward pass), where this backend runs one
+    /// fastest. The CPU runs it on a thread of its pool, so that an op that shares its work
+    /// hands part to the pool's other threads, which stay awake for a moment between ops,
+    /// rather than waking them, and waiting for them, at every op. Elsewhere it calls `f`.
+    fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
+    /// Linear layer weight `w` [out, in] (the right-hand side of `x·wᵀ`) in the layout this
+    /// backend's products read fastest, for a model whose weights no longer change: products
+    /// name it with [`MatmulSpec::packed`]. None where the products read `w` as it is at full
+    /// speed (the GPU's kernels read either layout). The CPU packs it into its kernel's panels,
+    /// in f32 whatever `w`'s dtype (it computes in f32), so that no product packs it again.
+    fn pack_weight(&self, w: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
+        if w.shape().len() != 2 {
+            return Err(Error::shape(
+                "pack_weight",
+                format!("a weight is [out, in], not {:?}", w.shape()),
+            ));
+        }
+        self.pack_weight_unchecked(w)
+    }
+
+    fn pack_weight_unchecked(&self, _w: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
+        Ok(None)
     }
 
     /// A tensor whose contents are unspecified.

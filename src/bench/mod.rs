@@ -380,7 +380,7 @@ impl<B: Backend> ModelCase<B> {
         let mut model = SignTransformer::new(b, cfg.clone(), 0)?;
         if !training {
             // As InferencePipeline predicts.
-            model.keep_weight_rows(b)?;
+            model.pack_weights(b)?;
         }
         model.set_precision(b, dtype)?;
         let ws = Workspace::new_in(b, &cfg, batch, seq, training, dtype)?;

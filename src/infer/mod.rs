@@ -70,7 +70,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
 
     pub fn from_checkpoint(backend: &'b B, ckpt: &Checkpoint) -> Result<InferencePipeline<'b, B>> {
         let mut model = ckpt.to_model(backend)?;
-        model.keep_weight_rows(backend)?;
+        model.pack_weights(backend)?;
         Ok(InferencePipeline {
             backend,
             model,
@@ -81,7 +81,7 @@ impl<'b, B: Backend> InferencePipeline<'b, B> {
     }
 
     /// Makes later predictions as cheap as the device allows: the weights stay in the layout
-    /// the device's products read fastest (rows on the CPU, as loading already keeps them);
+    /// the device's products read fastest (packed on the CPU, as loading already packs them);
     /// and the first prediction at each (batch, seq) shape plans its workspace and captures
     /// the device work of its forward pass ([`Backend::capture`]), which every later
     /// prediction of that shape replays: its inputs written into the same buffers, the

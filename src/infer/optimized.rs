@@ -26,7 +26,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Plan<B: Backend> {
     ws: Workspace<B>,
     /// None until a capture succeeds, and always on a backend that runs ops as they are called
-    /// (the CPU, where the plan's gain is the workspace and the weights kept in rows).
+    /// (the CPU, where the plan's gain is the workspace).
     replay: Option<B::Replay>,
 }
 

@@ -10,7 +10,7 @@ use super::workspace::Workspace;
 use crate::backend::{AttentionSpec, Backend, DropoutKey, MatmulSpec};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{HostTensor, Tensor};
+use crate::tensor::Tensor;
 
 /// A parameter (or its gradient) on the host: name, shape, values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -99,7 +99,7 @@ impl<B: Backend> Views<B> {
     }
 }
 
-/// The model's linear layers, by which [`SignTransformer::keep_weight_rows`]' copies are found.
+/// The model's linear layers, by which [`SignTransformer::pack_weights`]' packs are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LinearId {
     InputProj,
@@ -174,9 +174,9 @@ pub struct SignTransformer<B: Backend> {
     grads: Arena<B>,
     w: Views<B>,
     g: Views<B>,
-    /// Each linear layer's weight copied into `[in, out]` rows
-    /// ([`SignTransformer::keep_weight_rows`]).
-    weight_rows: Option<HashMap<LinearId, Tensor<B>>>,
+    /// Each linear layer's weight packed for the backend's products
+    /// ([`SignTransformer::pack_weights`]).
+    packed: Option<HashMap<LinearId, Tensor<B>>>,
     /// Present when the forward pass runs in f16 or bf16 ([`SignTransformer::set_precision`]).
     half: Option<HalfWeights<B>>,
 }
@@ -214,43 +214,32 @@ impl<B: Backend> SignTransformer<B> {
             grads,
             w,
             g,
-            weight_rows: None,
+            packed: None,
             half: None,
         })
     }
 
-    /// Keeps a copy of each linear layer's weight in `[in, out]` rows where the backend would
-    /// otherwise copy `Wᵀ` into rows at every product ([`Backend::copies_transposed_rhs`]: the
-    /// CPU, where those copies took half of a clip's prediction). For a model whose weights no
-    /// longer change, as in inference: the copies are taken now, and
-    /// [`SignTransformer::backward`] refuses a model that keeps them. Costs the linear weights'
-    /// memory once more.
-    pub fn keep_weight_rows(&mut self, backend: &B) -> Result<()> {
-        if !backend.copies_transposed_rhs() {
-            return Ok(());
+    /// Packs each linear layer's weight in the layout the backend's products read fastest
+    /// ([`Backend::pack_weight`]: on the CPU, panels that no product has to pack again; the GPU
+    /// keeps its weights as they are). For a model whose weights no longer change, as in
+    /// inference: the packs are taken now, and [`SignTransformer::backward`] refuses a model
+    /// that holds them. Costs the linear weights' memory once more (in f32 on the CPU).
+    pub fn pack_weights(&mut self, backend: &B) -> Result<()> {
+        let mut packed = HashMap::new();
+        for id in LinearId::all(self.config.num_layers) {
+            match backend.pack_weight(&self.product_weights().linear(id).w)? {
+                Some(p) => packed.insert(id, p),
+                None => return Ok(()),
+            };
         }
-        let rows = LinearId::all(self.config.num_layers)
-            .map(|id| {
-                let w = &self.w.linear(id).w;
-                let (outs, ins) = (w.shape()[0], w.shape()[1]);
-                let values = w.to_f32_vec()?;
-                // Row i of the copy is column i of W.
-                let rows: Vec<f32> = (0..ins)
-                    .flat_map(|i| (0..outs).map(move |o| (o, i)))
-                    .map(|(o, i)| values[o * ins + i])
-                    .collect();
-                let rows = HostTensor::from_f32_as(&[ins, outs], &rows, self.precision())?;
-                Ok((id, backend.upload(&rows)?))
-            })
-            .collect::<Result<_>>()?;
-        self.weight_rows = Some(rows);
+        self.packed = Some(packed);
         Ok(())
     }
 
     /// Runs the forward pass in storage dtype `dtype` (f32, f16 or bf16): activations in
     /// `dtype` (plan workspaces with [`Workspace::new_in`]), the products reading the weights
     /// rounded to `dtype` once here, layer norms' parameters, statistics and the logits f32.
-    /// Kept weight rows are redone in `dtype`.
+    /// Packed weights are packed again from the weights in `dtype`.
     pub fn set_precision(&mut self, backend: &B, dtype: DType) -> Result<()> {
         self.half = None;
         if dtype != DType::F32 {
@@ -260,8 +249,8 @@ impl<B: Backend> SignTransformer<B> {
             self.refresh_half_weights(backend)?;
         }
         // Dropped before they are redone, so that both copies are never held at once.
-        if self.weight_rows.take().is_some() {
-            self.keep_weight_rows(backend)?;
+        if self.packed.take().is_some() {
+            self.pack_weights(backend)?;
         }
         Ok(())
     }
@@ -289,13 +278,13 @@ impl<B: Backend> SignTransformer<B> {
     }
 
     /// Linear layer `id`'s weight as the right-hand side of `x[m, in]·Wᵀ`, and the product's
-    /// spec: the kept rows where there are some, else W read transposed.
+    /// spec: the packed weight where there is one, else W read transposed.
     fn linear_rhs(&self, id: LinearId, m: usize) -> (&Tensor<B>, MatmulSpec) {
         let w = &self.product_weights().linear(id).w;
-        let (outs, ins) = (w.shape()[0], w.shape()[1]);
-        match &self.weight_rows {
-            Some(rows) => (&rows[&id], MatmulSpec::new(m, outs, ins)),
-            None => (w, linear_spec(m, ins, outs)),
+        let spec = linear_spec(m, w.shape()[1], w.shape()[0]);
+        match &self.packed {
+            Some(packed) => (&packed[&id], spec.transpose(false, false).packed()),
+            None => (w, spec),
         }
     }
 
@@ -330,6 +319,15 @@ impl<B: Backend> SignTransformer<B> {
     /// The logits of the batch loaded into `ws` (see [`Workspace::logits`]), with dropout
     /// drawn from `dropout` when training, none when it is `None` (evaluation).
     pub fn forward(
+        &self,
+        backend: &B,
+        ws: &Workspace<B>,
+        dropout: Option<DropoutStep>,
+    ) -> Result<()> {
+        backend.run_ops(|| self.forward_ops(backend, ws, dropout))
+    }
+
+    fn forward_ops(
         &self,
         backend: &B,
         ws: &Workspace<B>,
@@ -452,6 +450,17 @@ impl<B: Backend> SignTransformer<B> {
         scale: f32,
         dropout: Option<DropoutStep>,
     ) -> Result<()> {
+        backend.run_ops(|| self.backward_ops(backend, ws, label_smoothing, scale, dropout))
+    }
+
+    fn backward_ops(
+        &self,
+        backend: &B,
+        ws: &Workspace<B>,
+        label_smoothing: f32,
+        scale: f32,
+        dropout: Option<DropoutStep>,
+    ) -> Result<()> {
         let gr = ws.grads.as_ref().ok_or_else(|| {
             Error::shape(
                 "backward",
@@ -468,12 +477,12 @@ impl<B: Backend> SignTransformer<B> {
                 ),
             ));
         }
-        if self.weight_rows.is_some() {
-            // Training would change the weights under their kept copies.
+        if self.packed.is_some() {
+            // Training would change the weights under their packed copies.
             return Err(Error::shape(
                 "backward",
-                "this model keeps its weights' rows for inference (keep_weight_rows); train a \
-                 model loaded without them",
+                "this model holds weights packed for inference (pack_weights); train a model \
+                 loaded without them",
             ));
         }
         let cfg = &self.config;

@@ -180,6 +180,26 @@ fn matmul<B: Backend>(c: &mut Ctx<B>, push: Push) -> Result<()> {
     )?;
     let shape = format!("37x11x129 {} into f32", spec.layout());
     push(row(Op::Matmul, dtype, shape, &[part]));
+    // Half-precision inference's linear layer: the weight rounded to the format, then packed
+    // (in the dtype the backend packs in), where the backend packs weights.
+    let (m, n, k) = (65, 37, 70);
+    let (w, wv) = c.random(&[n, k], dtype, 1.0)?;
+    if let Some(packed) = c.b.pack_weight(&w)? {
+        let (x, xv) = c.random(&[m, k], dtype, 1.0)?;
+        let (bias, biasv) = c.random(&[n], DType::F32, 1.0)?;
+        let out = c.poisoned(&[m * n], dtype)?;
+        let spec = MatmulSpec::new(m, n, k).packed();
+        c.b.matmul(&x, &packed, Some(&bias), &out, &spec)?;
+        let unpacked = MatmulSpec::new(m, n, k).transpose(false, true);
+        let want = r::matmul(&xv, &wv, Some(&biasv), &unpacked);
+        let part = Part::of(&out, &want, OpClass::Reduction, k, 0.0)?;
+        push(row(
+            Op::Matmul,
+            dtype,
+            format!("{m}x{n}x{k} packed +bias"),
+            &[part],
+        ));
+    }
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Matrix products: plain, with bias, batched and strided, and with the bias + GELU epilogue.
+//! Matrix products: plain, with bias, batched and strided, with a packed weight where the
+//! backend packs them, and with the bias + GELU epilogue.
 
 use super::{poisoned, upload, widen, Inputs, ParityRow, Push, Scope};
 use crate::backend::{Backend, MatmulSpec};
@@ -67,6 +68,74 @@ pub fn check_matmul<B: Backend>(
         &items_f64(&want, spec),
     ))
 }
+
+/// `x·Wᵀ (+ bias)` with W [n, k] packed by [`Backend::pack_weight`] (the model's linear
+/// layers in inference), against the reference's product with W transposed; None where the
+/// backend packs no weights. With `gelu`, through the bias + GELU epilogue, both outputs.
+pub fn check_packed<B: Backend>(
+    b: &B,
+    (m, n, k): (usize, usize, usize),
+    with_bias: bool,
+    gelu: bool,
+    inputs: &mut Inputs,
+) -> Result<Option<ParityRow>> {
+    let (x, w, bias) = (
+        inputs.uniform(m * k),
+        inputs.uniform(n * k),
+        inputs.uniform(n),
+    );
+    let Some(packed) = b.pack_weight(&upload(b, &[n, k], &w)?)? else {
+        return Ok(None);
+    };
+    let (tx, tbias) = (upload(b, &[m, k], &x)?, upload(b, &[n], &bias)?);
+    let bias = (with_bias || gelu).then_some(bias);
+    let (pre, out) = (
+        poisoned(b, &[m * n], DType::F32)?,
+        poisoned(b, &[m * n], DType::F32)?,
+    );
+    let spec = MatmulSpec::new(m, n, k).packed();
+    if gelu {
+        b.matmul_bias_gelu(&tx, &packed, &tbias, &spec, &pre, &out)?;
+    } else {
+        b.matmul(&tx, &packed, bias.is_some().then_some(&tbias), &pre, &spec)?;
+    }
+    let unpacked = MatmulSpec::new(m, n, k).transpose(false, true);
+    let want = reference::matmul(
+        &widen(&x),
+        &widen(&w),
+        bias.map(|v| widen(&v)).as_deref(),
+        &unpacked,
+    );
+    let mut parts = vec![(pre.to_f32_vec()?, want.clone())];
+    if gelu {
+        parts.push((out.to_f32_vec()?, reference::gelu(&want)));
+    }
+    let parts: Vec<(&[f32], &[f64])> = parts.iter().map(|(g, w)| (&g[..], &w[..])).collect();
+    let epilogue = match (gelu, with_bias) {
+        (true, _) => " +bias+gelu",
+        (false, true) => " +bias",
+        (false, false) => "",
+    };
+    Ok(Some(ParityRow::of_parts(
+        Op::Matmul,
+        DType::F32,
+        format!("{m}x{n}x{k} packed{epilogue}"),
+        OpClass::Reduction,
+        &parts,
+    )))
+}
+
+/// Packed-weight product sizes: rows that cut the CPU kernel's 6-row tiles and 72-row blocks
+/// (one block's panels shared among threads, or several blocks), columns that cut its panels
+/// (8, 16 or 32 wide), and a clip through the default model's first layer.
+const PACKED_SIZES: [(usize, usize, usize); 6] = [
+    (1, 1, 1),
+    (5, 17, 63),
+    (13, 33, 7),
+    (64, 256, 469),
+    (73, 100, 65),
+    (150, 40, 129),
+];
 
 /// The product with the bias + GELU epilogue: both the pre-activation and the output.
 pub fn check_matmul_bias_gelu<B: Backend>(
@@ -156,6 +225,11 @@ pub(super) fn run<B: Backend>(b: &B, _scope: Scope, inputs: &mut Inputs, push: P
     for (spec, bias) in matmul_cases() {
         push(check_matmul(b, &spec, bias, inputs)?);
     }
+    for (i, &size) in PACKED_SIZES.iter().enumerate() {
+        if let Some(row) = check_packed(b, size, i % 2 == 1, false, inputs)? {
+            push(row);
+        }
+    }
     Ok(())
 }
 
@@ -174,6 +248,11 @@ pub(super) fn run_bias_gelu<B: Backend>(
     let more: Vec<MatmulSpec> = matmul_cases().into_iter().map(|(spec, _)| spec).collect();
     for spec in scope.cases(&selftest, &more) {
         push(check_matmul_bias_gelu(b, &spec, inputs)?);
+    }
+    for size in scope.cases(&[(64, 1024, 256)], &PACKED_SIZES) {
+        if let Some(row) = check_packed(b, size, true, true, inputs)? {
+            push(row);
+        }
     }
     Ok(())
 }

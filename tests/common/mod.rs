@@ -565,6 +565,29 @@ pub fn bad_operands_are_errors<B: Backend>(b: &B) {
         .unwrap_err()
         .to_string();
     assert!(err.contains("bias has 3"), "{err}");
+    // A packed B has the panels' shape, of the backend's own width; a backend that packs no
+    // weights refuses one.
+    let packed = MatmulSpec::new(4, 4, 4).packed();
+    let err = b
+        .matmul(&f(&[16]), &f(&[16]), None, &f(&[16]), &packed)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("packed B of shape [16]"), "{err}");
+    let one_wide = f(&[4, 4, 1]);
+    let err = b
+        .matmul(&f(&[16]), &one_wide, None, &f(&[16]), &packed)
+        .unwrap_err()
+        .to_string();
+    let zeros = HostTensor::from_f32(&[4, 4], vec![0.0; 16]).unwrap();
+    match b.pack_weight(&b.upload(&zeros).unwrap()).unwrap() {
+        Some(w) => {
+            assert!(err.contains("panels of 1 columns"), "{err}");
+            b.matmul(&f(&[16]), &w, None, &f(&[16]), &packed).unwrap();
+        }
+        None => assert!(err.contains("packs no weights"), "{err}"),
+    }
+    let err = b.pack_weight(&f(&[16])).unwrap_err().to_string();
+    assert!(err.contains("[out, in]"), "{err}");
     let err = b.add(&f(&[4]), &f(&[5]), &f(&[4])).unwrap_err().to_string();
     assert!(err.contains("5"), "{err}");
     let err = b.add(&h, &f(&[4]), &f(&[4])).unwrap_err().to_string();

@@ -21,6 +21,9 @@ pub(super) fn matmul(
     out: &Tensor<CpuBackend>,
     spec: &MatmulSpec,
 ) -> Result<()> {
+    if spec.packed_b {
+        return super::packed::matmul(a, b, bias, out, spec);
+    }
     let mut inputs = vec![a, b];
     inputs.extend(bias);
     with_io(&inputs, &[out], |ins, outs| {
@@ -56,8 +59,7 @@ fn gemm_item(a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32], spec: &M
     let (a_rs, a_cs) = if spec.trans_a { (1, m) } else { (k, 1) };
     let (b_rs, b_cs) = if spec.trans_b { (1, k) } else { (n, 1) };
     let threads = rayon::current_num_threads();
-    // Small products lose more to thread hand-off than they gain.
-    let parallelism = if (m * n * k) < 64 * 64 * 64 || threads == 1 {
+    let parallelism = if (m * n * k) < SERIAL_BELOW || threads == 1 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(threads)
@@ -150,6 +152,10 @@ pub(super) unsafe fn gemm_by_rows(
         RHS_SCRATCH.set(scratch);
     }
 }
+
+/// Products of fewer multiply-adds (m·n·k) than this run on one thread: they lose more to
+/// handing work to threads than they gain.
+pub(super) const SERIAL_BELOW: usize = 64 * 64 * 64;
 
 /// Products of at most this many rows (a clip's frames, in inference) split their columns in
 /// two halves, each computed by one thread without gemm's own threading, which hands work to

@@ -1,11 +1,12 @@
 //! The CPU backend: f32 on every core, matrix products by the `gemm` crate (runtime-selected
-//! SIMD kernels), elementwise ops in parallel chunks with rayon.
+//! SIMD kernels) or, with a weight packed for inference, by our own kernel; elementwise ops
+//! in parallel chunks with rayon.
 //!
 //! This file holds the backend and its `Backend` implementation, which hands each op to the
 //! file of its job: `storage` (host memory and locking), `elementwise`, `reductions`,
-//! `norm`, `attention`, `cross_entropy`, `optim`, `gemm` (products and transposes) and
-//! `cast`; `simd`, `philox` (dropout's draws) and `half_convert` are the vector layers they
-//! share.
+//! `norm`, `attention`, `cross_entropy`, `optim`, `gemm` (products and transposes),
+//! `packed` (products with a packed weight) and `cast`; `simd`, `philox` (dropout's draws)
+//! and `half_convert` are the vector layers they share.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ mod gemm;
 mod half_convert;
 mod norm;
 mod optim;
+mod packed;
 mod philox;
 mod reductions;
 mod simd;
@@ -76,9 +78,20 @@ impl Backend for CpuBackend {
         &self.info
     }
 
-    /// gemm_by_rows copies a right-hand side stored by columns into rows first.
-    fn copies_transposed_rhs(&self) -> bool {
-        true
+    /// From any other thread, each op that shares its work would queue it for the pool and
+    /// sleep until a woken thread had done it: at a clip's sizes those hand-offs took a
+    /// quarter of a prediction (BENCHMARKS.md). On one of the pool's threads, an op keeps a
+    /// part for itself and the other threads, still spinning after the last op, take theirs
+    /// at once. (`rayon::scope` runs its body on a pool thread.)
+    fn run_ops<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| f())
+    }
+
+    fn pack_weight_unchecked(&self, w: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
+        let (n, k, nr) = (w.shape()[0], w.shape()[1], packed::panel_width());
+        let panels = packed::pack(&w.to_f32_vec()?, n, k, nr);
+        let packed = HostTensor::from_f32(&[n.div_ceil(nr), k, nr], panels)?;
+        self.upload(&packed).map(Some)
     }
 
     fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor<Self>> {

@@ -41,6 +41,53 @@ mod simd_paths {
         assert!(d.within(tolerance(class, DType::F32)), "{what}: {d:?}");
     }
 
+    /// The packed-weight kernel at sizes that cut its tiles (6 rows) and panels (two vectors
+    /// of `S`), with and without bias, into a poisoned C.
+    fn check_packed<S: Simd>(s: S, set: &str) {
+        use super::super::packed::{pack, Operands, Tiles};
+        let nr = 2 * std::mem::size_of::<S::f32s>() / 4;
+        let sizes = [
+            (1, 1, 1),
+            (7, nr - 1, 5),
+            (6, nr, 33),
+            (13, 2 * nr + 3, 64),
+            (20, 3 * nr, 1),
+        ];
+        for (i, (m, n, k)) in sizes.into_iter().enumerate() {
+            let seed = 400 + 3 * i as u64;
+            let (x, w, bias) = (
+                values(m * k, seed),
+                values(n * k, seed + 1),
+                values(n, seed + 2),
+            );
+            let panels = pack(&w, n, k, nr);
+            for bias in [None, Some(&bias[..])] {
+                let mut c = vec![f32::NAN; m * n];
+                let ops = Operands {
+                    a: &x,
+                    panels: &panels,
+                    bias,
+                    m,
+                    n,
+                    k,
+                    nr,
+                };
+                // SAFETY: c holds m·n floats, and this thread alone writes them.
+                unsafe { Tiles::new(ops, c.as_mut_ptr(), 0..m, 0..n.div_ceil(nr)) }.with_simd(s);
+                let spec = crate::backend::MatmulSpec::new(m, n, k).transpose(false, true);
+                let want =
+                    reference::matmul(&wide(&x), &wide(&w), bias.map(wide).as_deref(), &spec);
+                let what = format!("{set} packed {m}x{n}x{k} bias {}", bias.is_some());
+                assert_close(&what, &c, &want, OpClass::Reduction);
+            }
+        }
+    }
+
+    #[test]
+    fn packed_products_under_every_instruction_set() {
+        crate::for_every_instruction_set!(check_packed);
+    }
+
     fn check_all<S: Simd>(s: S, set: &str) {
         for (i, &cols) in COLS.iter().enumerate() {
             let rows = 3;

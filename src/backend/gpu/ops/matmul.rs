@@ -325,6 +325,12 @@ pub(crate) fn matmul(
     spec: &MatmulSpec,
 ) -> Result<()> {
     const OP: &str = "matmul";
+    if spec.packed_b {
+        return Err(Error::shape(
+            OP,
+            "the GPU packs no weights (its pack_weight returns None): pass the weight as it is",
+        ));
+    }
     if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
         return Ok(());
     }
