@@ -151,12 +151,14 @@ const ATTENTION_CASES: [AttentionCase; 10] = [
     (2, 33, 3, 5, 0.5),
     (2, 300, 2, 64, 0.1),
 ];
-/// The tests' further cases: a long clip (T past 1024, cutting the tiles) and more round
-/// sizes.
-const MORE_ATTENTION_CASES: [AttentionCase; 3] = [
+/// The tests' further cases: a long clip (T past 1024, cutting the tiles), more round sizes,
+/// and single clips whose heads the CPU shares among threads (unevenly, and a prediction's).
+const MORE_ATTENTION_CASES: [AttentionCase; 5] = [
     (2, 64, 2, 64, 0.0),
     (1, 130, 2, 32, 0.1),
     (1, 1030, 1, 16, 0.1),
+    (1, 9, 3, 8, 0.2),
+    (1, 64, 8, 32, 0.1),
 ];
 
 pub(super) fn run<B: Backend>(b: &B, scope: Scope, inputs: &mut Inputs, push: Push) -> Result<()> {

@@ -423,9 +423,12 @@ fn dropout<B: Backend>(c: &mut Ctx<B>, push: Push) -> Result<()> {
 /// Half q/k/v and output; f32 log-sum-exp; the backward pass from the stored output.
 fn attention<B: Backend>(c: &mut Ctx<B>, push: Push) -> Result<()> {
     let dtype = c.dtype;
-    for (batch, t, heads, head_dim, p) in
-        [(1, 1, 1, 1, 0.0), (2, 17, 3, 5, 0.0), (3, 33, 2, 16, 0.2)]
-    {
+    for (batch, t, heads, head_dim, p) in [
+        (1, 1, 1, 1, 0.0),
+        (2, 17, 3, 5, 0.0),
+        (3, 33, 2, 16, 0.2),
+        (1, 20, 3, 8, 0.1),
+    ] {
         let mut spec = AttentionSpec::new(batch, t, heads, head_dim);
         spec.dropout = p;
         spec.key = DropoutKey {

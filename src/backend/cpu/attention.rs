@@ -3,6 +3,8 @@
 //! right-hand sides stored by columns, are copied into rows first: `gemm_by_rows`). A clip's T×T scores fit in cache at the model's sizes; unlike the GPU, the
 //! CPU has no need to stream them.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::elementwise::DropoutChunk;
@@ -194,12 +196,14 @@ impl WithSimd for SoftmaxRow<'_> {
     }
 }
 
-/// Forward pass of clip `b`: `out` is its [t, d_model] output, `lse` its [heads, t]. A
-/// [`WithSimd`] body, not a closure given to `simd::run`: a closure this large was compiled
+/// Forward pass of heads `heads` of clip `b`: `out` is their [t, heads.len()·head_dim]
+/// output (the clip's [t, d_model] when they are all its heads), `lse` their [heads.len(), t].
+/// A [`WithSimd`] body, not a closure given to `simd::run`: a closure this large was compiled
 /// once, outside the AVX2 and AVX-512 copies, and its loops ran as baseline SSE2.
 pub(super) struct Forward<'a> {
     pub spec: &'a AttentionSpec,
     pub b: usize,
+    pub heads: Range<usize>,
     pub qkv: &'a [f32],
     pub mask: &'a [f32],
     pub out: &'a mut [f32],
@@ -213,32 +217,36 @@ impl WithSimd for Forward<'_> {
         let Forward {
             spec,
             b,
+            heads,
             qkv,
             mask,
             out,
             lse,
         } = self;
-        let t = spec.seq;
+        let (t, d) = (spec.seq, spec.head_dim);
+        let out_rs = heads.len() * d;
         // The lengths the products' safety rests on.
-        assert!(qkv.len() == t * 3 * spec.d_model() && out.len() == t * spec.d_model());
+        assert!(qkv.len() == t * 3 * spec.d_model() && out.len() == t * out_rs);
+        assert!(heads.end <= spec.heads && lse.len() == heads.len() * t);
         let (mut probs, mut z, ones) = (vec![0.0f32; t * t], vec![0.0f32; t], vec![1.0f32; t]);
-        for h in 0..spec.heads {
+        for (i, h) in heads.enumerate() {
             let head = Head::new(spec, b, h);
             head.scores(qkv, &mut probs);
             for (q, row) in probs.chunks_exact_mut(t).enumerate() {
                 // In this body's instruction set, not dispatched again for each row.
-                lse[h * t + q] = SoftmaxRow { row, mask }.with_simd(s);
+                lse[i * t + q] = SoftmaxRow { row, mask }.with_simd(s);
                 head.dropout(s, spec, q, &ones, &mut z);
                 row.iter_mut().zip(&z).for_each(|(p, z)| *p *= z);
             }
-            // out_h = P̃·V.
-            // SAFETY: probs is t×t; V and out_h are this head's blocks of the clip's qkv and out,
-            // whose lengths were asserted above (Head); out is borrowed mutably, apart from both.
+            // out_h = P̃·V, into the i-th d columns of out.
+            // SAFETY: probs is t×t; V is this head's block of the clip's qkv (Head) and out_h
+            // the i-th block of d columns of out's t rows of out_rs, whose lengths were asserted
+            // above; out is borrowed mutably, apart from both.
             unsafe {
                 product(
-                    (t, head.d, t),
-                    out[head.o..].as_mut_ptr(),
-                    head.out_rs,
+                    (t, d, t),
+                    out[i * d..].as_mut_ptr(),
+                    out_rs,
                     probs.as_ptr(),
                     (t, 1),
                     qkv[head.v..].as_ptr(),
@@ -390,7 +398,9 @@ impl WithSimd for Backward<'_> {
     }
 }
 
-/// The forward pass, clips in parallel.
+/// The forward pass, clips in parallel; with fewer clips than threads (a prediction), each
+/// clip's heads are shared out too, each share computed into rows of its own and copied into
+/// the clip's output after.
 pub(super) fn forward(
     qkv: &Tensor<CpuBackend>,
     key_mask: &Tensor<CpuBackend>,
@@ -398,11 +408,21 @@ pub(super) fn forward(
     out: &Tensor<CpuBackend>,
     lse: &Tensor<CpuBackend>,
 ) -> Result<()> {
-    let AttentionSpec { seq: t, heads, .. } = *spec;
+    let AttentionSpec {
+        seq: t,
+        heads,
+        head_dim: d,
+        batch,
+        ..
+    } = *spec;
     let dm = spec.d_model();
     if out.is_empty() {
         return Ok(());
     }
+    let shares = rayon::current_num_threads().div_ceil(batch).clamp(1, heads);
+    let shares: Vec<Range<usize>> = (0..shares)
+        .map(|i| i * heads / shares..(i + 1) * heads / shares)
+        .collect();
     with_io(&[qkv, key_mask], &[out, lse], |ins, outs| {
         let (qkv, mask) = (Src::of(ins[0], qkv), f32s(ins[1], key_mask));
         let [out_words, lse_words] = outs else {
@@ -417,15 +437,44 @@ pub(super) fn forward(
                 let mut scratch = Scratch::default();
                 let qkv = qkv.slice(b * t * 3 * dm..(b + 1) * t * 3 * dm);
                 let qkv = qkv.f32s(&mut scratch);
-                o.store(&mut Scratch::default(), |o| {
+                let mask = &mask[b * t..(b + 1) * t];
+                let run = |heads: Range<usize>, out: &mut [f32], lse: &mut [f32]| {
                     simd::run(Forward {
                         spec,
                         b,
+                        heads,
                         qkv,
-                        mask: &mask[b * t..(b + 1) * t],
-                        out: o,
-                        lse: l,
+                        mask,
+                        out,
+                        lse,
                     })
+                };
+                if let [all] = &shares[..] {
+                    return o.store(&mut Scratch::default(), |o| run(all.clone(), o, l));
+                }
+                let mut lse_shares = Vec::new();
+                let mut rest = l;
+                for share in &shares {
+                    let (first, tail) = rest.split_at_mut(share.len() * t);
+                    lse_shares.push(first);
+                    rest = tail;
+                }
+                let rows: Vec<Vec<f32>> = shares
+                    .par_iter()
+                    .zip(lse_shares)
+                    .map(|(share, lse)| {
+                        let mut rows = vec![0.0; t * share.len() * d];
+                        run(share.clone(), &mut rows, lse);
+                        rows
+                    })
+                    .collect();
+                o.store(&mut Scratch::default(), |o| {
+                    for (share, rows) in shares.iter().zip(&rows) {
+                        let w = share.len() * d;
+                        for (o, r) in o.chunks_exact_mut(dm).zip(rows.chunks_exact(w)) {
+                            o[share.start * d..share.end * d].copy_from_slice(r);
+                        }
+                    }
                 });
             });
     })
