@@ -83,6 +83,65 @@ mod simd_paths {
         }
     }
 
+    /// Attention's forward body on one clip: all heads, and a share of them into rows of
+    /// their own (as a clip's heads are shared among threads), with and without dropout.
+    fn check_attention<S: Simd>(s: S, set: &str) {
+        use crate::backend::{AttentionSpec, DropoutKey};
+        for (i, (t, heads, d, p)) in [(13, 3, 5, 0.0), (37, 3, 20, 0.2)].into_iter().enumerate() {
+            let mut spec = AttentionSpec::new(1, t, heads, d);
+            spec.dropout = p;
+            spec.key = DropoutKey {
+                seed: 7,
+                step: 1,
+                site: 2,
+            };
+            let dm = heads * d;
+            let qkv: Vec<f32> = values(t * 3 * dm, 600 + i as u64)
+                .iter()
+                .map(|v| v / 4.0)
+                .collect();
+            let mask: Vec<f32> = (0..t).map(|k| if k % 5 == 4 { 0.0 } else { 1.0 }).collect();
+            let (want_out, want_lse) = reference::attention(
+                &wide(&qkv),
+                &wide(&mask),
+                1,
+                t,
+                heads,
+                d,
+                p as f64,
+                &spec.key,
+            );
+            for share in [0..heads, 1..heads] {
+                let w = share.len() * d;
+                let (mut out, mut lse) = (vec![f32::NAN; t * w], vec![f32::NAN; share.len() * t]);
+                attention::Forward {
+                    spec: &spec,
+                    b: 0,
+                    heads: share.clone(),
+                    qkv: &qkv,
+                    mask: &mask,
+                    out: &mut out,
+                    lse: &mut lse,
+                }
+                .with_simd(s);
+                let cols = share.start * d..share.end * d;
+                let want: Vec<f64> = want_out
+                    .chunks_exact(dm)
+                    .flat_map(|row| row[cols.clone()].to_vec())
+                    .collect();
+                let what = format!("{set} attention t {t} heads {share:?} of {heads} d {d} p {p}");
+                assert_close(&what, &out, &want, OpClass::Reduction);
+                let lse_want = &want_lse[share.start * t..share.end * t];
+                assert_close(&format!("{what} lse"), &lse, lse_want, OpClass::Reduction);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_forward_under_every_instruction_set() {
+        crate::for_every_instruction_set!(check_attention);
+    }
+
     #[test]
     fn packed_products_under_every_instruction_set() {
         crate::for_every_instruction_set!(check_packed);
