@@ -106,11 +106,10 @@ pub fn check_packed<B: Backend>(
         bias.map(|v| widen(&v)).as_deref(),
         &unpacked,
     );
-    let mut parts = vec![(pre.to_f32_vec()?, want.clone())];
-    if gelu {
-        parts.push((out.to_f32_vec()?, reference::gelu(&want)));
-    }
-    let parts: Vec<(&[f32], &[f64])> = parts.iter().map(|(g, w)| (&g[..], &w[..])).collect();
+    let (got_pre, got_out) = (pre.to_f32_vec()?, out.to_f32_vec()?);
+    let want_out = reference::gelu(&want);
+    let parts = [(&got_pre[..], &want[..]), (&got_out[..], &want_out[..])];
+    let parts = &parts[..if gelu { 2 } else { 1 }];
     let epilogue = match (gelu, with_bias) {
         (true, _) => " +bias+gelu",
         (false, true) => " +bias",
@@ -121,7 +120,7 @@ pub fn check_packed<B: Backend>(
         DType::F32,
         format!("{m}x{n}x{k} packed{epilogue}"),
         OpClass::Reduction,
-        &parts,
+        parts,
     )))
 }
 

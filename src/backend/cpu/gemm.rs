@@ -21,9 +21,6 @@ pub(super) fn matmul(
     out: &Tensor<CpuBackend>,
     spec: &MatmulSpec,
 ) -> Result<()> {
-    if spec.packed_b {
-        return super::packed::matmul(a, b, bias, out, spec);
-    }
     let mut inputs = vec![a, b];
     inputs.extend(bias);
     with_io(&inputs, &[out], |ins, outs| {

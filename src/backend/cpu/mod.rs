@@ -42,6 +42,20 @@ use crate::tensor::{HostTensor, Tensor};
 /// scheduling cost vanishes and small enough to spread over every core.
 const CHUNK: usize = 1 << 15;
 
+/// A matrix product: by our kernel when B is a packed weight, else by gemm.
+fn product(
+    a: &Tensor<CpuBackend>,
+    b: &Tensor<CpuBackend>,
+    bias: Option<&Tensor<CpuBackend>>,
+    out: &Tensor<CpuBackend>,
+    spec: &MatmulSpec,
+) -> Result<()> {
+    match spec.packed_b {
+        true => packed::matmul(a, b, bias, out, spec),
+        false => gemm::matmul(a, b, bias, out, spec),
+    }
+}
+
 /// The CPU backend.
 pub struct CpuBackend {
     info: DeviceInfo,
@@ -118,7 +132,7 @@ impl Backend for CpuBackend {
         out: &Tensor<Self>,
         spec: &MatmulSpec,
     ) -> Result<()> {
-        gemm::matmul(a, b, bias, out, spec)
+        product(a, b, bias, out, spec)
     }
 
     fn matmul_bias_gelu_unchecked(
@@ -130,7 +144,7 @@ impl Backend for CpuBackend {
         pre: &Tensor<Self>,
         out: &Tensor<Self>,
     ) -> Result<()> {
-        gemm::matmul(a, b, Some(bias), pre, spec)?;
+        product(a, b, Some(bias), pre, spec)?;
         // GELU reads `pre` as stored (rounded, in half precision), as the backward pass will.
         let len = spec.m * spec.n;
         if spec.batch <= 1 || spec.stride_c == len {
